@@ -1,0 +1,517 @@
+//! The configuration file: zot's layout (`http`, `storage`, `log`,
+//! `extensions`, `scheduler`) so a zot user can bring their file, plus a
+//! `services` section for distributed deployments.
+//!
+//! JSON and YAML are both read. `CAPSTAN_<SECTION>_<KEY>…` environment
+//! variables override single values (`CAPSTAN_HTTP_PORT=5000`). Unknown keys
+//! are reported as warnings; an invalid value is an error naming its key.
+
+use serde::{Deserialize, Deserializer, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is not valid JSON or YAML: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("invalid value at `{key}`: {message}")]
+    Invalid { key: String, message: String },
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Config {
+    /// Distribution spec version announced (zot key; informational).
+    #[serde(default)]
+    pub dist_spec_version: Option<String>,
+    /// Where and how bytes and metadata are stored.
+    #[serde(default)]
+    pub storage: StorageConfig,
+    /// The HTTP listener of the gateway.
+    #[serde(default)]
+    pub http: HttpConfig,
+    /// Logging.
+    #[serde(default)]
+    pub log: LogConfig,
+    /// zot extensions (sync, search, …); each role reads its own part.
+    #[serde(default)]
+    pub extensions: Option<serde_json::Value>,
+    /// zot's background task scheduler settings.
+    #[serde(default)]
+    pub scheduler: Option<serde_json::Value>,
+    /// Addresses of the roles (Capstan; absent in embedded mode).
+    #[serde(default)]
+    pub services: ServicesConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StorageConfig {
+    /// Directory holding blobs, uploads and the embedded SQLite database.
+    #[serde(default = "default_root")]
+    pub root_directory: PathBuf,
+    /// fsync blob bytes and directory entries before acknowledging a write.
+    #[serde(default)]
+    pub commit: bool,
+    /// Store each digest once (always true: blobs are content-addressed).
+    #[serde(default = "yes")]
+    pub dedupe: bool,
+    /// Run garbage collection.
+    #[serde(default = "yes")]
+    pub gc: bool,
+    /// Minimum age of an unreferenced blob before GC may remove it.
+    #[serde(default = "default_gc_delay", with = "duration_str")]
+    pub gc_delay: Duration,
+    /// Age after which an abandoned upload session is removed (Capstan).
+    #[serde(default = "default_upload_expiry", with = "duration_str")]
+    pub upload_expiry: Duration,
+    /// Metadata database URL (`sqlite://…` or `postgres://…`); default is
+    /// `meta.db` (SQLite) under `rootDirectory`.
+    #[serde(default)]
+    pub database: Option<String>,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            root_directory: default_root(),
+            commit: false,
+            dedupe: true,
+            gc: true,
+            gc_delay: default_gc_delay(),
+            upload_expiry: default_upload_expiry(),
+            database: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpConfig {
+    /// Address the gateway binds.
+    #[serde(default = "default_address")]
+    pub address: String,
+    /// Port the gateway binds; zot writes it as a string, a number works too.
+    #[serde(default = "default_port", deserialize_with = "port")]
+    pub port: u16,
+    /// Serve HTTPS (with HTTP/2) instead of plain HTTP/1.1.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    /// Realm of authentication challenges.
+    #[serde(default)]
+    pub realm: Option<String>,
+    /// Public URL of the registry when it runs behind a proxy.
+    #[serde(default)]
+    pub external_url: Option<String>,
+    /// Authentication (`htpasswd`, `ldap`, `openid`, `bearer`, `apikey`, …).
+    #[serde(default)]
+    pub auth: Option<serde_json::Value>,
+    /// Authorization policies.
+    #[serde(default)]
+    pub access_control: Option<serde_json::Value>,
+    /// zot compatibility switches (e.g. `docker2s2`); accepted, informational.
+    #[serde(default)]
+    pub compat: Option<serde_json::Value>,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            address: default_address(),
+            port: default_port(),
+            tls: None,
+            realm: None,
+            external_url: None,
+            auth: None,
+            access_control: None,
+            compat: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsConfig {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+    /// CA bundle for client certificates (mutual TLS).
+    #[serde(default)]
+    pub cacert: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LogConfig {
+    /// `error`, `warn`, `info`, `debug` or `trace`, or a tracing filter.
+    #[serde(default = "default_level")]
+    pub level: String,
+    /// File to append logs to; standard error when absent.
+    #[serde(default)]
+    pub output: Option<PathBuf>,
+    /// Audit log file (zot key; accepted, not yet written).
+    #[serde(default)]
+    pub audit: Option<PathBuf>,
+    /// `text` (default) or `json`.
+    #[serde(default)]
+    pub format: Option<String>,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: default_level(),
+            output: None,
+            audit: None,
+            format: None,
+        }
+    }
+}
+
+/// Where each role listens and where the others find it.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServicesConfig {
+    #[serde(default)]
+    pub blob: ServiceAddress,
+    #[serde(default)]
+    pub meta: ServiceAddress,
+    #[serde(default)]
+    pub auth: ServiceAddress,
+    #[serde(default)]
+    pub sync: ServiceAddress,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceAddress {
+    /// `host:port` this role binds when run on its own (`--role`).
+    #[serde(default)]
+    pub listen: Option<String>,
+    /// gRPC URLs of the role's replicas (`http://host:port`), used by the
+    /// gateway; requests are spread over them.
+    #[serde(default)]
+    pub endpoints: Vec<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_address() -> String {
+    "127.0.0.1".into()
+}
+fn default_port() -> u16 {
+    8080
+}
+fn default_level() -> String {
+    "info".into()
+}
+fn default_gc_delay() -> Duration {
+    Duration::from_secs(3600)
+}
+fn default_upload_expiry() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+
+/// The default data directory: `$XDG_DATA_HOME/capstan`,
+/// `$HOME/.local/share/capstan`, or `./capstan-data`.
+pub fn default_root() -> PathBuf {
+    if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(x).join("capstan");
+    }
+    if let Some(h) = std::env::var_os("HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(h).join(".local/share/capstan");
+    }
+    PathBuf::from("capstan-data")
+}
+
+fn port<'de, D: Deserializer<'de>>(d: D) -> Result<u16, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum P {
+        N(u64),
+        S(String),
+    }
+    let n = match P::deserialize(d)? {
+        P::N(n) => n,
+        P::S(s) => s
+            .trim()
+            .parse::<u64>()
+            .map_err(|_| serde::de::Error::custom(format!("port {s:?} is not a number")))?,
+    };
+    u16::try_from(n).map_err(|_| serde::de::Error::custom(format!("port {n} is out of range")))
+}
+
+/// Go-style duration strings (`"1h"`, `"90m"`, `"1h30m"`) or seconds.
+mod duration_str {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum V {
+            Secs(u64),
+            S(String),
+        }
+        match V::deserialize(d)? {
+            V::Secs(n) => Ok(Duration::from_secs(n)),
+            V::S(s) => humantime::parse_duration(&s)
+                .map_err(|e| serde::de::Error::custom(format!("duration {s:?}: {e}"))),
+        }
+    }
+}
+
+/// A parsed configuration plus the keys it did not recognise.
+#[derive(Debug)]
+pub struct Loaded {
+    pub config: Config,
+    /// Dotted paths of keys that no part of Capstan reads.
+    pub unknown_keys: Vec<String>,
+}
+
+impl Config {
+    /// Read `path` (JSON or YAML), apply `CAPSTAN_…` overrides from `env`.
+    pub fn load(
+        path: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Loaded, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let value = parse_text(&text).map_err(|message| ConfigError::Syntax {
+            path: path.to_path_buf(),
+            message,
+        })?;
+        Self::from_value(value, env)
+    }
+
+    /// Embedded defaults plus `CAPSTAN_…` overrides.
+    pub fn defaults(env: impl IntoIterator<Item = (String, String)>) -> Result<Loaded, ConfigError> {
+        Self::from_value(serde_json::json!({}), env)
+    }
+
+    pub fn from_value(
+        mut value: serde_json::Value,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Loaded, ConfigError> {
+        for (k, v) in env {
+            if let Some(rest) = k.strip_prefix("CAPSTAN_") {
+                apply_override(&mut value, rest, &v);
+            }
+        }
+        let mut unknown_keys = Vec::new();
+        let mut on_ignored = |path: serde_ignored::Path<'_>| unknown_keys.push(path.to_string());
+        let de = serde_ignored::Deserializer::new(&value, &mut on_ignored);
+        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            ConfigError::Invalid {
+                key: e.path().to_string(),
+                message: e.inner().to_string(),
+            }
+        })?;
+        config.check()?;
+        Ok(Loaded {
+            config,
+            unknown_keys,
+        })
+    }
+
+    /// Cross-field checks that serde cannot express.
+    fn check(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, message: &str| ConfigError::Invalid {
+            key: key.into(),
+            message: message.into(),
+        };
+        if self.http.address.parse::<std::net::IpAddr>().is_err()
+            && self.http.address != "localhost"
+        {
+            return Err(invalid("http.address", "must be an IP address"));
+        }
+        if let Some(tls) = &self.http.tls {
+            if tls.cert.as_os_str().is_empty() {
+                return Err(invalid("http.tls.cert", "must name a PEM file"));
+            }
+            if tls.key.as_os_str().is_empty() {
+                return Err(invalid("http.tls.key", "must name a PEM file"));
+            }
+        }
+        for (name, svc) in [
+            ("blob", &self.services.blob),
+            ("meta", &self.services.meta),
+            ("auth", &self.services.auth),
+            ("sync", &self.services.sync),
+        ] {
+            for (i, e) in svc.endpoints.iter().enumerate() {
+                if !(e.starts_with("http://") || e.starts_with("https://")) {
+                    return Err(invalid(
+                        &format!("services.{name}.endpoints[{i}]"),
+                        "must be an http:// or https:// URL",
+                    ));
+                }
+            }
+            if let Some(l) = &svc.listen
+                && l.parse::<std::net::SocketAddr>().is_err()
+            {
+                return Err(invalid(
+                    &format!("services.{name}.listen"),
+                    "must be host:port with an IP address",
+                ));
+            }
+        }
+        if matches!(self.log.format.as_deref(), Some(f) if f != "text" && f != "json") {
+            return Err(invalid("log.format", "must be \"text\" or \"json\""));
+        }
+        Ok(())
+    }
+
+    /// The metadata database URL.
+    pub fn database_url(&self) -> String {
+        self.storage.database.clone().unwrap_or_else(|| {
+            format!(
+                "sqlite://{}?mode=rwc",
+                self.storage.root_directory.join("meta.db").display()
+            )
+        })
+    }
+}
+
+fn parse_text(text: &str) -> Result<serde_json::Value, String> {
+    match serde_json::from_str(text) {
+        Ok(v) => Ok(v),
+        Err(json_err) => serde_yaml::from_str::<serde_json::Value>(text)
+            .map_err(|yaml_err| format!("as JSON: {json_err}; as YAML: {yaml_err}")),
+    }
+}
+
+/// `HTTP_PORT=5000` sets `http.port`; keys match case-insensitively and
+/// missing objects are created. The value is read as JSON when it parses
+/// (numbers, booleans, arrays), otherwise as a string.
+fn apply_override(root: &mut serde_json::Value, path: &str, raw: &str) {
+    let parts: Vec<String> = path.split('_').map(|p| p.to_ascii_lowercase()).collect();
+    let mut cur = root;
+    for (i, part) in parts.iter().enumerate() {
+        if !cur.is_object() {
+            *cur = serde_json::Value::Object(Default::default());
+        }
+        let map = cur.as_object_mut().expect("object");
+        let key = map
+            .keys()
+            .find(|k| k.to_ascii_lowercase() == *part)
+            .cloned()
+            .unwrap_or_else(|| camel_case_guess(part));
+        if i + 1 == parts.len() {
+            let v = serde_json::from_str(raw).unwrap_or_else(|_| serde_json::Value::String(raw.into()));
+            map.insert(key, v);
+            return;
+        }
+        cur = map.entry(key).or_insert(serde_json::Value::Object(Default::default()));
+    }
+}
+
+/// Keys zot spells in camelCase that an environment variable writes in one word.
+fn camel_case_guess(lower: &str) -> String {
+    const KNOWN: &[&str] = &[
+        "rootDirectory",
+        "gcDelay",
+        "uploadExpiry",
+        "externalUrl",
+        "accessControl",
+        "distSpecVersion",
+        "failDelay",
+        "sessionDriver",
+    ];
+    KNOWN
+        .iter()
+        .find(|k| k.to_ascii_lowercase() == lower)
+        .map(|k| k.to_string())
+        .unwrap_or_else(|| lower.to_string())
+}
+
+/// Sorted map helper for callers that print effective settings.
+pub fn summary(config: &Config) -> BTreeMap<&'static str, String> {
+    let mut m = BTreeMap::new();
+    m.insert("http", format!("{}:{}", config.http.address, config.http.port));
+    m.insert("tls", config.http.tls.is_some().to_string());
+    m.insert("root", config.storage.root_directory.display().to_string());
+    m.insert("database", config.database_url());
+    m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn load(v: serde_json::Value) -> Result<Loaded, ConfigError> {
+        Config::from_value(v, Vec::<(String, String)>::new())
+    }
+
+    #[test]
+    fn reads_a_zot_style_config_with_string_port() {
+        let l = load(json!({
+            "distSpecVersion": "1.1.0",
+            "storage": {"rootDirectory": "/tmp/zot", "commit": true, "gcDelay": "2h"},
+            "http": {"address": "0.0.0.0", "port": "5000"},
+            "log": {"level": "debug"}
+        }))
+        .unwrap();
+        assert_eq!(l.config.http.port, 5000);
+        assert_eq!(l.config.http.address, "0.0.0.0");
+        assert!(l.config.storage.commit);
+        assert_eq!(l.config.storage.gc_delay, Duration::from_secs(7200));
+        assert_eq!(l.config.storage.root_directory, PathBuf::from("/tmp/zot"));
+        assert!(l.unknown_keys.is_empty(), "{:?}", l.unknown_keys);
+    }
+
+    #[test]
+    fn numeric_port_and_yaml_work() {
+        let v = parse_text("http:\n  port: 9000\nstorage:\n  rootDirectory: /x\n").unwrap();
+        let l = load(v).unwrap();
+        assert_eq!(l.config.http.port, 9000);
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let err = load(json!({"http": {"port": "eighty"}})).unwrap_err();
+        assert!(err.to_string().contains("http.port"), "{err}");
+        let err = load(json!({"http": {"port": 70000}})).unwrap_err();
+        assert!(err.to_string().contains("http.port"), "{err}");
+        let err = load(json!({"storage": {"commit": "maybe"}})).unwrap_err();
+        assert!(err.to_string().contains("storage.commit"), "{err}");
+        let err = load(json!({"services": {"blob": {"endpoints": ["127.0.0.1:1"]}}})).unwrap_err();
+        assert!(err.to_string().contains("services.blob.endpoints[0]"), "{err}");
+    }
+
+    #[test]
+    fn unknown_keys_are_reported() {
+        let l = load(json!({"http": {"prot": 1}, "bogus": true})).unwrap();
+        let mut keys = l.unknown_keys.clone();
+        keys.sort();
+        assert_eq!(keys, vec!["bogus".to_string(), "http.prot".to_string()]);
+    }
+
+    #[test]
+    fn environment_overrides_values() {
+        let env = vec![
+            ("CAPSTAN_HTTP_PORT".to_string(), "6000".to_string()),
+            ("CAPSTAN_STORAGE_ROOTDIRECTORY".to_string(), "/srv/r".to_string()),
+            ("OTHER".to_string(), "x".to_string()),
+        ];
+        let l = Config::from_value(json!({"http": {"port": "5000"}}), env).unwrap();
+        assert_eq!(l.config.http.port, 6000);
+        assert_eq!(l.config.storage.root_directory, PathBuf::from("/srv/r"));
+    }
+}

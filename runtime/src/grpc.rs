@@ -1,0 +1,79 @@
+//! The tonic server scaffold every service role uses: Capstan's message and
+//! window limits, the standard gRPC health service, and a span per call that
+//! joins the caller's trace (W3C `traceparent` in the metadata).
+
+use crate::Shutdown;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+/// Largest gRPC message either side accepts (a 4 MiB manifest plus framing).
+/// Apply it to every generated client and server with
+/// `max_decoding_message_size` / `max_encoding_message_size`.
+pub const MAX_MESSAGE_BYTES: usize = 8 * 1024 * 1024;
+/// Preferred size of one chunk of blob bytes in a stream.
+pub const CHUNK_BYTES: usize = 1024 * 1024;
+/// HTTP/2 per-stream window: large, so blob streams are not window-bound.
+pub const STREAM_WINDOW: u32 = 16 * 1024 * 1024;
+/// HTTP/2 connection window.
+pub const CONNECTION_WINDOW: u32 = 32 * 1024 * 1024;
+
+/// A lazily connecting channel to `uri` (e.g. `http://127.0.0.1:9001`) with
+/// Capstan's window sizes. Must be called inside a tokio runtime.
+pub fn lazy_channel(uri: &str) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+    let endpoint = tonic::transport::Endpoint::from_shared(uri.to_string())?
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .tcp_nodelay(true)
+        .connect_timeout(Duration::from_secs(5))
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_while_idle(true);
+    Ok(endpoint.connect_lazy())
+}
+
+/// Metadata key carrying the W3C trace context between roles.
+pub const TRACEPARENT: &str = "traceparent";
+
+/// A server builder with Capstan's windows and a per-request span.
+pub fn server() -> tonic::transport::Server {
+    tonic::transport::Server::builder()
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .tcp_nodelay(true)
+}
+
+/// The trace id of a request's `traceparent` metadata, if any.
+pub fn trace_id<T>(req: &tonic::Request<T>) -> Option<String> {
+    let tp = req.metadata().get(TRACEPARENT)?.to_str().ok()?;
+    tp.split('-').nth(1).map(str::to_string)
+}
+
+/// Serve `router` on `listener` until `shutdown`, with a health service
+/// reporting `service_name` as serving.
+pub async fn serve(
+    router: tonic::transport::server::Router,
+    listener: TcpListener,
+    shutdown: Shutdown,
+) -> Result<(), tonic::transport::Error> {
+    router
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            shutdown.wait().await
+        })
+        .await
+}
+
+/// The standard health service, with every name in `services` serving.
+pub async fn health_service(
+    services: &[&str],
+) -> tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health> {
+    let (reporter, service) = tonic_health::server::health_reporter();
+    for s in services {
+        reporter
+            .set_service_status(*s, tonic_health::ServingStatus::Serving)
+            .await;
+    }
+    reporter
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
+    service
+}
