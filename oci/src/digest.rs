@@ -50,9 +50,11 @@ impl Digest {
         let (alg, hex) = s.split_once(':').ok_or(DigestError::Malformed)?;
         // The spec's grammar: algorithm-component ([a-z0-9]+) joined by [+._-].
         let alg_ok = !alg.is_empty()
-            && alg
-                .split(['+', '.', '_', '-'])
-                .all(|c| !c.is_empty() && c.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()));
+            && alg.split(['+', '.', '_', '-']).all(|c| {
+                !c.is_empty()
+                    && c.bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+            });
         if !alg_ok || hex.is_empty() {
             return Err(DigestError::Malformed);
         }
@@ -62,7 +64,9 @@ impl Digest {
             other => return Err(DigestError::UnsupportedAlgorithm(other.to_string())),
         };
         if hex.len() != algorithm.hex_len()
-            || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            || !hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
         {
             return Err(DigestError::BadValue(algorithm.hex_len()));
         }
@@ -146,7 +150,8 @@ impl Hasher {
 mod tests {
     use super::*;
 
-    const EMPTY256: &str = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+    const EMPTY256: &str =
+        "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
 
     #[test]
     fn parses_and_prints_sha256_and_sha512() {

@@ -66,7 +66,7 @@ fn invalid(msg: impl Into<String>) -> ManifestError {
 }
 
 fn descriptor_digest(d: &Descriptor, what: &str) -> Result<Digest, ManifestError> {
-    Digest::parse(&d.digest().to_string()).map_err(|e| invalid(format!("{what} digest: {e}")))
+    Digest::parse(d.digest().as_ref()).map_err(|e| invalid(format!("{what} digest: {e}")))
 }
 
 fn skipped_layer(d: &Descriptor) -> bool {
@@ -106,7 +106,9 @@ impl ParsedManifest {
             None => media::OCI_MANIFEST.to_string(),
         };
         if obj.get("schemaVersion").and_then(|v| v.as_u64()) != Some(2) {
-            if media_type == media::DOCKER_MANIFEST_V1 || media_type == media::DOCKER_MANIFEST_V1_SIGNED {
+            if media_type == media::DOCKER_MANIFEST_V1
+                || media_type == media::DOCKER_MANIFEST_V1_SIGNED
+            {
                 return Err(ManifestError::UnsupportedType(media_type));
             }
             return Err(invalid("schemaVersion must be 2"));
@@ -143,7 +145,12 @@ impl ParsedManifest {
                 .as_ref()
                 .map(|s| descriptor_digest(s, "subject"))
                 .transpose()?,
-            annotations: m.annotations().clone().unwrap_or_default().into_iter().collect(),
+            annotations: m
+                .annotations()
+                .clone()
+                .unwrap_or_default()
+                .into_iter()
+                .collect(),
         })
     }
 
@@ -165,7 +172,12 @@ impl ParsedManifest {
                 .as_ref()
                 .map(|s| descriptor_digest(s, "subject"))
                 .transpose()?,
-            annotations: i.annotations().clone().unwrap_or_default().into_iter().collect(),
+            annotations: i
+                .annotations()
+                .clone()
+                .unwrap_or_default()
+                .into_iter()
+                .collect(),
         })
     }
 }
@@ -203,7 +215,10 @@ mod tests {
         assert_eq!(p.kind, ManifestKind::Image);
         let blobs: Vec<String> = p.blobs.iter().map(|b| b.to_string()).collect();
         assert_eq!(blobs, vec![d("c"), d("l1")]);
-        assert_eq!(p.artifact_type.as_deref(), Some("application/vnd.oci.image.config.v1+json"));
+        assert_eq!(
+            p.artifact_type.as_deref(),
+            Some("application/vnd.oci.image.config.v1+json")
+        );
         assert_eq!(p.annotations.get("a").map(String::as_str), Some("b"));
         assert_eq!(p.subject, None);
     }
@@ -242,7 +257,10 @@ mod tests {
     #[test]
     fn rejects_bad_manifests() {
         let too_big = vec![b' '; MAX_MANIFEST_BYTES + 1];
-        assert_eq!(ParsedManifest::parse("", &too_big), Err(ManifestError::TooLarge));
+        assert_eq!(
+            ParsedManifest::parse("", &too_big),
+            Err(ManifestError::TooLarge)
+        );
         assert!(ParsedManifest::parse(media::OCI_MANIFEST, b"not json").is_err());
         assert!(ParsedManifest::parse(media::OCI_MANIFEST, b"[]").is_err());
         let mut v = image_json(None);

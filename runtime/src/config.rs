@@ -300,7 +300,9 @@ impl Config {
     }
 
     /// Embedded defaults plus `CAPSTAN_…` overrides.
-    pub fn defaults(env: impl IntoIterator<Item = (String, String)>) -> Result<Loaded, ConfigError> {
+    pub fn defaults(
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Loaded, ConfigError> {
         Self::from_value(serde_json::json!({}), env)
     }
 
@@ -316,12 +318,11 @@ impl Config {
         let mut unknown_keys = Vec::new();
         let mut on_ignored = |path: serde_ignored::Path<'_>| unknown_keys.push(path.to_string());
         let de = serde_ignored::Deserializer::new(&value, &mut on_ignored);
-        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
-            ConfigError::Invalid {
+        let config: Config =
+            serde_path_to_error::deserialize(de).map_err(|e| ConfigError::Invalid {
                 key: e.path().to_string(),
                 message: e.inner().to_string(),
-            }
-        })?;
+            })?;
         config.check()?;
         Ok(Loaded {
             config,
@@ -413,11 +414,14 @@ fn apply_override(root: &mut serde_json::Value, path: &str, raw: &str) {
             .cloned()
             .unwrap_or_else(|| camel_case_guess(part));
         if i + 1 == parts.len() {
-            let v = serde_json::from_str(raw).unwrap_or_else(|_| serde_json::Value::String(raw.into()));
+            let v =
+                serde_json::from_str(raw).unwrap_or_else(|_| serde_json::Value::String(raw.into()));
             map.insert(key, v);
             return;
         }
-        cur = map.entry(key).or_insert(serde_json::Value::Object(Default::default()));
+        cur = map
+            .entry(key)
+            .or_insert(serde_json::Value::Object(Default::default()));
     }
 }
 
@@ -443,7 +447,10 @@ fn camel_case_guess(lower: &str) -> String {
 /// Sorted map helper for callers that print effective settings.
 pub fn summary(config: &Config) -> BTreeMap<&'static str, String> {
     let mut m = BTreeMap::new();
-    m.insert("http", format!("{}:{}", config.http.address, config.http.port));
+    m.insert(
+        "http",
+        format!("{}:{}", config.http.address, config.http.port),
+    );
     m.insert("tls", config.http.tls.is_some().to_string());
     m.insert("root", config.storage.root_directory.display().to_string());
     m.insert("database", config.database_url());
@@ -492,7 +499,10 @@ mod tests {
         let err = load(json!({"storage": {"commit": "maybe"}})).unwrap_err();
         assert!(err.to_string().contains("storage.commit"), "{err}");
         let err = load(json!({"services": {"blob": {"endpoints": ["127.0.0.1:1"]}}})).unwrap_err();
-        assert!(err.to_string().contains("services.blob.endpoints[0]"), "{err}");
+        assert!(
+            err.to_string().contains("services.blob.endpoints[0]"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -507,7 +517,10 @@ mod tests {
     fn environment_overrides_values() {
         let env = vec![
             ("CAPSTAN_HTTP_PORT".to_string(), "6000".to_string()),
-            ("CAPSTAN_STORAGE_ROOTDIRECTORY".to_string(), "/srv/r".to_string()),
+            (
+                "CAPSTAN_STORAGE_ROOTDIRECTORY".to_string(),
+                "/srv/r".to_string(),
+            ),
             ("OTHER".to_string(), "x".to_string()),
         ];
         let l = Config::from_value(json!({"http": {"port": "5000"}}), env).unwrap();

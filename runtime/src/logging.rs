@@ -15,10 +15,15 @@ pub fn init(cfg: &LogConfig) -> std::io::Result<()> {
         ))
     });
     let json = cfg.format.as_deref() == Some("json");
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false);
     let result = match &cfg.output {
         Some(path) => {
-            let file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)?;
             let writer = std::sync::Mutex::new(file);
             if json {
                 builder.json().with_writer(writer).try_init()

@@ -1,0 +1,291 @@
+//! The pingora application: one request in, one [`Reply`] out, one access-log
+//! record per request.
+
+use crate::backends::Backends;
+use crate::endpoint::{self, Endpoint, RouteError};
+use crate::error::ApiError;
+use crate::handlers;
+use async_trait::async_trait;
+use bytes::Bytes;
+use capstan_oci::ErrorCode;
+use capstan_proto::blob::v1::ReadChunk;
+use pingora::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream};
+use pingora::http::ResponseHeader;
+use pingora::protocols::http::ServerSession;
+use pingora::server::ShutdownWatch;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Header every `/v2` response carries.
+pub const API_VERSION_HEADER: (&str, &str) = ("Docker-Distribution-API-Version", "registry/2.0");
+
+/// The gateway application state shared by all connections.
+#[derive(Debug)]
+pub struct Gateway {
+    pub backends: Backends,
+}
+
+/// What a handler sends back.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: Body,
+}
+
+#[derive(Debug)]
+pub enum Body {
+    Empty,
+    Bytes(Bytes),
+    /// Blob bytes streamed from svc-blob; `len` is the Content-Length.
+    Stream {
+        stream: Box<tonic::Streaming<ReadChunk>>,
+        len: u64,
+    },
+    /// Only headers (HEAD): the Content-Length of the would-be body.
+    Head {
+        len: u64,
+    },
+}
+
+impl Reply {
+    pub fn new(status: u16) -> Self {
+        Self {
+            status,
+            headers: Vec::new(),
+            body: Body::Empty,
+        }
+    }
+
+    pub fn header(mut self, name: &'static str, value: impl Into<String>) -> Self {
+        self.headers.push((name, value.into()));
+        self
+    }
+
+    pub fn json(status: u16, value: &serde_json::Value) -> Self {
+        Self::bytes(
+            status,
+            "application/json",
+            serde_json::to_vec(value).expect("json").into(),
+        )
+    }
+
+    pub fn bytes(status: u16, content_type: &str, body: Bytes) -> Self {
+        Self {
+            status,
+            headers: vec![("Content-Type", content_type.to_string())],
+            body: Body::Bytes(body),
+        }
+    }
+
+    fn from_error(e: &ApiError) -> Self {
+        let mut r = Self::bytes(e.http_status(), "application/json", e.body().into());
+        r.headers.extend(e.headers.iter().cloned());
+        r
+    }
+}
+
+/// Per-request facts handlers need.
+#[derive(Debug)]
+pub struct Ctx {
+    pub method: String,
+    pub query: HashMap<String, String>,
+    /// W3C trace id (32 hex) of this request.
+    pub trace_id: String,
+    pub is_head: bool,
+}
+
+impl Ctx {
+    fn new(session: &ServerSession) -> Self {
+        let req = session.req_header();
+        let method = req.method.as_str().to_string();
+        let query = req
+            .uri
+            .query()
+            .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+            .unwrap_or_default();
+        let trace_id = req
+            .headers
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|tp| {
+                let id = tp.split('-').nth(1)?;
+                (id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()))
+                    .then(|| id.to_string())
+            })
+            .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+        Self {
+            is_head: method == "HEAD",
+            method,
+            query,
+            trace_id,
+        }
+    }
+
+    /// A gRPC request carrying this request's trace context.
+    pub fn rpc<T>(&self, msg: T) -> tonic::Request<T> {
+        let mut r = tonic::Request::new(msg);
+        let span = &uuid::Uuid::new_v4().simple().to_string()[..16];
+        if let Ok(v) = format!("00-{}-{span}-01", self.trace_id).parse() {
+            r.metadata_mut().insert("traceparent", v);
+        }
+        r
+    }
+
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.query.get(name).map(String::as_str)
+    }
+}
+
+impl Gateway {
+    pub fn new(backends: Backends) -> Self {
+        Self { backends }
+    }
+
+    async fn dispatch(
+        &self,
+        ctx: &Ctx,
+        session: &mut ServerSession,
+    ) -> (Option<Endpoint>, Result<Reply, ApiError>) {
+        let path = session.req_header().uri.path().to_string();
+        let ep = match endpoint::parse(&path) {
+            Ok(ep) => ep,
+            Err(RouteError::NameInvalid) => {
+                return (None, Err(ApiError::code(ErrorCode::NameInvalid)));
+            }
+            Err(RouteError::NotFound) => return (None, Err(ApiError::not_found_route())),
+        };
+        if !ep.allows(&ctx.method) {
+            return (Some(ep), Err(ApiError::code(ErrorCode::Unsupported)));
+        }
+        let result = handlers::handle(self, ctx, &ep, session).await;
+        (Some(ep), result)
+    }
+}
+
+#[async_trait]
+impl HttpServerApp for Gateway {
+    async fn process_new_http(
+        self: &Arc<Self>,
+        mut session: ServerSession,
+        shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream> {
+        match session.read_request().await {
+            Ok(true) => {}
+            Ok(false) => return None,
+            Err(e) => {
+                tracing::debug!(error = %e, "failed to read request");
+                return None;
+            }
+        }
+        let started = Instant::now();
+        session.set_keepalive(if *shutdown.borrow() { None } else { Some(60) });
+        let ctx = Ctx::new(&session);
+        let (ep, result) = self.dispatch(&ctx, &mut session).await;
+        let reply = match result {
+            Ok(r) => r,
+            Err(e) => {
+                if e.http_status() >= 500 {
+                    tracing::warn!(trace_id = %ctx.trace_id, code = %e.code, error = %e.message, "request failed");
+                }
+                Reply::from_error(&e)
+            }
+        };
+        let status = reply.status;
+        let written = write_reply(&mut session, reply, ctx.is_head).await;
+        let (name, repo) = ep
+            .as_ref()
+            .map(|e| (e.name(), e.repo().unwrap_or("")))
+            .unwrap_or(("none", ""));
+        tracing::info!(
+            method = %ctx.method,
+            endpoint = name,
+            repo,
+            status,
+            bytes_in = session.body_bytes_read(),
+            bytes_out = session.body_bytes_sent(),
+            duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+            trace_id = %ctx.trace_id,
+            "request"
+        );
+        if let Err(e) = written {
+            tracing::debug!(error = %e, trace_id = %ctx.trace_id, "response not completed");
+            return None;
+        }
+        // A request body the handler did not consume: drain a small one so
+        // the connection can be reused, otherwise close it.
+        if !session.is_body_done() {
+            let small = session
+                .req_header()
+                .headers
+                .get("content-length")
+                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+                .is_some_and(|n| n <= 1024 * 1024);
+            if !small || session.drain_request_body().await.is_err() {
+                return None;
+            }
+        }
+        let persistent = HttpPersistentSettings::for_session(&session);
+        match session.finish().await {
+            Ok(Some(s)) => Some(ReusedHttpStream::from_reusable_stream(s, persistent)),
+            _ => None,
+        }
+    }
+}
+
+/// Write status, headers and body; streams blob bodies chunk by chunk.
+async fn write_reply(
+    session: &mut ServerSession,
+    reply: Reply,
+    is_head: bool,
+) -> Result<(), Box<pingora::Error>> {
+    let mut h = ResponseHeader::build(reply.status, Some(reply.headers.len() + 2))?;
+    h.insert_header(API_VERSION_HEADER.0, API_VERSION_HEADER.1)?;
+    for (k, v) in &reply.headers {
+        h.append_header(*k, v.as_str())?;
+    }
+    let len = match &reply.body {
+        Body::Empty => 0,
+        Body::Bytes(b) => b.len() as u64,
+        Body::Stream { len, .. } | Body::Head { len } => *len,
+    };
+    if reply.status != 204 {
+        h.insert_header("Content-Length", len.to_string())?;
+    }
+    session.write_response_header(Box::new(h)).await?;
+    match reply.body {
+        _ if is_head => {}
+        Body::Empty | Body::Head { .. } => {}
+        Body::Bytes(b) => session.write_response_body(b, true).await?,
+        Body::Stream { mut stream, len } => {
+            let mut sent = 0u64;
+            loop {
+                match stream.message().await {
+                    Ok(Some(chunk)) => {
+                        sent += chunk.data.len() as u64;
+                        session.write_response_body(chunk.data, false).await?;
+                    }
+                    Ok(None) => break,
+                    Err(status) => {
+                        return Err(pingora::Error::explain(
+                            pingora::ErrorType::WriteError,
+                            format!(
+                                "blob stream failed after {sent} bytes: {}",
+                                status.message()
+                            ),
+                        ));
+                    }
+                }
+            }
+            if sent != len {
+                return Err(pingora::Error::explain(
+                    pingora::ErrorType::WriteError,
+                    format!("blob stream ended at {sent} of {len} bytes"),
+                ));
+            }
+        }
+    }
+    session.finish_body().await?;
+    Ok(())
+}

@@ -1,0 +1,91 @@
+//! gRPC clients of the backend roles. Each role may have several replicas;
+//! calls are spread round-robin over them (consecutive calls of one upload
+//! may reach different svc-blob replicas, which the upload design allows).
+
+use capstan_proto::blob::v1::blob_service_client::BlobServiceClient;
+use capstan_proto::meta::v1::meta_service_client::MetaServiceClient;
+use capstan_runtime::grpc::{MAX_MESSAGE_BYTES, lazy_channel};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use tonic::transport::Channel;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("no endpoint configured for the {0} service (services.{0}.endpoints)")]
+    Missing(&'static str),
+    #[error("bad endpoint {uri:?}: {source}")]
+    BadUri {
+        uri: String,
+        source: tonic::transport::Error,
+    },
+}
+
+/// Round-robin over the replicas of one role.
+#[derive(Debug)]
+struct Pool<C> {
+    clients: Vec<C>,
+    next: AtomicUsize,
+}
+
+impl<C: Clone> Pool<C> {
+    fn pick(&self) -> C {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.clients.len();
+        self.clients[i].clone()
+    }
+}
+
+fn pool<C>(
+    role: &'static str,
+    uris: &[String],
+    make: impl Fn(Channel) -> C,
+) -> Result<Pool<C>, BackendError> {
+    if uris.is_empty() {
+        return Err(BackendError::Missing(role));
+    }
+    let clients = uris
+        .iter()
+        .map(|uri| {
+            lazy_channel(uri)
+                .map(&make)
+                .map_err(|source| BackendError::BadUri {
+                    uri: uri.clone(),
+                    source,
+                })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Pool {
+        clients,
+        next: AtomicUsize::new(0),
+    })
+}
+
+#[derive(Debug)]
+pub struct Backends {
+    meta: Pool<MetaServiceClient<Channel>>,
+    blob: Pool<BlobServiceClient<Channel>>,
+}
+
+impl Backends {
+    /// Lazily connecting clients; must be called inside a tokio runtime.
+    pub fn new(meta_uris: &[String], blob_uris: &[String]) -> Result<Self, BackendError> {
+        Ok(Self {
+            meta: pool("meta", meta_uris, |ch| {
+                MetaServiceClient::new(ch)
+                    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                    .max_encoding_message_size(MAX_MESSAGE_BYTES)
+            })?,
+            blob: pool("blob", blob_uris, |ch| {
+                BlobServiceClient::new(ch)
+                    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                    .max_encoding_message_size(MAX_MESSAGE_BYTES)
+            })?,
+        })
+    }
+
+    pub fn meta(&self) -> MetaServiceClient<Channel> {
+        self.meta.pick()
+    }
+
+    pub fn blob(&self) -> BlobServiceClient<Channel> {
+        self.blob.pick()
+    }
+}

@@ -1,0 +1,87 @@
+//! Blob reads (HEAD, GET with single ranges) and deletes. A blob is served
+//! through a repository only when svc-meta links it to that repository.
+
+use super::parse_digest;
+use crate::app::{Body, Ctx, Gateway, Reply};
+use crate::error::ApiError;
+use crate::range::{RangeOutcome, parse_range};
+use capstan_oci::ErrorCode;
+use capstan_proto::blob::v1::ReadRequest;
+use capstan_proto::meta::v1::{StatBlobRequest, UnlinkBlobRequest};
+use pingora::protocols::http::ServerSession;
+
+pub async fn get(
+    gw: &Gateway,
+    ctx: &Ctx,
+    session: &ServerSession,
+    repo: &str,
+    digest: &str,
+) -> Result<Reply, ApiError> {
+    let d = parse_digest(digest)?;
+    let size = gw
+        .backends
+        .meta()
+        .stat_blob(ctx.rpc(StatBlobRequest {
+            repo: repo.into(),
+            digest: d.to_string(),
+        }))
+        .await?
+        .into_inner()
+        .size;
+    let range = session
+        .req_header()
+        .headers
+        .get("range")
+        .and_then(|v| v.to_str().ok())
+        .map(|h| parse_range(h, size))
+        .unwrap_or(RangeOutcome::Full);
+    let (status, offset, len) = match range {
+        RangeOutcome::Full => (200, 0, size),
+        RangeOutcome::Partial(span) => (206, span.start, span.len()),
+        RangeOutcome::Unsatisfiable => {
+            return Err(ApiError::code(ErrorCode::RangeInvalid)
+                .with_header("Content-Range", format!("bytes */{size}")));
+        }
+    };
+    let mut reply = Reply::new(status)
+        .header("Content-Type", "application/octet-stream")
+        .header("Docker-Content-Digest", d.to_string())
+        .header("Accept-Ranges", "bytes");
+    if status == 206 {
+        reply = reply.header(
+            "Content-Range",
+            format!("bytes {offset}-{}/{size}", offset + len - 1),
+        );
+    }
+    if ctx.is_head || len == 0 {
+        reply.body = Body::Head { len };
+        return Ok(reply);
+    }
+    let stream = gw
+        .backends
+        .blob()
+        .read(ctx.rpc(ReadRequest {
+            digest: d.to_string(),
+            offset,
+            length: len,
+        }))
+        .await?
+        .into_inner();
+    reply.body = Body::Stream {
+        stream: Box::new(stream),
+        len,
+    };
+    Ok(reply)
+}
+
+pub async fn delete(gw: &Gateway, ctx: &Ctx, repo: &str, digest: &str) -> Result<Reply, ApiError> {
+    let d = parse_digest(digest)?;
+    gw.backends
+        .meta()
+        .unlink_blob(ctx.rpc(UnlinkBlobRequest {
+            repo: repo.into(),
+            digest: d.to_string(),
+        }))
+        .await?;
+    Ok(Reply::new(202).header("Docker-Content-Digest", d.to_string()))
+}

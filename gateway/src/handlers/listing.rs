@@ -1,0 +1,139 @@
+//! Listings: tags (with `n`/`last` pagination and `Link`), the catalog, and
+//! the referrers API with its `artifactType` filter.
+
+use super::parse_digest;
+use crate::app::{Ctx, Gateway, Reply};
+use crate::error::ApiError;
+use capstan_oci::{ErrorCode, media};
+use capstan_proto::meta::v1::{CatalogRequest, ListTagsRequest, ReferrersRequest};
+
+/// `n` as a page size; a non-number is PAGINATION_NUMBER_INVALID.
+fn page_size(ctx: &Ctx) -> Result<Option<u32>, ApiError> {
+    ctx.param("n")
+        .map(|n| {
+            n.parse::<u32>()
+                .map_err(|_| ApiError::code(ErrorCode::PaginationNumberInvalid))
+        })
+        .transpose()
+}
+
+fn next_link(path: &str, n: Option<u32>, last: Option<&String>, more: bool) -> Option<String> {
+    let (true, Some(n), Some(last)) = (more, n, last) else {
+        return None;
+    };
+    let q: String = form_urlencoded::Serializer::new(String::new())
+        .append_pair("n", &n.to_string())
+        .append_pair("last", last)
+        .finish();
+    Some(format!("<{path}?{q}>; rel=\"next\""))
+}
+
+pub async fn tags(gw: &Gateway, ctx: &Ctx, repo: &str) -> Result<Reply, ApiError> {
+    let n = page_size(ctx)?;
+    let r = gw
+        .backends
+        .meta()
+        .list_tags(ctx.rpc(ListTagsRequest {
+            repo: repo.into(),
+            n,
+            last: ctx.param("last").unwrap_or("").into(),
+        }))
+        .await?
+        .into_inner();
+    let link = next_link(&format!("/v2/{repo}/tags/list"), n, r.tags.last(), r.more);
+    let mut reply = Reply::json(200, &serde_json::json!({"name": repo, "tags": r.tags}));
+    if let Some(l) = link {
+        reply = reply.header("Link", l);
+    }
+    Ok(reply)
+}
+
+pub async fn catalog(gw: &Gateway, ctx: &Ctx) -> Result<Reply, ApiError> {
+    let n = page_size(ctx)?;
+    let r = gw
+        .backends
+        .meta()
+        .catalog(ctx.rpc(CatalogRequest {
+            n,
+            last: ctx.param("last").unwrap_or("").into(),
+        }))
+        .await?
+        .into_inner();
+    let link = next_link("/v2/_catalog", n, r.repositories.last(), r.more);
+    let mut reply = Reply::json(200, &serde_json::json!({"repositories": r.repositories}));
+    if let Some(l) = link {
+        reply = reply.header("Link", l);
+    }
+    Ok(reply)
+}
+
+pub async fn referrers(
+    gw: &Gateway,
+    ctx: &Ctx,
+    repo: &str,
+    digest: &str,
+) -> Result<Reply, ApiError> {
+    let d = parse_digest(digest)?;
+    let artifact_type = ctx.param("artifactType").unwrap_or("").to_string();
+    let r = gw
+        .backends
+        .meta()
+        .referrers(ctx.rpc(ReferrersRequest {
+            repo: repo.into(),
+            digest: d.to_string(),
+            artifact_type: artifact_type.clone(),
+        }))
+        .await?
+        .into_inner();
+    let manifests: Vec<serde_json::Value> = r
+        .manifests
+        .into_iter()
+        .map(|m| {
+            let mut v = serde_json::json!({
+                "mediaType": m.media_type,
+                "digest": m.digest,
+                "size": m.size,
+            });
+            if !m.artifact_type.is_empty() {
+                v["artifactType"] = m.artifact_type.into();
+            }
+            if !m.annotations.is_empty() {
+                v["annotations"] = serde_json::json!(m.annotations);
+            }
+            v
+        })
+        .collect();
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": media::OCI_INDEX,
+        "manifests": manifests,
+    });
+    let mut reply = Reply::bytes(
+        200,
+        media::OCI_INDEX,
+        serde_json::to_vec(&index).expect("json").into(),
+    );
+    if !artifact_type.is_empty() {
+        reply = reply.header("OCI-Filters-Applied", "artifactType");
+    }
+    Ok(reply)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::next_link;
+
+    #[test]
+    fn link_only_when_more_and_paged() {
+        let last = "v2".to_string();
+        assert_eq!(
+            next_link("/v2/r/tags/list", Some(2), Some(&last), true).as_deref(),
+            Some("</v2/r/tags/list?n=2&last=v2>; rel=\"next\"")
+        );
+        assert_eq!(
+            next_link("/v2/r/tags/list", Some(2), Some(&last), false),
+            None
+        );
+        assert_eq!(next_link("/v2/r/tags/list", None, Some(&last), true), None);
+    }
+}

@@ -1,0 +1,88 @@
+//! Manifests by tag or digest: PUT (validated by svc-meta), GET, HEAD, DELETE.
+
+use crate::app::{Body, Ctx, Gateway, Reply};
+use crate::body::{self, BodyError};
+use crate::error::ApiError;
+use capstan_oci::ErrorCode;
+use capstan_oci::manifest::MAX_MANIFEST_BYTES;
+use capstan_proto::meta::v1::{DeleteManifestRequest, GetManifestRequest, PutManifestRequest};
+use pingora::protocols::http::ServerSession;
+
+pub async fn put(
+    gw: &Gateway,
+    ctx: &Ctx,
+    session: &mut ServerSession,
+    repo: &str,
+    reference: &str,
+) -> Result<Reply, ApiError> {
+    let content_type = session
+        .req_header()
+        .headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let content = body::read_limited(session, MAX_MANIFEST_BYTES)
+        .await
+        .map_err(|e| match e {
+            BodyError::TooLarge(_) => ApiError::code(ErrorCode::ManifestTooLarge),
+            other => ApiError::new(ErrorCode::ManifestInvalid, other.to_string()),
+        })?;
+    let r = gw
+        .backends
+        .meta()
+        .put_manifest(ctx.rpc(PutManifestRequest {
+            repo: repo.into(),
+            reference: reference.into(),
+            content_type,
+            content,
+        }))
+        .await?
+        .into_inner();
+    let mut reply = Reply::new(201)
+        .header("Location", format!("/v2/{repo}/manifests/{}", r.digest))
+        .header("Docker-Content-Digest", r.digest);
+    if !r.subject.is_empty() {
+        reply = reply.header("OCI-Subject", r.subject);
+    }
+    Ok(reply)
+}
+
+pub async fn get(gw: &Gateway, ctx: &Ctx, repo: &str, reference: &str) -> Result<Reply, ApiError> {
+    let m = gw
+        .backends
+        .meta()
+        .get_manifest(ctx.rpc(GetManifestRequest {
+            repo: repo.into(),
+            reference: reference.into(),
+            head: ctx.is_head,
+        }))
+        .await?
+        .into_inner();
+    let mut reply = Reply::new(200)
+        .header("Content-Type", m.media_type)
+        .header("Docker-Content-Digest", m.digest.clone())
+        .header("ETag", format!("\"{}\"", m.digest));
+    reply.body = if ctx.is_head {
+        Body::Head { len: m.size }
+    } else {
+        Body::Bytes(m.content)
+    };
+    Ok(reply)
+}
+
+pub async fn delete(
+    gw: &Gateway,
+    ctx: &Ctx,
+    repo: &str,
+    reference: &str,
+) -> Result<Reply, ApiError> {
+    gw.backends
+        .meta()
+        .delete_manifest(ctx.rpc(DeleteManifestRequest {
+            repo: repo.into(),
+            reference: reference.into(),
+        }))
+        .await?;
+    Ok(Reply::new(202))
+}

@@ -1,0 +1,237 @@
+//! Blob uploads: monolithic (`POST ?digest=`), POST + PUT, chunked
+//! POST/PATCH/PUT with `Content-Range`, status, cancel, and cross-repository
+//! mounts. Bytes go straight from the client into a svc-blob stream.
+
+use super::parse_digest;
+use crate::app::{Ctx, Gateway, Reply};
+use crate::body::{self, BodyError};
+use crate::error::ApiError;
+use crate::range::{parse_content_range, upload_range};
+use capstan_oci::{Digest, ErrorCode, validate_repository};
+use capstan_proto::blob::v1::{
+    CommitUploadRequest, PutChunk, StartUploadRequest, UploadRef, UploadState, WriteChunk,
+};
+use capstan_proto::meta::v1::{LinkBlobRequest, MountBlobRequest};
+use pingora::protocols::http::ServerSession;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+/// Messages in flight between the body reader and the gRPC stream.
+const PIPELINE_DEPTH: usize = 4;
+
+fn upload_location(repo: &str, id: &str) -> String {
+    format!("/v2/{repo}/blobs/uploads/{id}")
+}
+
+fn blob_created(repo: &str, digest: &str) -> Reply {
+    Reply::new(201)
+        .header("Location", format!("/v2/{repo}/blobs/{digest}"))
+        .header("Docker-Content-Digest", digest.to_string())
+}
+
+fn upload_accepted(status: u16, repo: &str, state: &UploadState) -> Reply {
+    Reply::new(status)
+        .header("Location", upload_location(repo, &state.upload_id))
+        .header("Range", upload_range(state.offset))
+        .header("Docker-Upload-UUID", state.upload_id.clone())
+}
+
+fn body_error(e: BodyError) -> ApiError {
+    match e {
+        BodyError::TooLarge(_) => ApiError::code(ErrorCode::SizeInvalid),
+        other => ApiError::new(ErrorCode::BlobUploadInvalid, other.to_string()),
+    }
+}
+
+/// `POST /v2/<name>/blobs/uploads/`
+pub async fn start(
+    gw: &Gateway,
+    ctx: &Ctx,
+    session: &mut ServerSession,
+    repo: &str,
+) -> Result<Reply, ApiError> {
+    if let Some(mount) = ctx.param("mount") {
+        let d = parse_digest(mount)?;
+        if let Some(from) = ctx.param("from") {
+            validate_repository(from).map_err(|_| ApiError::code(ErrorCode::NameInvalid))?;
+            let r = gw
+                .backends
+                .meta()
+                .mount_blob(ctx.rpc(MountBlobRequest {
+                    repo: repo.into(),
+                    from: from.into(),
+                    digest: d.to_string(),
+                }))
+                .await?
+                .into_inner();
+            if r.mounted {
+                return Ok(blob_created(repo, &d.to_string()));
+            }
+        }
+        // Not mountable: fall back to a new upload session (202).
+    }
+    if let Some(digest) = ctx.param("digest") {
+        let d = parse_digest(digest)?;
+        return monolithic(gw, ctx, session, repo, &d).await;
+    }
+    let state = gw
+        .backends
+        .blob()
+        .start_upload(ctx.rpc(StartUploadRequest {}))
+        .await?
+        .into_inner();
+    Ok(upload_accepted(202, repo, &state))
+}
+
+/// The whole blob in the POST body.
+async fn monolithic(
+    gw: &Gateway,
+    ctx: &Ctx,
+    session: &mut ServerSession,
+    repo: &str,
+    digest: &Digest,
+) -> Result<Reply, ApiError> {
+    let (tx, rx) = mpsc::channel(PIPELINE_DEPTH);
+    let mut client = gw.backends.blob();
+    let rpc = client.put(ctx.rpc(ReceiverStream::new(rx)));
+    let digest_text = digest.to_string();
+    let pump = body::pump(session, tx, |first, data| PutChunk {
+        digest: if first {
+            digest_text.clone()
+        } else {
+            String::new()
+        },
+        data,
+    });
+    let (rpc, pumped) = tokio::join!(rpc, pump);
+    let committed = rpc?.into_inner();
+    pumped.map_err(body_error)?;
+    link(gw, ctx, repo, &committed.digest, committed.size).await?;
+    Ok(blob_created(repo, &committed.digest))
+}
+
+async fn link(
+    gw: &Gateway,
+    ctx: &Ctx,
+    repo: &str,
+    digest: &str,
+    size: u64,
+) -> Result<(), ApiError> {
+    gw.backends
+        .meta()
+        .link_blob(ctx.rpc(LinkBlobRequest {
+            repo: repo.into(),
+            digest: digest.into(),
+            size,
+        }))
+        .await?;
+    Ok(())
+}
+
+/// Stream the request body into upload `id`, checking `Content-Range`.
+async fn append(
+    gw: &Gateway,
+    ctx: &Ctx,
+    session: &mut ServerSession,
+    id: &str,
+) -> Result<UploadState, ApiError> {
+    let content_range = session
+        .req_header()
+        .headers
+        .get("content-range")
+        .map(|v| v.to_str().ok().and_then(parse_content_range));
+    let expected_offset = match content_range {
+        None => None,
+        Some(None) => {
+            return Err(ApiError::new(
+                ErrorCode::RangeInvalid,
+                "malformed Content-Range",
+            ));
+        }
+        Some(Some(span)) => {
+            if body::content_length(session).is_some_and(|n| n != span.len()) {
+                return Err(ApiError::new(
+                    ErrorCode::RangeInvalid,
+                    "Content-Range does not match Content-Length",
+                ));
+            }
+            Some(span.start)
+        }
+    };
+    let (tx, rx) = mpsc::channel(PIPELINE_DEPTH);
+    let mut client = gw.backends.blob();
+    let rpc = client.write_upload(ctx.rpc(ReceiverStream::new(rx)));
+    let pump = body::pump(session, tx, |first, data| WriteChunk {
+        upload_id: if first { id.to_string() } else { String::new() },
+        expected_offset: if first { expected_offset } else { None },
+        data,
+    });
+    let (rpc, pumped) = tokio::join!(rpc, pump);
+    let state = rpc?.into_inner();
+    pumped.map_err(body_error)?;
+    Ok(state)
+}
+
+/// `PATCH /v2/<name>/blobs/uploads/<id>`
+pub async fn patch(
+    gw: &Gateway,
+    ctx: &Ctx,
+    session: &mut ServerSession,
+    repo: &str,
+    id: &str,
+) -> Result<Reply, ApiError> {
+    let state = append(gw, ctx, session, id).await?;
+    Ok(upload_accepted(202, repo, &state))
+}
+
+/// `PUT /v2/<name>/blobs/uploads/<id>?digest=` with an optional last chunk.
+pub async fn finish(
+    gw: &Gateway,
+    ctx: &Ctx,
+    session: &mut ServerSession,
+    repo: &str,
+    id: &str,
+) -> Result<Reply, ApiError> {
+    let d = parse_digest(
+        ctx.param("digest")
+            .ok_or_else(|| ApiError::new(ErrorCode::DigestInvalid, "digest parameter missing"))?,
+    )?;
+    if !session.is_body_empty() {
+        append(gw, ctx, session, id).await?;
+    }
+    let committed = gw
+        .backends
+        .blob()
+        .commit_upload(ctx.rpc(CommitUploadRequest {
+            upload_id: id.into(),
+            digest: d.to_string(),
+        }))
+        .await?
+        .into_inner();
+    link(gw, ctx, repo, &committed.digest, committed.size).await?;
+    Ok(blob_created(repo, &committed.digest))
+}
+
+/// `GET /v2/<name>/blobs/uploads/<id>`
+pub async fn status(gw: &Gateway, ctx: &Ctx, repo: &str, id: &str) -> Result<Reply, ApiError> {
+    let state = gw
+        .backends
+        .blob()
+        .upload_status(ctx.rpc(UploadRef {
+            upload_id: id.into(),
+        }))
+        .await?
+        .into_inner();
+    Ok(upload_accepted(204, repo, &state))
+}
+
+/// `DELETE /v2/<name>/blobs/uploads/<id>`
+pub async fn cancel(gw: &Gateway, ctx: &Ctx, id: &str) -> Result<Reply, ApiError> {
+    gw.backends
+        .blob()
+        .cancel_upload(ctx.rpc(UploadRef {
+            upload_id: id.into(),
+        }))
+        .await?;
+    Ok(Reply::new(204))
+}

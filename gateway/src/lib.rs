@@ -1,0 +1,68 @@
+//! The gateway role: a pingora HTTP server that speaks the OCI distribution
+//! API (`/v2/...`). It parses each request into a typed [`endpoint::Endpoint`],
+//! calls svc-meta and svc-blob over gRPC, streams blob bytes in both
+//! directions without buffering them, and maps every backend error through
+//! the one table in [`error`] to the spec's status and JSON body. It owns TLS
+//! termination and the per-request access log.
+
+pub mod app;
+pub mod backends;
+pub mod body;
+pub mod endpoint;
+pub mod error;
+pub mod handlers;
+pub mod range;
+
+use anyhow::Context;
+use capstan_runtime::{Config, Shutdown};
+use pingora::services::Service as _;
+use std::os::fd::IntoRawFd;
+use std::sync::Arc;
+
+/// Where the gateway finds the other roles.
+#[derive(Debug, Clone)]
+pub struct Upstreams {
+    pub meta: Vec<String>,
+    pub blob: Vec<String>,
+}
+
+/// Serve the OCI API on `listener` (already bound) until `shutdown`.
+/// TLS (with HTTP/2) is enabled when `http.tls` is configured.
+pub async fn serve(
+    config: &Config,
+    upstreams: Upstreams,
+    listener: std::net::TcpListener,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
+    let backends = backends::Backends::new(&upstreams.meta, &upstreams.blob)?;
+    let app = app::Gateway::new(backends);
+    let addr = listener.local_addr()?.to_string();
+    listener.set_nonblocking(true)?;
+
+    // Hand the bound socket to pingora through its fd table, keyed by the
+    // address string, so port 0 works and the caller knows the port.
+    let mut fds = pingora::server::Fds::new();
+    fds.add(addr.clone(), listener.into_raw_fd());
+    let fds = Arc::new(parking_lot::Mutex::new(fds));
+
+    let mut service = pingora::services::listening::Service::new("capstan-gateway".into(), app);
+    match &config.http.tls {
+        Some(tls) => {
+            let cert = tls.cert.to_str().context("http.tls.cert is not UTF-8")?;
+            let key = tls.key.to_str().context("http.tls.key is not UTF-8")?;
+            let mut settings = pingora::listeners::tls::TlsSettings::intermediate(cert, key)
+                .map_err(|e| anyhow::anyhow!("http.tls: {e}"))?;
+            settings.enable_h2();
+            service.add_tls_with_settings(&addr, None, settings);
+        }
+        None => service.add_tcp(&addr),
+    }
+    let scheme = if config.http.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    tracing::info!(addr = %addr, scheme, "gateway listening");
+    service.start_service(Some(fds), shutdown.watch(), 1).await;
+    Ok(())
+}
