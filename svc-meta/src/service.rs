@@ -1,0 +1,221 @@
+//! The gRPC face of the [`Store`]: request fields are parsed into typed
+//! values here, and every failure leaves through `MetaError → Status`.
+
+use crate::error::MetaError;
+use crate::store::Store;
+use capstan_proto::meta::v1::meta_service_server::{MetaService, MetaServiceServer};
+use capstan_proto::meta::v1::{
+    CatalogRequest, CatalogResponse, DeleteManifestRequest, DeleteManifestResponse, Descriptor,
+    GetManifestRequest, GetManifestResponse, LinkBlobRequest, LinkBlobResponse, ListTagsRequest,
+    ListTagsResponse, MountBlobRequest, MountBlobResponse, PutManifestRequest, PutManifestResponse,
+    ReferrersRequest, ReferrersResponse, StatBlobRequest, StatBlobResponse, UnlinkBlobRequest,
+    UnlinkBlobResponse,
+};
+use capstan_runtime::grpc::MAX_MESSAGE_BYTES;
+use std::future::Future;
+use tonic::{Request, Response, Status};
+use tracing::Instrument;
+
+/// The MetaService implementation over a [`Store`].
+#[derive(Debug, Clone)]
+pub struct MetaGrpc {
+    store: Store,
+}
+
+impl MetaGrpc {
+    pub fn new(store: Store) -> Self {
+        Self { store }
+    }
+}
+
+/// The generated server for `store`, with Capstan's message size limits.
+pub fn grpc_service(store: Store) -> MetaServiceServer<MetaGrpc> {
+    MetaServiceServer::new(MetaGrpc::new(store))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES)
+}
+
+/// Run one call in a span joined to the caller's trace, converting its error
+/// at the boundary.
+async fn call<T, R>(
+    rpc: &'static str,
+    req: &Request<T>,
+    body: impl Future<Output = Result<R, MetaError>>,
+) -> Result<Response<R>, Status> {
+    let trace_id = capstan_runtime::grpc::trace_id(req).unwrap_or_default();
+    let span = tracing::info_span!("meta rpc", rpc, trace_id = %trace_id);
+    async move {
+        match body.await {
+            Ok(r) => Ok(Response::new(r)),
+            Err(e) => {
+                tracing::debug!(error = %e, "call failed");
+                Err(Status::from(e))
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+#[tonic::async_trait]
+impl MetaService for MetaGrpc {
+    async fn put_manifest(
+        &self,
+        request: Request<PutManifestRequest>,
+    ) -> Result<Response<PutManifestResponse>, Status> {
+        call("put_manifest", &request, async {
+            let r = request.get_ref();
+            let reference = MetaError::reference(&r.reference)?;
+            let out = self
+                .store
+                .put_manifest(&r.repo, &reference, &r.content_type, &r.content)
+                .await?;
+            Ok(PutManifestResponse {
+                digest: out.digest.to_string(),
+                subject: out.subject.map(|s| s.to_string()).unwrap_or_default(),
+            })
+        })
+        .await
+    }
+
+    async fn get_manifest(
+        &self,
+        request: Request<GetManifestRequest>,
+    ) -> Result<Response<GetManifestResponse>, Status> {
+        call("get_manifest", &request, async {
+            let r = request.get_ref();
+            let reference = MetaError::reference(&r.reference)?;
+            let m = self.store.get_manifest(&r.repo, &reference, r.head).await?;
+            Ok(GetManifestResponse {
+                digest: m.digest,
+                media_type: m.media_type,
+                size: m.size,
+                content: m.content.map(Into::into).unwrap_or_default(),
+            })
+        })
+        .await
+    }
+
+    async fn delete_manifest(
+        &self,
+        request: Request<DeleteManifestRequest>,
+    ) -> Result<Response<DeleteManifestResponse>, Status> {
+        call("delete_manifest", &request, async {
+            let r = request.get_ref();
+            let reference = MetaError::reference(&r.reference)?;
+            self.store.delete_manifest(&r.repo, &reference).await?;
+            Ok(DeleteManifestResponse {})
+        })
+        .await
+    }
+
+    async fn list_tags(
+        &self,
+        request: Request<ListTagsRequest>,
+    ) -> Result<Response<ListTagsResponse>, Status> {
+        call("list_tags", &request, async {
+            let r = request.get_ref();
+            let page = self.store.list_tags(&r.repo, r.n, &r.last).await?;
+            Ok(ListTagsResponse {
+                tags: page.items,
+                more: page.more,
+            })
+        })
+        .await
+    }
+
+    async fn catalog(
+        &self,
+        request: Request<CatalogRequest>,
+    ) -> Result<Response<CatalogResponse>, Status> {
+        call("catalog", &request, async {
+            let r = request.get_ref();
+            let page = self.store.catalog(r.n, &r.last).await?;
+            Ok(CatalogResponse {
+                repositories: page.items,
+                more: page.more,
+            })
+        })
+        .await
+    }
+
+    async fn referrers(
+        &self,
+        request: Request<ReferrersRequest>,
+    ) -> Result<Response<ReferrersResponse>, Status> {
+        call("referrers", &request, async {
+            let r = request.get_ref();
+            let subject = MetaError::digest(&r.digest)?;
+            let filter = (!r.artifact_type.is_empty()).then_some(r.artifact_type.as_str());
+            let found = self.store.referrers(&r.repo, &subject, filter).await?;
+            Ok(ReferrersResponse {
+                manifests: found
+                    .into_iter()
+                    .map(|m| Descriptor {
+                        media_type: m.media_type,
+                        digest: m.digest,
+                        size: m.size,
+                        artifact_type: m.artifact_type.unwrap_or_default(),
+                        annotations: m.annotations.into_iter().collect(),
+                    })
+                    .collect(),
+            })
+        })
+        .await
+    }
+
+    async fn link_blob(
+        &self,
+        request: Request<LinkBlobRequest>,
+    ) -> Result<Response<LinkBlobResponse>, Status> {
+        call("link_blob", &request, async {
+            let r = request.get_ref();
+            let digest = MetaError::digest(&r.digest)?;
+            self.store.link_blob(&r.repo, &digest, r.size).await?;
+            Ok(LinkBlobResponse {})
+        })
+        .await
+    }
+
+    async fn stat_blob(
+        &self,
+        request: Request<StatBlobRequest>,
+    ) -> Result<Response<StatBlobResponse>, Status> {
+        call("stat_blob", &request, async {
+            let r = request.get_ref();
+            let digest = MetaError::digest(&r.digest)?;
+            let size = self.store.stat_blob(&r.repo, &digest).await?;
+            Ok(StatBlobResponse { size })
+        })
+        .await
+    }
+
+    async fn unlink_blob(
+        &self,
+        request: Request<UnlinkBlobRequest>,
+    ) -> Result<Response<UnlinkBlobResponse>, Status> {
+        call("unlink_blob", &request, async {
+            let r = request.get_ref();
+            let digest = MetaError::digest(&r.digest)?;
+            self.store.unlink_blob(&r.repo, &digest).await?;
+            Ok(UnlinkBlobResponse {})
+        })
+        .await
+    }
+
+    async fn mount_blob(
+        &self,
+        request: Request<MountBlobRequest>,
+    ) -> Result<Response<MountBlobResponse>, Status> {
+        call("mount_blob", &request, async {
+            let r = request.get_ref();
+            let digest = MetaError::digest(&r.digest)?;
+            let size = self.store.mount_blob(&r.repo, &r.from, &digest).await?;
+            Ok(MountBlobResponse {
+                mounted: size.is_some(),
+                size: size.unwrap_or(0),
+            })
+        })
+        .await
+    }
+}

@@ -1,0 +1,551 @@
+//! The sqlx layer: every read and write of the namespace.
+//!
+//! Writes that must be atomic run in one transaction started with
+//! `BEGIN IMMEDIATE`, so SQLite takes the write lock up front (waiting up to
+//! the busy timeout) instead of failing a read-to-write upgrade; checks made
+//! inside such a transaction (is this blob linked?) hold until it commits.
+
+use crate::error::MetaError;
+use capstan_oci::manifest::MAX_MANIFEST_BYTES;
+use capstan_oci::{Algorithm, Digest, ParsedManifest, Reference, validate_repository};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use std::collections::{BTreeMap, BTreeSet};
+use std::str::FromStr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// How long a statement waits for a locked database before UNAVAILABLE.
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connections in the pool (SQLite in WAL mode: readers run in parallel,
+/// writers take turns).
+const MAX_CONNECTIONS: u32 = 8;
+
+/// Handle on the metadata database; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: SqlitePool,
+}
+
+/// Result of a stored manifest push.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PutOutcome {
+    pub digest: Digest,
+    /// Digest of the manifest's `subject`, if it has one.
+    pub subject: Option<Digest>,
+}
+
+/// A manifest as read back; `content` is `None` for a HEAD lookup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredManifest {
+    pub digest: String,
+    pub media_type: String,
+    pub size: u64,
+    pub content: Option<Vec<u8>>,
+}
+
+/// One page of a sorted listing.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Page {
+    pub items: Vec<String>,
+    /// True when further items follow this page.
+    pub more: bool,
+}
+
+/// A manifest whose `subject` is the queried digest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Referrer {
+    pub media_type: String,
+    pub digest: String,
+    pub size: u64,
+    pub artifact_type: Option<String>,
+    pub annotations: BTreeMap<String, String>,
+}
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+fn check_repo(repo: &str) -> Result<(), MetaError> {
+    validate_repository(repo).map_err(|source| MetaError::NameInvalid {
+        name: repo.to_string(),
+        source,
+    })
+}
+
+/// `digests` without repeats, first occurrence kept.
+fn dedupe(digests: &[Digest]) -> Vec<&Digest> {
+    let mut seen = BTreeSet::new();
+    digests.iter().filter(|d| seen.insert(*d)).collect()
+}
+
+fn to_u64(v: i64) -> Result<u64, MetaError> {
+    u64::try_from(v).map_err(|_| MetaError::Corrupt(format!("negative size {v}")))
+}
+
+/// `LIMIT` value for a page of at most `n` items: one more, to learn whether
+/// further items exist.
+fn page_limit(n: Option<u32>) -> i64 {
+    n.map_or(i64::MAX, |n| i64::from(n) + 1)
+}
+
+fn into_page(mut items: Vec<String>, n: Option<u32>) -> Page {
+    let more = match n {
+        Some(n) if items.len() > n as usize => {
+            items.truncate(n as usize);
+            true
+        }
+        _ => false,
+    };
+    Page { items, more }
+}
+
+impl Store {
+    /// Open (creating when missing) the database at `url` and apply the
+    /// migrations. Only `sqlite:` URLs are supported for now.
+    pub async fn open(url: &str) -> Result<Store, MetaError> {
+        Self::open_with_timeout(url, BUSY_TIMEOUT).await
+    }
+
+    pub(crate) async fn open_with_timeout(
+        url: &str,
+        busy_timeout: Duration,
+    ) -> Result<Store, MetaError> {
+        let scheme = url.split(':').next().unwrap_or_default();
+        if scheme != "sqlite" {
+            return Err(MetaError::UnsupportedDatabase(scheme.to_string()));
+        }
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(busy_timeout)
+            .foreign_keys(true);
+        let file = options.get_filename().to_path_buf();
+        if let Some(dir) = file.parent()
+            && !dir.as_os_str().is_empty()
+            && file.as_os_str() != ":memory:"
+        {
+            tokio::fs::create_dir_all(dir).await?;
+        }
+        let pool = SqlitePoolOptions::new()
+            .max_connections(MAX_CONNECTIONS)
+            .connect_with(options)
+            .await?;
+        sqlx::migrate!().run(&pool).await?;
+        tracing::info!(file = %file.display(), "metadata database open");
+        Ok(Store { pool })
+    }
+
+    /// Close every connection (waits for those in use).
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// Store a manifest pushed to `repo` under `reference` (a tag or its
+    /// digest); see the crate docs for the checks.
+    pub async fn put_manifest(
+        &self,
+        repo: &str,
+        reference: &Reference,
+        content_type: &str,
+        content: &[u8],
+    ) -> Result<PutOutcome, MetaError> {
+        check_repo(repo)?;
+        if content.len() > MAX_MANIFEST_BYTES {
+            return Err(MetaError::ManifestTooLarge(content.len()));
+        }
+        let parsed = ParsedManifest::parse(content_type, content)?;
+        let algorithm = match reference {
+            Reference::Digest(d) => d.algorithm(),
+            Reference::Tag(_) => Algorithm::Sha256,
+        };
+        let digest = Digest::of(algorithm, content);
+        if let Reference::Digest(d) = reference
+            && *d != digest
+        {
+            return Err(MetaError::DigestMismatch {
+                reference: d.clone(),
+                actual: digest,
+            });
+        }
+        let annotations = serde_json::to_string(&parsed.annotations)
+            .map_err(|e| MetaError::Corrupt(e.to_string()))?;
+        let size =
+            i64::try_from(content.len()).map_err(|_| MetaError::ManifestTooLarge(content.len()))?;
+        // In manifest order, so the first missing one is reported.
+        let blobs = dedupe(&parsed.blobs);
+        let children = dedupe(&parsed.manifests);
+        let digest_s = digest.to_string();
+        let subject = parsed.subject.as_ref().map(Digest::to_string);
+        let at = now();
+
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        for (set, sql) in [
+            (
+                &blobs,
+                "SELECT digest FROM blob_links WHERE repo = $1 AND digest = $2",
+            ),
+            (
+                &children,
+                "SELECT digest FROM manifests WHERE repo = $1 AND digest = $2",
+            ),
+        ] {
+            for target in set {
+                let found: Option<String> = sqlx::query_scalar(sql)
+                    .bind(repo)
+                    .bind(target.to_string())
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                if found.is_none() {
+                    return Err(MetaError::ManifestBlobUnknown {
+                        digest: (*target).clone(),
+                    });
+                }
+            }
+        }
+        sqlx::query(
+            "INSERT INTO repositories (name, created_at) VALUES ($1, $2) \
+             ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(repo)
+        .bind(at)
+        .execute(&mut *tx)
+        .await?;
+        let inserted = sqlx::query(
+            "INSERT INTO manifests \
+             (repo, digest, media_type, artifact_type, content, size, subject, annotations, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+             ON CONFLICT (repo, digest) DO NOTHING",
+        )
+        .bind(repo)
+        .bind(&digest_s)
+        .bind(&parsed.media_type)
+        .bind(parsed.artifact_type.as_deref())
+        .bind(content)
+        .bind(size)
+        .bind(subject.as_deref())
+        .bind(&annotations)
+        .bind(at)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        for (kind, set) in [("blob", &blobs), ("manifest", &children)] {
+            for target in set {
+                sqlx::query(
+                    "INSERT INTO manifest_refs (repo, digest, kind, target) VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT (repo, digest, kind, target) DO NOTHING",
+                )
+                .bind(repo)
+                .bind(&digest_s)
+                .bind(kind)
+                .bind(target.to_string())
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        if let Reference::Tag(tag) = reference {
+            sqlx::query(
+                "INSERT INTO tags (repo, name, digest, updated_at) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (repo, name) DO UPDATE \
+                 SET digest = excluded.digest, updated_at = excluded.updated_at",
+            )
+            .bind(repo)
+            .bind(tag)
+            .bind(&digest_s)
+            .bind(at)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        tracing::info!(
+            repo,
+            digest = %digest_s,
+            reference = %reference,
+            new = inserted > 0,
+            "manifest stored"
+        );
+        Ok(PutOutcome {
+            digest,
+            subject: parsed.subject,
+        })
+    }
+
+    /// The manifest `reference` names in `repo`; without content when `head`.
+    pub async fn get_manifest(
+        &self,
+        repo: &str,
+        reference: &Reference,
+        head: bool,
+    ) -> Result<StoredManifest, MetaError> {
+        check_repo(repo)?;
+        // The lookup by tag is one join, so a concurrent retag or delete
+        // cannot pair one manifest's digest with another's bytes.
+        let (key, by_tag) = match reference {
+            Reference::Tag(t) => (t.clone(), true),
+            Reference::Digest(d) => (d.to_string(), false),
+        };
+        let row: Option<(String, String, i64, Option<Vec<u8>>)> = if head {
+            let sql = if by_tag {
+                "SELECT m.digest, m.media_type, m.size FROM tags t \
+                 JOIN manifests m ON m.repo = t.repo AND m.digest = t.digest \
+                 WHERE t.repo = $1 AND t.name = $2"
+            } else {
+                "SELECT digest, media_type, size FROM manifests WHERE repo = $1 AND digest = $2"
+            };
+            sqlx::query_as::<_, (String, String, i64)>(sql)
+                .bind(repo)
+                .bind(&key)
+                .fetch_optional(&self.pool)
+                .await?
+                .map(|(d, t, s)| (d, t, s, None))
+        } else {
+            let sql = if by_tag {
+                "SELECT m.digest, m.media_type, m.size, m.content FROM tags t \
+                 JOIN manifests m ON m.repo = t.repo AND m.digest = t.digest \
+                 WHERE t.repo = $1 AND t.name = $2"
+            } else {
+                "SELECT digest, media_type, size, content FROM manifests \
+                 WHERE repo = $1 AND digest = $2"
+            };
+            sqlx::query_as::<_, (String, String, i64, Vec<u8>)>(sql)
+                .bind(repo)
+                .bind(&key)
+                .fetch_optional(&self.pool)
+                .await?
+                .map(|(d, t, s, c)| (d, t, s, Some(c)))
+        };
+        let (digest, media_type, size, content) = row.ok_or(MetaError::ManifestUnknown)?;
+        Ok(StoredManifest {
+            digest,
+            media_type,
+            size: to_u64(size)?,
+            content,
+        })
+    }
+
+    /// By digest: remove the manifest, every tag on it and its references.
+    /// By tag: remove only the tag.
+    pub async fn delete_manifest(
+        &self,
+        repo: &str,
+        reference: &Reference,
+    ) -> Result<(), MetaError> {
+        check_repo(repo)?;
+        match reference {
+            Reference::Tag(tag) => {
+                let gone = sqlx::query("DELETE FROM tags WHERE repo = $1 AND name = $2")
+                    .bind(repo)
+                    .bind(tag)
+                    .execute(&self.pool)
+                    .await?
+                    .rows_affected();
+                if gone == 0 {
+                    return Err(MetaError::ManifestUnknown);
+                }
+                tracing::info!(repo, tag = %tag, "tag deleted");
+            }
+            Reference::Digest(d) => {
+                let digest = d.to_string();
+                let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+                let tags = sqlx::query("DELETE FROM tags WHERE repo = $1 AND digest = $2")
+                    .bind(repo)
+                    .bind(&digest)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                sqlx::query("DELETE FROM manifest_refs WHERE repo = $1 AND digest = $2")
+                    .bind(repo)
+                    .bind(&digest)
+                    .execute(&mut *tx)
+                    .await?;
+                let gone = sqlx::query("DELETE FROM manifests WHERE repo = $1 AND digest = $2")
+                    .bind(repo)
+                    .bind(&digest)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                if gone == 0 {
+                    return Err(MetaError::ManifestUnknown);
+                }
+                tx.commit().await?;
+                tracing::info!(repo, digest = %digest, tags, "manifest deleted");
+            }
+        }
+        Ok(())
+    }
+
+    /// Tags of `repo` in byte order, strictly after `last` (empty: from the
+    /// start), at most `n`.
+    pub async fn list_tags(
+        &self,
+        repo: &str,
+        n: Option<u32>,
+        last: &str,
+    ) -> Result<Page, MetaError> {
+        check_repo(repo)?;
+        let exists: Option<String> =
+            sqlx::query_scalar("SELECT name FROM repositories WHERE name = $1")
+                .bind(repo)
+                .fetch_optional(&self.pool)
+                .await?;
+        if exists.is_none() {
+            return Err(MetaError::NameUnknown(repo.to_string()));
+        }
+        let items: Vec<String> = sqlx::query_scalar(
+            "SELECT name FROM tags WHERE repo = $1 AND name > $2 ORDER BY name LIMIT $3",
+        )
+        .bind(repo)
+        .bind(last)
+        .bind(page_limit(n))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(into_page(items, n))
+    }
+
+    /// Repository names in byte order, strictly after `last`, at most `n`.
+    pub async fn catalog(&self, n: Option<u32>, last: &str) -> Result<Page, MetaError> {
+        let items: Vec<String> = sqlx::query_scalar(
+            "SELECT name FROM repositories WHERE name > $1 ORDER BY name LIMIT $2",
+        )
+        .bind(last)
+        .bind(page_limit(n))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(into_page(items, n))
+    }
+
+    /// Manifests of `repo` whose subject is `subject`, optionally only those
+    /// with `artifact_type`. An unknown repository has none.
+    pub async fn referrers(
+        &self,
+        repo: &str,
+        subject: &Digest,
+        artifact_type: Option<&str>,
+    ) -> Result<Vec<Referrer>, MetaError> {
+        check_repo(repo)?;
+        let rows: Vec<(String, String, i64, Option<String>, String)> = sqlx::query_as(
+            "SELECT media_type, digest, size, artifact_type, annotations FROM manifests \
+             WHERE repo = $1 AND subject = $2 AND ($3 IS NULL OR artifact_type = $3) \
+             ORDER BY digest",
+        )
+        .bind(repo)
+        .bind(subject.to_string())
+        .bind(artifact_type)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|(media_type, digest, size, artifact_type, annotations)| {
+                Ok(Referrer {
+                    annotations: serde_json::from_str(&annotations)
+                        .map_err(|e| MetaError::Corrupt(format!("annotations of {digest}: {e}")))?,
+                    media_type,
+                    size: to_u64(size)?,
+                    digest,
+                    artifact_type,
+                })
+            })
+            .collect()
+    }
+
+    /// Record that `digest` (of `size` bytes) is readable through `repo`,
+    /// creating the repository when needed. Idempotent.
+    pub async fn link_blob(&self, repo: &str, digest: &Digest, size: u64) -> Result<(), MetaError> {
+        check_repo(repo)?;
+        let size = i64::try_from(size).map_err(|_| MetaError::SizeInvalid(size))?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        link(&mut tx, repo, &digest.to_string(), size).await?;
+        tx.commit().await?;
+        tracing::debug!(repo, digest = %digest, size, "blob linked");
+        Ok(())
+    }
+
+    /// Size of `digest` if it is linked to `repo`, else BLOB_UNKNOWN.
+    pub async fn stat_blob(&self, repo: &str, digest: &Digest) -> Result<u64, MetaError> {
+        check_repo(repo)?;
+        let size: Option<i64> =
+            sqlx::query_scalar("SELECT size FROM blob_links WHERE repo = $1 AND digest = $2")
+                .bind(repo)
+                .bind(digest.to_string())
+                .fetch_optional(&self.pool)
+                .await?;
+        to_u64(size.ok_or(MetaError::BlobUnknown)?)
+    }
+
+    /// Remove the link of `digest` to `repo`; BLOB_UNKNOWN when absent.
+    pub async fn unlink_blob(&self, repo: &str, digest: &Digest) -> Result<(), MetaError> {
+        check_repo(repo)?;
+        let gone = sqlx::query("DELETE FROM blob_links WHERE repo = $1 AND digest = $2")
+            .bind(repo)
+            .bind(digest.to_string())
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        if gone == 0 {
+            return Err(MetaError::BlobUnknown);
+        }
+        tracing::info!(repo, digest = %digest, "blob unlinked");
+        Ok(())
+    }
+
+    /// Link `digest` into `repo` when `from` may serve it: `Some(size)` when
+    /// mounted, `None` when `from` does not hold it (nothing changes then).
+    pub async fn mount_blob(
+        &self,
+        repo: &str,
+        from: &str,
+        digest: &Digest,
+    ) -> Result<Option<u64>, MetaError> {
+        check_repo(repo)?;
+        check_repo(from)?;
+        let digest_s = digest.to_string();
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let size: Option<i64> =
+            sqlx::query_scalar("SELECT size FROM blob_links WHERE repo = $1 AND digest = $2")
+                .bind(from)
+                .bind(&digest_s)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let Some(size) = size else {
+            return Ok(None);
+        };
+        link(&mut tx, repo, &digest_s, size).await?;
+        tx.commit().await?;
+        tracing::debug!(repo, from, digest = %digest_s, size, "blob mounted");
+        Ok(Some(to_u64(size)?))
+    }
+}
+
+/// Create `repo` if needed and link `digest` to it (inside `tx`).
+async fn link(
+    tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
+    repo: &str,
+    digest: &str,
+    size: i64,
+) -> Result<(), MetaError> {
+    let at = now();
+    sqlx::query(
+        "INSERT INTO repositories (name, created_at) VALUES ($1, $2) \
+         ON CONFLICT (name) DO NOTHING",
+    )
+    .bind(repo)
+    .bind(at)
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO blob_links (repo, digest, size, created_at) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (repo, digest) DO NOTHING",
+    )
+    .bind(repo)
+    .bind(digest)
+    .bind(size)
+    .bind(at)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,732 @@
+use super::*;
+use crate::testutil::{
+    descriptor, image, image_with, index, link_blobs, sha256, sqlite_url, temp_store,
+};
+use capstan_oci::{ErrorCode, media};
+use capstan_proto::ServiceError;
+use serde_json::json;
+
+fn tag(t: &str) -> Reference {
+    Reference::Tag(t.to_string())
+}
+
+fn by_digest(d: &Digest) -> Reference {
+    Reference::Digest(d.clone())
+}
+
+fn code<T: std::fmt::Debug>(r: Result<T, MetaError>) -> ErrorCode {
+    r.expect_err("expected an error").code()
+}
+
+fn page(items: &[&str], more: bool) -> Page {
+    Page {
+        items: items.iter().map(|s| s.to_string()).collect(),
+        more,
+    }
+}
+
+async fn count(store: &Store, sql: &'static str, repo: &str) -> i64 {
+    sqlx::query_scalar(sql)
+        .bind(repo)
+        .fetch_one(&store.pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn put_then_get_and_head_by_tag_and_digest() {
+    let (_dir, store) = temp_store().await;
+    let img = image("one");
+    link_blobs(&store, "lib/app", &img).await;
+    let out = store
+        .put_manifest("lib/app", &tag("v1"), media::OCI_MANIFEST, &img.bytes)
+        .await
+        .unwrap();
+    assert_eq!(out.digest, img.digest);
+    assert_eq!(out.subject, None);
+
+    for reference in [tag("v1"), by_digest(&img.digest)] {
+        let got = store
+            .get_manifest("lib/app", &reference, false)
+            .await
+            .unwrap();
+        assert_eq!(got.digest, img.digest.to_string());
+        assert_eq!(got.media_type, media::OCI_MANIFEST);
+        assert_eq!(got.size, img.bytes.len() as u64);
+        assert_eq!(got.content.as_deref(), Some(&img.bytes[..]));
+
+        let head = store
+            .get_manifest("lib/app", &reference, true)
+            .await
+            .unwrap();
+        assert_eq!(head.content, None);
+        assert_eq!(head.digest, img.digest.to_string());
+        assert_eq!(head.size, img.bytes.len() as u64);
+        assert_eq!(head.media_type, media::OCI_MANIFEST);
+    }
+
+    // Unknown tag, digest and repository.
+    assert_eq!(
+        code(store.get_manifest("lib/app", &tag("v2"), false).await),
+        ErrorCode::ManifestUnknown
+    );
+    assert_eq!(
+        code(
+            store
+                .get_manifest("lib/app", &by_digest(&sha256(b"no")), true)
+                .await
+        ),
+        ErrorCode::ManifestUnknown
+    );
+    assert_eq!(
+        code(store.get_manifest("lib/other", &tag("v1"), false).await),
+        ErrorCode::ManifestUnknown
+    );
+    // The manifest's references were recorded for GC.
+    assert_eq!(
+        count(
+            &store,
+            "SELECT COUNT(*) FROM manifest_refs WHERE repo = $1",
+            "lib/app"
+        )
+        .await,
+        2
+    );
+}
+
+#[tokio::test]
+async fn pushing_by_digest_stores_without_a_tag_and_is_idempotent() {
+    let (_dir, store) = temp_store().await;
+    let img = image("by-digest");
+    link_blobs(&store, "r", &img).await;
+    for _ in 0..2 {
+        let out = store
+            .put_manifest("r", &by_digest(&img.digest), "", &img.bytes)
+            .await
+            .unwrap();
+        assert_eq!(out.digest, img.digest);
+    }
+    assert!(
+        store
+            .list_tags("r", None, "")
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+    assert_eq!(
+        count(
+            &store,
+            "SELECT COUNT(*) FROM manifests WHERE repo = $1",
+            "r"
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        count(
+            &store,
+            "SELECT COUNT(*) FROM manifest_refs WHERE repo = $1",
+            "r"
+        )
+        .await,
+        2
+    );
+}
+
+#[tokio::test]
+async fn retagging_moves_the_tag() {
+    let (_dir, store) = temp_store().await;
+    let (a, b) = (image("a"), image("b"));
+    link_blobs(&store, "r", &a).await;
+    link_blobs(&store, "r", &b).await;
+    store
+        .put_manifest("r", &tag("latest"), "", &a.bytes)
+        .await
+        .unwrap();
+    store
+        .put_manifest("r", &tag("latest"), "", &b.bytes)
+        .await
+        .unwrap();
+    let got = store.get_manifest("r", &tag("latest"), true).await.unwrap();
+    assert_eq!(got.digest, b.digest.to_string());
+    // The first manifest stays reachable by digest.
+    assert!(
+        store
+            .get_manifest("r", &by_digest(&a.digest), true)
+            .await
+            .is_ok()
+    );
+    assert_eq!(
+        store.list_tags("r", None, "").await.unwrap().items,
+        ["latest"]
+    );
+}
+
+#[tokio::test]
+async fn delete_by_tag_keeps_the_manifest() {
+    let (_dir, store) = temp_store().await;
+    let img = image("del-tag");
+    link_blobs(&store, "r", &img).await;
+    store
+        .put_manifest("r", &tag("v1"), "", &img.bytes)
+        .await
+        .unwrap();
+    store
+        .put_manifest("r", &tag("v2"), "", &img.bytes)
+        .await
+        .unwrap();
+
+    store.delete_manifest("r", &tag("v1")).await.unwrap();
+    assert_eq!(
+        code(store.get_manifest("r", &tag("v1"), false).await),
+        ErrorCode::ManifestUnknown
+    );
+    assert!(store.get_manifest("r", &tag("v2"), false).await.is_ok());
+    assert!(
+        store
+            .get_manifest("r", &by_digest(&img.digest), false)
+            .await
+            .is_ok()
+    );
+    assert_eq!(
+        code(store.delete_manifest("r", &tag("v1")).await),
+        ErrorCode::ManifestUnknown
+    );
+}
+
+#[tokio::test]
+async fn delete_by_digest_removes_manifest_tags_and_references() {
+    let (_dir, store) = temp_store().await;
+    let (img, other) = (image("del-digest"), image("kept"));
+    link_blobs(&store, "r", &img).await;
+    link_blobs(&store, "r", &other).await;
+    store
+        .put_manifest("r", &tag("v1"), "", &img.bytes)
+        .await
+        .unwrap();
+    store
+        .put_manifest("r", &tag("v2"), "", &img.bytes)
+        .await
+        .unwrap();
+    store
+        .put_manifest("r", &tag("keep"), "", &other.bytes)
+        .await
+        .unwrap();
+
+    store
+        .delete_manifest("r", &by_digest(&img.digest))
+        .await
+        .unwrap();
+    assert_eq!(
+        code(store.get_manifest("r", &by_digest(&img.digest), true).await),
+        ErrorCode::ManifestUnknown
+    );
+    assert_eq!(
+        store.list_tags("r", None, "").await.unwrap().items,
+        ["keep"]
+    );
+    assert_eq!(
+        count(
+            &store,
+            "SELECT COUNT(*) FROM manifest_refs WHERE repo = $1",
+            "r"
+        )
+        .await,
+        2,
+        "only the kept manifest's references remain"
+    );
+    // Blob links are GC's business, not the delete's.
+    assert_eq!(
+        store.stat_blob("r", &img.blobs[0].0).await.unwrap(),
+        img.blobs[0].1
+    );
+    assert_eq!(
+        code(store.delete_manifest("r", &by_digest(&img.digest)).await),
+        ErrorCode::ManifestUnknown
+    );
+    assert_eq!(
+        code(
+            store
+                .delete_manifest("nowhere", &by_digest(&img.digest))
+                .await
+        ),
+        ErrorCode::ManifestUnknown
+    );
+}
+
+#[tokio::test]
+async fn manifest_with_an_unlinked_blob_is_rejected_with_the_digest() {
+    let (_dir, store) = temp_store().await;
+    let img = image("unlinked");
+    // Only the config is linked, the layer is not.
+    let (config, size) = &img.blobs[0];
+    store.link_blob("r", config, *size).await.unwrap();
+    let err = store
+        .put_manifest("r", &tag("v1"), "", &img.bytes)
+        .await
+        .unwrap_err();
+    let layer = &img.blobs[1].0;
+    assert!(matches!(&err, MetaError::ManifestBlobUnknown { digest } if digest == layer));
+    let wire = ServiceError::from(err);
+    assert_eq!(wire.code, ErrorCode::ManifestBlobUnknown);
+    let detail: serde_json::Value = serde_json::from_str(&wire.detail_json).unwrap();
+    assert_eq!(detail, json!({"digest": layer.to_string()}));
+    // Nothing was written: no tag, no manifest.
+    assert!(
+        store
+            .list_tags("r", None, "")
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+    assert_eq!(
+        code(store.get_manifest("r", &by_digest(&img.digest), true).await),
+        ErrorCode::ManifestUnknown
+    );
+    // A blob linked to another repository does not count.
+    store.link_blob("other", layer, 1).await.unwrap();
+    assert_eq!(
+        code(store.put_manifest("r", &tag("v1"), "", &img.bytes).await),
+        ErrorCode::ManifestBlobUnknown
+    );
+    // Linking it makes the push succeed.
+    store.link_blob("r", layer, img.blobs[1].1).await.unwrap();
+    assert!(
+        store
+            .put_manifest("r", &tag("v1"), "", &img.bytes)
+            .await
+            .is_ok()
+    );
+}
+
+#[tokio::test]
+async fn index_needs_its_children_in_the_repository() {
+    let (_dir, store) = temp_store().await;
+    let (amd, arm) = (image("amd64"), image("arm64"));
+    link_blobs(&store, "r", &amd).await;
+    link_blobs(&store, "r", &arm).await;
+    store
+        .put_manifest("r", &by_digest(&amd.digest), "", &amd.bytes)
+        .await
+        .unwrap();
+    let idx = index(&[&amd, &arm]);
+
+    let err = store
+        .put_manifest("r", &tag("multi"), media::OCI_INDEX, &idx)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, MetaError::ManifestBlobUnknown { digest } if *digest == arm.digest),
+        "{err:?}"
+    );
+    assert_eq!(err.code(), ErrorCode::ManifestBlobUnknown);
+
+    store
+        .put_manifest("r", &by_digest(&arm.digest), "", &arm.bytes)
+        .await
+        .unwrap();
+    let out = store
+        .put_manifest("r", &tag("multi"), media::OCI_INDEX, &idx)
+        .await
+        .unwrap();
+    assert_eq!(out.digest, sha256(&idx));
+    let got = store.get_manifest("r", &tag("multi"), true).await.unwrap();
+    assert_eq!(got.media_type, media::OCI_INDEX);
+    let children: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM manifest_refs WHERE repo = $1 AND digest = $2 AND kind = 'manifest'",
+    )
+    .bind("r")
+    .bind(out.digest.to_string())
+    .fetch_one(&store.pool)
+    .await
+    .unwrap();
+    assert_eq!(children, 2);
+}
+
+#[tokio::test]
+async fn digest_reference_must_match_the_content() {
+    let (_dir, store) = temp_store().await;
+    let img = image("mismatch");
+    link_blobs(&store, "r", &img).await;
+    let wrong = sha256(b"something else");
+    assert_eq!(
+        code(
+            store
+                .put_manifest("r", &by_digest(&wrong), "", &img.bytes)
+                .await
+        ),
+        ErrorCode::DigestInvalid
+    );
+    assert_eq!(
+        code(store.get_manifest("r", &by_digest(&img.digest), true).await),
+        ErrorCode::ManifestUnknown
+    );
+    // A sha512 reference is checked with sha512.
+    let d512 = Digest::of(Algorithm::Sha512, &img.bytes);
+    let out = store
+        .put_manifest("r", &by_digest(&d512), "", &img.bytes)
+        .await
+        .unwrap();
+    assert_eq!(out.digest, d512);
+    assert!(
+        store
+            .get_manifest("r", &by_digest(&d512), true)
+            .await
+            .is_ok()
+    );
+}
+
+#[tokio::test]
+async fn bad_input_gets_the_right_code() {
+    let (_dir, store) = temp_store().await;
+    let img = image("bad");
+    link_blobs(&store, "r", &img).await;
+    assert_eq!(
+        code(
+            store
+                .put_manifest("Bad/Name", &tag("v1"), "", &img.bytes)
+                .await
+        ),
+        ErrorCode::NameInvalid
+    );
+    assert_eq!(
+        code(store.put_manifest("r", &tag("v1"), "", b"not json").await),
+        ErrorCode::ManifestInvalid
+    );
+    assert_eq!(
+        code(
+            store
+                .put_manifest("r", &tag("v1"), "text/plain", &img.bytes)
+                .await
+        ),
+        ErrorCode::ManifestInvalid
+    );
+    let huge = vec![b' '; MAX_MANIFEST_BYTES + 1];
+    assert_eq!(
+        code(store.put_manifest("r", &tag("v1"), "", &huge).await),
+        ErrorCode::ManifestTooLarge
+    );
+    assert_eq!(
+        code(store.list_tags("../x", None, "").await),
+        ErrorCode::NameInvalid
+    );
+    assert_eq!(
+        code(store.link_blob("r", &sha256(b"x"), u64::MAX).await),
+        ErrorCode::SizeInvalid
+    );
+    assert_eq!(
+        code(store.mount_blob("r", "UPPER", &sha256(b"x")).await),
+        ErrorCode::NameInvalid
+    );
+}
+
+#[tokio::test]
+async fn tags_are_paginated_in_byte_order() {
+    let (_dir, store) = temp_store().await;
+    let img = image("tags");
+    link_blobs(&store, "r", &img).await;
+    for t in ["d", "b", "B", "e", "a", "c"] {
+        store
+            .put_manifest("r", &tag(t), "", &img.bytes)
+            .await
+            .unwrap();
+    }
+    let all = store.list_tags("r", None, "").await.unwrap();
+    assert_eq!(all.items, ["B", "a", "b", "c", "d", "e"]);
+    assert!(!all.more);
+
+    let p = store.list_tags("r", Some(2), "").await.unwrap();
+    assert_eq!(p, page(&["B", "a"], true));
+    let p = store.list_tags("r", Some(2), "a").await.unwrap();
+    assert_eq!(p, page(&["b", "c"], true));
+    let p = store.list_tags("r", Some(2), "c").await.unwrap();
+    assert_eq!(p, page(&["d", "e"], false));
+    let p = store.list_tags("r", Some(10), "bb").await.unwrap();
+    assert_eq!(p, page(&["c", "d", "e"], false));
+    let p = store.list_tags("r", None, "e").await.unwrap();
+    assert_eq!(p, Page::default());
+    let p = store.list_tags("r", Some(0), "").await.unwrap();
+    assert_eq!((p.items.len(), p.more), (0, true));
+    let p = store.list_tags("r", Some(0), "e").await.unwrap();
+    assert_eq!((p.items.len(), p.more), (0, false));
+
+    assert_eq!(
+        code(store.list_tags("unknown", None, "").await),
+        ErrorCode::NameUnknown
+    );
+    // A repository that exists but has no tags lists nothing.
+    store.link_blob("empty", &sha256(b"e"), 1).await.unwrap();
+    assert_eq!(
+        store.list_tags("empty", Some(5), "").await.unwrap(),
+        Page::default()
+    );
+}
+
+#[tokio::test]
+async fn catalog_is_paginated() {
+    let (_dir, store) = temp_store().await;
+    assert_eq!(store.catalog(None, "").await.unwrap(), Page::default());
+    for repo in ["zeta", "alpha/one", "alpha", "mid"] {
+        store
+            .link_blob(repo, &sha256(repo.as_bytes()), 3)
+            .await
+            .unwrap();
+    }
+    let all = store.catalog(None, "").await.unwrap();
+    assert_eq!(all.items, ["alpha", "alpha/one", "mid", "zeta"]);
+    assert!(!all.more);
+    let p = store.catalog(Some(3), "").await.unwrap();
+    assert_eq!(p, page(&["alpha", "alpha/one", "mid"], true));
+    let p = store.catalog(Some(3), "mid").await.unwrap();
+    assert_eq!(p, page(&["zeta"], false));
+    let p = store.catalog(Some(1), "alpha").await.unwrap();
+    assert_eq!(p, page(&["alpha/one"], true));
+    let p = store.catalog(Some(0), "").await.unwrap();
+    assert_eq!((p.items.len(), p.more), (0, true));
+}
+
+#[tokio::test]
+async fn referrers_with_and_without_artifact_type_filter() {
+    let (_dir, store) = temp_store().await;
+    let subject = image("subject");
+    link_blobs(&store, "r", &subject).await;
+    store
+        .put_manifest("r", &tag("v1"), "", &subject.bytes)
+        .await
+        .unwrap();
+
+    let sig = image_with("sig", |v| {
+        v["artifactType"] = json!("application/vnd.example.signature");
+        v["subject"] = descriptor(&subject);
+        v["annotations"] = json!({"org.example.signer": "alice"});
+    });
+    // No artifactType: the config media type is reported.
+    let sbom = image_with("sbom", |v| {
+        v["config"]["mediaType"] = json!("application/vnd.example.sbom");
+        v["subject"] = descriptor(&subject);
+    });
+    let unrelated = image("unrelated");
+    for img in [&sig, &sbom, &unrelated] {
+        link_blobs(&store, "r", img).await;
+        let out = store
+            .put_manifest("r", &by_digest(&img.digest), "", &img.bytes)
+            .await
+            .unwrap();
+        if std::ptr::eq(img, &unrelated) {
+            assert_eq!(out.subject, None);
+        } else {
+            assert_eq!(out.subject.as_ref(), Some(&subject.digest));
+        }
+    }
+
+    let all = store.referrers("r", &subject.digest, None).await.unwrap();
+    let mut digests: Vec<&str> = all.iter().map(|r| r.digest.as_str()).collect();
+    digests.sort();
+    let mut want = vec![sig.digest.to_string(), sbom.digest.to_string()];
+    want.sort();
+    assert_eq!(digests, want);
+
+    let sigs = store
+        .referrers(
+            "r",
+            &subject.digest,
+            Some("application/vnd.example.signature"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(sigs.len(), 1);
+    let s = &sigs[0];
+    assert_eq!(s.digest, sig.digest.to_string());
+    assert_eq!(s.media_type, media::OCI_MANIFEST);
+    assert_eq!(s.size, sig.bytes.len() as u64);
+    assert_eq!(
+        s.artifact_type.as_deref(),
+        Some("application/vnd.example.signature")
+    );
+    assert_eq!(
+        s.annotations.get("org.example.signer").map(String::as_str),
+        Some("alice")
+    );
+
+    let sboms = store
+        .referrers("r", &subject.digest, Some("application/vnd.example.sbom"))
+        .await
+        .unwrap();
+    assert_eq!(sboms.len(), 1);
+    assert_eq!(sboms[0].digest, sbom.digest.to_string());
+    assert!(sboms[0].annotations.is_empty());
+
+    assert!(
+        store
+            .referrers("r", &subject.digest, Some("application/none"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        store
+            .referrers("r", &unrelated.digest, None)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        store
+            .referrers("nope", &subject.digest, None)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn link_stat_unlink_and_mount() {
+    let (_dir, store) = temp_store().await;
+    let d = sha256(b"blob");
+    assert_eq!(code(store.stat_blob("a", &d).await), ErrorCode::BlobUnknown);
+    store.link_blob("a", &d, 4).await.unwrap();
+    store.link_blob("a", &d, 4).await.unwrap();
+    assert_eq!(store.stat_blob("a", &d).await.unwrap(), 4);
+    assert_eq!(code(store.stat_blob("b", &d).await), ErrorCode::BlobUnknown);
+
+    assert_eq!(store.mount_blob("b", "a", &d).await.unwrap(), Some(4));
+    assert_eq!(store.stat_blob("b", &d).await.unwrap(), 4);
+    // Mounting from a repository that does not hold the blob does nothing.
+    assert_eq!(store.mount_blob("c", "nowhere", &d).await.unwrap(), None);
+    assert_eq!(code(store.stat_blob("c", &d).await), ErrorCode::BlobUnknown);
+    assert_eq!(store.catalog(None, "").await.unwrap().items, ["a", "b"]);
+
+    store.unlink_blob("a", &d).await.unwrap();
+    assert_eq!(code(store.stat_blob("a", &d).await), ErrorCode::BlobUnknown);
+    assert_eq!(
+        code(store.unlink_blob("a", &d).await),
+        ErrorCode::BlobUnknown
+    );
+    // The mounted link is independent of its source.
+    assert_eq!(store.stat_blob("b", &d).await.unwrap(), 4);
+    assert_eq!(store.mount_blob("a", "a", &d).await.unwrap(), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_pushes_to_one_tag_leave_one_consistent_winner() {
+    let (_dir, store) = temp_store().await;
+    let images: Vec<_> = (0..20).map(|i| image(&format!("racer-{i}"))).collect();
+    for img in &images {
+        link_blobs(&store, "race", img).await;
+    }
+    let tasks: Vec<_> = images
+        .iter()
+        .map(|img| {
+            let store = store.clone();
+            let bytes = img.bytes.clone();
+            tokio::spawn(async move {
+                store
+                    .put_manifest("race", &Reference::Tag("hot".into()), "", &bytes)
+                    .await
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    let winner = store
+        .get_manifest("race", &tag("hot"), false)
+        .await
+        .unwrap();
+    let img = images
+        .iter()
+        .find(|i| i.digest.to_string() == winner.digest)
+        .expect("the tag points at one of the pushed manifests");
+    assert_eq!(winner.content.as_deref(), Some(&img.bytes[..]));
+    let page = store.list_tags("race", None, "").await.unwrap();
+    assert_eq!(page.items, ["hot"]);
+    assert_eq!(
+        count(
+            &store,
+            "SELECT COUNT(*) FROM manifests WHERE repo = $1",
+            "race"
+        )
+        .await,
+        20
+    );
+}
+
+#[tokio::test]
+async fn data_survives_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = sqlite_url(&dir);
+    let img = image("persist");
+    {
+        let store = Store::open(&url).await.unwrap();
+        link_blobs(&store, "r", &img).await;
+        store
+            .put_manifest("r", &tag("v1"), "", &img.bytes)
+            .await
+            .unwrap();
+        store.close().await;
+    }
+    let store = Store::open(&url).await.unwrap();
+    let got = store.get_manifest("r", &tag("v1"), false).await.unwrap();
+    assert_eq!(got.content.as_deref(), Some(&img.bytes[..]));
+    let journal: String = sqlx::query_scalar("PRAGMA journal_mode")
+        .fetch_one(&store.pool)
+        .await
+        .unwrap();
+    assert_eq!(journal, "wal");
+    let sync: i64 = sqlx::query_scalar("PRAGMA synchronous")
+        .fetch_one(&store.pool)
+        .await
+        .unwrap();
+    assert_eq!(sync, 2, "synchronous=FULL");
+    let fks: i64 = sqlx::query_scalar("PRAGMA foreign_keys")
+        .fetch_one(&store.pool)
+        .await
+        .unwrap();
+    assert_eq!(fks, 1);
+}
+
+#[tokio::test]
+async fn a_locked_database_is_unavailable() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = sqlite_url(&dir);
+    let store = Store::open_with_timeout(&url, Duration::from_millis(100))
+        .await
+        .unwrap();
+    let other = Store::open(&url).await.unwrap();
+    // Another writer holds the write lock.
+    let holder = other.pool.begin_with("BEGIN IMMEDIATE").await.unwrap();
+    let err = store.link_blob("r", &sha256(b"x"), 1).await.unwrap_err();
+    assert_eq!(err.code(), ErrorCode::Unavailable, "{err}");
+    holder.rollback().await.unwrap();
+    // Once released, writes go through.
+    store.link_blob("r", &sha256(b"x"), 1).await.unwrap();
+}
+
+#[tokio::test]
+async fn only_sqlite_urls_are_accepted() {
+    let err = Store::open("postgres://localhost/meta").await.unwrap_err();
+    assert!(matches!(err, MetaError::UnsupportedDatabase(s) if s == "postgres"));
+}
+
+#[tokio::test]
+async fn an_in_memory_database_is_shared_by_the_pool() {
+    let store = Store::open("sqlite::memory:").await.unwrap();
+    let img = image("memory");
+    link_blobs(&store, "r", &img).await;
+    store
+        .put_manifest("r", &tag("v1"), "", &img.bytes)
+        .await
+        .unwrap();
+    // Reads from several connections at once see the same database.
+    let reads: Vec<_> = (0..4)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move { store.get_manifest("r", &tag("v1"), true).await })
+        })
+        .collect();
+    for r in reads {
+        assert_eq!(r.await.unwrap().unwrap().digest, img.digest.to_string());
+    }
+}
