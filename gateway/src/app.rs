@@ -17,6 +17,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
+/// Largest unread request body drained after an early answer.
+const DRAIN_LIMIT: u64 = 16 * 1024 * 1024;
+
 /// Header every `/v2` response carries.
 pub const API_VERSION_HEADER: (&str, &str) = ("Docker-Distribution-API-Version", "registry/2.0");
 
@@ -213,15 +216,16 @@ impl HttpServerApp for Gateway {
             tracing::debug!(error = %e, trace_id = %ctx.trace_id, "response not completed");
             return None;
         }
-        // A request body the handler did not consume: drain a small one so
-        // the connection can be reused, otherwise close it.
+        // A request body the handler did not consume (an early error): read
+        // and drop a moderate one so the client sees the answer and the
+        // connection can be reused; close on a larger one.
         if !session.is_body_done() {
             let small = session
                 .req_header()
                 .headers
                 .get("content-length")
                 .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
-                .is_some_and(|n| n <= 1024 * 1024);
+                .is_some_and(|n| n <= DRAIN_LIMIT);
             if !small || session.drain_request_body().await.is_err() {
                 return None;
             }

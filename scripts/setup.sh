@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Install what building and testing Capstan needs on Debian, skipping what is
+# already there: the Rust toolchain, cmake (pingora's zlib-ng), and the real
+# clients and peers the tests drive (skopeo, oras from PyPI, docker-registry).
+set -euo pipefail
+
+need_apt=()
+for pair in cmake:cmake gcc:gcc skopeo:skopeo docker-registry:docker-registry python3:python3 pip3:python3-pip; do
+  cmd=${pair%%:*}; pkg=${pair##*:}
+  command -v "$cmd" >/dev/null 2>&1 || need_apt+=("$pkg")
+done
+if [ "${CAPSTAN_SETUP_MINIMAL:-0}" = 1 ]; then
+  # Running the registry needs only the build tools.
+  filtered=()
+  for p in "${need_apt[@]}"; do
+    case "$p" in cmake|gcc) filtered+=("$p") ;; esac
+  done
+  need_apt=("${filtered[@]}")
+fi
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "setup: installing ${need_apt[*]}" >&2
+  SUDO=""
+  [ "$(id -u)" = 0 ] || SUDO="sudo"
+  $SUDO apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q "${need_apt[@]}"
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+  if [ -x "$HOME/.cargo/bin/cargo" ]; then
+    export PATH="$HOME/.cargo/bin:$PATH"
+  else
+    echo "setup: installing the Rust toolchain with rustup" >&2
+    curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal -c clippy,rustfmt
+    export PATH="$HOME/.cargo/bin:$PATH"
+  fi
+fi
+
+if [ "${CAPSTAN_SETUP_MINIMAL:-0}" != 1 ]; then
+  python3 -c 'import oras' 2>/dev/null || {
+    echo "setup: installing oras (PyPI)" >&2
+    python3 -m pip install -q oras 2>/dev/null || python3 -m pip install -q --break-system-packages oras
+  }
+fi

@@ -1,0 +1,99 @@
+//! Command-line interface.
+
+use crate::roles::{self, Role};
+use capstan_runtime::config::{self, Config, Loaded};
+use clap::{Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "capstan",
+    version,
+    about = "Capstan OCI container image registry"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the registry (every role by default).
+    Serve {
+        /// zot-style JSON or YAML configuration file.
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+        /// Which role to run.
+        #[arg(long, value_enum, default_value_t = Role::All)]
+        role: Role,
+        /// Address to bind, overriding the config (gRPC roles: services.<role>.listen).
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+    },
+    /// Validate a configuration file and explain what is wrong with it.
+    Verify {
+        /// The file to check.
+        file: PathBuf,
+    },
+}
+
+fn load(path: Option<&Path>) -> Result<Loaded, config::ConfigError> {
+    let env = std::env::vars();
+    match path {
+        Some(p) => Config::load(p, env),
+        None => Config::defaults(env),
+    }
+}
+
+impl Cli {
+    pub async fn run(self) -> ExitCode {
+        match self.command {
+            Command::Verify { file } => match load(Some(&file)) {
+                Ok(loaded) => {
+                    for k in &loaded.unknown_keys {
+                        eprintln!("warning: unknown key `{k}` is ignored");
+                    }
+                    for (k, v) in config::summary(&loaded.config) {
+                        println!("{k}: {v}");
+                    }
+                    println!("{} is valid", file.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            },
+            Command::Serve {
+                config,
+                role,
+                listen,
+            } => {
+                let loaded = match load(config.as_deref()) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                };
+                if let Err(e) = capstan_runtime::logging::init(&loaded.config.log) {
+                    eprintln!("error: log.output: {e}");
+                    return ExitCode::FAILURE;
+                }
+                for k in &loaded.unknown_keys {
+                    tracing::warn!(key = %k, "unknown configuration key ignored");
+                }
+                match roles::serve(loaded.config, role, listen).await {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => {
+                        tracing::error!(error = %format!("{e:#}"), "capstan stopped");
+                        eprintln!("error: {e:#}");
+                        ExitCode::FAILURE
+                    }
+                }
+            }
+        }
+    }
+}

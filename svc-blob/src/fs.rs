@@ -1,0 +1,762 @@
+//! The filesystem backend. Under the root directory:
+//!
+//! ```text
+//! blobs/<alg>/<first 2 hex>/<hex>   committed blobs, named by digest
+//! uploads/<uuid>/data               bytes of an upload session
+//! uploads/<uuid>/state.json         {offset, sha256_state, created_ms, updated_ms}
+//! uploads/put-<uuid>.tmp            a monolithic upload being received
+//! ```
+//!
+//! `state.json` is the truth about a session: `data` may hold bytes past
+//! `offset` after a write that crashed or failed, and they are dropped by the
+//! next writer. Every writer (append, commit, a put in flight) holds an
+//! exclusive `flock` on its file, so two processes sharing the root never
+//! write one upload at once, and expiry never removes a session being
+//! written. `state.json` is replaced atomically (temp file + rename), so
+//! readers on any replica see either the old or the new state.
+//!
+//! With `storage.commit`, file contents and the directory entries that name
+//! them are fsynced before a call returns.
+
+use crate::store::{BlobStore, ByteStream, UploadId};
+use crate::{BlobError, resumable};
+use async_trait::async_trait;
+use bytes::Bytes;
+use capstan_oci::{Algorithm, Digest, Hasher};
+use capstan_runtime::grpc::CHUNK_BYTES;
+use futures::StreamExt as _;
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+use std::fs::{self, File, OpenOptions, TryLockError};
+use std::io::{self, Read as _, Seek as _, SeekFrom, Write as _};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+const DATA: &str = "data";
+const STATE: &str = "state.json";
+const STATE_TMP: &str = "state.json.tmp";
+const PUT_PREFIX: &str = "put-";
+const PUT_SUFFIX: &str = ".tmp";
+/// Chunks a reader may have in flight ahead of its consumer.
+const READ_AHEAD: usize = 4;
+
+/// Blobs and upload sessions in a local (or shared network) directory.
+#[derive(Debug, Clone)]
+pub struct FsStore {
+    root: PathBuf,
+    blobs: PathBuf,
+    uploads: PathBuf,
+    commit: bool,
+}
+
+/// What `state.json` holds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct SessionState {
+    /// Bytes of `data` that belong to the upload.
+    offset: u64,
+    /// Hex of sha2's serialized SHA-256 state after `offset` bytes.
+    sha256_state: String,
+    /// Milliseconds since the Unix epoch.
+    created_ms: u64,
+    /// Last successful write, in milliseconds since the Unix epoch.
+    updated_ms: u64,
+}
+
+impl FsStore {
+    /// A store rooted at `root` (creating `blobs/` and `uploads/`); with
+    /// `commit`, writes are fsynced before they are acknowledged.
+    pub async fn new(root: impl Into<PathBuf>, commit: bool) -> Result<Self, BlobError> {
+        let root = root.into();
+        let blobs = root.join("blobs");
+        let uploads = root.join("uploads");
+        for dir in [&blobs, &uploads] {
+            tokio::fs::create_dir_all(dir)
+                .await
+                .map_err(BlobError::io("create directory", dir))?;
+        }
+        Ok(Self {
+            root,
+            blobs,
+            uploads,
+            commit,
+        })
+    }
+
+    /// The root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn blob_path(&self, digest: &Digest) -> PathBuf {
+        let hex = digest.hex();
+        self.blobs
+            .join(digest.algorithm().as_str())
+            .join(&hex[..2])
+            .join(hex)
+    }
+
+    fn session_dir(&self, id: &UploadId) -> PathBuf {
+        self.uploads.join(id.to_string())
+    }
+}
+
+/// Run blocking file work off the async threads.
+async fn blocking<T, F>(f: F) -> Result<T, BlobError>
+where
+    F: FnOnce() -> Result<T, BlobError> + Send + 'static,
+    T: Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| BlobError::Internal(format!("storage task failed: {e}")))?
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// Like [`BlobError::io`], but a missing file means the session is gone.
+fn session_io(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> BlobError {
+    let path = path.to_path_buf();
+    move |e| {
+        if e.kind() == io::ErrorKind::NotFound {
+            BlobError::UploadUnknown
+        } else {
+            BlobError::io(op, path)(e)
+        }
+    }
+}
+
+fn lock(file: &File, path: &Path) -> Result<(), BlobError> {
+    match file.try_lock() {
+        Ok(()) => Ok(()),
+        Err(TryLockError::WouldBlock) => Err(BlobError::UploadBusy),
+        Err(TryLockError::Error(e)) => Err(BlobError::io("lock", path)(e)),
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<(), BlobError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(BlobError::io("sync directory", dir))
+}
+
+fn read_state(dir: &Path) -> Result<SessionState, BlobError> {
+    let path = dir.join(STATE);
+    let bytes = fs::read(&path).map_err(session_io("read upload state", &path))?;
+    serde_json::from_slice(&bytes).map_err(|e| {
+        tracing::warn!(path = %path.display(), error = %e, "corrupt upload state");
+        BlobError::Internal(format!("upload state is corrupt: {e}"))
+    })
+}
+
+fn write_state(dir: &Path, state: &SessionState, commit: bool) -> Result<(), BlobError> {
+    let tmp = dir.join(STATE_TMP);
+    let text = serde_json::to_vec(state)
+        .map_err(|e| BlobError::Internal(format!("cannot encode upload state: {e}")))?;
+    let mut f = File::create(&tmp).map_err(session_io("create upload state", &tmp))?;
+    f.write_all(&text)
+        .map_err(BlobError::io("write upload state", &tmp))?;
+    if commit {
+        f.sync_all()
+            .map_err(BlobError::io("sync upload state", &tmp))?;
+    }
+    drop(f);
+    fs::rename(&tmp, dir.join(STATE)).map_err(session_io("replace upload state", &tmp))?;
+    if commit {
+        sync_dir(dir)?;
+    }
+    Ok(())
+}
+
+/// Remove a session: its state first (so it is unknown at once), then the rest.
+fn remove_session(dir: &Path) -> Result<(), BlobError> {
+    match fs::remove_file(dir.join(STATE)) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(BlobError::UploadUnknown),
+        Err(e) => return Err(BlobError::io("remove upload state", dir)(e)),
+    }
+    match fs::remove_dir_all(dir) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => {
+            Err(BlobError::io("remove upload directory", dir)(e))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Hashing that may run on a blocking thread.
+trait Absorb: Send + 'static {
+    fn absorb(&mut self, bytes: &[u8]);
+}
+
+impl Absorb for Sha256 {
+    fn absorb(&mut self, bytes: &[u8]) {
+        sha2::Digest::update(self, bytes);
+    }
+}
+
+impl Absorb for Hasher {
+    fn absorb(&mut self, bytes: &[u8]) {
+        self.update(bytes);
+    }
+}
+
+/// Feed the first `len` bytes of `file` to `hasher`.
+fn hash_prefix(
+    file: &mut File,
+    path: &Path,
+    len: u64,
+    hasher: &mut impl Absorb,
+) -> Result<(), BlobError> {
+    file.seek(SeekFrom::Start(0))
+        .map_err(BlobError::io("seek", path))?;
+    let mut buf = vec![0u8; CHUNK_BYTES];
+    let mut left = len;
+    while left > 0 {
+        let n = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
+        file.read_exact(&mut buf[..n])
+            .map_err(BlobError::io("read", path))?;
+        hasher.absorb(&buf[..n]);
+        left -= n as u64;
+    }
+    Ok(())
+}
+
+/// An open, locked upload session with `data` cut back to `state.offset`.
+struct Session {
+    dir: PathBuf,
+    data_path: PathBuf,
+    data: File,
+    state: SessionState,
+}
+
+impl Session {
+    fn open(dir: PathBuf) -> Result<Self, BlobError> {
+        let data_path = dir.join(DATA);
+        let data = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&data_path)
+            .map_err(session_io("open upload data", &data_path))?;
+        lock(&data, &data_path)?;
+        // Read under the lock: no writer can move the state until we drop it.
+        let state = read_state(&dir)?;
+        let len = data
+            .metadata()
+            .map_err(BlobError::io("stat upload data", &data_path))?
+            .len();
+        if len < state.offset {
+            tracing::warn!(path = %data_path.display(), len, offset = state.offset, "upload data shorter than its state");
+            return Err(BlobError::Internal(format!(
+                "upload data holds {len} bytes, fewer than its recorded offset {}",
+                state.offset
+            )));
+        }
+        if len > state.offset {
+            // Bytes of a write that crashed or failed before updating the state.
+            data.set_len(state.offset)
+                .map_err(BlobError::io("truncate upload data", &data_path))?;
+            tracing::info!(path = %data_path.display(), dropped = len - state.offset, "upload leftovers dropped");
+        }
+        Ok(Self {
+            dir,
+            data_path,
+            data,
+            state,
+        })
+    }
+
+    /// The SHA-256 state after `offset` bytes; if the saved one is unreadable,
+    /// hash the data again.
+    fn sha256(&mut self, id: &UploadId) -> Result<Sha256, BlobError> {
+        if let Some(h) = resumable::restore(&self.state.sha256_state) {
+            return Ok(h);
+        }
+        tracing::warn!(upload_id = %id, offset = self.state.offset, "upload hash state unreadable, rehashing");
+        let mut h = <Sha256 as sha2::Digest>::new();
+        hash_prefix(&mut self.data, &self.data_path, self.state.offset, &mut h)?;
+        Ok(h)
+    }
+}
+
+/// A file being written while its bytes are hashed.
+struct Sink<H> {
+    file: File,
+    path: PathBuf,
+    hasher: H,
+    written: u64,
+}
+
+impl<H: Absorb> Sink<H> {
+    fn new(file: File, path: PathBuf, hasher: H) -> Self {
+        Self {
+            file,
+            path,
+            hasher,
+            written: 0,
+        }
+    }
+
+    /// Write every chunk of `data`, stopping at its first error.
+    async fn drain(mut self, mut data: ByteStream) -> Result<Self, BlobError> {
+        while let Some(chunk) = data.next().await {
+            let chunk = chunk?;
+            if chunk.is_empty() {
+                continue;
+            }
+            self = blocking(move || {
+                self.hasher.absorb(&chunk);
+                self.file
+                    .write_all(&chunk)
+                    .map_err(BlobError::io("write", &self.path))?;
+                self.written += chunk.len() as u64;
+                Ok(self)
+            })
+            .await?;
+        }
+        Ok(self)
+    }
+}
+
+/// Removes a temp file when dropped, unless disarmed.
+struct TempFile(Option<PathBuf>);
+
+impl TempFile {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take()
+            && let Err(e) = fs::remove_file(&p)
+            && e.kind() != io::ErrorKind::NotFound
+        {
+            tracing::warn!(path = %p.display(), error = %e, "cannot remove temp file");
+        }
+    }
+}
+
+/// Move verified bytes at `src` to the blob path `dst`. Returns `false` when
+/// the blob already existed (then `src` is left for the caller to drop).
+fn publish(src: &Path, dst: &Path, commit: bool) -> Result<bool, BlobError> {
+    let parent = dst
+        .parent()
+        .ok_or_else(|| BlobError::Internal("blob path has no parent".into()))?;
+    if !parent.is_dir() {
+        fs::create_dir_all(parent).map_err(BlobError::io("create directory", parent))?;
+        if commit {
+            // New `<alg>/<xx>/` entries must survive a crash too.
+            for dir in parent.ancestors().skip(1).take(2) {
+                sync_dir(dir)?;
+            }
+        }
+    }
+    if fs::symlink_metadata(dst).is_ok() {
+        return Ok(false);
+    }
+    fs::rename(src, dst).map_err(BlobError::io("rename into place", dst))?;
+    if commit {
+        sync_dir(parent)?;
+    }
+    Ok(true)
+}
+
+/// Send `left` bytes of `file` (positioned at the start of the range) to `tx`
+/// in chunks of at most [`CHUNK_BYTES`]; stop when the receiver goes away.
+async fn pump(
+    mut file: File,
+    path: PathBuf,
+    mut left: u64,
+    tx: mpsc::Sender<Result<Bytes, BlobError>>,
+) {
+    while left > 0 {
+        let n = usize::try_from(left).unwrap_or(usize::MAX).min(CHUNK_BYTES);
+        let p = path.clone();
+        let read = blocking(move || {
+            let mut buf = vec![0u8; n];
+            file.read_exact(&mut buf)
+                .map_err(BlobError::io("read blob", &p))?;
+            Ok((file, buf))
+        })
+        .await;
+        match read {
+            Ok((f, buf)) => {
+                file = f;
+                left -= n as u64;
+                if tx.send(Ok(Bytes::from(buf))).await.is_err() {
+                    tracing::debug!(path = %path.display(), left, "blob reader went away");
+                    return;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "blob read failed");
+                let _ = tx.send(Err(e)).await;
+                return;
+            }
+        }
+    }
+}
+
+/// Remove one session if idle for `idle`; `false` when kept.
+fn expire_session(dir: &Path, now: SystemTime, idle: Duration) -> Result<bool, BlobError> {
+    let data_path = dir.join(DATA);
+    let _data = match File::open(&data_path) {
+        Ok(f) => {
+            match f.try_lock() {
+                Ok(()) => {}
+                Err(TryLockError::WouldBlock) => return Ok(false),
+                Err(TryLockError::Error(e)) => return Err(BlobError::io("lock", &data_path)(e)),
+            }
+            Some(f)
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        Err(e) => return Err(BlobError::io("open upload data", &data_path)(e)),
+    };
+    let last = match read_state(dir) {
+        Ok(s) => UNIX_EPOCH + Duration::from_millis(s.updated_ms),
+        // A session that never got its state, or lost it: judge by the directory.
+        Err(_) => fs::metadata(dir)
+            .and_then(|m| m.modified())
+            .map_err(BlobError::io("stat upload directory", dir))?,
+    };
+    if now.duration_since(last).unwrap_or(Duration::ZERO) < idle {
+        return Ok(false);
+    }
+    match fs::remove_dir_all(dir) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => {
+            Err(BlobError::io("remove upload directory", dir)(e))
+        }
+        _ => Ok(true),
+    }
+}
+
+/// Remove a stale monolithic-upload temp file unless a put still holds it.
+fn expire_put_file(path: &Path, now: SystemTime, idle: Duration) -> Result<bool, BlobError> {
+    let f = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(BlobError::io("open temp file", path)(e)),
+    };
+    if f.try_lock().is_err() {
+        return Ok(false);
+    }
+    let modified = f
+        .metadata()
+        .and_then(|m| m.modified())
+        .map_err(BlobError::io("stat temp file", path))?;
+    if now.duration_since(modified).unwrap_or(Duration::ZERO) < idle {
+        return Ok(false);
+    }
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => {
+            Err(BlobError::io("remove temp file", path)(e))
+        }
+        _ => Ok(true),
+    }
+}
+
+#[async_trait]
+impl BlobStore for FsStore {
+    async fn stat(&self, digest: &Digest) -> Result<u64, BlobError> {
+        let path = self.blob_path(digest);
+        match tokio::fs::metadata(&path).await {
+            Ok(m) if m.is_file() => Ok(m.len()),
+            Ok(_) => Err(BlobError::BlobUnknown(digest.clone())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                Err(BlobError::BlobUnknown(digest.clone()))
+            }
+            Err(e) => Err(BlobError::io("stat blob", path)(e)),
+        }
+    }
+
+    async fn read(
+        &self,
+        digest: &Digest,
+        offset: u64,
+        length: u64,
+    ) -> Result<ByteStream, BlobError> {
+        let path = self.blob_path(digest);
+        let d = digest.clone();
+        let p = path.clone();
+        let (file, len) = blocking(move || {
+            let unknown = || BlobError::BlobUnknown(d.clone());
+            let mut file = match File::open(&p) {
+                Ok(f) => f,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(unknown()),
+                Err(e) => return Err(BlobError::io("open blob", &p)(e)),
+            };
+            let meta = file.metadata().map_err(BlobError::io("stat blob", &p))?;
+            if !meta.is_file() {
+                return Err(unknown());
+            }
+            let size = meta.len();
+            let end = if length == 0 {
+                Some(size)
+            } else {
+                offset.checked_add(length)
+            };
+            let end = match end {
+                Some(end) if offset <= size && end <= size => end,
+                _ => {
+                    return Err(BlobError::RangeInvalid(format!(
+                        "range of {length} bytes at offset {offset} is outside the blob's {size} bytes"
+                    )));
+                }
+            };
+            file.seek(SeekFrom::Start(offset))
+                .map_err(BlobError::io("seek blob", &p))?;
+            Ok((file, end - offset))
+        })
+        .await?;
+        tracing::debug!(digest = %digest, offset, len, "blob read");
+        let (tx, rx) = mpsc::channel(READ_AHEAD);
+        tokio::spawn(pump(file, path, len, tx));
+        Ok(ReceiverStream::new(rx).boxed())
+    }
+
+    async fn start_upload(&self) -> Result<UploadId, BlobError> {
+        let uploads = self.uploads.clone();
+        let commit = self.commit;
+        let id = blocking(move || {
+            let id = UploadId::random();
+            let dir = uploads.join(id.to_string());
+            fs::create_dir(&dir).map_err(BlobError::io("create upload directory", &dir))?;
+            let data = dir.join(DATA);
+            File::create_new(&data).map_err(BlobError::io("create upload data", &data))?;
+            let now = now_ms();
+            let state = SessionState {
+                offset: 0,
+                sha256_state: resumable::save(&<Sha256 as sha2::Digest>::new()),
+                created_ms: now,
+                updated_ms: now,
+            };
+            write_state(&dir, &state, commit)?;
+            if commit {
+                sync_dir(&uploads)?;
+            }
+            Ok(id)
+        })
+        .await?;
+        tracing::info!(upload_id = %id, "upload started");
+        Ok(id)
+    }
+
+    async fn append(
+        &self,
+        id: &UploadId,
+        expected_offset: Option<u64>,
+        data: ByteStream,
+    ) -> Result<u64, BlobError> {
+        let dir = self.session_dir(id);
+        let id = *id;
+        let commit = self.commit;
+        let (session, hasher) = blocking(move || {
+            let mut s = Session::open(dir)?;
+            if let Some(expected) = expected_offset
+                && expected != s.state.offset
+            {
+                return Err(BlobError::OffsetMismatch {
+                    expected,
+                    actual: s.state.offset,
+                });
+            }
+            let hasher = s.sha256(&id)?;
+            s.data
+                .seek(SeekFrom::Start(s.state.offset))
+                .map_err(BlobError::io("seek upload data", &s.data_path))?;
+            Ok((s, hasher))
+        })
+        .await?;
+        let Session {
+            dir,
+            data_path,
+            data: file,
+            state,
+        } = session;
+        // On error the sink (and its lock) is dropped without touching the
+        // state: the bytes written so far are leftovers for the next writer.
+        let sink = Sink::new(file, data_path, hasher).drain(data).await?;
+        let offset = blocking(move || {
+            if commit {
+                sink.file
+                    .sync_data()
+                    .map_err(BlobError::io("sync upload data", &sink.path))?;
+            }
+            let next = SessionState {
+                offset: state.offset + sink.written,
+                sha256_state: resumable::save(&sink.hasher),
+                created_ms: state.created_ms,
+                updated_ms: now_ms(),
+            };
+            write_state(&dir, &next, commit)?;
+            // The lock is released only now, with the new state in place.
+            drop(sink);
+            Ok(next.offset)
+        })
+        .await?;
+        tracing::info!(upload_id = %id, offset, "upload appended");
+        Ok(offset)
+    }
+
+    async fn upload_status(&self, id: &UploadId) -> Result<u64, BlobError> {
+        let dir = self.session_dir(id);
+        blocking(move || Ok(read_state(&dir)?.offset)).await
+    }
+
+    async fn commit(&self, id: &UploadId, digest: &Digest) -> Result<u64, BlobError> {
+        let dir = self.session_dir(id);
+        let dst = self.blob_path(digest);
+        let expected = digest.clone();
+        let id = *id;
+        let commit = self.commit;
+        let (size, placed) = blocking(move || {
+            let mut s = Session::open(dir)?;
+            let actual = match expected.algorithm() {
+                Algorithm::Sha256 => Hasher::Sha256(s.sha256(&id)?).finish(),
+                Algorithm::Sha512 => {
+                    let mut h = Hasher::new(Algorithm::Sha512);
+                    hash_prefix(&mut s.data, &s.data_path, s.state.offset, &mut h)?;
+                    h.finish()
+                }
+            };
+            if actual != expected {
+                if let Err(e) = remove_session(&s.dir) {
+                    tracing::warn!(upload_id = %id, error = %e, "cannot remove rejected upload");
+                }
+                return Err(BlobError::DigestMismatch { expected, actual });
+            }
+            if commit {
+                s.data
+                    .sync_data()
+                    .map_err(BlobError::io("sync upload data", &s.data_path))?;
+            }
+            let placed = publish(&s.data_path, &dst, commit)?;
+            if let Err(e) = remove_session(&s.dir) {
+                tracing::warn!(upload_id = %id, error = %e, "cannot remove committed upload");
+            }
+            Ok((s.state.offset, placed))
+        })
+        .await?;
+        tracing::info!(upload_id = %id, digest = %digest, size, new = placed, "upload committed");
+        Ok(size)
+    }
+
+    async fn cancel(&self, id: &UploadId) -> Result<(), BlobError> {
+        let dir = self.session_dir(id);
+        blocking(move || remove_session(&dir)).await?;
+        tracing::info!(upload_id = %id, "upload cancelled");
+        Ok(())
+    }
+
+    async fn put(&self, digest: &Digest, data: ByteStream) -> Result<u64, BlobError> {
+        let tmp = self
+            .uploads
+            .join(format!("{PUT_PREFIX}{}{PUT_SUFFIX}", uuid::Uuid::new_v4()));
+        let guard = TempFile(Some(tmp.clone()));
+        let file = {
+            let tmp = tmp.clone();
+            blocking(move || {
+                let f = OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&tmp)
+                    .map_err(BlobError::io("create temp file", &tmp))?;
+                lock(&f, &tmp)?;
+                Ok(f)
+            })
+            .await?
+        };
+        let sink = Sink::new(file, tmp.clone(), Hasher::new(digest.algorithm()))
+            .drain(data)
+            .await?;
+        let dst = self.blob_path(digest);
+        let expected = digest.clone();
+        let commit = self.commit;
+        let (size, placed) = blocking(move || {
+            let Sink {
+                file,
+                hasher,
+                written,
+                ..
+            } = sink;
+            let actual = hasher.finish();
+            if actual != expected {
+                drop(guard);
+                return Err(BlobError::DigestMismatch { expected, actual });
+            }
+            if commit {
+                file.sync_data()
+                    .map_err(BlobError::io("sync temp file", &tmp))?;
+            }
+            let placed = publish(&tmp, &dst, commit)?;
+            if placed {
+                guard.disarm();
+            } else {
+                drop(guard);
+            }
+            Ok((written, placed))
+        })
+        .await?;
+        tracing::info!(digest = %digest, size, new = placed, "blob stored");
+        Ok(size)
+    }
+
+    async fn delete(&self, digest: &Digest) -> Result<bool, BlobError> {
+        let path = self.blob_path(digest);
+        let deleted = match tokio::fs::remove_file(&path).await {
+            Ok(()) => true,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => false,
+            Err(e) => return Err(BlobError::io("remove blob", path)(e)),
+        };
+        if deleted {
+            tracing::info!(digest = %digest, "blob deleted");
+        } else {
+            tracing::debug!(digest = %digest, "blob to delete was absent");
+        }
+        Ok(deleted)
+    }
+
+    async fn expire_uploads(&self, idle: Duration) -> Result<usize, BlobError> {
+        let uploads = self.uploads.clone();
+        let removed = blocking(move || {
+            let now = SystemTime::now();
+            let mut removed = 0;
+            let entries =
+                fs::read_dir(&uploads).map_err(BlobError::io("list uploads", &uploads))?;
+            for entry in entries {
+                let entry = entry.map_err(BlobError::io("list uploads", &uploads))?;
+                let name = entry.file_name();
+                let Some(name) = name.to_str() else { continue };
+                let path = entry.path();
+                let outcome = if UploadId::parse(name).is_ok() {
+                    expire_session(&path, now, idle)
+                } else if name.starts_with(PUT_PREFIX) && name.ends_with(PUT_SUFFIX) {
+                    expire_put_file(&path, now, idle)
+                } else {
+                    continue;
+                };
+                match outcome {
+                    Ok(true) => {
+                        removed += 1;
+                        tracing::info!(entry = name, "stale upload removed");
+                    }
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!(entry = name, error = %e, "cannot expire upload"),
+                }
+            }
+            Ok(removed)
+        })
+        .await?;
+        Ok(removed)
+    }
+}
+
+#[cfg(test)]
+mod tests;

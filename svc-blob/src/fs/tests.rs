@@ -1,0 +1,240 @@
+use super::*;
+use crate::suite::{chunks, err, pattern, read_all, sha256};
+use capstan_oci::ErrorCode;
+use std::sync::Arc;
+
+/// Two stores on one fresh root; the second fsyncs (`storage.commit`), so
+/// the suite covers both paths.
+async fn open_pair() -> (tempfile::TempDir, Arc<dyn BlobStore>, Arc<dyn BlobStore>) {
+    let dir = tempfile::tempdir().unwrap();
+    let a = FsStore::new(dir.path(), false).await.unwrap();
+    let b = FsStore::new(dir.path(), true).await.unwrap();
+    (dir, Arc::new(a), Arc::new(b))
+}
+
+crate::suite::blob_store_suite!(open_pair());
+
+async fn store() -> (tempfile::TempDir, FsStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let s = FsStore::new(dir.path(), false).await.unwrap();
+    (dir, s)
+}
+
+fn entries(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+fn state_of(s: &FsStore, id: &UploadId) -> SessionState {
+    read_state(&s.session_dir(id)).unwrap()
+}
+
+#[tokio::test]
+async fn layout_on_disk() {
+    let (dir, s) = store().await;
+    let id = s.start_upload().await.unwrap();
+    let session = dir.path().join("uploads").join(id.to_string());
+    assert_eq!(entries(&session), vec!["data", "state.json"]);
+    let st = state_of(&s, &id);
+    assert_eq!(st.offset, 0);
+    assert!(st.created_ms > 0 && st.updated_ms >= st.created_ms);
+
+    s.append(&id, None, chunks(&[b"layout"])).await.unwrap();
+    assert_eq!(fs::read(session.join("data")).unwrap(), b"layout");
+    assert_eq!(state_of(&s, &id).offset, 6);
+
+    let d = sha256(b"layout");
+    s.commit(&id, &d).await.unwrap();
+    let blob = dir
+        .path()
+        .join("blobs/sha256")
+        .join(&d.hex()[..2])
+        .join(d.hex());
+    assert_eq!(fs::read(&blob).unwrap(), b"layout");
+    assert!(entries(&dir.path().join("uploads")).is_empty());
+
+    let d512 = Digest::of(Algorithm::Sha512, b"layout");
+    s.put(&d512, chunks(&[b"layout"])).await.unwrap();
+    let blob = dir
+        .path()
+        .join("blobs/sha512")
+        .join(&d512.hex()[..2])
+        .join(d512.hex());
+    assert_eq!(fs::read(&blob).unwrap(), b"layout");
+    assert!(entries(&dir.path().join("uploads")).is_empty());
+}
+
+#[tokio::test]
+async fn crash_leftovers_are_dropped() {
+    let (_dir, s) = store().await;
+    let id = s.start_upload().await.unwrap();
+    s.append(&id, None, chunks(&[b"hello"])).await.unwrap();
+    // A write that crashed after writing bytes but before updating the state.
+    let data = s.session_dir(&id).join(DATA);
+    let mut f = OpenOptions::new().append(true).open(&data).unwrap();
+    f.write_all(b"GARBAGE FROM A CRASH").unwrap();
+    drop(f);
+    assert_eq!(s.upload_status(&id).await.unwrap(), 5);
+    assert_eq!(
+        s.append(&id, Some(5), chunks(&[b" world"])).await.unwrap(),
+        11
+    );
+    assert_eq!(fs::read(&data).unwrap(), b"hello world");
+
+    // Leftovers right before a commit are dropped too.
+    let mut f = OpenOptions::new().append(true).open(&data).unwrap();
+    f.write_all(b"!!").unwrap();
+    drop(f);
+    let d = sha256(b"hello world");
+    assert_eq!(s.commit(&id, &d).await.unwrap(), 11);
+    assert_eq!(read_all(&s, &d).await, b"hello world");
+}
+
+#[tokio::test]
+async fn data_shorter_than_its_state_is_an_internal_error() {
+    let (_dir, s) = store().await;
+    let id = s.start_upload().await.unwrap();
+    s.append(&id, None, chunks(&[b"hello"])).await.unwrap();
+    let data = s.session_dir(&id).join(DATA);
+    OpenOptions::new()
+        .write(true)
+        .open(&data)
+        .unwrap()
+        .set_len(2)
+        .unwrap();
+    let e = err(s.append(&id, None, chunks(&[b"x"])).await);
+    assert_eq!(e.code(), ErrorCode::Internal, "{e:?}");
+    // Nothing was zero-filled behind our back.
+    assert_eq!(fs::read(&data).unwrap(), b"he");
+}
+
+#[tokio::test]
+async fn an_unreadable_hash_state_is_rebuilt_from_the_data() {
+    let (_dir, s) = store().await;
+    let data = pattern(CHUNK_BYTES + 100, 7);
+    let id = s.start_upload().await.unwrap();
+    s.append(&id, None, chunks(&[&data[..CHUNK_BYTES + 1]]))
+        .await
+        .unwrap();
+    let dir = s.session_dir(&id);
+    let mut st = read_state(&dir).unwrap();
+    st.sha256_state = "written by some other sha2 version".into();
+    write_state(&dir, &st, false).unwrap();
+    s.append(&id, None, chunks(&[&data[CHUNK_BYTES + 1..]]))
+        .await
+        .unwrap();
+    assert!(resumable::restore(&state_of(&s, &id).sha256_state).is_some());
+    assert_eq!(
+        s.commit(&id, &sha256(&data)).await.unwrap(),
+        data.len() as u64
+    );
+}
+
+#[tokio::test]
+async fn a_corrupt_state_file_is_an_internal_error() {
+    let (_dir, s) = store().await;
+    let id = s.start_upload().await.unwrap();
+    fs::write(s.session_dir(&id).join(STATE), b"{not json").unwrap();
+    let e = err(s.upload_status(&id).await);
+    assert_eq!(e.code(), ErrorCode::Internal, "{e:?}");
+}
+
+#[tokio::test]
+async fn a_busy_upload_is_neither_written_nor_expired() {
+    let (_dir, s) = store().await;
+    let id = s.start_upload().await.unwrap();
+    s.append(&id, None, chunks(&[b"abc"])).await.unwrap();
+    // Another process in the middle of a write holds the lock.
+    let holder = File::open(s.session_dir(&id).join(DATA)).unwrap();
+    holder.lock().unwrap();
+    assert!(matches!(
+        err(s.append(&id, Some(3), chunks(&[b"d"])).await),
+        BlobError::UploadBusy
+    ));
+    assert!(matches!(
+        err(s.commit(&id, &sha256(b"abc")).await),
+        BlobError::UploadBusy
+    ));
+    assert_eq!(s.expire_uploads(Duration::ZERO).await.unwrap(), 0);
+    assert_eq!(s.upload_status(&id).await.unwrap(), 3);
+    drop(holder);
+    assert_eq!(s.append(&id, Some(3), chunks(&[b"d"])).await.unwrap(), 4);
+    assert_eq!(s.commit(&id, &sha256(b"abcd")).await.unwrap(), 4);
+}
+
+#[tokio::test]
+async fn failed_puts_leave_no_temp_file() {
+    let (dir, s) = store().await;
+    let uploads = dir.path().join("uploads");
+    let wrong = sha256(b"wrong");
+    assert!(matches!(
+        err(s.put(&wrong, chunks(&[b"data"])).await),
+        BlobError::DigestMismatch { .. }
+    ));
+    assert!(entries(&uploads).is_empty(), "{:?}", entries(&uploads));
+    let failing = futures::stream::iter(vec![
+        Ok(Bytes::from_static(b"da")),
+        Err(BlobError::Stream("reset".into())),
+    ])
+    .boxed();
+    assert_eq!(
+        err(s.put(&sha256(b"data"), failing).await).code(),
+        ErrorCode::BlobUploadInvalid
+    );
+    assert!(entries(&uploads).is_empty(), "{:?}", entries(&uploads));
+    // A second put of an existing blob drops its temp file as well.
+    let d = sha256(b"data");
+    s.put(&d, chunks(&[b"data"])).await.unwrap();
+    s.put(&d, chunks(&[b"data"])).await.unwrap();
+    assert!(entries(&uploads).is_empty(), "{:?}", entries(&uploads));
+}
+
+#[tokio::test]
+async fn expiry_removes_stale_leftovers_only() {
+    let (dir, s) = store().await;
+    let uploads = dir.path().join("uploads");
+    // A put temp file left by a crashed process, a session directory that
+    // never got its state, and something that is not ours.
+    fs::write(uploads.join("put-0.tmp"), b"partial").unwrap();
+    let orphan = UploadId::random();
+    fs::create_dir(uploads.join(orphan.to_string())).unwrap();
+    fs::write(uploads.join("README"), b"keep me").unwrap();
+    // A stale session.
+    let stale = s.start_upload().await.unwrap();
+    let mut st = state_of(&s, &stale);
+    st.updated_ms = 0;
+    write_state(&s.session_dir(&stale), &st, false).unwrap();
+    // A fresh one.
+    let fresh = s.start_upload().await.unwrap();
+
+    assert_eq!(
+        s.expire_uploads(Duration::from_secs(3600)).await.unwrap(),
+        1
+    );
+    assert!(matches!(
+        err(s.upload_status(&stale).await),
+        BlobError::UploadUnknown
+    ));
+    assert_eq!(s.upload_status(&fresh).await.unwrap(), 0);
+    assert_eq!(s.expire_uploads(Duration::ZERO).await.unwrap(), 3);
+    assert_eq!(entries(&uploads), vec!["README"]);
+}
+
+#[tokio::test]
+async fn a_read_can_be_abandoned_midway() {
+    let (_dir, s) = store().await;
+    let data = pattern(8 * CHUNK_BYTES, 8);
+    let d = sha256(&data);
+    s.put(&d, chunks(&[&data])).await.unwrap();
+    let mut st = s.read(&d, 0, 0).await.unwrap();
+    let first = st.next().await.unwrap().unwrap();
+    assert_eq!(first.as_ref(), &data[..CHUNK_BYTES]);
+    drop(st);
+    // The blob stays readable and deletable afterwards.
+    assert_eq!(read_all(&s, &d).await, data);
+    assert!(s.delete(&d).await.unwrap());
+}

@@ -1,0 +1,88 @@
+//! svc-blob owns Capstan's bytes: a global content-addressed blob store keyed
+//! by digest (one copy per digest, knowing nothing of repositories, tags or
+//! manifests) and the resumable upload sessions that fill it. A blob becomes
+//! visible only once its digest (sha256 or sha512) has been verified, and
+//! only by an atomic step (a rename on the filesystem). Storage sits behind
+//! the narrow [`BlobStore`] trait; [`FsStore`] keeps blobs and upload state
+//! under `storage.rootDirectory`, entirely on disk, so that consecutive calls
+//! of one upload may be served by different replicas sharing that directory.
+//! The crate serves the `capstan.blob.v1.BlobService` gRPC contract and
+//! removes upload sessions left idle for longer than `storage.uploadExpiry`.
+
+mod error;
+mod fs;
+mod resumable;
+mod service;
+mod store;
+#[cfg(test)]
+mod suite;
+
+pub use error::BlobError;
+pub use fs::FsStore;
+pub use service::{BlobGrpc, grpc_service};
+pub use store::{BlobStore, ByteStream, UploadId};
+
+use anyhow::Context as _;
+use capstan_proto::blob::v1::blob_service_server::SERVICE_NAME;
+use capstan_runtime::{Config, Shutdown, grpc};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+/// Run the blob role on `listener` until `shutdown`: a filesystem store at
+/// `storage.rootDirectory` (fsyncing when `storage.commit`), BlobService plus
+/// the gRPC health service, and a background sweep of stale uploads.
+pub async fn serve(
+    config: &Config,
+    listener: TcpListener,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
+    let storage = &config.storage;
+    let root = &storage.root_directory;
+    let store: Arc<dyn BlobStore> = Arc::new(
+        FsStore::new(root, storage.commit)
+            .await
+            .with_context(|| format!("cannot open blob storage at {}", root.display()))?,
+    );
+    let expiry = tokio::spawn(expire_uploads(
+        store.clone(),
+        storage.upload_expiry,
+        shutdown.clone(),
+    ));
+    let health = grpc::health_service(&[SERVICE_NAME]).await;
+    let router = grpc::server()
+        .add_service(health)
+        .add_service(grpc_service(store));
+    tracing::info!(addr = %listener.local_addr()?, root = %root.display(), "blob service listening");
+    let served = grpc::serve(router, listener, shutdown).await;
+    // Normally already stopped by the shutdown; not so if the server failed.
+    expiry.abort();
+    let _ = expiry.await;
+    served.context("blob grpc server failed")?;
+    tracing::info!("blob service stopped");
+    Ok(())
+}
+
+/// How often stale uploads are looked for, given the expiry age.
+fn sweep_period(idle: Duration) -> Duration {
+    (idle / 4).clamp(Duration::from_secs(60), Duration::from_secs(3600))
+}
+
+/// Remove uploads idle for `idle`, at start-up and then periodically.
+async fn expire_uploads(store: Arc<dyn BlobStore>, idle: Duration, shutdown: Shutdown) {
+    let mut tick = tokio::time::interval(sweep_period(idle));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.wait() => break,
+            _ = tick.tick() => match store.expire_uploads(idle).await {
+                Ok(0) => tracing::debug!("no stale uploads"),
+                Ok(removed) => tracing::info!(removed, "stale uploads removed"),
+                Err(e) => tracing::warn!(error = %e, "upload expiry failed"),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,248 @@
+//! The `capstan.blob.v1.BlobService` gRPC face of a [`BlobStore`]. Requests
+//! are validated here (digests, upload ids, stream framing); every failure
+//! leaves through [`reject`], the one place a [`BlobError`] becomes a
+//! `tonic::Status` carrying a [`ServiceError`].
+
+use crate::{BlobError, BlobStore, ByteStream, UploadId};
+use bytes::Bytes;
+use capstan_oci::{Digest, ErrorCode};
+use capstan_proto::ServiceError;
+use capstan_proto::blob::v1::blob_service_server::{BlobService, BlobServiceServer};
+use capstan_proto::blob::v1::{
+    CancelUploadResponse, CommitResponse, CommitUploadRequest, DeleteRequest, DeleteResponse,
+    PutChunk, ReadChunk, ReadRequest, StartUploadRequest, StatRequest, StatResponse, UploadRef,
+    UploadState, WriteChunk,
+};
+use capstan_runtime::grpc::MAX_MESSAGE_BYTES;
+use futures::stream::{self, BoxStream};
+use futures::{StreamExt as _, future};
+use std::sync::Arc;
+use tonic::{Request, Response, Status, Streaming};
+
+/// BlobService over a shared store.
+#[derive(Clone)]
+pub struct BlobGrpc {
+    store: Arc<dyn BlobStore>,
+}
+
+/// The generated server for `store`, with Capstan's message limits, ready
+/// to add to a tonic router (or to embed in another process).
+pub fn grpc_service(store: Arc<dyn BlobStore>) -> BlobServiceServer<BlobGrpc> {
+    BlobServiceServer::new(BlobGrpc { store })
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES)
+}
+
+/// The status for a failed `rpc`; internal failures are logged at warn.
+fn reject(rpc: &'static str, e: BlobError) -> Status {
+    if e.code() == ErrorCode::Internal {
+        tracing::warn!(rpc, error = %e, "blob request failed");
+    } else {
+        tracing::debug!(rpc, error = %e, "blob request rejected");
+    }
+    ServiceError::from(e).into()
+}
+
+fn parse_digest(s: &str) -> Result<Digest, BlobError> {
+    Digest::parse(s).map_err(|e| BlobError::DigestInvalid(e.to_string()))
+}
+
+fn stream_failed(s: &Status) -> BlobError {
+    BlobError::Stream(s.message().to_string())
+}
+
+/// The data of `first` followed by that of every later message, each later
+/// message checked by `data`.
+fn byte_stream<M: Send + 'static>(
+    first: Bytes,
+    rest: Streaming<M>,
+    data: impl Fn(M) -> Result<Bytes, BlobError> + Send + 'static,
+) -> ByteStream {
+    stream::once(future::ready(Ok(first)))
+        .chain(rest.map(move |m| match m {
+            Ok(m) => data(m),
+            Err(s) => Err(stream_failed(&s)),
+        }))
+        .boxed()
+}
+
+impl BlobGrpc {
+    async fn put_stream(&self, mut rx: Streaming<PutChunk>) -> Result<CommitResponse, BlobError> {
+        let first = rx
+            .message()
+            .await
+            .map_err(|s| stream_failed(&s))?
+            .ok_or_else(|| BlobError::DigestInvalid("empty stream: no digest".into()))?;
+        if first.digest.is_empty() {
+            return Err(BlobError::DigestInvalid(
+                "the first message must carry the digest".into(),
+            ));
+        }
+        let digest = parse_digest(&first.digest)?;
+        let named = first.digest;
+        let data = byte_stream(first.data, rx, move |m: PutChunk| {
+            if m.digest.is_empty() || m.digest == named {
+                Ok(m.data)
+            } else {
+                Err(BlobError::DigestInvalid(
+                    "the digest changed within the stream".into(),
+                ))
+            }
+        });
+        let size = self.store.put(&digest, data).await?;
+        Ok(CommitResponse {
+            digest: digest.to_string(),
+            size,
+        })
+    }
+
+    async fn write_stream(&self, mut rx: Streaming<WriteChunk>) -> Result<UploadState, BlobError> {
+        let first = rx
+            .message()
+            .await
+            .map_err(|s| stream_failed(&s))?
+            .ok_or(BlobError::UploadUnknown)?;
+        let id = UploadId::parse(&first.upload_id)?;
+        let named = first.upload_id;
+        // Later messages may repeat the id; their expected_offset is ignored.
+        let data = byte_stream(first.data, rx, move |m: WriteChunk| {
+            if m.upload_id.is_empty() || m.upload_id == named {
+                Ok(m.data)
+            } else {
+                Err(BlobError::Stream(
+                    "the upload id changed within the stream".into(),
+                ))
+            }
+        });
+        let offset = self.store.append(&id, first.expected_offset, data).await?;
+        Ok(UploadState {
+            upload_id: id.to_string(),
+            offset,
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl BlobService for BlobGrpc {
+    async fn stat(&self, req: Request<StatRequest>) -> Result<Response<StatResponse>, Status> {
+        let run = async {
+            let d = parse_digest(&req.get_ref().digest)?;
+            self.store.stat(&d).await
+        };
+        let size = run.await.map_err(|e| reject("stat", e))?;
+        Ok(Response::new(StatResponse { size }))
+    }
+
+    type ReadStream = BoxStream<'static, Result<ReadChunk, Status>>;
+
+    async fn read(&self, req: Request<ReadRequest>) -> Result<Response<Self::ReadStream>, Status> {
+        let r = req.into_inner();
+        let run = async {
+            let d = parse_digest(&r.digest)?;
+            self.store.read(&d, r.offset, r.length).await
+        };
+        let chunks = run.await.map_err(|e| reject("read", e))?;
+        let out = chunks
+            .map(|c| {
+                c.map(|data| ReadChunk { data })
+                    .map_err(|e| reject("read", e))
+            })
+            .boxed();
+        Ok(Response::new(out))
+    }
+
+    async fn put(
+        &self,
+        req: Request<Streaming<PutChunk>>,
+    ) -> Result<Response<CommitResponse>, Status> {
+        let r = self
+            .put_stream(req.into_inner())
+            .await
+            .map_err(|e| reject("put", e))?;
+        Ok(Response::new(r))
+    }
+
+    async fn start_upload(
+        &self,
+        _req: Request<StartUploadRequest>,
+    ) -> Result<Response<UploadState>, Status> {
+        let id = self
+            .store
+            .start_upload()
+            .await
+            .map_err(|e| reject("start_upload", e))?;
+        Ok(Response::new(UploadState {
+            upload_id: id.to_string(),
+            offset: 0,
+        }))
+    }
+
+    async fn write_upload(
+        &self,
+        req: Request<Streaming<WriteChunk>>,
+    ) -> Result<Response<UploadState>, Status> {
+        let r = self
+            .write_stream(req.into_inner())
+            .await
+            .map_err(|e| reject("write_upload", e))?;
+        Ok(Response::new(r))
+    }
+
+    async fn upload_status(
+        &self,
+        req: Request<UploadRef>,
+    ) -> Result<Response<UploadState>, Status> {
+        let run = async {
+            let id = UploadId::parse(&req.get_ref().upload_id)?;
+            let offset = self.store.upload_status(&id).await?;
+            Ok::<_, BlobError>(UploadState {
+                upload_id: id.to_string(),
+                offset,
+            })
+        };
+        let r = run.await.map_err(|e| reject("upload_status", e))?;
+        Ok(Response::new(r))
+    }
+
+    async fn commit_upload(
+        &self,
+        req: Request<CommitUploadRequest>,
+    ) -> Result<Response<CommitResponse>, Status> {
+        let r = req.get_ref();
+        let run = async {
+            let id = UploadId::parse(&r.upload_id)?;
+            let d = parse_digest(&r.digest)?;
+            let size = self.store.commit(&id, &d).await?;
+            Ok::<_, BlobError>(CommitResponse {
+                digest: d.to_string(),
+                size,
+            })
+        };
+        let r = run.await.map_err(|e| reject("commit_upload", e))?;
+        Ok(Response::new(r))
+    }
+
+    async fn cancel_upload(
+        &self,
+        req: Request<UploadRef>,
+    ) -> Result<Response<CancelUploadResponse>, Status> {
+        let run = async {
+            let id = UploadId::parse(&req.get_ref().upload_id)?;
+            self.store.cancel(&id).await
+        };
+        run.await.map_err(|e| reject("cancel_upload", e))?;
+        Ok(Response::new(CancelUploadResponse {}))
+    }
+
+    async fn delete(
+        &self,
+        req: Request<DeleteRequest>,
+    ) -> Result<Response<DeleteResponse>, Status> {
+        let run = async {
+            let d = parse_digest(&req.get_ref().digest)?;
+            self.store.delete(&d).await
+        };
+        let deleted = run.await.map_err(|e| reject("delete", e))?;
+        Ok(Response::new(DeleteResponse { deleted }))
+    }
+}

@@ -1,0 +1,131 @@
+//! The narrow interface every blob backend implements (filesystem now, S3
+//! later), and the upload id it is keyed by.
+
+use crate::BlobError;
+use async_trait::async_trait;
+use bytes::Bytes;
+use capstan_oci::Digest;
+use futures::stream::BoxStream;
+use std::fmt;
+use std::time::Duration;
+
+/// Blob bytes flowing into or out of a store, in chunks of at most
+/// [`capstan_runtime::grpc::CHUNK_BYTES`] when produced by a store.
+pub type ByteStream = BoxStream<'static, Result<Bytes, BlobError>>;
+
+/// The id of a resumable upload session: a random UUID, written in its
+/// canonical lowercase hyphenated form. Anything else is not an upload id,
+/// which also keeps ids from naming paths outside a backend's upload area.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct UploadId(uuid::Uuid);
+
+impl UploadId {
+    /// A fresh random id.
+    pub fn random() -> Self {
+        Self(uuid::Uuid::new_v4())
+    }
+
+    /// Accept only the canonical form (`xxxxxxxx-xxxx-…`, lowercase);
+    /// anything else is [`BlobError::UploadUnknown`].
+    pub fn parse(s: &str) -> Result<Self, BlobError> {
+        let id = uuid::Uuid::try_parse(s).map_err(|_| BlobError::UploadUnknown)?;
+        let mut buf = uuid::Uuid::encode_buffer();
+        let canonical: &str = id.hyphenated().encode_lower(&mut buf);
+        if canonical != s {
+            return Err(BlobError::UploadUnknown);
+        }
+        Ok(Self(id))
+    }
+}
+
+impl fmt::Display for UploadId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0.hyphenated(), f)
+    }
+}
+
+/// Content-addressed blob storage with resumable uploads.
+///
+/// Upload state lives in the backend only, so consecutive calls for one
+/// upload may be served by different processes sharing the backend. A blob
+/// becomes visible only after its digest has been verified.
+#[async_trait]
+pub trait BlobStore: Send + Sync + 'static {
+    /// Size of a committed blob.
+    async fn stat(&self, digest: &Digest) -> Result<u64, BlobError>;
+
+    /// Stream `length` bytes of a committed blob from `offset` (`length` 0:
+    /// to the end). Range errors are reported here, before any byte.
+    async fn read(
+        &self,
+        digest: &Digest,
+        offset: u64,
+        length: u64,
+    ) -> Result<ByteStream, BlobError>;
+
+    /// Open an empty upload session.
+    async fn start_upload(&self) -> Result<UploadId, BlobError>;
+
+    /// Append `data` to an upload and return its new offset. With
+    /// `expected_offset`, fail with [`BlobError::OffsetMismatch`] (writing
+    /// nothing) unless the upload is at that offset. If `data` fails, nothing
+    /// of this call is kept.
+    async fn append(
+        &self,
+        id: &UploadId,
+        expected_offset: Option<u64>,
+        data: ByteStream,
+    ) -> Result<u64, BlobError>;
+
+    /// Bytes received so far.
+    async fn upload_status(&self, id: &UploadId) -> Result<u64, BlobError>;
+
+    /// Verify that everything written has `digest` and make it the blob
+    /// `digest`; the session ends either way. Returns the blob's size.
+    async fn commit(&self, id: &UploadId, digest: &Digest) -> Result<u64, BlobError>;
+
+    /// Drop an upload session and its bytes.
+    async fn cancel(&self, id: &UploadId) -> Result<(), BlobError>;
+
+    /// Store a whole blob from `data`, verified against `digest`. Returns its
+    /// size.
+    async fn put(&self, digest: &Digest, data: ByteStream) -> Result<u64, BlobError>;
+
+    /// Remove a committed blob; `false` when it was absent.
+    async fn delete(&self, digest: &Digest) -> Result<bool, BlobError>;
+
+    /// Remove upload sessions idle for at least `idle`, skipping any being
+    /// written right now. Returns how many were removed.
+    async fn expire_uploads(&self, idle: Duration) -> Result<usize, BlobError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_canonical_uuids_are_upload_ids() {
+        let id = UploadId::random();
+        assert_eq!(UploadId::parse(&id.to_string()).unwrap(), id);
+        let upper = id.to_string().to_uppercase();
+        let simple = id.to_string().replace('-', "");
+        let braced = format!("{{{id}}}");
+        let urn = format!("urn:uuid:{id}");
+        for bad in [
+            "",
+            "../../etc",
+            "../../etc/passwd",
+            "not-a-uuid",
+            "00000000-0000-0000-0000-00000000000g",
+            upper.as_str(),
+            simple.as_str(),
+            braced.as_str(),
+            urn.as_str(),
+        ] {
+            assert!(
+                matches!(UploadId::parse(bad), Err(BlobError::UploadUnknown)),
+                "{bad:?} accepted"
+            );
+        }
+    }
+}

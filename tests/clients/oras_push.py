@@ -1,0 +1,28 @@
+"""Push a file as an OCI artifact with a subject, using the oras client from PyPI.
+
+usage: oras_push.py HOST REPO TAG FILE SUBJECT_DIGEST SUBJECT_SIZE
+Prints the pushed manifest's digest.
+"""
+import os
+import sys
+
+import oras.client
+import oras.oci
+
+host, repo, tag, path, subject_digest, subject_size = sys.argv[1:7]
+client = oras.client.OrasClient(hostname=host, insecure=True)
+subject = oras.oci.Subject(
+    mediaType="application/vnd.oci.image.manifest.v1+json",
+    digest=subject_digest,
+    size=int(subject_size),
+)
+os.chdir(os.path.dirname(os.path.abspath(path)))
+resp = client.push(
+    target=f"{host}/{repo}:{tag}",
+    files=[f"{os.path.basename(path)}:application/vnd.example.signature"],
+    subject=subject,
+    quiet=True,
+)
+if resp.status_code != 201:
+    sys.exit(f"push answered {resp.status_code}: {resp.text}")
+print(resp.headers["Docker-Content-Digest"])

@@ -1,0 +1,8 @@
+//! End-to-end tests: the real `capstan` binary, real clients, over HTTP.
+
+mod clients;
+mod distributed;
+mod layout;
+mod oci;
+mod sandbox;
+mod spec;

@@ -1,0 +1,161 @@
+//! `Sandbox`: a Capstan started for one test — the real `capstan` binary in
+//! its own temp dir, on a port the OS picks, waited for through its
+//! announcement line and `/v2/`, killed and removed on drop.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_capstan");
+
+/// One running `capstan` process.
+pub struct Process {
+    child: Child,
+    /// What it announced: `http://127.0.0.1:PORT` (gateway) or the gRPC URL.
+    pub url: String,
+    pub log: PathBuf,
+}
+
+impl Process {
+    /// Start `capstan serve` with `args`; stderr goes to `log`. Returns once
+    /// the process printed its address line.
+    pub fn spawn(args: &[&str], log: &Path) -> Process {
+        let log_file = std::fs::File::create(log).expect("log file");
+        let mut child = Command::new(BIN)
+            .arg("serve")
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(log_file)
+            .spawn()
+            .expect("spawn capstan");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read announcement");
+        let url = line
+            .split_whitespace()
+            .find(|w| w.starts_with("http://") || w.starts_with("https://"))
+            .unwrap_or_else(|| {
+                let log = std::fs::read_to_string(log).unwrap_or_default();
+                panic!("capstan did not announce an address: {line:?}\n{log}")
+            })
+            .to_string();
+        Process {
+            child,
+            url,
+            log: log.to_path_buf(),
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            let text = self.log_text();
+            let tail: Vec<&str> = text.lines().rev().take(40).collect();
+            eprintln!("--- log of {} (last lines) ---", self.url);
+            for l in tail.iter().rev() {
+                eprintln!("{l}");
+            }
+        }
+    }
+}
+
+/// Poll `url` until it answers 200, for at most 20 s.
+pub async fn wait_ready(client: &reqwest::Client, url: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(r) = client.get(url).send().await
+            && r.status() == 200
+        {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{url} not ready in 20 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A whole registry (every role in one process) for one test.
+pub struct Sandbox {
+    pub dir: tempfile::TempDir,
+    pub proc: Process,
+    pub client: reqwest::Client,
+}
+
+impl Sandbox {
+    /// Embedded mode on defaults plus `extra` merged into the config.
+    pub async fn start_with(extra: serde_json::Value) -> Sandbox {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut cfg = serde_json::json!({
+            "storage": {"rootDirectory": dir.path().join("data")},
+            "http": {"address": "127.0.0.1", "port": "0"},
+            "log": {"level": "info"}
+        });
+        merge(&mut cfg, extra);
+        let cfg_path = dir.path().join("config.json");
+        std::fs::write(&cfg_path, serde_json::to_vec_pretty(&cfg).unwrap()).unwrap();
+        let proc = Process::spawn(
+            &["-c", cfg_path.to_str().unwrap()],
+            &dir.path().join("capstan.log"),
+        );
+        let client = reqwest::Client::builder()
+            .danger_accept_invalid_certs(true)
+            .build()
+            .unwrap();
+        wait_ready(&client, &format!("{}/v2/", proc.url)).await;
+        Sandbox { dir, proc, client }
+    }
+
+    pub async fn start() -> Sandbox {
+        Self::start_with(serde_json::json!({})).await
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.proc.url)
+    }
+
+    /// `host:port` of the gateway (for clients that want a registry name).
+    pub fn host(&self) -> String {
+        self.proc
+            .url
+            .trim_start_matches("http://")
+            .trim_start_matches("https://")
+            .to_string()
+    }
+
+    /// Kill the process (SIGKILL, no shutdown) and start it again on the
+    /// same configuration and data.
+    pub async fn crash_and_restart(&mut self) {
+        self.proc.kill();
+        let cfg = self.dir.path().join("config.json");
+        self.proc = Process::spawn(
+            &["-c", cfg.to_str().unwrap()],
+            &self.dir.path().join("capstan-restarted.log"),
+        );
+        wait_ready(&self.client, &format!("{}/v2/", self.proc.url)).await;
+    }
+}
+
+fn merge(base: &mut serde_json::Value, extra: serde_json::Value) {
+    match (base, extra) {
+        (serde_json::Value::Object(b), serde_json::Value::Object(e)) => {
+            for (k, v) in e {
+                merge(b.entry(k).or_insert(serde_json::Value::Null), v);
+            }
+        }
+        (b, e) => *b = e,
+    }
+}
