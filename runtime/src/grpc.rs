@@ -34,18 +34,28 @@ pub fn lazy_channel(uri: &str) -> Result<tonic::transport::Channel, tonic::trans
 /// Metadata key carrying the W3C trace context between roles.
 pub const TRACEPARENT: &str = "traceparent";
 
-/// A server builder with Capstan's windows and a per-request span.
+/// A server builder with Capstan's windows and a span per call carrying the
+/// method and the caller's trace id, so every log line of the call has them.
 pub fn server() -> tonic::transport::Server {
     tonic::transport::Server::builder()
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .tcp_nodelay(true)
+        .trace_fn(|req| {
+            let trace_id = req
+                .headers()
+                .get(TRACEPARENT)
+                .and_then(|v| v.to_str().ok())
+                .and_then(trace_id_of)
+                .unwrap_or("");
+            tracing::info_span!("rpc", method = req.uri().path(), trace_id)
+        })
 }
 
-/// The trace id of a request's `traceparent` metadata, if any.
-pub fn trace_id<T>(req: &tonic::Request<T>) -> Option<String> {
-    let tp = req.metadata().get(TRACEPARENT)?.to_str().ok()?;
-    tp.split('-').nth(1).map(str::to_string)
+/// The trace id (second field) of a W3C `traceparent` value.
+pub fn trace_id_of(traceparent: &str) -> Option<&str> {
+    let id = traceparent.split('-').nth(1)?;
+    (id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())).then_some(id)
 }
 
 /// Serve `router` on `listener` until `shutdown`, with a health service
@@ -76,4 +86,19 @@ pub async fn health_service(
         .set_service_status("", tonic_health::ServingStatus::Serving)
         .await;
     service
+}
+
+#[cfg(test)]
+mod tests {
+    use super::trace_id_of;
+
+    #[test]
+    fn trace_id_from_traceparent() {
+        assert_eq!(
+            trace_id_of("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+            Some("4bf92f3577b34da6a3ce929d0e0e4736")
+        );
+        assert_eq!(trace_id_of("00-short-00f067aa0ba902b7-01"), None);
+        assert_eq!(trace_id_of("garbage"), None);
+    }
 }

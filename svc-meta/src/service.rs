@@ -14,7 +14,6 @@ use capstan_proto::meta::v1::{
 use capstan_runtime::grpc::MAX_MESSAGE_BYTES;
 use std::future::Future;
 use tonic::{Request, Response, Status};
-use tracing::Instrument;
 
 /// The MetaService implementation over a [`Store`].
 #[derive(Debug, Clone)]
@@ -35,26 +34,20 @@ pub fn grpc_service(store: Store) -> MetaServiceServer<MetaGrpc> {
         .max_encoding_message_size(MAX_MESSAGE_BYTES)
 }
 
-/// Run one call in a span joined to the caller's trace, converting its error
-/// at the boundary.
+/// Run one call, converting its error at the boundary. The span with the
+/// method and trace id comes from the server scaffold (`runtime::grpc`).
 async fn call<T, R>(
     rpc: &'static str,
-    req: &Request<T>,
+    _req: &Request<T>,
     body: impl Future<Output = Result<R, MetaError>>,
 ) -> Result<Response<R>, Status> {
-    let trace_id = capstan_runtime::grpc::trace_id(req).unwrap_or_default();
-    let span = tracing::info_span!("meta rpc", rpc, trace_id = %trace_id);
-    async move {
-        match body.await {
-            Ok(r) => Ok(Response::new(r)),
-            Err(e) => {
-                tracing::debug!(error = %e, "call failed");
-                Err(Status::from(e))
-            }
+    match body.await {
+        Ok(r) => Ok(Response::new(r)),
+        Err(e) => {
+            tracing::debug!(rpc, error = %e, "call failed");
+            Err(Status::from(e))
         }
     }
-    .instrument(span)
-    .await
 }
 
 #[tonic::async_trait]

@@ -1,0 +1,131 @@
+//! The binary's own interface: `verify`, `serve` on embedded defaults, TLS
+//! with HTTP/2.
+
+use crate::oci::*;
+use crate::sandbox::{BIN, Sandbox, wait_ready};
+use serde_json::json;
+use std::process::Command;
+
+fn verify(config: &serde_json::Value) -> (bool, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.json");
+    std::fs::write(&path, serde_json::to_vec(config).unwrap()).unwrap();
+    let out = Command::new(BIN).arg("verify").arg(&path).output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn verify_accepts_a_zot_config_and_names_bad_keys() {
+    let (ok, stdout, stderr) = verify(&json!({
+        "distSpecVersion": "1.1.0",
+        "storage": {"rootDirectory": "/tmp/zot", "gc": true, "dedupe": true},
+        "http": {"address": "127.0.0.1", "port": "8080"},
+        "log": {"level": "debug"},
+        "extensions": {"search": {"enable": true}}
+    }));
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("is valid"), "{stdout}");
+
+    let (ok, _, stderr) = verify(&json!({"http": {"port": "eighty"}}));
+    assert!(!ok);
+    assert!(stderr.contains("http.port"), "{stderr}");
+
+    let (ok, _, stderr) = verify(&json!({"storage": {"gcDelay": "soon"}}));
+    assert!(!ok);
+    assert!(stderr.contains("storage.gcDelay"), "{stderr}");
+
+    let (ok, _, stderr) = verify(&json!({"http": {"prot": 1}}));
+    assert!(ok);
+    assert!(stderr.contains("unknown key `http.prot`"), "{stderr}");
+
+    let out = Command::new(BIN)
+        .args(["verify", "/nonexistent/c.json"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+}
+
+#[tokio::test]
+async fn serve_without_arguments_uses_embedded_defaults() {
+    let home = tempfile::tempdir().unwrap();
+    let log = home.path().join("log");
+    let mut child = Command::new(BIN)
+        .arg("serve")
+        .env("XDG_DATA_HOME", home.path())
+        // The default port may be taken on a test machine; everything else is default.
+        .env("CAPSTAN_HTTP_PORT", "0")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let data = home.path().join("capstan");
+    assert!(line.contains("http://127.0.0.1:"), "{line}");
+    assert!(line.contains(&data.display().to_string()), "{line}");
+    let url = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap()
+        .to_string();
+    let client = reqwest::Client::new();
+    wait_ready(&client, &format!("{url}/v2/")).await;
+    let blob = random_bytes(1234);
+    let d = sha256(&blob);
+    let r = client
+        .post(format!("{url}/v2/laptop/blobs/uploads/?digest={d}"))
+        .body(blob)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let hex = d.trim_start_matches("sha256:");
+    assert!(
+        data.join("blobs/sha256")
+            .join(&hex[..2])
+            .join(hex)
+            .is_file()
+    );
+    assert!(data.join("meta.db").is_file());
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[tokio::test]
+async fn tls_serves_http2() {
+    let dir = tempfile::tempdir().unwrap();
+    let ck =
+        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.key_pair.serialize_pem()).unwrap();
+    let sb = Sandbox::start_with(json!({"http": {"tls": {"cert": cert, "key": key}}})).await;
+    assert!(sb.proc.url.starts_with("https://"), "{}", sb.proc.url);
+    let data = random_bytes(2 * 1024 * 1024);
+    let d = sb.push_blob("secure", &data).await;
+    let r = sb
+        .client
+        .get(sb.url(&format!("/v2/secure/blobs/{d}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    assert_eq!(r.status(), 200);
+    assert_eq!(sha256(&r.bytes().await.unwrap()), d);
+    // Plain HTTP to the TLS port is not served.
+    let plain = sb.proc.url.replace("https://", "http://");
+    assert!(
+        reqwest::get(format!("{plain}/v2/"))
+            .await
+            .map(|r| r.status() != 200)
+            .unwrap_or(true)
+    );
+}
