@@ -886,3 +886,59 @@ async fn acknowledged_writes_survive_a_crash() {
         .unwrap();
     assert_eq!(r.status(), 201);
 }
+
+#[tokio::test]
+async fn a_client_that_disconnects_mid_chunk_leaves_no_partial_bytes() {
+    use tokio::io::AsyncWriteExt;
+    let sb = Sandbox::start().await;
+    let r = sb
+        .client
+        .post(sb.url("/v2/cut/blobs/uploads/"))
+        .send()
+        .await
+        .unwrap();
+    let loc = location(&r);
+    let mut conn = tokio::net::TcpStream::connect(sb.host()).await.unwrap();
+    let head = format!(
+        "PATCH {loc} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/octet-stream\r\nContent-Length: 3000000\r\n\r\n",
+        sb.host()
+    );
+    conn.write_all(head.as_bytes()).await.unwrap();
+    conn.write_all(&random_bytes(1_500_000)).await.unwrap();
+    conn.flush().await.unwrap();
+    drop(conn);
+    // The interrupted chunk is not counted: the upload is still empty, and
+    // stays usable.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let r = sb.client.get(sb.url(&loc)).send().await.unwrap();
+        assert_eq!(r.status(), 204);
+        // The gateway may still be tearing the aborted call down; the state
+        // must never show the partial bytes.
+        assert_eq!(r.headers()["range"], "0-0");
+        let data = random_bytes(1000);
+        let r = sb
+            .client
+            .patch(sb.url(&loc))
+            .header("Content-Range", "0-999")
+            .body(data.clone())
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 202 {
+            let r = sb
+                .client
+                .put(sb.url(&format!("{loc}?digest={}", sha256(&data))))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 201);
+            break;
+        }
+        // Only "being written by another request" is acceptable while the
+        // aborted call unwinds.
+        assert_eq!(r.status(), 400, "{}", r.text().await.unwrap());
+        assert!(std::time::Instant::now() < deadline, "upload stayed locked");
+        tokio::task::yield_now().await;
+    }
+}

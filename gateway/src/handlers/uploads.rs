@@ -13,7 +13,7 @@ use capstan_proto::blob::v1::{
 };
 use capstan_proto::meta::v1::{LinkBlobRequest, MountBlobRequest};
 use pingora::protocols::http::ServerSession;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 
 /// Messages in flight between the body reader and the gRPC stream.
@@ -34,6 +34,58 @@ fn upload_accepted(status: u16, repo: &str, state: &UploadState) -> Reply {
         .header("Location", upload_location(repo, &state.upload_id))
         .header("Range", upload_range(state.offset))
         .header("Docker-Upload-UUID", state.upload_id.clone())
+}
+
+/// Run a client-streaming call fed by the request body. When reading the
+/// body fails (the client went away), the call is cancelled rather than
+/// ended, so svc-blob keeps none of the partial bytes.
+async fn stream_body<T, R, F>(
+    session: &mut ServerSession,
+    wrap: impl FnMut(bool, bytes::Bytes) -> T,
+    call: impl FnOnce(ReceiverStream<T>) -> F,
+) -> Result<R, ApiError>
+where
+    F: Future<Output = Result<tonic::Response<R>, tonic::Status>>,
+{
+    let (tx, rx) = mpsc::channel(PIPELINE_DEPTH);
+    let (abort_tx, abort_rx) = oneshot::channel::<()>();
+    let rpc = async move {
+        let aborted = async {
+            if abort_rx.await.is_err() {
+                // Dropped without a signal: the body was read completely.
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            biased;
+            r = call(ReceiverStream::new(rx)) => Some(r),
+            _ = aborted => None,
+        }
+    };
+    // A second sender keeps the stream open until the abort is seen, so a
+    // failed body never looks like a complete one.
+    let keep_open = tx.clone();
+    let pump = async move {
+        match body::pump(session, tx, wrap).await {
+            Ok(n) => {
+                drop(keep_open);
+                (Ok(n), None)
+            }
+            Err(e) => {
+                let _ = abort_tx.send(());
+                (Err(e), Some(keep_open))
+            }
+        }
+    };
+    let (rpc, (pumped, _keep_open)) = tokio::join!(rpc, pump);
+    match rpc {
+        Some(Err(status)) => Err(status.into()),
+        Some(Ok(response)) => {
+            pumped.map_err(body_error)?;
+            Ok(response.into_inner())
+        }
+        None => Err(body_error(pumped.err().unwrap_or(BodyError::Closed))),
+    }
 }
 
 fn body_error(e: BodyError) -> ApiError {
@@ -91,21 +143,21 @@ async fn monolithic(
     repo: &str,
     digest: &Digest,
 ) -> Result<Reply, ApiError> {
-    let (tx, rx) = mpsc::channel(PIPELINE_DEPTH);
     let mut client = gw.backends.blob();
-    let rpc = client.put(ctx.rpc(ReceiverStream::new(rx)));
     let digest_text = digest.to_string();
-    let pump = body::pump(session, tx, |first, data| PutChunk {
-        digest: if first {
-            digest_text.clone()
-        } else {
-            String::new()
+    let committed = stream_body(
+        session,
+        |first, data| PutChunk {
+            digest: if first {
+                digest_text.clone()
+            } else {
+                String::new()
+            },
+            data,
         },
-        data,
-    });
-    let (rpc, pumped) = tokio::join!(rpc, pump);
-    let committed = rpc?.into_inner();
-    pumped.map_err(body_error)?;
+        |stream| client.put(ctx.rpc(stream)),
+    )
+    .await?;
     link(gw, ctx, repo, &committed.digest, committed.size).await?;
     Ok(blob_created(repo, &committed.digest))
 }
@@ -158,17 +210,17 @@ async fn append(
             Some(span.start)
         }
     };
-    let (tx, rx) = mpsc::channel(PIPELINE_DEPTH);
     let mut client = gw.backends.blob();
-    let rpc = client.write_upload(ctx.rpc(ReceiverStream::new(rx)));
-    let pump = body::pump(session, tx, |first, data| WriteChunk {
-        upload_id: if first { id.to_string() } else { String::new() },
-        expected_offset: if first { expected_offset } else { None },
-        data,
-    });
-    let (rpc, pumped) = tokio::join!(rpc, pump);
-    let state = rpc?.into_inner();
-    pumped.map_err(body_error)?;
+    let state = stream_body(
+        session,
+        |first, data| WriteChunk {
+            upload_id: if first { id.to_string() } else { String::new() },
+            expected_offset: if first { expected_offset } else { None },
+            data,
+        },
+        |stream| client.write_upload(ctx.rpc(stream)),
+    )
+    .await?;
     Ok(state)
 }
 
