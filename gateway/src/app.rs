@@ -2,6 +2,7 @@
 //! record per request.
 
 use crate::backends::Backends;
+use crate::cache::ManifestCache;
 use crate::endpoint::{self, Endpoint, RouteError};
 use crate::error::ApiError;
 use crate::handlers;
@@ -27,6 +28,7 @@ pub const API_VERSION_HEADER: (&str, &str) = ("Docker-Distribution-API-Version",
 #[derive(Debug)]
 pub struct Gateway {
     pub backends: Backends,
+    pub manifests: Arc<ManifestCache>,
 }
 
 /// What a handler sends back.
@@ -142,8 +144,11 @@ impl Ctx {
 }
 
 impl Gateway {
-    pub fn new(backends: Backends) -> Self {
-        Self { backends }
+    pub fn new(backends: Backends, manifests: Arc<ManifestCache>) -> Self {
+        Self {
+            backends,
+            manifests,
+        }
     }
 
     async fn dispatch(

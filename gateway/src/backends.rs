@@ -81,6 +81,11 @@ impl Backends {
         })
     }
 
+    /// One client per meta endpoint (for their change feeds).
+    pub fn meta_all(&self) -> Vec<MetaServiceClient<Channel>> {
+        self.meta.clients.clone()
+    }
+
     pub fn meta(&self) -> MetaServiceClient<Channel> {
         self.meta.pick()
     }

@@ -8,6 +8,7 @@
 pub mod app;
 pub mod backends;
 pub mod body;
+pub mod cache;
 pub mod endpoint;
 pub mod error;
 pub mod handlers;
@@ -35,7 +36,12 @@ pub async fn serve(
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
     let backends = backends::Backends::new(&upstreams.meta, &upstreams.blob)?;
-    let app = app::Gateway::new(backends);
+    let feeds = backends.meta_all();
+    let manifests = Arc::new(cache::ManifestCache::new(feeds.len()));
+    for client in feeds {
+        tokio::spawn(cache::follow(manifests.clone(), client, shutdown.clone()));
+    }
+    let app = app::Gateway::new(backends, manifests);
     let addr = listener.local_addr()?.to_string();
     listener.set_nonblocking(true)?;
 

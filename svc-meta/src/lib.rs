@@ -45,7 +45,7 @@ pub async fn serve(
     let health = grpc::health_service(&[SERVICE_NAME]).await;
     let router = grpc::server()
         .add_service(health)
-        .add_service(grpc_service(store.clone()));
+        .add_service(grpc_service(store.clone(), shutdown.clone()));
     tracing::info!(addr = %listener.local_addr()?, "meta service listening");
     let served = grpc::serve(router, listener, shutdown).await;
     store.close().await;

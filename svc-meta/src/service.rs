@@ -5,31 +5,51 @@ use crate::error::MetaError;
 use crate::store::Store;
 use capstan_proto::meta::v1::meta_service_server::{MetaService, MetaServiceServer};
 use capstan_proto::meta::v1::{
-    CatalogRequest, CatalogResponse, DeleteManifestRequest, DeleteManifestResponse, Descriptor,
-    GetManifestRequest, GetManifestResponse, LinkBlobRequest, LinkBlobResponse, ListTagsRequest,
-    ListTagsResponse, MountBlobRequest, MountBlobResponse, PutManifestRequest, PutManifestResponse,
-    ReferrersRequest, ReferrersResponse, StatBlobRequest, StatBlobResponse, UnlinkBlobRequest,
-    UnlinkBlobResponse,
+    CatalogRequest, CatalogResponse, Change, DeleteManifestRequest, DeleteManifestResponse,
+    Descriptor, GetManifestRequest, GetManifestResponse, LinkBlobRequest, LinkBlobResponse,
+    ListTagsRequest, ListTagsResponse, MountBlobRequest, MountBlobResponse, PutManifestRequest,
+    PutManifestResponse, ReferrersRequest, ReferrersResponse, StatBlobRequest, StatBlobResponse,
+    UnlinkBlobRequest, UnlinkBlobResponse, WatchRequest,
 };
+use capstan_runtime::Shutdown;
 use capstan_runtime::grpc::MAX_MESSAGE_BYTES;
 use std::future::Future;
+use tokio::sync::broadcast;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 /// The MetaService implementation over a [`Store`].
 #[derive(Debug, Clone)]
 pub struct MetaGrpc {
     store: Store,
+    /// Repositories whose manifests or tags changed, for `Watch`.
+    changes: broadcast::Sender<String>,
+    /// Ends `Watch` streams so a graceful stop is not held up by them.
+    shutdown: Shutdown,
 }
 
+/// Changes buffered per subscriber before it counts as fallen behind.
+const WATCH_BUFFER: usize = 1024;
+
 impl MetaGrpc {
-    pub fn new(store: Store) -> Self {
-        Self { store }
+    pub fn new(store: Store, shutdown: Shutdown) -> Self {
+        Self {
+            store,
+            changes: broadcast::channel(WATCH_BUFFER).0,
+            shutdown,
+        }
+    }
+
+    /// Tell subscribers that `repo` changed (after the change committed).
+    fn changed(&self, repo: &str) {
+        // No subscriber is not an error.
+        let _ = self.changes.send(repo.to_string());
     }
 }
 
 /// The generated server for `store`, with Capstan's message size limits.
-pub fn grpc_service(store: Store) -> MetaServiceServer<MetaGrpc> {
-    MetaServiceServer::new(MetaGrpc::new(store))
+pub fn grpc_service(store: Store, shutdown: Shutdown) -> MetaServiceServer<MetaGrpc> {
+    MetaServiceServer::new(MetaGrpc::new(store, shutdown))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES)
 }
@@ -63,6 +83,7 @@ impl MetaService for MetaGrpc {
                 .store
                 .put_manifest(&r.repo, &reference, &r.content_type, &r.content)
                 .await?;
+            self.changed(&r.repo);
             Ok(PutManifestResponse {
                 digest: out.digest.to_string(),
                 subject: out.subject.map(|s| s.to_string()).unwrap_or_default(),
@@ -97,6 +118,7 @@ impl MetaService for MetaGrpc {
             let r = request.get_ref();
             let reference = MetaError::reference(&r.reference)?;
             self.store.delete_manifest(&r.repo, &reference).await?;
+            self.changed(&r.repo);
             Ok(DeleteManifestResponse {})
         })
         .await
@@ -210,5 +232,39 @@ impl MetaService for MetaGrpc {
             })
         })
         .await
+    }
+
+    type WatchStream = ReceiverStream<Result<Change, Status>>;
+
+    async fn watch(
+        &self,
+        _request: Request<WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        // Subscribe before answering, so nothing committed after the answer
+        // can be missed.
+        let mut rx = self.changes.subscribe();
+        let (tx, out) = tokio::sync::mpsc::channel(16);
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            let mut next = Some(String::new());
+            loop {
+                let repo = match next.take() {
+                    Some(r) => r,
+                    None => tokio::select! {
+                        _ = shutdown.wait() => return,
+                        got = rx.recv() => match got {
+                            Ok(r) => r,
+                            // Fell behind: the subscriber must drop everything.
+                            Err(broadcast::error::RecvError::Lagged(_)) => String::new(),
+                            Err(broadcast::error::RecvError::Closed) => return,
+                        },
+                    },
+                };
+                if tx.send(Ok(Change { repo })).await.is_err() {
+                    return; // subscriber gone
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(out)))
     }
 }

@@ -331,3 +331,50 @@ async fn serve_fails_on_an_unusable_database() {
     let err = serve(&config, listener, Shutdown::new()).await.unwrap_err();
     assert!(format!("{err:#}").contains("mysql"), "{err:#}");
 }
+
+#[tokio::test]
+async fn watch_reports_committed_manifest_changes() {
+    let mut r = start().await;
+    let mut feed = r.client.watch(WatchRequest {}).await.unwrap().into_inner();
+    // The first message says the subscription is live.
+    assert_eq!(feed.message().await.unwrap().unwrap().repo, "");
+    let img = image("watched");
+    for (d, size) in &img.blobs {
+        r.client
+            .link_blob(LinkBlobRequest {
+                repo: "w/repo".into(),
+                digest: d.to_string(),
+                size: *size,
+            })
+            .await
+            .unwrap();
+    }
+    r.client
+        .put_manifest(put("w/repo", "v1", &img.bytes))
+        .await
+        .unwrap();
+    assert_eq!(feed.message().await.unwrap().unwrap().repo, "w/repo");
+    // A failed push changes nothing and says nothing; the next change is the delete.
+    assert!(
+        r.client
+            .put_manifest(put("w/repo", "v2", b"{"))
+            .await
+            .is_err()
+    );
+    r.client
+        .delete_manifest(DeleteManifestRequest {
+            repo: "w/repo".into(),
+            reference: "v1".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(feed.message().await.unwrap().unwrap().repo, "w/repo");
+    // Shutting down ends the feed and the server, open stream or not.
+    r.shutdown.trigger();
+    assert!(feed.message().await.map(|m| m.is_none()).unwrap_or(true));
+    tokio::time::timeout(std::time::Duration::from_secs(10), r.task)
+        .await
+        .expect("server stopped despite an open watch")
+        .unwrap()
+        .unwrap();
+}

@@ -4,6 +4,27 @@
 use crate::oci::*;
 use crate::sandbox::{Process, wait_ready};
 use serde_json::json;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// Start a gateway role for `meta` and `blobs` with its own config file.
+fn gateway(dir: &Path, name: &str, meta: &[&str], blobs: &[&str]) -> Process {
+    let cfg = dir.join(format!("{name}.json"));
+    std::fs::write(
+        &cfg,
+        serde_json::to_vec(&json!({
+            "storage": {"rootDirectory": dir.join("data")},
+            "http": {"port": 0},
+            "services": {"meta": {"endpoints": meta}, "blob": {"endpoints": blobs}}
+        }))
+        .unwrap(),
+    )
+    .unwrap();
+    Process::spawn(
+        &["-c", cfg.to_str().unwrap(), "--role", "gateway"],
+        &dir.join(format!("{name}.log")),
+    )
+}
 
 #[tokio::test]
 async fn chunked_upload_alternates_between_two_blob_replicas() {
@@ -101,4 +122,117 @@ async fn chunked_upload_alternates_between_two_blob_replicas() {
     }
     drop(gw);
     drop(meta);
+}
+
+#[tokio::test]
+async fn a_tag_moved_through_one_gateway_is_seen_through_another() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("config.json");
+    std::fs::write(
+        &cfg,
+        serde_json::to_vec(&json!({"storage": {"rootDirectory": dir.path().join("data")}}))
+            .unwrap(),
+    )
+    .unwrap();
+    let c = cfg.to_str().unwrap();
+    let role = |r: &str, log: &str| {
+        Process::spawn(
+            &["-c", c, "--role", r, "--listen", "127.0.0.1:0"],
+            &dir.path().join(log),
+        )
+    };
+    let meta = role("meta", "meta.log");
+    let blob = role("blob", "blob.log");
+    let a = gateway(dir.path(), "gw-a", &[&meta.url], &[&blob.url]);
+    let b = gateway(dir.path(), "gw-b", &[&meta.url], &[&blob.url]);
+    let client = reqwest::Client::new();
+    for g in [&a, &b] {
+        wait_ready(&client, &format!("{}/v2/", g.url)).await;
+    }
+    let push = |gw: String, note: &'static str| {
+        let client = client.clone();
+        async move {
+            let cfg = b"{}".to_vec();
+            let d = sha256(&cfg);
+            let r = client
+                .post(format!("{gw}/v2/shared/blobs/uploads/?digest={d}"))
+                .body(cfg)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 201);
+            let m = serde_json::to_vec(&json!({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
+                "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": d, "size": 2},
+                "layers": [], "annotations": {"note": note}}))
+            .unwrap();
+            let r = client
+                .put(format!("{gw}/v2/shared/manifests/latest"))
+                .header("Content-Type", OCI_MANIFEST)
+                .body(m.clone())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 201);
+            sha256(&m)
+        }
+    };
+    let digest_via = |gw: String| {
+        let client = client.clone();
+        async move {
+            let r = client
+                .get(format!("{gw}/v2/shared/manifests/latest"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            r.headers()["docker-content-digest"]
+                .to_str()
+                .unwrap()
+                .to_string()
+        }
+    };
+    let first = push(a.url.clone(), "first").await;
+    // Read through B twice so B has it cached.
+    assert_eq!(digest_via(b.url.clone()).await, first);
+    assert_eq!(digest_via(b.url.clone()).await, first);
+    let second = push(a.url.clone(), "second").await;
+    // A reads its own write at once.
+    assert_eq!(digest_via(a.url.clone()).await, second);
+    // B follows through the change feed, promptly.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let seen = digest_via(b.url.clone()).await;
+        if seen == second {
+            break;
+        }
+        assert_eq!(seen, first);
+        assert!(
+            Instant::now() < deadline,
+            "gateway B still serves the old tag"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Deleting through B is seen through A.
+    let r = client
+        .delete(format!("{}/v2/shared/manifests/latest", b.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = client
+            .get(format!("{}/v2/shared/manifests/latest", a.url))
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 404 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "gateway A still serves a deleted tag"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }

@@ -2,11 +2,13 @@
 
 use crate::app::{Body, Ctx, Gateway, Reply};
 use crate::body::{self, BodyError};
+use crate::cache::Cached;
 use crate::error::ApiError;
 use capstan_oci::ErrorCode;
 use capstan_oci::manifest::MAX_MANIFEST_BYTES;
 use capstan_proto::meta::v1::{DeleteManifestRequest, GetManifestRequest, PutManifestRequest};
 use pingora::protocols::http::ServerSession;
+use std::sync::Arc;
 
 pub async fn put(
     gw: &Gateway,
@@ -39,6 +41,7 @@ pub async fn put(
         }))
         .await?
         .into_inner();
+    gw.manifests.invalidate(repo);
     let mut reply = Reply::new(201)
         .header("Location", format!("/v2/{repo}/manifests/{}", r.digest))
         .header("Docker-Content-Digest", r.digest);
@@ -49,26 +52,43 @@ pub async fn put(
 }
 
 pub async fn get(gw: &Gateway, ctx: &Ctx, repo: &str, reference: &str) -> Result<Reply, ApiError> {
-    let m = gw
+    if let Some(m) = gw.manifests.get(repo, reference) {
+        return Ok(manifest_reply(ctx, &m));
+    }
+    let epoch = gw.manifests.epoch();
+    let r = gw
         .backends
         .meta()
         .get_manifest(ctx.rpc(GetManifestRequest {
             repo: repo.into(),
             reference: reference.into(),
-            head: ctx.is_head,
+            // The whole manifest even for HEAD, so it can be cached.
+            head: false,
         }))
         .await?
         .into_inner();
+    let m = Arc::new(Cached {
+        digest: r.digest,
+        media_type: r.media_type,
+        content: r.content,
+    });
+    gw.manifests.insert(epoch, repo, reference, m.clone());
+    Ok(manifest_reply(ctx, &m))
+}
+
+fn manifest_reply(ctx: &Ctx, m: &Cached) -> Reply {
     let mut reply = Reply::new(200)
-        .header("Content-Type", m.media_type)
+        .header("Content-Type", m.media_type.clone())
         .header("Docker-Content-Digest", m.digest.clone())
         .header("ETag", format!("\"{}\"", m.digest));
     reply.body = if ctx.is_head {
-        Body::Head { len: m.size }
+        Body::Head {
+            len: m.content.len() as u64,
+        }
     } else {
-        Body::Bytes(m.content)
+        Body::Bytes(m.content.clone())
     };
-    Ok(reply)
+    reply
 }
 
 pub async fn delete(
@@ -84,5 +104,6 @@ pub async fn delete(
             reference: reference.into(),
         }))
         .await?;
+    gw.manifests.invalidate(repo);
     Ok(Reply::new(202))
 }
