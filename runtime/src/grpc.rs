@@ -13,10 +13,17 @@ use tokio_stream::wrappers::TcpListenerStream;
 pub const MAX_MESSAGE_BYTES: usize = 8 * 1024 * 1024;
 /// Preferred size of one chunk of blob bytes in a stream.
 pub const CHUNK_BYTES: usize = 1024 * 1024;
-/// HTTP/2 per-stream window: large, so blob streams are not window-bound.
+/// Size of the chunks a blob is read in: larger, as a read has no hashing
+/// to overlap with and fewer, larger messages cost less per byte.
+pub const READ_CHUNK_BYTES: usize = 2 * 1024 * 1024;
+/// HTTP/2 per-stream window: large enough that a blob stream on loopback is
+/// not window-bound, small enough to bound what one stream can buffer.
 pub const STREAM_WINDOW: u32 = 16 * 1024 * 1024;
 /// HTTP/2 connection window.
 pub const CONNECTION_WINDOW: u32 = 32 * 1024 * 1024;
+/// Largest HTTP/2 frame either side accepts: blob chunks travel in a few
+/// large frames instead of many 16 KiB ones (one write call each).
+pub const MAX_FRAME: u32 = 1024 * 1024;
 
 /// A lazily connecting channel to `uri` (e.g. `http://127.0.0.1:9001`) with
 /// Capstan's window sizes. Must be called inside a tokio runtime.
@@ -24,6 +31,7 @@ pub fn lazy_channel(uri: &str) -> Result<tonic::transport::Channel, tonic::trans
     let endpoint = tonic::transport::Endpoint::from_shared(uri.to_string())?
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_frame_size(MAX_FRAME)
         .tcp_nodelay(true)
         .connect_timeout(Duration::from_secs(5))
         .http2_keep_alive_interval(Duration::from_secs(30))
@@ -40,6 +48,7 @@ pub fn server() -> tonic::transport::Server {
     tonic::transport::Server::builder()
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_frame_size(MAX_FRAME)
         .tcp_nodelay(true)
         .trace_fn(|req| {
             let trace_id = req

@@ -23,7 +23,7 @@ use crate::{BlobError, resumable};
 use async_trait::async_trait;
 use bytes::Bytes;
 use capstan_oci::{Algorithm, Digest, Hasher};
-use capstan_runtime::grpc::CHUNK_BYTES;
+use capstan_runtime::grpc::{CHUNK_BYTES, READ_CHUNK_BYTES};
 use futures::StreamExt as _;
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
@@ -284,31 +284,41 @@ impl Session {
     }
 }
 
+/// Bytes written between two background flushes of a durable write.
+const WRITEBACK_EVERY: u64 = 32 * 1024 * 1024;
+
 /// A file being written while its bytes are hashed.
 struct Sink<H> {
     file: File,
     path: PathBuf,
     hasher: H,
     written: u64,
+    /// Flush to disk in the background while writing (`storage.commit`), so
+    /// the final fsync only has the tail left to write.
+    writeback: bool,
 }
 
 impl<H: Absorb> Sink<H> {
-    fn new(file: File, path: PathBuf, hasher: H) -> Self {
+    fn new(file: File, path: PathBuf, hasher: H, writeback: bool) -> Self {
         Self {
             file,
             path,
             hasher,
             written: 0,
+            writeback,
         }
     }
 
     /// Write every chunk of `data`, stopping at its first error.
     async fn drain(mut self, mut data: ByteStream) -> Result<Self, BlobError> {
+        let mut unflushed = 0u64;
+        let mut flushing: Option<tokio::task::JoinHandle<Result<(), BlobError>>> = None;
         while let Some(chunk) = data.next().await {
             let chunk = chunk?;
             if chunk.is_empty() {
                 continue;
             }
+            let len = chunk.len() as u64;
             self = blocking(move || {
                 self.hasher.absorb(&chunk);
                 self.file
@@ -318,9 +328,33 @@ impl<H: Absorb> Sink<H> {
                 Ok(self)
             })
             .await?;
+            unflushed += len;
+            let idle = flushing.as_ref().is_none_or(|f| f.is_finished());
+            if self.writeback && unflushed >= WRITEBACK_EVERY && idle {
+                if let Some(done) = flushing.take() {
+                    join_flush(done).await?;
+                }
+                let file = self
+                    .file
+                    .try_clone()
+                    .map_err(BlobError::io("clone", &self.path))?;
+                let path = self.path.clone();
+                flushing = Some(tokio::task::spawn_blocking(move || {
+                    file.sync_data().map_err(BlobError::io("sync", &path))
+                }));
+                unflushed = 0;
+            }
+        }
+        if let Some(done) = flushing {
+            join_flush(done).await?;
         }
         Ok(self)
     }
+}
+
+async fn join_flush(task: tokio::task::JoinHandle<Result<(), BlobError>>) -> Result<(), BlobError> {
+    task.await
+        .map_err(|e| BlobError::Internal(format!("storage task failed: {e}")))?
 }
 
 /// Removes a temp file when dropped, unless disarmed.
@@ -369,7 +403,7 @@ fn publish(src: &Path, dst: &Path, commit: bool) -> Result<bool, BlobError> {
 }
 
 /// Send `left` bytes of `file` (positioned at the start of the range) to `tx`
-/// in chunks of at most [`CHUNK_BYTES`]; stop when the receiver goes away.
+/// in chunks of at most [`READ_CHUNK_BYTES`]; stop when the receiver goes away.
 async fn pump(
     mut file: File,
     path: PathBuf,
@@ -377,12 +411,22 @@ async fn pump(
     tx: mpsc::Sender<Result<Bytes, BlobError>>,
 ) {
     while left > 0 {
-        let n = usize::try_from(left).unwrap_or(usize::MAX).min(CHUNK_BYTES);
+        let n = usize::try_from(left)
+            .unwrap_or(usize::MAX)
+            .min(READ_CHUNK_BYTES);
         let p = path.clone();
         let read = blocking(move || {
-            let mut buf = vec![0u8; n];
-            file.read_exact(&mut buf)
+            // Read into spare capacity: no zero-filling of the buffer.
+            let mut buf = Vec::with_capacity(n);
+            let got = (&mut file)
+                .take(n as u64)
+                .read_to_end(&mut buf)
                 .map_err(BlobError::io("read blob", &p))?;
+            if got != n {
+                return Err(BlobError::io("read blob", &p)(io::Error::from(
+                    io::ErrorKind::UnexpectedEof,
+                )));
+            }
             Ok((file, buf))
         })
         .await;
@@ -582,7 +626,9 @@ impl BlobStore for FsStore {
         } = session;
         // On error the sink (and its lock) is dropped without touching the
         // state: the bytes written so far are leftovers for the next writer.
-        let sink = Sink::new(file, data_path, hasher).drain(data).await?;
+        let sink = Sink::new(file, data_path, hasher, commit)
+            .drain(data)
+            .await?;
         let offset = blocking(move || {
             if commit {
                 sink.file
@@ -673,9 +719,14 @@ impl BlobStore for FsStore {
             })
             .await?
         };
-        let sink = Sink::new(file, tmp.clone(), Hasher::new(digest.algorithm()))
-            .drain(data)
-            .await?;
+        let sink = Sink::new(
+            file,
+            tmp.clone(),
+            Hasher::new(digest.algorithm()),
+            self.commit,
+        )
+        .drain(data)
+        .await?;
         let dst = self.blob_path(digest);
         let expected = digest.clone();
         let commit = self.commit;

@@ -7,7 +7,7 @@
 use crate::{BlobError, BlobStore, ByteStream, UploadId};
 use bytes::Bytes;
 use capstan_oci::{Algorithm, Digest};
-use capstan_runtime::grpc::CHUNK_BYTES;
+use capstan_runtime::grpc::{CHUNK_BYTES, READ_CHUNK_BYTES};
 use futures::{StreamExt as _, stream};
 use std::time::Duration;
 
@@ -45,7 +45,7 @@ pub(crate) fn err<T>(r: Result<T, BlobError>) -> BlobError {
     }
 }
 
-/// Every chunk of a read, checked to be non-empty and at most CHUNK_BYTES.
+/// Every chunk of a read, checked to be non-empty and at most READ_CHUNK_BYTES.
 pub(crate) async fn read_chunks(
     s: &dyn BlobStore,
     d: &Digest,
@@ -57,7 +57,7 @@ pub(crate) async fn read_chunks(
     while let Some(c) = st.next().await {
         let c = c.expect("read chunk");
         assert!(
-            !c.is_empty() && c.len() <= CHUNK_BYTES,
+            !c.is_empty() && c.len() <= READ_CHUNK_BYTES,
             "chunk of {}",
             c.len()
         );
@@ -201,7 +201,7 @@ pub(crate) async fn sha512_commit(a: &dyn BlobStore, b: &dyn BlobStore) {
 }
 
 pub(crate) async fn range_reads(a: &dyn BlobStore, b: &dyn BlobStore) {
-    let data = pattern(2 * CHUNK_BYTES + 10, 4);
+    let data = pattern(2 * READ_CHUNK_BYTES + 10, 4);
     let len = data.len() as u64;
     let d = sha256(&data);
     assert_eq!(a.put(&d, chunks(&[&data])).await.unwrap(), len);
@@ -210,10 +210,10 @@ pub(crate) async fn range_reads(a: &dyn BlobStore, b: &dyn BlobStore) {
     assert!(all.len() >= 3, "{} chunks", all.len());
     assert_eq!(all.concat(), data);
     assert_eq!(read_chunks(b, &d, 5, 10).await.concat(), &data[5..15]);
-    let edge = CHUNK_BYTES as u64 - 1;
+    let edge = READ_CHUNK_BYTES as u64 - 1;
     assert_eq!(
         read_chunks(b, &d, edge, 2).await.concat(),
-        &data[CHUNK_BYTES - 1..CHUNK_BYTES + 1]
+        &data[READ_CHUNK_BYTES - 1..READ_CHUNK_BYTES + 1]
     );
     assert_eq!(read_chunks(b, &d, 100, 0).await.concat(), &data[100..]);
     assert_eq!(

@@ -227,12 +227,12 @@ async fn expiry_removes_stale_leftovers_only() {
 #[tokio::test]
 async fn a_read_can_be_abandoned_midway() {
     let (_dir, s) = store().await;
-    let data = pattern(8 * CHUNK_BYTES, 8);
+    let data = pattern(8 * READ_CHUNK_BYTES, 8);
     let d = sha256(&data);
     s.put(&d, chunks(&[&data])).await.unwrap();
     let mut st = s.read(&d, 0, 0).await.unwrap();
     let first = st.next().await.unwrap().unwrap();
-    assert_eq!(first.as_ref(), &data[..CHUNK_BYTES]);
+    assert_eq!(first.as_ref(), &data[..READ_CHUNK_BYTES]);
     drop(st);
     // The blob stays readable and deletable afterwards.
     assert_eq!(read_all(&s, &d).await, data);
