@@ -18,9 +18,9 @@ pub const CHUNK_BYTES: usize = 1024 * 1024;
 pub const READ_CHUNK_BYTES: usize = 2 * 1024 * 1024;
 /// HTTP/2 per-stream window: large enough that a blob stream on loopback is
 /// not window-bound, small enough to bound what one stream can buffer.
-pub const STREAM_WINDOW: u32 = 16 * 1024 * 1024;
+pub const STREAM_WINDOW: u32 = 8 * 1024 * 1024;
 /// HTTP/2 connection window.
-pub const CONNECTION_WINDOW: u32 = 32 * 1024 * 1024;
+pub const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
 /// Largest HTTP/2 frame either side accepts: blob chunks travel in a few
 /// large frames instead of many 16 KiB ones (one write call each).
 pub const MAX_FRAME: u32 = 1024 * 1024;
