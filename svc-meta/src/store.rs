@@ -25,6 +25,10 @@ const MAX_CONNECTIONS: u32 = 8;
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: SqlitePool,
+    /// Write transactions of this process take turns here, in FIFO order,
+    /// instead of in SQLite's busy handler (which sleeps and retries with
+    /// growing pauses, giving concurrent pushes a long latency tail).
+    writer: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 /// Result of a stored manifest push.
@@ -136,7 +140,26 @@ impl Store {
             .await?;
         sqlx::migrate!().run(&pool).await?;
         tracing::info!(file = %file.display(), "metadata database open");
-        Ok(Store { pool })
+        Ok(Store {
+            pool,
+            writer: Default::default(),
+        })
+    }
+
+    /// Start a write transaction: wait for this process's turn, then take
+    /// SQLite's write lock up front. Keep the guard until the commit.
+    async fn begin_write(
+        &self,
+    ) -> Result<
+        (
+            tokio::sync::OwnedMutexGuard<()>,
+            sqlx::Transaction<'static, sqlx::Sqlite>,
+        ),
+        sqlx::Error,
+    > {
+        let turn = self.writer.clone().lock_owned().await;
+        let tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        Ok((turn, tx))
     }
 
     /// Close every connection (waits for those in use).
@@ -182,7 +205,7 @@ impl Store {
         let subject = parsed.subject.as_ref().map(Digest::to_string);
         let at = now();
 
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let (_turn, mut tx) = self.begin_write().await?;
         for (set, sql) in [
             (
                 &blobs,
@@ -349,7 +372,7 @@ impl Store {
             }
             Reference::Digest(d) => {
                 let digest = d.to_string();
-                let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+                let (_turn, mut tx) = self.begin_write().await?;
                 let tags = sqlx::query("DELETE FROM tags WHERE repo = $1 AND digest = $2")
                     .bind(repo)
                     .bind(&digest)
@@ -455,7 +478,7 @@ impl Store {
     pub async fn link_blob(&self, repo: &str, digest: &Digest, size: u64) -> Result<(), MetaError> {
         check_repo(repo)?;
         let size = i64::try_from(size).map_err(|_| MetaError::SizeInvalid(size))?;
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let (_turn, mut tx) = self.begin_write().await?;
         link(&mut tx, repo, &digest.to_string(), size).await?;
         tx.commit().await?;
         tracing::debug!(repo, digest = %digest, size, "blob linked");
@@ -501,7 +524,7 @@ impl Store {
         check_repo(repo)?;
         check_repo(from)?;
         let digest_s = digest.to_string();
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let (_turn, mut tx) = self.begin_write().await?;
         let size: Option<i64> =
             sqlx::query_scalar("SELECT size FROM blob_links WHERE repo = $1 AND digest = $2")
                 .bind(from)
