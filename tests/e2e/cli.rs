@@ -38,6 +38,12 @@ fn verify_accepts_a_zot_config_and_names_bad_keys() {
     assert!(!ok);
     assert!(stderr.contains("storage.gcDelay"), "{stderr}");
 
+    // Authentication is not enforced yet: refuse rather than serve openly.
+    let (ok, _, stderr) =
+        verify(&json!({"http": {"auth": {"htpasswd": {"path": "/etc/htpasswd"}}}}));
+    assert!(!ok);
+    assert!(stderr.contains("http.auth"), "{stderr}");
+
     let (ok, _, stderr) = verify(&json!({"http": {"prot": 1}}));
     assert!(ok);
     assert!(stderr.contains("unknown key `http.prot`"), "{stderr}");
