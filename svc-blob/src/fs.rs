@@ -3,7 +3,7 @@
 //! ```text
 //! blobs/<alg>/<first 2 hex>/<hex>   committed blobs, named by digest
 //! uploads/<uuid>/data               bytes of an upload session
-//! uploads/<uuid>/state.json         {offset, sha256_state, created_ms, updated_ms}
+//! uploads/<uuid>/state.json         {offset, sha256_state, created_ms, updated_ms, owner}
 //! uploads/put-<uuid>.tmp            a monolithic upload being received
 //! ```
 //!
@@ -62,6 +62,9 @@ struct SessionState {
     created_ms: u64,
     /// Last successful write, in milliseconds since the Unix epoch.
     updated_ms: u64,
+    /// Who started the upload (the repository, for the gateway).
+    #[serde(default)]
+    owner: String,
 }
 
 impl FsStore {
@@ -565,7 +568,8 @@ impl BlobStore for FsStore {
         Ok(ReceiverStream::new(rx).boxed())
     }
 
-    async fn start_upload(&self) -> Result<UploadId, BlobError> {
+    async fn start_upload(&self, owner: &str) -> Result<UploadId, BlobError> {
+        let owner = owner.to_string();
         let uploads = self.uploads.clone();
         let commit = self.commit;
         let id = blocking(move || {
@@ -580,6 +584,7 @@ impl BlobStore for FsStore {
                 sha256_state: resumable::save(&<Sha256 as sha2::Digest>::new()),
                 created_ms: now,
                 updated_ms: now,
+                owner,
             };
             write_state(&dir, &state, commit)?;
             if commit {
@@ -640,6 +645,7 @@ impl BlobStore for FsStore {
                 sha256_state: resumable::save(&sink.hasher),
                 created_ms: state.created_ms,
                 updated_ms: now_ms(),
+                owner: state.owner,
             };
             write_state(&dir, &next, commit)?;
             // The lock is released only now, with the new state in place.
@@ -654,6 +660,11 @@ impl BlobStore for FsStore {
     async fn upload_status(&self, id: &UploadId) -> Result<u64, BlobError> {
         let dir = self.session_dir(id);
         blocking(move || Ok(read_state(&dir)?.offset)).await
+    }
+
+    async fn upload_owner(&self, id: &UploadId) -> Result<String, BlobError> {
+        let dir = self.session_dir(id);
+        blocking(move || Ok(read_state(&dir)?.owner)).await
     }
 
     async fn commit(&self, id: &UploadId, digest: &Digest) -> Result<u64, BlobError> {

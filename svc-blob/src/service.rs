@@ -96,6 +96,16 @@ impl BlobGrpc {
         })
     }
 
+    /// An upload is visible only to the owner it was started for: to anyone
+    /// else it is unknown.
+    async fn check_owner(&self, id: &UploadId, owner: &str) -> Result<(), BlobError> {
+        if self.store.upload_owner(id).await? == owner {
+            Ok(())
+        } else {
+            Err(BlobError::UploadUnknown)
+        }
+    }
+
     async fn write_stream(&self, mut rx: Streaming<WriteChunk>) -> Result<UploadState, BlobError> {
         let first = rx
             .message()
@@ -103,6 +113,7 @@ impl BlobGrpc {
             .map_err(|s| stream_failed(&s))?
             .ok_or(BlobError::UploadUnknown)?;
         let id = UploadId::parse(&first.upload_id)?;
+        self.check_owner(&id, &first.owner).await?;
         let named = first.upload_id;
         // Later messages may repeat the id; their expected_offset is ignored.
         let data = byte_stream(first.data, rx, move |m: WriteChunk| {
@@ -164,11 +175,11 @@ impl BlobService for BlobGrpc {
 
     async fn start_upload(
         &self,
-        _req: Request<StartUploadRequest>,
+        req: Request<StartUploadRequest>,
     ) -> Result<Response<UploadState>, Status> {
         let id = self
             .store
-            .start_upload()
+            .start_upload(&req.get_ref().owner)
             .await
             .map_err(|e| reject("start_upload", e))?;
         Ok(Response::new(UploadState {
@@ -194,6 +205,7 @@ impl BlobService for BlobGrpc {
     ) -> Result<Response<UploadState>, Status> {
         let run = async {
             let id = UploadId::parse(&req.get_ref().upload_id)?;
+            self.check_owner(&id, &req.get_ref().owner).await?;
             let offset = self.store.upload_status(&id).await?;
             Ok::<_, BlobError>(UploadState {
                 upload_id: id.to_string(),
@@ -211,6 +223,7 @@ impl BlobService for BlobGrpc {
         let r = req.get_ref();
         let run = async {
             let id = UploadId::parse(&r.upload_id)?;
+            self.check_owner(&id, &r.owner).await?;
             let d = parse_digest(&r.digest)?;
             let size = self.store.commit(&id, &d).await?;
             Ok::<_, BlobError>(CommitResponse {
@@ -228,6 +241,7 @@ impl BlobService for BlobGrpc {
     ) -> Result<Response<CancelUploadResponse>, Status> {
         let run = async {
             let id = UploadId::parse(&req.get_ref().upload_id)?;
+            self.check_owner(&id, &req.get_ref().owner).await?;
             self.store.cancel(&id).await
         };
         run.await.map_err(|e| reject("cancel_upload", e))?;

@@ -63,8 +63,11 @@ pub trait BlobStore: Send + Sync + 'static {
         length: u64,
     ) -> Result<ByteStream, BlobError>;
 
-    /// Open an empty upload session.
-    async fn start_upload(&self) -> Result<UploadId, BlobError>;
+    /// Open an empty upload session belonging to `owner`.
+    async fn start_upload(&self, owner: &str) -> Result<UploadId, BlobError>;
+
+    /// The owner an upload was started for.
+    async fn upload_owner(&self, id: &UploadId) -> Result<String, BlobError>;
 
     /// Append `data` to an upload and return its new offset. With
     /// `expected_offset`, fail with [`BlobError::OffsetMismatch`] (writing

@@ -82,7 +82,7 @@ pub(crate) async fn chunked_upload_then_commit(a: &dyn BlobStore, _b: &dyn BlobS
     let data = pattern(3 * CHUNK_BYTES / 2 + 17, 1);
     let len = data.len() as u64;
     let d = sha256(&data);
-    let id = a.start_upload().await.unwrap();
+    let id = a.start_upload("repo").await.unwrap();
     assert_eq!(a.upload_status(&id).await.unwrap(), 0);
     let (x, y) = data.split_at(700_001);
     let off = a
@@ -106,7 +106,7 @@ pub(crate) async fn chunked_upload_then_commit(a: &dyn BlobStore, _b: &dyn BlobS
 
 pub(crate) async fn resume_on_another_replica(a: &dyn BlobStore, b: &dyn BlobStore) {
     let data = pattern(10_000, 2);
-    let id = a.start_upload().await.unwrap();
+    let id = a.start_upload("repo").await.unwrap();
     assert_eq!(
         a.append(&id, Some(0), chunks(&[&data[..3000]]))
             .await
@@ -134,7 +134,7 @@ pub(crate) async fn resume_on_another_replica(a: &dyn BlobStore, b: &dyn BlobSto
 }
 
 pub(crate) async fn wrong_expected_offset(a: &dyn BlobStore, b: &dyn BlobStore) {
-    let id = a.start_upload().await.unwrap();
+    let id = a.start_upload("repo").await.unwrap();
     assert_eq!(
         a.append(&id, Some(0), chunks(&[b"hello"])).await.unwrap(),
         5
@@ -160,7 +160,7 @@ pub(crate) async fn wrong_expected_offset(a: &dyn BlobStore, b: &dyn BlobStore) 
 pub(crate) async fn digest_mismatch_ends_the_upload(a: &dyn BlobStore, b: &dyn BlobStore) {
     let data = b"some bytes";
     let wrong = sha256(b"other bytes");
-    let id = a.start_upload().await.unwrap();
+    let id = a.start_upload("repo").await.unwrap();
     a.append(&id, None, chunks(&[data])).await.unwrap();
     match err(a.commit(&id, &wrong).await) {
         BlobError::DigestMismatch { expected, actual } => {
@@ -179,7 +179,7 @@ pub(crate) async fn sha512_commit(a: &dyn BlobStore, b: &dyn BlobStore) {
     let data = pattern(CHUNK_BYTES + 5, 3);
     let len = data.len() as u64;
     let d512 = Digest::of(Algorithm::Sha512, &data);
-    let id = a.start_upload().await.unwrap();
+    let id = a.start_upload("repo").await.unwrap();
     a.append(&id, None, chunks(&[&data[..1000]])).await.unwrap();
     b.append(&id, Some(1000), chunks(&[&data[1000..]]))
         .await
@@ -190,7 +190,7 @@ pub(crate) async fn sha512_commit(a: &dyn BlobStore, b: &dyn BlobStore) {
     // The same bytes under sha256 are a different, absent blob.
     assert!(is_blob_unknown(a.stat(&sha256(&data)).await));
 
-    let id = a.start_upload().await.unwrap();
+    let id = a.start_upload("repo").await.unwrap();
     a.append(&id, None, chunks(&[&data])).await.unwrap();
     let wrong = Digest::of(Algorithm::Sha512, b"nope");
     assert!(matches!(
@@ -245,7 +245,7 @@ pub(crate) async fn range_reads(a: &dyn BlobStore, b: &dyn BlobStore) {
 }
 
 pub(crate) async fn bad_upload_ids(a: &dyn BlobStore, _b: &dyn BlobStore) {
-    let real = a.start_upload().await.unwrap();
+    let real = a.start_upload("repo").await.unwrap();
     let upper = real.to_string().to_uppercase();
     for bad in [
         "../../etc",
@@ -269,8 +269,8 @@ pub(crate) async fn bad_upload_ids(a: &dyn BlobStore, _b: &dyn BlobStore) {
 }
 
 pub(crate) async fn expiry(a: &dyn BlobStore, b: &dyn BlobStore) {
-    let idle = a.start_upload().await.unwrap();
-    let written = b.start_upload().await.unwrap();
+    let idle = a.start_upload("repo").await.unwrap();
+    let written = b.start_upload("repo").await.unwrap();
     a.append(&written, None, chunks(&[b"abc"])).await.unwrap();
     assert_eq!(
         a.expire_uploads(Duration::from_secs(3600)).await.unwrap(),
@@ -326,7 +326,7 @@ pub(crate) async fn delete(a: &dyn BlobStore, b: &dyn BlobStore) {
 }
 
 pub(crate) async fn cancel(a: &dyn BlobStore, b: &dyn BlobStore) {
-    let id = a.start_upload().await.unwrap();
+    let id = a.start_upload("repo").await.unwrap();
     a.append(&id, None, chunks(&[b"abc"])).await.unwrap();
     b.cancel(&id).await.unwrap();
     assert!(is_upload_unknown(a.upload_status(&id).await));
@@ -346,7 +346,7 @@ pub(crate) async fn failed_stream_keeps_nothing(a: &dyn BlobStore, b: &dyn BlobS
         ])
         .boxed()
     };
-    let id = a.start_upload().await.unwrap();
+    let id = a.start_upload("repo").await.unwrap();
     assert_eq!(a.append(&id, None, chunks(&[b"abc"])).await.unwrap(), 3);
     assert!(matches!(
         err(a.append(&id, None, failing()).await),
@@ -368,7 +368,7 @@ pub(crate) async fn failed_stream_keeps_nothing(a: &dyn BlobStore, b: &dyn BlobS
 
 pub(crate) async fn empty_blob(a: &dyn BlobStore, b: &dyn BlobStore) {
     let d = sha256(b"");
-    let id = a.start_upload().await.unwrap();
+    let id = a.start_upload("repo").await.unwrap();
     assert_eq!(
         a.append(&id, Some(0), chunks::<&[u8]>(&[])).await.unwrap(),
         0
@@ -387,8 +387,8 @@ pub(crate) async fn empty_blob(a: &dyn BlobStore, b: &dyn BlobStore) {
 pub(crate) async fn same_blob_committed_twice(a: &dyn BlobStore, b: &dyn BlobStore) {
     let data = pattern(5000, 6);
     let d = sha256(&data);
-    let one = a.start_upload().await.unwrap();
-    let two = b.start_upload().await.unwrap();
+    let one = a.start_upload("repo").await.unwrap();
+    let two = b.start_upload("repo").await.unwrap();
     assert_ne!(one, two);
     a.append(&one, None, chunks(&[&data])).await.unwrap();
     b.append(&two, None, chunks(&[&data])).await.unwrap();
@@ -396,6 +396,14 @@ pub(crate) async fn same_blob_committed_twice(a: &dyn BlobStore, b: &dyn BlobSto
     assert_eq!(b.commit(&two, &d).await.unwrap(), 5000);
     assert!(is_upload_unknown(a.upload_status(&two).await));
     assert_eq!(read_all(b, &d).await, data);
+}
+
+pub(crate) async fn uploads_remember_their_owner(a: &dyn BlobStore, b: &dyn BlobStore) {
+    let id = a.start_upload("team/app").await.unwrap();
+    assert_eq!(b.upload_owner(&id).await.unwrap(), "team/app");
+    b.append(&id, None, chunks(&[b"abc"])).await.unwrap();
+    // Appending keeps the owner.
+    assert_eq!(a.upload_owner(&id).await.unwrap(), "team/app");
 }
 
 /// One `#[tokio::test]` per suite case, each on fresh storage from `$open`.
@@ -416,6 +424,7 @@ macro_rules! blob_store_suite {
             failed_stream_keeps_nothing,
             empty_blob,
             same_blob_committed_twice,
+            uploads_remember_their_owner,
         );
     };
     (@cases $open:expr; $($case:ident),* $(,)?) => {

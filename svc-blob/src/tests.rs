@@ -80,6 +80,7 @@ async fn write(
             },
             expected_offset: if i == 0 { expected_offset } else { None },
             data: Bytes::copy_from_slice(p),
+            owner: String::new(),
         })
         .collect();
     Ok(c.write_upload(stream::iter(msgs))
@@ -130,6 +131,7 @@ async fn status(c: &mut Client, id: &str) -> Result<u64, tonic::Status> {
     let r = c
         .upload_status(UploadRef {
             upload_id: id.to_string(),
+            owner: String::new(),
         })
         .await?;
     Ok(r.into_inner().offset)
@@ -145,7 +147,7 @@ async fn an_upload_alternates_between_two_servers_on_one_root() {
     let data = pattern(5 * CHUNK_BYTES / 2 + 3, 11);
     let d = sha256(&data);
     let id = clients[0]
-        .start_upload(StartUploadRequest {})
+        .start_upload(StartUploadRequest::default())
         .await
         .unwrap()
         .into_inner()
@@ -174,6 +176,7 @@ async fn an_upload_alternates_between_two_servers_on_one_root() {
         .commit_upload(CommitUploadRequest {
             upload_id: id.clone(),
             digest: d.to_string(),
+            owner: String::new(),
         })
         .await
         .unwrap()
@@ -306,6 +309,7 @@ async fn errors_cross_the_wire_as_codes() {
         let e = c
             .cancel_upload(UploadRef {
                 upload_id: id.into(),
+                owner: String::new(),
             })
             .await
             .unwrap_err();
@@ -319,7 +323,7 @@ async fn errors_cross_the_wire_as_codes() {
 
     // Offsets and framing.
     let id = c
-        .start_upload(StartUploadRequest {})
+        .start_upload(StartUploadRequest::default())
         .await
         .unwrap()
         .into_inner()
@@ -333,11 +337,13 @@ async fn errors_cross_the_wire_as_codes() {
             upload_id: id.clone(),
             expected_offset: Some(3),
             data: Bytes::from_static(b"d"),
+            owner: String::new(),
         },
         WriteChunk {
             upload_id: other,
             expected_offset: None,
             data: Bytes::from_static(b"e"),
+            owner: String::new(),
         },
     ];
     let e = c.write_upload(stream::iter(msgs)).await.unwrap_err();
@@ -353,6 +359,7 @@ async fn errors_cross_the_wire_as_codes() {
         .commit_upload(CommitUploadRequest {
             upload_id: id.clone(),
             digest: "sha256:ABC".into(),
+            owner: String::new(),
         })
         .await
         .unwrap_err();
@@ -362,6 +369,7 @@ async fn errors_cross_the_wire_as_codes() {
         .commit_upload(CommitUploadRequest {
             upload_id: id.clone(),
             digest: sha256(b"abd").to_string(),
+            owner: String::new(),
         })
         .await
         .unwrap_err();
@@ -406,8 +414,8 @@ async fn errors_cross_the_wire_as_codes() {
 async fn serve_sweeps_stale_uploads_and_stops_on_shutdown() {
     let dir = tempfile::tempdir().unwrap();
     let store = FsStore::new(dir.path(), false).await.unwrap();
-    let stale = store.start_upload().await.unwrap();
-    let fresh = store.start_upload().await.unwrap();
+    let stale = store.start_upload("").await.unwrap();
+    let fresh = store.start_upload("").await.unwrap();
     // Make `stale` look idle since 1970.
     let state = dir
         .path()

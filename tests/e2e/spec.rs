@@ -942,3 +942,64 @@ async fn a_client_that_disconnects_mid_chunk_leaves_no_partial_bytes() {
         tokio::task::yield_now().await;
     }
 }
+
+#[tokio::test]
+async fn an_upload_belongs_to_the_repository_it_was_started_in() {
+    let sb = Sandbox::start().await;
+    let data = random_bytes(1000);
+    let d = sha256(&data);
+    let r = sb
+        .client
+        .post(sb.url("/v2/mine/blobs/uploads/"))
+        .send()
+        .await
+        .unwrap();
+    let loc = location(&r);
+    let id = loc.rsplit('/').next().unwrap().to_string();
+    let other = format!("/v2/theirs/blobs/uploads/{id}");
+    // Through another repository the upload does not exist.
+    let r = sb.client.get(sb.url(&other)).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(error_code(r).await, "BLOB_UPLOAD_UNKNOWN");
+    let r = sb
+        .client
+        .patch(sb.url(&other))
+        .body(data.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let r = sb
+        .client
+        .put(sb.url(&format!("{other}?digest={d}")))
+        .body(data.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let r = sb.client.delete(sb.url(&other)).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    let r = sb
+        .client
+        .head(sb.url(&format!("/v2/theirs/blobs/{d}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    // Its own repository completes it.
+    let r = sb
+        .client
+        .put(sb.url(&format!("{loc}?digest={d}")))
+        .body(data)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let r = sb
+        .client
+        .head(sb.url(&format!("/v2/mine/blobs/{d}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}

@@ -37,7 +37,7 @@ pub async fn handle(
         Endpoint::Upload { repo, id } => match m {
             "PATCH" => uploads::patch(gw, ctx, session, repo, id).await,
             "PUT" => uploads::finish(gw, ctx, session, repo, id).await,
-            "DELETE" => uploads::cancel(gw, ctx, id).await,
+            "DELETE" => uploads::cancel(gw, ctx, repo, id).await,
             _ => uploads::status(gw, ctx, repo, id).await,
         },
     }

@@ -129,7 +129,7 @@ pub async fn start(
     let state = gw
         .backends
         .blob()
-        .start_upload(ctx.rpc(StartUploadRequest {}))
+        .start_upload(ctx.rpc(StartUploadRequest { owner: repo.into() }))
         .await?
         .into_inner();
     Ok(upload_accepted(202, repo, &state))
@@ -185,6 +185,7 @@ async fn append(
     gw: &Gateway,
     ctx: &Ctx,
     session: &mut ServerSession,
+    repo: &str,
     id: &str,
 ) -> Result<UploadState, ApiError> {
     let content_range = session
@@ -216,6 +217,11 @@ async fn append(
         |first, data| WriteChunk {
             upload_id: if first { id.to_string() } else { String::new() },
             expected_offset: if first { expected_offset } else { None },
+            owner: if first {
+                repo.to_string()
+            } else {
+                String::new()
+            },
             data,
         },
         |stream| client.write_upload(ctx.rpc(stream)),
@@ -232,7 +238,7 @@ pub async fn patch(
     repo: &str,
     id: &str,
 ) -> Result<Reply, ApiError> {
-    let state = append(gw, ctx, session, id).await?;
+    let state = append(gw, ctx, session, repo, id).await?;
     Ok(upload_accepted(202, repo, &state))
 }
 
@@ -249,7 +255,7 @@ pub async fn finish(
             .ok_or_else(|| ApiError::new(ErrorCode::DigestInvalid, "digest parameter missing"))?,
     )?;
     if !session.is_body_empty() {
-        append(gw, ctx, session, id).await?;
+        append(gw, ctx, session, repo, id).await?;
     }
     let committed = gw
         .backends
@@ -257,6 +263,7 @@ pub async fn finish(
         .commit_upload(ctx.rpc(CommitUploadRequest {
             upload_id: id.into(),
             digest: d.to_string(),
+            owner: repo.into(),
         }))
         .await?
         .into_inner();
@@ -271,6 +278,7 @@ pub async fn status(gw: &Gateway, ctx: &Ctx, repo: &str, id: &str) -> Result<Rep
         .blob()
         .upload_status(ctx.rpc(UploadRef {
             upload_id: id.into(),
+            owner: repo.into(),
         }))
         .await?
         .into_inner();
@@ -278,11 +286,12 @@ pub async fn status(gw: &Gateway, ctx: &Ctx, repo: &str, id: &str) -> Result<Rep
 }
 
 /// `DELETE /v2/<name>/blobs/uploads/<id>`
-pub async fn cancel(gw: &Gateway, ctx: &Ctx, id: &str) -> Result<Reply, ApiError> {
+pub async fn cancel(gw: &Gateway, ctx: &Ctx, repo: &str, id: &str) -> Result<Reply, ApiError> {
     gw.backends
         .blob()
         .cancel_upload(ctx.rpc(UploadRef {
             upload_id: id.into(),
+            owner: repo.into(),
         }))
         .await?;
     Ok(Reply::new(204))

@@ -36,7 +36,7 @@ fn state_of(s: &FsStore, id: &UploadId) -> SessionState {
 #[tokio::test]
 async fn layout_on_disk() {
     let (dir, s) = store().await;
-    let id = s.start_upload().await.unwrap();
+    let id = s.start_upload("repo").await.unwrap();
     let session = dir.path().join("uploads").join(id.to_string());
     assert_eq!(entries(&session), vec!["data", "state.json"]);
     let st = state_of(&s, &id);
@@ -71,7 +71,7 @@ async fn layout_on_disk() {
 #[tokio::test]
 async fn crash_leftovers_are_dropped() {
     let (_dir, s) = store().await;
-    let id = s.start_upload().await.unwrap();
+    let id = s.start_upload("repo").await.unwrap();
     s.append(&id, None, chunks(&[b"hello"])).await.unwrap();
     // A write that crashed after writing bytes but before updating the state.
     let data = s.session_dir(&id).join(DATA);
@@ -97,7 +97,7 @@ async fn crash_leftovers_are_dropped() {
 #[tokio::test]
 async fn data_shorter_than_its_state_is_an_internal_error() {
     let (_dir, s) = store().await;
-    let id = s.start_upload().await.unwrap();
+    let id = s.start_upload("repo").await.unwrap();
     s.append(&id, None, chunks(&[b"hello"])).await.unwrap();
     let data = s.session_dir(&id).join(DATA);
     OpenOptions::new()
@@ -116,7 +116,7 @@ async fn data_shorter_than_its_state_is_an_internal_error() {
 async fn an_unreadable_hash_state_is_rebuilt_from_the_data() {
     let (_dir, s) = store().await;
     let data = pattern(CHUNK_BYTES + 100, 7);
-    let id = s.start_upload().await.unwrap();
+    let id = s.start_upload("repo").await.unwrap();
     s.append(&id, None, chunks(&[&data[..CHUNK_BYTES + 1]]))
         .await
         .unwrap();
@@ -137,7 +137,7 @@ async fn an_unreadable_hash_state_is_rebuilt_from_the_data() {
 #[tokio::test]
 async fn a_corrupt_state_file_is_an_internal_error() {
     let (_dir, s) = store().await;
-    let id = s.start_upload().await.unwrap();
+    let id = s.start_upload("repo").await.unwrap();
     fs::write(s.session_dir(&id).join(STATE), b"{not json").unwrap();
     let e = err(s.upload_status(&id).await);
     assert_eq!(e.code(), ErrorCode::Internal, "{e:?}");
@@ -146,7 +146,7 @@ async fn a_corrupt_state_file_is_an_internal_error() {
 #[tokio::test]
 async fn a_busy_upload_is_neither_written_nor_expired() {
     let (_dir, s) = store().await;
-    let id = s.start_upload().await.unwrap();
+    let id = s.start_upload("repo").await.unwrap();
     s.append(&id, None, chunks(&[b"abc"])).await.unwrap();
     // Another process in the middle of a write holds the lock.
     let holder = File::open(s.session_dir(&id).join(DATA)).unwrap();
@@ -204,12 +204,12 @@ async fn expiry_removes_stale_leftovers_only() {
     fs::create_dir(uploads.join(orphan.to_string())).unwrap();
     fs::write(uploads.join("README"), b"keep me").unwrap();
     // A stale session.
-    let stale = s.start_upload().await.unwrap();
+    let stale = s.start_upload("repo").await.unwrap();
     let mut st = state_of(&s, &stale);
     st.updated_ms = 0;
     write_state(&s.session_dir(&stale), &st, false).unwrap();
     // A fresh one.
-    let fresh = s.start_upload().await.unwrap();
+    let fresh = s.start_upload("repo").await.unwrap();
 
     assert_eq!(
         s.expire_uploads(Duration::from_secs(3600)).await.unwrap(),
