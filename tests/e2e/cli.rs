@@ -135,3 +135,20 @@ async fn tls_serves_http2() {
             .unwrap_or(true)
     );
 }
+
+#[tokio::test]
+async fn sigterm_stops_every_role_cleanly() {
+    let mut sb = Sandbox::start().await;
+    // Traffic first, so the manifest change feed and pooled connections are open.
+    sb.push_image("bye", "v1", 1).await;
+    let r = sb
+        .client
+        .get(sb.url("/v2/bye/manifests/v1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let status = sb.proc.terminate(std::time::Duration::from_secs(15));
+    let status = status.expect("capstan still running 15 s after SIGTERM");
+    assert!(status.success(), "exit status {status:?}");
+}
