@@ -6,6 +6,7 @@ use crate::cache::ManifestCache;
 use crate::endpoint::{self, Endpoint, RouteError};
 use crate::error::ApiError;
 use crate::handlers;
+use crate::metrics::Metrics;
 use async_trait::async_trait;
 use bytes::Bytes;
 use capstan_oci::ErrorCode;
@@ -29,6 +30,7 @@ pub const API_VERSION_HEADER: (&str, &str) = ("Docker-Distribution-API-Version",
 pub struct Gateway {
     pub backends: Backends,
     pub manifests: Arc<ManifestCache>,
+    pub metrics: Metrics,
 }
 
 /// What a handler sends back.
@@ -148,6 +150,7 @@ impl Gateway {
         Self {
             backends,
             manifests,
+            metrics: Metrics::new(),
         }
     }
 
@@ -157,6 +160,13 @@ impl Gateway {
         session: &mut ServerSession,
     ) -> (Option<Endpoint>, Result<Reply, ApiError>) {
         let path = session.req_header().uri.path().to_string();
+        if path == "/metrics" && (ctx.method == "GET" || ctx.method == "HEAD") {
+            let body = self.metrics.render();
+            return (
+                None,
+                Ok(Reply::bytes(200, "text/plain; version=0.0.4", body.into())),
+            );
+        }
         let ep = match endpoint::parse(&path) {
             Ok(ep) => ep,
             Err(RouteError::NameInvalid) => {
@@ -206,6 +216,13 @@ impl HttpServerApp for Gateway {
             .as_ref()
             .map(|e| (e.name(), e.repo().unwrap_or("")))
             .unwrap_or(("none", ""));
+        self.metrics.request(
+            &ctx.method,
+            status,
+            started.elapsed().as_secs_f64(),
+            session.body_bytes_read() as u64,
+            session.body_bytes_sent() as u64,
+        );
         tracing::info!(
             method = %ctx.method,
             endpoint = name,

@@ -12,6 +12,7 @@ pub mod cache;
 pub mod endpoint;
 pub mod error;
 pub mod handlers;
+pub mod metrics;
 pub mod range;
 
 use anyhow::Context;

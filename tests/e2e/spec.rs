@@ -1003,3 +1003,59 @@ async fn an_upload_belongs_to_the_repository_it_was_started_in() {
         .unwrap();
     assert_eq!(r.status(), 200);
 }
+
+#[tokio::test]
+async fn metrics_count_requests_and_manifest_traffic() {
+    let sb = Sandbox::start().await;
+    sb.push_image("observed", "v1", 1).await;
+    let value = |text: &str, series: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let gets = r#"zot_http_requests_total{code="200",method="GET"}"#;
+    let before = sb
+        .client
+        .get(sb.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        let r = sb
+            .client
+            .get(sb.url("/v2/observed/manifests/v1"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let text = sb
+        .client
+        .get(sb.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    // Three manifest GETs plus the first /metrics read.
+    assert_eq!(value(&text, gets) - value(&before, gets), 4, "{text}");
+    assert_eq!(
+        value(&text, r#"zot_repo_downloads_total{repo="observed"}"#),
+        3,
+        "{text}"
+    );
+    assert_eq!(
+        value(&text, r#"zot_repo_uploads_total{repo="observed"}"#),
+        1,
+        "{text}"
+    );
+    assert_eq!(
+        value(&text, r#"zot_http_requests_total{code="201",method="PUT"}"#),
+        1,
+        "{text}"
+    );
+}

@@ -42,6 +42,7 @@ pub async fn put(
         .await?
         .into_inner();
     gw.manifests.invalidate(repo);
+    gw.metrics.manifest_pushed(repo);
     let mut reply = Reply::new(201)
         .header("Location", format!("/v2/{repo}/manifests/{}", r.digest))
         .header("Docker-Content-Digest", r.digest);
@@ -53,8 +54,10 @@ pub async fn put(
 
 pub async fn get(gw: &Gateway, ctx: &Ctx, repo: &str, reference: &str) -> Result<Reply, ApiError> {
     if let Some(m) = gw.manifests.get(repo, reference) {
-        return Ok(manifest_reply(ctx, &m));
+        gw.metrics.cache(true);
+        return Ok(manifest_reply(gw, ctx, repo, &m));
     }
+    gw.metrics.cache(false);
     let epoch = gw.manifests.epoch();
     let r = gw
         .backends
@@ -73,10 +76,13 @@ pub async fn get(gw: &Gateway, ctx: &Ctx, repo: &str, reference: &str) -> Result
         content: r.content,
     });
     gw.manifests.insert(epoch, repo, reference, m.clone());
-    Ok(manifest_reply(ctx, &m))
+    Ok(manifest_reply(gw, ctx, repo, &m))
 }
 
-fn manifest_reply(ctx: &Ctx, m: &Cached) -> Reply {
+fn manifest_reply(gw: &Gateway, ctx: &Ctx, repo: &str, m: &Cached) -> Reply {
+    if !ctx.is_head {
+        gw.metrics.manifest_pulled(repo);
+    }
     let mut reply = Reply::new(200)
         .header("Content-Type", m.media_type.clone())
         .header("Docker-Content-Digest", m.digest.clone())
