@@ -26,43 +26,41 @@ fn gateway(dir: &Path, name: &str, meta: &[&str], blobs: &[&str]) -> Process {
     )
 }
 
+/// Start a gRPC role (`meta`, `blob`, …) on a port the OS picks; every role
+/// of a test shares `dir/data`.
+fn role(dir: &Path, role: &str, log: &str) -> Process {
+    let cfg = dir.join("config.json");
+    if !cfg.exists() {
+        std::fs::write(
+            &cfg,
+            serde_json::to_vec(&json!({"storage": {"rootDirectory": dir.join("data")}})).unwrap(),
+        )
+        .unwrap();
+    }
+    Process::spawn(
+        &[
+            "-c",
+            cfg.to_str().unwrap(),
+            "--role",
+            role,
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        &dir.join(log),
+    )
+}
+
 #[tokio::test]
 async fn chunked_upload_alternates_between_two_blob_replicas() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("config.json");
-    std::fs::write(
-        &cfg,
-        serde_json::to_vec(&json!({"storage": {"rootDirectory": dir.path().join("data")}}))
-            .unwrap(),
-    )
-    .unwrap();
-    let c = cfg.to_str().unwrap();
-    let role = |r: &str, log: &str| {
-        Process::spawn(
-            &["-c", c, "--role", r, "--listen", "127.0.0.1:0"],
-            &dir.path().join(log),
-        )
-    };
-    let meta = role("meta", "meta.log");
-    let blob_a = role("blob", "blob-a.log");
-    let blob_b = role("blob", "blob-b.log");
-    let gw_cfg = dir.path().join("gateway.json");
-    std::fs::write(
-        &gw_cfg,
-        serde_json::to_vec(&json!({
-            "storage": {"rootDirectory": dir.path().join("data")},
-            "http": {"port": 0},
-            "services": {
-                "meta": {"endpoints": [meta.url]},
-                "blob": {"endpoints": [blob_a.url, blob_b.url]}
-            }
-        }))
-        .unwrap(),
-    )
-    .unwrap();
-    let gw = Process::spawn(
-        &["-c", gw_cfg.to_str().unwrap(), "--role", "gateway"],
-        &dir.path().join("gateway.log"),
+    let meta = role(dir.path(), "meta", "meta.log");
+    let blob_a = role(dir.path(), "blob", "blob-a.log");
+    let blob_b = role(dir.path(), "blob", "blob-b.log");
+    let gw = gateway(
+        dir.path(),
+        "gateway",
+        &[&meta.url],
+        &[&blob_a.url, &blob_b.url],
     );
     let client = reqwest::Client::new();
     wait_ready(&client, &format!("{}/v2/", gw.url)).await;
@@ -127,22 +125,8 @@ async fn chunked_upload_alternates_between_two_blob_replicas() {
 #[tokio::test]
 async fn a_tag_moved_through_one_gateway_is_seen_through_another() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("config.json");
-    std::fs::write(
-        &cfg,
-        serde_json::to_vec(&json!({"storage": {"rootDirectory": dir.path().join("data")}}))
-            .unwrap(),
-    )
-    .unwrap();
-    let c = cfg.to_str().unwrap();
-    let role = |r: &str, log: &str| {
-        Process::spawn(
-            &["-c", c, "--role", r, "--listen", "127.0.0.1:0"],
-            &dir.path().join(log),
-        )
-    };
-    let meta = role("meta", "meta.log");
-    let blob = role("blob", "blob.log");
+    let meta = role(dir.path(), "meta", "meta.log");
+    let blob = role(dir.path(), "blob", "blob.log");
     let a = gateway(dir.path(), "gw-a", &[&meta.url], &[&blob.url]);
     let b = gateway(dir.path(), "gw-b", &[&meta.url], &[&blob.url]);
     let client = reqwest::Client::new();
