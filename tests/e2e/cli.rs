@@ -117,12 +117,7 @@ async fn tls_serves_http2() {
     assert!(sb.proc.url.starts_with("https://"), "{}", sb.proc.url);
     let data = random_bytes(2 * 1024 * 1024);
     let d = sb.push_blob("secure", &data).await;
-    let r = sb
-        .client
-        .get(sb.url(&format!("/v2/secure/blobs/{d}")))
-        .send()
-        .await
-        .unwrap();
+    let r = sb.get(&format!("/v2/secure/blobs/{d}")).await;
     assert_eq!(r.version(), reqwest::Version::HTTP_2);
     assert_eq!(r.status(), 200);
     assert_eq!(sha256(&r.bytes().await.unwrap()), d);
@@ -141,12 +136,7 @@ async fn sigterm_stops_every_role_cleanly() {
     let mut sb = Sandbox::start().await;
     // Traffic first, so the manifest change feed and pooled connections are open.
     sb.push_image("bye", "v1", 1).await;
-    let r = sb
-        .client
-        .get(sb.url("/v2/bye/manifests/v1"))
-        .send()
-        .await
-        .unwrap();
+    let r = sb.get("/v2/bye/manifests/v1").await;
     assert_eq!(r.status(), 200);
     let status = sb.proc.terminate(std::time::Duration::from_secs(15));
     let status = status.expect("capstan still running 15 s after SIGTERM");

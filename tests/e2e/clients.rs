@@ -81,12 +81,7 @@ async fn skopeo_copies_a_multi_layer_image_there_and_back() {
         &dest,
     ]));
     // The registry holds the same manifest, byte for byte.
-    let r = sb
-        .client
-        .get(sb.url("/v2/skopeo/img/manifests/v1"))
-        .send()
-        .await
-        .unwrap();
+    let r = sb.get("/v2/skopeo/img/manifests/v1").await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["docker-content-digest"], digest.as_str());
 
@@ -135,12 +130,7 @@ async fn oras_pushes_an_artifact_that_the_referrers_api_lists() {
     ]));
     let pushed = out.trim().to_string();
     assert!(pushed.starts_with("sha256:"), "{out}");
-    let r = sb
-        .client
-        .get(sb.url(&format!("/v2/oras/app/referrers/{subject}")))
-        .send()
-        .await
-        .unwrap();
+    let r = sb.get(&format!("/v2/oras/app/referrers/{subject}")).await;
     assert_eq!(r.status(), 200);
     let v: Value = r.json().await.unwrap();
     let listed: Vec<&str> = v["manifests"]

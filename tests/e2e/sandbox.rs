@@ -148,6 +148,30 @@ impl Sandbox {
         format!("{}{path}", self.proc.url)
     }
 
+    /// `GET` a path of the registry.
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client.get(self.url(path)).send().await.expect("GET")
+    }
+
+    /// `HEAD` a path of the registry.
+    pub async fn head(&self, path: &str) -> reqwest::Response {
+        self.client.head(self.url(path)).send().await.expect("HEAD")
+    }
+
+    /// `DELETE` a path of the registry.
+    pub async fn delete(&self, path: &str) -> reqwest::Response {
+        self.client
+            .delete(self.url(path))
+            .send()
+            .await
+            .expect("DELETE")
+    }
+
+    /// `POST` to a path of the registry, without a body.
+    pub async fn post(&self, path: &str) -> reqwest::Response {
+        self.client.post(self.url(path)).send().await.expect("POST")
+    }
+
     /// `host:port` of the gateway (for clients that want a registry name).
     pub fn host(&self) -> String {
         self.proc

@@ -8,40 +8,20 @@ use serde_json::{Value, json};
 #[tokio::test]
 async fn base_endpoint_and_unknown_paths() {
     let sb = Sandbox::start().await;
-    let r = sb.client.get(sb.url("/v2/")).send().await.unwrap();
+    let r = sb.get("/v2/").await;
     assert_eq!(r.status(), 200);
     assert_eq!(
         r.headers()["docker-distribution-api-version"],
         "registry/2.0"
     );
-    let r = sb
-        .client
-        .get(sb.url("/v2/a/nothing-here"))
-        .send()
-        .await
-        .unwrap();
+    let r = sb.get("/v2/a/nothing-here").await;
     assert_eq!(r.status(), 404);
-    let r = sb
-        .client
-        .get(sb.url("/v2/UPPER/tags/list"))
-        .send()
-        .await
-        .unwrap();
+    let r = sb.get("/v2/UPPER/tags/list").await;
     assert_eq!(r.status(), 400);
     assert_eq!(error_code(r).await, "NAME_INVALID");
-    let r = sb
-        .client
-        .get(sb.url("/v2/a/../b/tags/list"))
-        .send()
-        .await
-        .unwrap();
+    let r = sb.get("/v2/a/../b/tags/list").await;
     assert_ne!(r.status(), 200);
-    let r = sb
-        .client
-        .post(sb.url("/v2/a/manifests/x"))
-        .send()
-        .await
-        .unwrap();
+    let r = sb.post("/v2/a/manifests/x").await;
     assert_eq!(r.status(), 405);
 }
 
@@ -51,22 +31,12 @@ async fn monolithic_upload_then_head_get_and_ranges() {
     let data = random_bytes(100_000);
     let d = sb.push_blob("lib/app", &data).await;
 
-    let r = sb
-        .client
-        .head(sb.url(&format!("/v2/lib/app/blobs/{d}")))
-        .send()
-        .await
-        .unwrap();
+    let r = sb.head(&format!("/v2/lib/app/blobs/{d}")).await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["content-length"], "100000");
     assert_eq!(r.headers()["docker-content-digest"], d.as_str());
 
-    let r = sb
-        .client
-        .get(sb.url(&format!("/v2/lib/app/blobs/{d}")))
-        .send()
-        .await
-        .unwrap();
+    let r = sb.get(&format!("/v2/lib/app/blobs/{d}")).await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.bytes().await.unwrap().as_ref(), &data[..]);
 
@@ -102,22 +72,12 @@ async fn monolithic_upload_then_head_get_and_ranges() {
     assert_eq!(r.headers()["content-range"], "bytes */100000");
 
     // Not linked to another repository: invisible there.
-    let r = sb
-        .client
-        .get(sb.url(&format!("/v2/other/blobs/{d}")))
-        .send()
-        .await
-        .unwrap();
+    let r = sb.get(&format!("/v2/other/blobs/{d}")).await;
     assert_eq!(r.status(), 404);
     assert_eq!(error_code(r).await, "BLOB_UNKNOWN");
 
     // Bad digests.
-    let r = sb
-        .client
-        .get(sb.url("/v2/lib/app/blobs/sha256:abc"))
-        .send()
-        .await
-        .unwrap();
+    let r = sb.get("/v2/lib/app/blobs/sha256:abc").await;
     assert_eq!(r.status(), 400);
     assert_eq!(error_code(r).await, "DIGEST_INVALID");
     let wrong = sha256(b"something else");
@@ -130,35 +90,15 @@ async fn monolithic_upload_then_head_get_and_ranges() {
         .unwrap();
     assert_eq!(r.status(), 400);
     assert_eq!(error_code(r).await, "DIGEST_INVALID");
-    let r = sb
-        .client
-        .head(sb.url(&format!("/v2/lib/app/blobs/{wrong}")))
-        .send()
-        .await
-        .unwrap();
+    let r = sb.head(&format!("/v2/lib/app/blobs/{wrong}")).await;
     assert_eq!(r.status(), 404);
 
     // Delete unlinks it from the repository.
-    let r = sb
-        .client
-        .delete(sb.url(&format!("/v2/lib/app/blobs/{d}")))
-        .send()
-        .await
-        .unwrap();
+    let r = sb.delete(&format!("/v2/lib/app/blobs/{d}")).await;
     assert_eq!(r.status(), 202);
-    let r = sb
-        .client
-        .head(sb.url(&format!("/v2/lib/app/blobs/{d}")))
-        .send()
-        .await
-        .unwrap();
+    let r = sb.head(&format!("/v2/lib/app/blobs/{d}")).await;
     assert_eq!(r.status(), 404);
-    let r = sb
-        .client
-        .delete(sb.url(&format!("/v2/lib/app/blobs/{d}")))
-        .send()
-        .await
-        .unwrap();
+    let r = sb.delete(&format!("/v2/lib/app/blobs/{d}")).await;
     assert_eq!(r.status(), 404);
 }
 
@@ -166,12 +106,7 @@ async fn monolithic_upload_then_head_get_and_ranges() {
 async fn empty_blob_and_sha512() {
     let sb = Sandbox::start().await;
     let d = sb.push_blob("r", b"").await;
-    let r = sb
-        .client
-        .get(sb.url(&format!("/v2/r/blobs/{d}")))
-        .send()
-        .await
-        .unwrap();
+    let r = sb.get(&format!("/v2/r/blobs/{d}")).await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.bytes().await.unwrap().len(), 0);
 
@@ -186,12 +121,7 @@ async fn empty_blob_and_sha512() {
         .unwrap();
     assert_eq!(r.status(), 201);
     assert_eq!(r.headers()["docker-content-digest"], d512.as_str());
-    let r = sb
-        .client
-        .get(sb.url(&format!("/v2/r/blobs/{d512}")))
-        .send()
-        .await
-        .unwrap();
+    let r = sb.get(&format!("/v2/r/blobs/{d512}")).await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.bytes().await.unwrap().as_ref(), &data[..]);
 }
@@ -207,12 +137,7 @@ async fn post_put_and_chunked_uploads() {
     let d = sha256(&data);
 
     // POST then PUT with the whole body.
-    let r = sb
-        .client
-        .post(sb.url("/v2/up/blobs/uploads/"))
-        .send()
-        .await
-        .unwrap();
+    let r = sb.post("/v2/up/blobs/uploads/").await;
     assert_eq!(r.status(), 202);
     let loc = location(&r);
     assert!(r.headers().contains_key("docker-upload-uuid"));
@@ -227,12 +152,7 @@ async fn post_put_and_chunked_uploads() {
     assert_eq!(location(&r), format!("/v2/up/blobs/{d}"));
 
     // Chunked: three PATCHes with Content-Range, status, then PUT.
-    let r = sb
-        .client
-        .post(sb.url("/v2/up/blobs/uploads/"))
-        .send()
-        .await
-        .unwrap();
+    let r = sb.post("/v2/up/blobs/uploads/").await;
     let loc = location(&r);
     let cuts = [0, 1_000_000, 2_500_000, data.len()];
     for w in cuts.windows(2) {
@@ -248,7 +168,7 @@ async fn post_put_and_chunked_uploads() {
         assert_eq!(r.status(), 202, "{}", r.text().await.unwrap());
         assert_eq!(r.headers()["range"], format!("0-{}", w[1] - 1).as_str());
     }
-    let r = sb.client.get(sb.url(&loc)).send().await.unwrap();
+    let r = sb.get(&loc).await;
     assert_eq!(r.status(), 204);
     assert_eq!(
         r.headers()["range"],
@@ -276,21 +196,11 @@ async fn post_put_and_chunked_uploads() {
         .unwrap();
     assert_eq!(r.status(), 400);
     assert_eq!(error_code(r).await, "DIGEST_INVALID");
-    let r = sb
-        .client
-        .head(sb.url(&format!("/v2/up/blobs/{wrong}")))
-        .send()
-        .await
-        .unwrap();
+    let r = sb.head(&format!("/v2/up/blobs/{wrong}")).await;
     assert_eq!(r.status(), 404);
 
     // A fresh chunked upload committed correctly.
-    let r = sb
-        .client
-        .post(sb.url("/v2/up/blobs/uploads/"))
-        .send()
-        .await
-        .unwrap();
+    let r = sb.post("/v2/up/blobs/uploads/").await;
     let loc = location(&r);
     let r = sb
         .client
@@ -311,30 +221,20 @@ async fn post_put_and_chunked_uploads() {
         .await
         .unwrap();
     assert_eq!(r.status(), 201);
-    let r = sb
-        .client
-        .get(sb.url(&format!("/v2/up/blobs/{d}")))
-        .send()
-        .await
-        .unwrap();
+    let r = sb.get(&format!("/v2/up/blobs/{d}")).await;
     assert_eq!(r.bytes().await.unwrap().as_ref(), &data[..]);
 
     // PUT without digest.
-    let r = sb
-        .client
-        .post(sb.url("/v2/up/blobs/uploads/"))
-        .send()
-        .await
-        .unwrap();
+    let r = sb.post("/v2/up/blobs/uploads/").await;
     let loc = location(&r);
     let r = sb.client.put(sb.url(&loc)).send().await.unwrap();
     assert_eq!(r.status(), 400);
     assert_eq!(error_code(r).await, "DIGEST_INVALID");
 
     // Cancel, then the session is gone.
-    let r = sb.client.delete(sb.url(&loc)).send().await.unwrap();
+    let r = sb.delete(&loc).await;
     assert_eq!(r.status(), 204);
-    let r = sb.client.get(sb.url(&loc)).send().await.unwrap();
+    let r = sb.get(&loc).await;
     assert_eq!(r.status(), 404);
     assert_eq!(error_code(r).await, "BLOB_UPLOAD_UNKNOWN");
 }
@@ -348,12 +248,7 @@ async fn unknown_and_malicious_upload_ids() {
         "..%2F..%2Fetc",
         "%2e%2e",
     ] {
-        let r = sb
-            .client
-            .get(sb.url(&format!("/v2/r/blobs/uploads/{id}")))
-            .send()
-            .await
-            .unwrap();
+        let r = sb.get(&format!("/v2/r/blobs/uploads/{id}")).await;
         assert!(
             r.status() == 404 || r.status() == 400,
             "{id}: {}",
@@ -373,11 +268,8 @@ async fn unknown_and_malicious_upload_ids() {
         );
     }
     let r = sb
-        .client
-        .get(sb.url("/v2/r/blobs/uploads/00000000-0000-4000-8000-000000000000"))
-        .send()
-        .await
-        .unwrap();
+        .get("/v2/r/blobs/uploads/00000000-0000-4000-8000-000000000000")
+        .await;
     assert_eq!(error_code(r).await, "BLOB_UPLOAD_UNKNOWN");
 }
 
@@ -396,12 +288,7 @@ async fn cross_repository_mount() {
         .unwrap();
     assert_eq!(r.status(), 201);
     assert_eq!(location(&r), format!("/v2/dst/repo/blobs/{d}"));
-    let r = sb
-        .client
-        .get(sb.url(&format!("/v2/dst/repo/blobs/{d}")))
-        .send()
-        .await
-        .unwrap();
+    let r = sb.get(&format!("/v2/dst/repo/blobs/{d}")).await;
     assert_eq!(r.bytes().await.unwrap().as_ref(), &data[..]);
     // Not in the source: a new upload session instead.
     let other = sha256(b"absent");
@@ -424,34 +311,19 @@ async fn manifests_by_tag_and_digest() {
     let body = serde_json::to_vec(&m).unwrap();
 
     for reference in ["v1", d.as_str()] {
-        let r = sb
-            .client
-            .get(sb.url(&format!("/v2/img/manifests/{reference}")))
-            .send()
-            .await
-            .unwrap();
+        let r = sb.get(&format!("/v2/img/manifests/{reference}")).await;
         assert_eq!(r.status(), 200);
         assert_eq!(r.headers()["content-type"], OCI_MANIFEST);
         assert_eq!(r.headers()["docker-content-digest"], d.as_str());
         assert_eq!(r.bytes().await.unwrap().as_ref(), &body[..]);
-        let r = sb
-            .client
-            .head(sb.url(&format!("/v2/img/manifests/{reference}")))
-            .send()
-            .await
-            .unwrap();
+        let r = sb.head(&format!("/v2/img/manifests/{reference}")).await;
         assert_eq!(r.status(), 200);
         assert_eq!(
             r.headers()["content-length"],
             body.len().to_string().as_str()
         );
     }
-    let r = sb
-        .client
-        .get(sb.url("/v2/img/manifests/nope"))
-        .send()
-        .await
-        .unwrap();
+    let r = sb.get("/v2/img/manifests/nope").await;
     assert_eq!(r.status(), 404);
     assert_eq!(error_code(r).await, "MANIFEST_UNKNOWN");
 
@@ -466,48 +338,18 @@ async fn manifests_by_tag_and_digest() {
     assert_eq!(error_code(r).await, "DIGEST_INVALID");
 
     // Delete the tag: the manifest stays reachable by digest.
-    let r = sb
-        .client
-        .delete(sb.url("/v2/img/manifests/v1"))
-        .send()
-        .await
-        .unwrap();
+    let r = sb.delete("/v2/img/manifests/v1").await;
     assert_eq!(r.status(), 202);
-    let r = sb
-        .client
-        .get(sb.url("/v2/img/manifests/v1"))
-        .send()
-        .await
-        .unwrap();
+    let r = sb.get("/v2/img/manifests/v1").await;
     assert_eq!(r.status(), 404);
-    let r = sb
-        .client
-        .get(sb.url(&format!("/v2/img/manifests/{d}")))
-        .send()
-        .await
-        .unwrap();
+    let r = sb.get(&format!("/v2/img/manifests/{d}")).await;
     assert_eq!(r.status(), 200);
     // Delete by digest.
-    let r = sb
-        .client
-        .delete(sb.url(&format!("/v2/img/manifests/{d}")))
-        .send()
-        .await
-        .unwrap();
+    let r = sb.delete(&format!("/v2/img/manifests/{d}")).await;
     assert_eq!(r.status(), 202);
-    let r = sb
-        .client
-        .get(sb.url(&format!("/v2/img/manifests/{d}")))
-        .send()
-        .await
-        .unwrap();
+    let r = sb.get(&format!("/v2/img/manifests/{d}")).await;
     assert_eq!(r.status(), 404);
-    let r = sb
-        .client
-        .delete(sb.url(&format!("/v2/img/manifests/{d}")))
-        .send()
-        .await
-        .unwrap();
+    let r = sb.delete(&format!("/v2/img/manifests/{d}")).await;
     assert_eq!(r.status(), 404);
 }
 
@@ -567,12 +409,7 @@ async fn bad_manifests_are_refused_without_side_effects() {
     assert_eq!(error_code(r).await, "MANIFEST_BLOB_UNKNOWN");
 
     // Nothing got tagged.
-    let r = sb
-        .client
-        .get(sb.url("/v2/bad/manifests/t"))
-        .send()
-        .await
-        .unwrap();
+    let r = sb.get("/v2/bad/manifests/t").await;
     assert_eq!(r.status(), 404);
 }
 
@@ -597,19 +434,9 @@ async fn docker_schema2_manifest_list_and_oci_index() {
         {"mediaType": DOCKER_MANIFEST, "digest": md, "size": size, "platform": {"architecture": "arm64", "os": "linux"}}
     ]});
     sb.put_manifest("multi", "index", OCI_INDEX, &index).await;
-    let r = sb
-        .client
-        .get(sb.url("/v2/multi/manifests/list"))
-        .send()
-        .await
-        .unwrap();
+    let r = sb.get("/v2/multi/manifests/list").await;
     assert_eq!(r.headers()["content-type"], DOCKER_LIST);
-    let r = sb
-        .client
-        .get(sb.url("/v2/multi/manifests/arm"))
-        .send()
-        .await
-        .unwrap();
+    let r = sb.get("/v2/multi/manifests/arm").await;
     assert_eq!(r.headers()["content-type"], DOCKER_MANIFEST);
 }
 
@@ -620,85 +447,45 @@ async fn tag_and_catalog_pagination() {
     for t in ["b", "c", "d", "e"] {
         sb.put_manifest("pages", t, OCI_MANIFEST, &m).await;
     }
-    let r = sb
-        .client
-        .get(sb.url("/v2/pages/tags/list"))
-        .send()
-        .await
-        .unwrap();
+    let r = sb.get("/v2/pages/tags/list").await;
     let v: Value = r.json().await.unwrap();
     assert_eq!(
         v,
         json!({"name": "pages", "tags": ["a", "b", "c", "d", "e"]})
     );
 
-    let r = sb
-        .client
-        .get(sb.url("/v2/pages/tags/list?n=2"))
-        .send()
-        .await
-        .unwrap();
+    let r = sb.get("/v2/pages/tags/list?n=2").await;
     assert_eq!(
         r.headers()["link"],
         "</v2/pages/tags/list?n=2&last=b>; rel=\"next\""
     );
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["tags"], json!(["a", "b"]));
-    let r = sb
-        .client
-        .get(sb.url("/v2/pages/tags/list?n=2&last=d"))
-        .send()
-        .await
-        .unwrap();
+    let r = sb.get("/v2/pages/tags/list?n=2&last=d").await;
     assert!(!r.headers().contains_key("link"));
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["tags"], json!(["e"]));
-    let r = sb
-        .client
-        .get(sb.url("/v2/pages/tags/list?n=0"))
-        .send()
-        .await
-        .unwrap();
+    let r = sb.get("/v2/pages/tags/list?n=0").await;
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["tags"], json!([]));
-    let r = sb
-        .client
-        .get(sb.url("/v2/pages/tags/list?n=x"))
-        .send()
-        .await
-        .unwrap();
+    let r = sb.get("/v2/pages/tags/list?n=x").await;
     assert_eq!(r.status(), 400);
-    let r = sb
-        .client
-        .get(sb.url("/v2/missing/tags/list"))
-        .send()
-        .await
-        .unwrap();
+    let r = sb.get("/v2/missing/tags/list").await;
     assert_eq!(r.status(), 404);
     assert_eq!(error_code(r).await, "NAME_UNKNOWN");
 
     for repo in ["x/one", "x/two", "y"] {
         sb.push_blob(repo, b"z").await;
     }
-    let r = sb.client.get(sb.url("/v2/_catalog")).send().await.unwrap();
+    let r = sb.get("/v2/_catalog").await;
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["repositories"], json!(["pages", "x/one", "x/two", "y"]));
-    let r = sb
-        .client
-        .get(sb.url("/v2/_catalog?n=2"))
-        .send()
-        .await
-        .unwrap();
+    let r = sb.get("/v2/_catalog?n=2").await;
     assert_eq!(
         r.headers()["link"],
         "</v2/_catalog?n=2&last=x%2Fone>; rel=\"next\""
     );
-    let r = sb
-        .client
-        .get(sb.url("/v2/_catalog?n=2&last=x/one"))
-        .send()
-        .await
-        .unwrap();
+    let r = sb.get("/v2/_catalog?n=2&last=x/one").await;
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["repositories"], json!(["x/two", "y"]));
 }
@@ -729,12 +516,7 @@ async fn referrers_api_with_subject_and_filter() {
         assert_eq!(r.headers()["oci-subject"], subject.as_str());
         digests.push(sha256(&body));
     }
-    let r = sb
-        .client
-        .get(sb.url(&format!("/v2/app/referrers/{subject}")))
-        .send()
-        .await
-        .unwrap();
+    let r = sb.get(&format!("/v2/app/referrers/{subject}")).await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["content-type"], OCI_INDEX);
     assert!(!r.headers().contains_key("oci-filters-applied"));
@@ -768,21 +550,11 @@ async fn referrers_api_with_subject_and_filter() {
     assert_eq!(v["manifests"][0]["annotations"]["note"], "b1");
 
     // Unknown subject: an empty index, not an error.
-    let r = sb
-        .client
-        .get(sb.url(&format!("/v2/app/referrers/{}", sha256(b"q"))))
-        .send()
-        .await
-        .unwrap();
+    let r = sb.get(&format!("/v2/app/referrers/{}", sha256(b"q"))).await;
     assert_eq!(r.status(), 200);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["manifests"], json!([]));
-    let r = sb
-        .client
-        .get(sb.url("/v2/app/referrers/sha256:zz"))
-        .send()
-        .await
-        .unwrap();
+    let r = sb.get("/v2/app/referrers/sha256:zz").await;
     assert_eq!(r.status(), 400);
 }
 
@@ -805,12 +577,7 @@ async fn concurrent_writers_to_one_tag_leave_one_winner() {
     for t in tasks {
         pushed.push(t.await.unwrap());
     }
-    let r = sb
-        .client
-        .get(sb.url("/v2/race/manifests/latest"))
-        .send()
-        .await
-        .unwrap();
+    let r = sb.get("/v2/race/manifests/latest").await;
     assert_eq!(r.status(), 200);
     let winner = r.headers()["docker-content-digest"]
         .to_str()
@@ -819,15 +586,7 @@ async fn concurrent_writers_to_one_tag_leave_one_winner() {
     let body = r.bytes().await.unwrap();
     assert_eq!(sha256(&body), winner);
     assert!(pushed.contains(&winner));
-    let v: Value = sb
-        .client
-        .get(sb.url("/v2/race/tags/list"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v: Value = sb.get("/v2/race/tags/list").await.json().await.unwrap();
     assert_eq!(v["tags"], json!(["latest"]));
 }
 
@@ -837,12 +596,7 @@ async fn acknowledged_writes_survive_a_crash() {
     let (d, m) = sb.push_image("durable", "v1", 2).await;
     // An upload in progress keeps its bytes too.
     let part = random_bytes(10_000);
-    let r = sb
-        .client
-        .post(sb.url("/v2/durable/blobs/uploads/"))
-        .send()
-        .await
-        .unwrap();
+    let r = sb.post("/v2/durable/blobs/uploads/").await;
     let loc = location(&r);
     let r = sb
         .client
@@ -856,26 +610,16 @@ async fn acknowledged_writes_survive_a_crash() {
 
     sb.crash_and_restart().await;
 
-    let r = sb
-        .client
-        .get(sb.url("/v2/durable/manifests/v1"))
-        .send()
-        .await
-        .unwrap();
+    let r = sb.get("/v2/durable/manifests/v1").await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["docker-content-digest"], d.as_str());
     for layer in m["layers"].as_array().unwrap() {
         let ld = layer["digest"].as_str().unwrap();
-        let r = sb
-            .client
-            .get(sb.url(&format!("/v2/durable/blobs/{ld}")))
-            .send()
-            .await
-            .unwrap();
+        let r = sb.get(&format!("/v2/durable/blobs/{ld}")).await;
         assert_eq!(r.status(), 200);
         assert_eq!(sha256(&r.bytes().await.unwrap()), ld);
     }
-    let r = sb.client.get(sb.url(&loc)).send().await.unwrap();
+    let r = sb.get(&loc).await;
     assert_eq!(r.status(), 204);
     assert_eq!(r.headers()["range"], "0-9999");
     let r = sb
@@ -891,12 +635,7 @@ async fn acknowledged_writes_survive_a_crash() {
 async fn a_client_that_disconnects_mid_chunk_leaves_no_partial_bytes() {
     use tokio::io::AsyncWriteExt;
     let sb = Sandbox::start().await;
-    let r = sb
-        .client
-        .post(sb.url("/v2/cut/blobs/uploads/"))
-        .send()
-        .await
-        .unwrap();
+    let r = sb.post("/v2/cut/blobs/uploads/").await;
     let loc = location(&r);
     let mut conn = tokio::net::TcpStream::connect(sb.host()).await.unwrap();
     let head = format!(
@@ -911,7 +650,7 @@ async fn a_client_that_disconnects_mid_chunk_leaves_no_partial_bytes() {
     // stays usable.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
-        let r = sb.client.get(sb.url(&loc)).send().await.unwrap();
+        let r = sb.get(&loc).await;
         assert_eq!(r.status(), 204);
         // The gateway may still be tearing the aborted call down; the state
         // must never show the partial bytes.
@@ -948,17 +687,12 @@ async fn an_upload_belongs_to_the_repository_it_was_started_in() {
     let sb = Sandbox::start().await;
     let data = random_bytes(1000);
     let d = sha256(&data);
-    let r = sb
-        .client
-        .post(sb.url("/v2/mine/blobs/uploads/"))
-        .send()
-        .await
-        .unwrap();
+    let r = sb.post("/v2/mine/blobs/uploads/").await;
     let loc = location(&r);
     let id = loc.rsplit('/').next().unwrap().to_string();
     let other = format!("/v2/theirs/blobs/uploads/{id}");
     // Through another repository the upload does not exist.
-    let r = sb.client.get(sb.url(&other)).send().await.unwrap();
+    let r = sb.get(&other).await;
     assert_eq!(r.status(), 404);
     assert_eq!(error_code(r).await, "BLOB_UPLOAD_UNKNOWN");
     let r = sb
@@ -977,14 +711,9 @@ async fn an_upload_belongs_to_the_repository_it_was_started_in() {
         .await
         .unwrap();
     assert_eq!(r.status(), 404);
-    let r = sb.client.delete(sb.url(&other)).send().await.unwrap();
+    let r = sb.delete(&other).await;
     assert_eq!(r.status(), 404);
-    let r = sb
-        .client
-        .head(sb.url(&format!("/v2/theirs/blobs/{d}")))
-        .send()
-        .await
-        .unwrap();
+    let r = sb.head(&format!("/v2/theirs/blobs/{d}")).await;
     assert_eq!(r.status(), 404);
     // Its own repository completes it.
     let r = sb
@@ -995,12 +724,7 @@ async fn an_upload_belongs_to_the_repository_it_was_started_in() {
         .await
         .unwrap();
     assert_eq!(r.status(), 201);
-    let r = sb
-        .client
-        .head(sb.url(&format!("/v2/mine/blobs/{d}")))
-        .send()
-        .await
-        .unwrap();
+    let r = sb.head(&format!("/v2/mine/blobs/{d}")).await;
     assert_eq!(r.status(), 200);
 }
 
@@ -1014,33 +738,12 @@ async fn metrics_count_requests_and_manifest_traffic() {
             .unwrap_or(0)
     };
     let gets = r#"zot_http_requests_total{code="200",method="GET"}"#;
-    let before = sb
-        .client
-        .get(sb.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let before = sb.get("/metrics").await.text().await.unwrap();
     for _ in 0..3 {
-        let r = sb
-            .client
-            .get(sb.url("/v2/observed/manifests/v1"))
-            .send()
-            .await
-            .unwrap();
+        let r = sb.get("/v2/observed/manifests/v1").await;
         assert_eq!(r.status(), 200);
     }
-    let text = sb
-        .client
-        .get(sb.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = sb.get("/metrics").await.text().await.unwrap();
     // Three manifest GETs plus the first /metrics read.
     assert_eq!(value(&text, gets) - value(&before, gets), 4, "{text}");
     assert_eq!(
