@@ -24,6 +24,8 @@ const MAX_CONNECTIONS: u32 = 8;
 /// Handle on the metadata database; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Store {
+    /// Blob links waiting to be written together (group commit).
+    links: tokio::sync::mpsc::UnboundedSender<PendingLink>,
     pool: SqlitePool,
     /// Write transactions of this process take turns here, in FIFO order,
     /// instead of in SQLite's busy handler (which sleeps and retries with
@@ -140,9 +142,13 @@ impl Store {
             .await?;
         sqlx::migrate!().run(&pool).await?;
         tracing::info!(file = %file.display(), "metadata database open");
+        let writer: std::sync::Arc<tokio::sync::Mutex<()>> = Default::default();
+        let (links, pending) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(write_links(pool.clone(), writer.clone(), pending));
         Ok(Store {
+            links,
             pool,
-            writer: Default::default(),
+            writer,
         })
     }
 
@@ -478,9 +484,16 @@ impl Store {
     pub async fn link_blob(&self, repo: &str, digest: &Digest, size: u64) -> Result<(), MetaError> {
         check_repo(repo)?;
         let size = i64::try_from(size).map_err(|_| MetaError::SizeInvalid(size))?;
-        let (_turn, mut tx) = self.begin_write().await?;
-        link(&mut tx, repo, &digest.to_string(), size).await?;
-        tx.commit().await?;
+        let (done, linked) = tokio::sync::oneshot::channel();
+        let pending = PendingLink {
+            repo: repo.to_string(),
+            digest: digest.to_string(),
+            size,
+            done,
+        };
+        let closed = || MetaError::Database(sqlx::Error::PoolClosed);
+        self.links.send(pending).map_err(|_| closed())?;
+        linked.await.map_err(|_| closed())??;
         tracing::debug!(repo, digest = %digest, size, "blob linked");
         Ok(())
     }
@@ -542,6 +555,58 @@ impl Store {
 }
 
 /// Create `repo` if needed and link `digest` to it (inside `tx`).
+/// A blob link waiting for its transaction.
+#[derive(Debug)]
+struct PendingLink {
+    repo: String,
+    digest: String,
+    size: i64,
+    done: tokio::sync::oneshot::Sender<Result<(), MetaError>>,
+}
+
+/// Links queued while one transaction commits share the next one.
+const MAX_LINKS_PER_COMMIT: usize = 256;
+
+/// Group commit of blob links: every link queued while the previous
+/// transaction committed goes into the next one, so concurrent pushes pay one
+/// fsync between them instead of one each. If a shared transaction fails,
+/// each link is retried alone so every caller gets its own answer. Ends when
+/// every `Store` handle is gone.
+async fn write_links(
+    pool: SqlitePool,
+    writer: std::sync::Arc<tokio::sync::Mutex<()>>,
+    mut pending: tokio::sync::mpsc::UnboundedReceiver<PendingLink>,
+) {
+    let mut batch = Vec::new();
+    while pending.recv_many(&mut batch, MAX_LINKS_PER_COMMIT).await > 0 {
+        let turn = writer.clone().lock_owned().await;
+        let together = async {
+            let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+            for l in &batch {
+                link(&mut tx, &l.repo, &l.digest, l.size).await?;
+            }
+            tx.commit().await?;
+            Ok::<_, MetaError>(())
+        };
+        if together.await.is_ok() {
+            for l in batch.drain(..) {
+                let _ = l.done.send(Ok(()));
+            }
+        } else {
+            for l in batch.drain(..) {
+                let alone = async {
+                    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+                    link(&mut tx, &l.repo, &l.digest, l.size).await?;
+                    tx.commit().await?;
+                    Ok(())
+                };
+                let _ = l.done.send(alone.await);
+            }
+        }
+        drop(turn);
+    }
+}
+
 async fn link(
     tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
     repo: &str,

@@ -730,3 +730,35 @@ async fn an_in_memory_database_is_shared_by_the_pool() {
         assert_eq!(r.await.unwrap().unwrap().digest, img.digest.to_string());
     }
 }
+
+#[tokio::test]
+async fn concurrent_links_all_land_through_group_commit() {
+    let (_dir, store) = temp_store().await;
+    let mut tasks = Vec::new();
+    for i in 0..64 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let d = sha256(format!("blob {i}").as_bytes());
+            store
+                .link_blob(&format!("group/r{}", i % 4), &d, i)
+                .await
+                .map(|()| d)
+        }));
+    }
+    for (i, t) in tasks.into_iter().enumerate() {
+        let d = t.await.unwrap().unwrap();
+        let repo = format!("group/r{}", i % 4);
+        assert_eq!(store.stat_blob(&repo, &d).await.unwrap(), i as u64);
+    }
+    let page = store.catalog(None, "").await.unwrap();
+    assert_eq!(
+        page.items,
+        vec!["group/r0", "group/r1", "group/r2", "group/r3"]
+    );
+    // A bad link fails alone; it does not take its neighbours with it.
+    let bad = store
+        .link_blob("Bad Name", &sha256(b"x"), 1)
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), ErrorCode::NameInvalid);
+}
