@@ -133,11 +133,6 @@ async fn oras_pushes_an_artifact_that_the_referrers_api_lists() {
     let r = sb.get(&format!("/v2/oras/app/referrers/{subject}")).await;
     assert_eq!(r.status(), 200);
     let v: Value = r.json().await.unwrap();
-    let listed: Vec<&str> = v["manifests"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["digest"].as_str().unwrap())
-        .collect();
-    assert_eq!(listed, vec![pushed.as_str()]);
+    let listed = manifest_digests(&v);
+    assert_eq!(listed, vec![pushed.clone()]);
 }

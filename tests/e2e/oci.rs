@@ -24,6 +24,16 @@ pub fn random_bytes(n: usize) -> Vec<u8> {
     v
 }
 
+/// The `digest` of every entry of an index's `manifests` (e.g. a referrers answer).
+pub fn manifest_digests(index: &Value) -> Vec<String> {
+    index["manifests"]
+        .as_array()
+        .expect("manifests array")
+        .iter()
+        .map(|m| m["digest"].as_str().expect("digest").to_string())
+        .collect()
+}
+
 /// Error code of an OCI error body.
 pub async fn error_code(r: reqwest::Response) -> String {
     let v: Value = r.json().await.expect("error body is JSON");

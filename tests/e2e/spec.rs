@@ -521,15 +521,10 @@ async fn referrers_api_with_subject_and_filter() {
     assert_eq!(r.headers()["content-type"], OCI_INDEX);
     assert!(!r.headers().contains_key("oci-filters-applied"));
     let v: Value = r.json().await.unwrap();
-    let listed: Vec<&str> = v["manifests"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["digest"].as_str().unwrap())
-        .collect();
+    let listed = manifest_digests(&v);
     assert_eq!(listed.len(), 2);
     for d in &digests {
-        assert!(listed.contains(&d.as_str()));
+        assert!(listed.contains(d));
     }
     let r = sb
         .client
