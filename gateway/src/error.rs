@@ -71,7 +71,7 @@ impl ApiError {
 pub fn status_of(code: ErrorCode) -> u16 {
     use ErrorCode::*;
     match code {
-        BlobUnknown | BlobUploadUnknown | ManifestUnknown | NameUnknown => 404,
+        BlobUnknown | BlobUploadUnknown | ManifestUnknown | NameUnknown | NotFound => 404,
         BlobUploadInvalid
         | DigestInvalid
         | ManifestBlobUnknown
@@ -79,7 +79,8 @@ pub fn status_of(code: ErrorCode) -> u16 {
         | NameInvalid
         | SizeInvalid
         | PaginationNumberInvalid
-        | TagInvalid => 400,
+        | TagInvalid
+        | RequestInvalid => 400,
         Unauthorized => 401,
         Denied => 403,
         Unsupported => 405,

@@ -32,6 +32,11 @@ pub enum ErrorCode {
     PaginationNumberInvalid,
     /// A tag that does not match the tag grammar.
     TagInvalid,
+    /// A malformed request outside the distribution API (bad JSON body,
+    /// missing parameter, several `Authorization` headers).
+    RequestInvalid,
+    /// An object outside the distribution API that does not exist (an API key).
+    NotFound,
 }
 
 impl ErrorCode {
@@ -56,6 +61,8 @@ impl ErrorCode {
         ErrorCode::ManifestTooLarge,
         ErrorCode::PaginationNumberInvalid,
         ErrorCode::TagInvalid,
+        ErrorCode::RequestInvalid,
+        ErrorCode::NotFound,
     ];
 
     /// The code string of the OCI error body.
@@ -82,6 +89,8 @@ impl ErrorCode {
             ManifestTooLarge => "MANIFEST_INVALID",
             PaginationNumberInvalid => "PAGINATION_NUMBER_INVALID",
             TagInvalid => "TAG_INVALID",
+            RequestInvalid => "REQUEST_INVALID",
+            NotFound => "NOT_FOUND",
         }
     }
 
@@ -109,6 +118,8 @@ impl ErrorCode {
             ManifestTooLarge => "manifest exceeds the size limit",
             PaginationNumberInvalid => "invalid number of results requested",
             TagInvalid => "invalid tag",
+            RequestInvalid => "the request is malformed",
+            NotFound => "not found",
         }
     }
 }

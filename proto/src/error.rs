@@ -88,7 +88,9 @@ impl From<tonic::Status> for ServiceError {
 fn grpc_code(code: ErrorCode) -> tonic::Code {
     use ErrorCode::*;
     match code {
-        BlobUnknown | BlobUploadUnknown | ManifestUnknown | NameUnknown => tonic::Code::NotFound,
+        BlobUnknown | BlobUploadUnknown | ManifestUnknown | NameUnknown | NotFound => {
+            tonic::Code::NotFound
+        }
         Unauthorized => tonic::Code::Unauthenticated,
         Denied => tonic::Code::PermissionDenied,
         Unsupported => tonic::Code::Unimplemented,
@@ -124,6 +126,8 @@ pub fn to_wire(code: ErrorCode) -> WireCode {
         ManifestTooLarge => WireCode::ManifestTooLarge,
         PaginationNumberInvalid => WireCode::PaginationNumberInvalid,
         TagInvalid => WireCode::TagInvalid,
+        RequestInvalid => WireCode::RequestInvalid,
+        NotFound => WireCode::NotFound,
     }
 }
 

@@ -2,6 +2,7 @@
 //! for every service (`capstan.<svc>.v1`) and the closed error-code set
 //! carried as structured status detail.
 
+pub mod access;
 pub mod error;
 
 /// Shared messages: the closed error-code set.

@@ -60,7 +60,16 @@ fn crates_only_import_what_the_design_allows() {
             &["capstan-oci", "capstan-proto", "capstan-runtime"],
         ),
         ("capstan-bench", &[]),
+        // Starts real servers for tests; only ever a dev-dependency.
+        ("capstan-testkit", &[]),
     ];
+    // The testkit never ships inside a role.
+    for (krate, own) in &deps {
+        assert!(
+            !own.contains("capstan-testkit"),
+            "{krate} depends on capstan-testkit outside dev-dependencies"
+        );
+    }
     for (krate, ok) in allowed {
         let actual = deps
             .get(*krate)

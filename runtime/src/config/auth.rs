@@ -1,0 +1,159 @@
+//! `http.auth` and `http.accessControl`, typed with zot's key names so a zot
+//! configuration reads unchanged. Only the shape is checked here; svc-auth
+//! checks the meaning (action names, globs, consistency) at start-up and in
+//! `capstan verify`.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// How callers prove who they are (`http.auth`).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuthConfig {
+    /// An htpasswd file of bcrypt entries; re-read when it changes.
+    #[serde(default)]
+    pub htpasswd: Option<HtpasswdConfig>,
+    /// An LDAP directory; when set it is asked before htpasswd.
+    #[serde(default)]
+    pub ldap: Option<serde_json::Value>,
+    /// OpenID Connect login providers.
+    #[serde(default)]
+    pub openid: Option<serde_json::Value>,
+    /// Bearer tokens: Capstan's own token service, or an external one
+    /// whose signing certificate is given.
+    #[serde(default)]
+    pub bearer: Option<BearerConfig>,
+    /// Let users create API keys (`/zot/auth/apikey`), usable as passwords.
+    #[serde(default)]
+    pub apikey: bool,
+    /// Seconds every failed authentication waits before it is answered.
+    #[serde(default)]
+    pub fail_delay: u64,
+    /// Where login sessions live: `{"name":"local"}` (default, under the
+    /// storage root) or `{"name":"redis","url":…,"keyprefix":…}`.
+    #[serde(default)]
+    pub session_driver: Option<SessionDriverConfig>,
+    /// zot's cookie-store key file; accepted for compatibility (Capstan's
+    /// session cookies are random identifiers, not encrypted payloads).
+    #[serde(default)]
+    pub session_keys_file: Option<PathBuf>,
+    /// Capstan: PEM PKCS#8 P-256 key that signs tokens. Replicas of the
+    /// auth service must share it; generated under the storage root when
+    /// absent.
+    #[serde(default)]
+    pub signing_key: Option<PathBuf>,
+    /// Capstan: SQL database of API keys (`sqlite://…` or `postgres://…`);
+    /// default `auth.db` (SQLite) under the storage root.
+    #[serde(default)]
+    pub database: Option<String>,
+    /// Capstan: seconds an issued token stays valid (default 300).
+    #[serde(default = "default_token_ttl")]
+    pub token_ttl: u64,
+}
+
+fn default_token_ttl() -> u64 {
+    300
+}
+
+impl AuthConfig {
+    /// Whether any way of authenticating is configured.
+    pub fn has_credentials(&self) -> bool {
+        self.htpasswd.is_some() || self.ldap.is_some() || self.openid.is_some()
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+pub struct HtpasswdConfig {
+    /// The htpasswd file (`user:$2y$…` lines, bcrypt only).
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+pub struct BearerConfig {
+    /// URL of the token service clients are sent to. Defaults to this
+    /// registry's `/zot/auth/token` when Capstan issues the tokens.
+    #[serde(default)]
+    pub realm: Option<String>,
+    /// The `service` (token audience) clients ask tokens for.
+    #[serde(default)]
+    pub service: Option<String>,
+    /// PEM certificate (or public key) of an external token issuer. Absent:
+    /// tokens come from Capstan's auth service and are checked against the
+    /// keys it publishes.
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+pub struct SessionDriverConfig {
+    /// `local` or `redis`.
+    pub name: String,
+    /// Redis URL (`redis://host:port/db`), for `redis`.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Prefix of session keys in Redis (default `zotsession`).
+    #[serde(default)]
+    pub keyprefix: Option<String>,
+}
+
+/// Who may do what (`http.accessControl`), exactly zot's layout.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AccessControlConfig {
+    /// Named groups of users: `{"dev": {"users": ["alice"]}}`.
+    #[serde(default)]
+    pub groups: BTreeMap<String, GroupConfig>,
+    /// Policies keyed by repository glob; the longest matching glob decides.
+    #[serde(default)]
+    pub repositories: BTreeMap<String, PolicyGroup>,
+    /// Actions some users or groups hold on every repository.
+    #[serde(default)]
+    pub admin_policy: Option<Policy>,
+    /// zot's metrics access list; accepted.
+    #[serde(default)]
+    pub metrics: Option<serde_json::Value>,
+}
+
+impl AccessControlConfig {
+    /// Whether any repository grants something to anonymous callers.
+    pub fn anonymous_policy_exists(&self) -> bool {
+        self.repositories
+            .values()
+            .any(|g| !g.anonymous_policy.is_empty())
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+pub struct GroupConfig {
+    /// Members of the group.
+    #[serde(default)]
+    pub users: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyGroup {
+    /// Grants to named users and groups.
+    #[serde(default)]
+    pub policies: Vec<Policy>,
+    /// Actions of every authenticated caller.
+    #[serde(default)]
+    pub default_policy: Vec<String>,
+    /// Actions of callers without credentials.
+    #[serde(default)]
+    pub anonymous_policy: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+pub struct Policy {
+    /// Users the policy applies to.
+    #[serde(default)]
+    pub users: Vec<String>,
+    /// Groups the policy applies to.
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// `read`, `create`, `update`, `delete`, `detectManifestCollision`.
+    #[serde(default)]
+    pub actions: Vec<String>,
+}

@@ -1,0 +1,284 @@
+//! Login sessions: a random secret id (the `session` cookie) naming the user
+//! and groups it was created for, valid for [`SESSION_TTL`].
+//!
+//! Two drivers, as zot's `sessionDriver`: `local` keeps one small file per
+//! session under the storage root (so a restart keeps sessions), `redis`
+//! keeps them in Redis with a TTL, so every auth service (and so every
+//! gateway) sharing that Redis accepts them. Only a SHA-256 of the id is
+//! stored: a copy of the store does not hand out live cookies.
+
+use crate::error::AuthError;
+use redis::AsyncCommands;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Lifetime of a session, and the cookie's max age (zot's 7200 s).
+pub const SESSION_TTL: Duration = Duration::from_secs(7200);
+
+/// What a session remembers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Session {
+    pub username: String,
+    pub groups: Vec<String>,
+    /// Unix seconds after which the session is gone.
+    pub expires_at: u64,
+}
+
+/// Hex SHA-256 of a session id: the storage key, and the handle gateways
+/// use to drop a cached session.
+pub fn session_hash(id: &str) -> String {
+    hex::encode(Sha256::digest(id.as_bytes()))
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
+}
+
+fn new_id() -> String {
+    let bytes: [u8; 32] = rand::random();
+    hex::encode(bytes)
+}
+
+/// Where sessions live.
+#[derive(Debug)]
+pub enum Sessions {
+    Local {
+        dir: PathBuf,
+    },
+    Redis {
+        conn: redis::aio::ConnectionManager,
+        prefix: String,
+    },
+}
+
+impl Sessions {
+    /// Files under `dir` (created when missing, private to the process user).
+    pub fn local(dir: &Path) -> Result<Self, AuthError> {
+        std::fs::create_dir_all(dir)?;
+        set_private(dir)?;
+        Ok(Sessions::Local {
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// Redis at `url`, connected on first use; a Redis that is down makes
+    /// every session call fail with `Unavailable` within about a second.
+    pub fn redis(url: &str, prefix: &str) -> Result<Self, AuthError> {
+        let client = redis::Client::open(url).map_err(AuthError::redis)?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(1)))
+            .set_response_timeout(Some(Duration::from_secs(1)))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(200));
+        let conn = redis::aio::ConnectionManager::new_lazy_with_config(client, config)
+            .map_err(AuthError::redis)?;
+        Ok(Sessions::Redis {
+            conn,
+            prefix: prefix.to_string(),
+        })
+    }
+
+    fn redis_key(prefix: &str, id: &str) -> String {
+        format!("{prefix}:{}", session_hash(id))
+    }
+
+    /// Start a session; returns its secret id.
+    pub async fn create(&self, username: &str, groups: &[String]) -> Result<String, AuthError> {
+        let id = new_id();
+        let s = Session {
+            username: username.to_string(),
+            groups: groups.to_vec(),
+            expires_at: now() + SESSION_TTL.as_secs(),
+        };
+        let value = serde_json::to_string(&s).expect("session json");
+        match self {
+            Sessions::Local { dir } => {
+                let path = dir.join(session_hash(&id));
+                let tmp = path.with_extension("tmp");
+                tokio::fs::write(&tmp, value).await?;
+                tokio::fs::rename(&tmp, &path).await?;
+            }
+            Sessions::Redis { conn, prefix } => {
+                let mut c = conn.clone();
+                let () = c
+                    .set_ex(Self::redis_key(prefix, &id), value, SESSION_TTL.as_secs())
+                    .await
+                    .map_err(AuthError::redis)?;
+            }
+        }
+        Ok(id)
+    }
+
+    /// The live session named `id`, or `None` when unknown or expired.
+    pub async fn get(&self, id: &str) -> Result<Option<Session>, AuthError> {
+        if id.len() != 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Ok(None);
+        }
+        let text: Option<String> = match self {
+            Sessions::Local { dir } => {
+                match tokio::fs::read_to_string(dir.join(session_hash(id))).await {
+                    Ok(t) => Some(t),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Sessions::Redis { conn, prefix } => {
+                let mut c = conn.clone();
+                c.get(Self::redis_key(prefix, id))
+                    .await
+                    .map_err(AuthError::redis)?
+            }
+        };
+        let Some(s) = text.and_then(|t| serde_json::from_str::<Session>(&t).ok()) else {
+            return Ok(None);
+        };
+        if s.expires_at <= now() {
+            self.delete(id).await?;
+            return Ok(None);
+        }
+        Ok(Some(s))
+    }
+
+    /// End the session (no error when it does not exist).
+    pub async fn delete(&self, id: &str) -> Result<(), AuthError> {
+        match self {
+            Sessions::Local { dir } => {
+                match tokio::fs::remove_file(dir.join(session_hash(id))).await {
+                    Ok(()) => Ok(()),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                    Err(e) => Err(e.into()),
+                }
+            }
+            Sessions::Redis { conn, prefix } => {
+                let mut c = conn.clone();
+                let _: usize = c
+                    .del(Self::redis_key(prefix, id))
+                    .await
+                    .map_err(AuthError::redis)?;
+                Ok(())
+            }
+        }
+    }
+
+    /// Remove expired local sessions (Redis expires its own); returns how
+    /// many went.
+    pub async fn sweep(&self) -> usize {
+        let Sessions::Local { dir } = self else {
+            return 0;
+        };
+        let Ok(mut entries) = tokio::fs::read_dir(dir).await else {
+            return 0;
+        };
+        let mut removed = 0;
+        let now = now();
+        while let Ok(Some(e)) = entries.next_entry().await {
+            let expired = match tokio::fs::read_to_string(e.path()).await {
+                Ok(t) => serde_json::from_str::<Session>(&t).map_or(true, |s| s.expires_at <= now),
+                Err(_) => false,
+            };
+            if expired && tokio::fs::remove_file(e.path()).await.is_ok() {
+                removed += 1;
+            }
+        }
+        removed
+    }
+}
+
+fn set_private(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use capstan_testkit::Redis;
+
+    async fn behaves_as_a_session_store(s: &Sessions) {
+        let id = s.create("alice", &["dev".into()]).await.unwrap();
+        assert_eq!(id.len(), 64);
+        let got = s.get(&id).await.unwrap().unwrap();
+        assert_eq!(got.username, "alice");
+        assert_eq!(got.groups, vec!["dev"]);
+        assert!(got.expires_at > now() + 7000);
+        let other = s.create("alice", &[]).await.unwrap();
+        assert_ne!(id, other);
+        assert!(s.get(&new_id()).await.unwrap().is_none());
+        assert!(s.get("../../etc/passwd").await.unwrap().is_none());
+        s.delete(&id).await.unwrap();
+        assert!(s.get(&id).await.unwrap().is_none());
+        s.delete(&id).await.unwrap();
+        assert!(s.get(&other).await.unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn local_sessions_survive_a_new_store_on_the_same_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Sessions::local(&dir.path().join("sessions")).unwrap();
+        behaves_as_a_session_store(&s).await;
+        let id = s.create("bob", &[]).await.unwrap();
+        let again = Sessions::local(&dir.path().join("sessions")).unwrap();
+        assert_eq!(again.get(&id).await.unwrap().unwrap().username, "bob");
+        // Stored under the hash, never the id itself.
+        let names: Vec<String> = std::fs::read_dir(dir.path().join("sessions"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(names.iter().all(|n| *n != id));
+        assert!(names.contains(&session_hash(&id)));
+    }
+
+    #[tokio::test]
+    async fn local_sweep_removes_expired_sessions() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Sessions::local(dir.path()).unwrap();
+        let live = s.create("a", &[]).await.unwrap();
+        let old = Session {
+            username: "b".into(),
+            groups: vec![],
+            expires_at: now() - 1,
+        };
+        std::fs::write(
+            dir.path().join(session_hash("x")),
+            serde_json::to_string(&old).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(s.sweep().await, 1);
+        assert!(s.get(&live).await.unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn redis_sessions_carry_a_ttl_and_a_prefix() {
+        let redis = Redis::start();
+        let s = Sessions::redis(&redis.url(), "zotsession").unwrap();
+        behaves_as_a_session_store(&s).await;
+        let id = s.create("carol", &[]).await.unwrap();
+        let key = format!("zotsession:{}", session_hash(&id));
+        let ttl: i64 = redis.cli(&["TTL", &key]).parse().unwrap();
+        assert!((7100..=7200).contains(&ttl), "ttl {ttl}");
+        // Expiry is Redis's: once the key is gone, so is the session.
+        assert_eq!(redis.cli(&["DEL", &key]), "1");
+        assert!(s.get(&id).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_dead_redis_is_unavailable_not_anonymous() {
+        let mut redis = Redis::start();
+        let s = Sessions::redis(&redis.url(), "p").unwrap();
+        let id = s.create("dave", &[]).await.unwrap();
+        redis.kill();
+        let started = std::time::Instant::now();
+        let err = s.get(&id).await.unwrap_err();
+        assert!(matches!(err, AuthError::Unavailable { .. }), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert!(matches!(
+            s.create("dave", &[]).await.unwrap_err(),
+            AuthError::Unavailable { .. }
+        ));
+    }
+}
