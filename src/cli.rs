@@ -39,12 +39,24 @@ enum Command {
     },
 }
 
-fn load(path: Option<&Path>) -> Result<Loaded, config::ConfigError> {
+/// Why a configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+enum LoadError {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    /// A meaning check of a role (e.g. inconsistent auth settings).
+    #[error("{0}")]
+    Role(String),
+}
+
+fn load(path: Option<&Path>) -> Result<Loaded, LoadError> {
     let env = std::env::vars();
-    match path {
-        Some(p) => Config::load(p, env),
-        None => Config::defaults(env),
-    }
+    let loaded = match path {
+        Some(p) => Config::load(p, env)?,
+        None => Config::defaults(env)?,
+    };
+    capstan_auth::check_config(&loaded.config).map_err(LoadError::Role)?;
+    Ok(loaded)
 }
 
 impl Cli {

@@ -60,6 +60,7 @@ pub async fn serve(config: Config, role: Role, listen: Option<SocketAddr>) -> an
             let mut upstreams = Upstreams {
                 meta: vec![],
                 blob: vec![],
+                auth: vec![],
             };
             for r in [Role::Meta, Role::Blob, Role::Auth, Role::Sync] {
                 let l = TcpListener::bind("127.0.0.1:0").await?;
@@ -67,6 +68,7 @@ pub async fn serve(config: Config, role: Role, listen: Option<SocketAddr>) -> an
                 match r {
                     Role::Meta => upstreams.meta.push(url(addr)),
                     Role::Blob => upstreams.blob.push(url(addr)),
+                    Role::Auth => upstreams.auth.push(url(addr)),
                     _ => {}
                 }
                 spawn_grpc(&mut set, r, &config, l, &shutdown);
@@ -80,6 +82,7 @@ pub async fn serve(config: Config, role: Role, listen: Option<SocketAddr>) -> an
             let upstreams = Upstreams {
                 meta: config.services.meta.endpoints.clone(),
                 blob: config.services.blob.endpoints.clone(),
+                auth: config.services.auth.endpoints.clone(),
             };
             let gw = bind_gateway(&config, listen)?;
             announce(&config, "gateway", gw.local_addr()?);

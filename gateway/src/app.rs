@@ -1,11 +1,13 @@
 //! The pingora application: one request in, one [`Reply`] out, one access-log
 //! record per request.
 
+use crate::auth::{Authn, Caller, Login};
+use crate::authz;
 use crate::backends::Backends;
 use crate::cache::ManifestCache;
 use crate::endpoint::{self, Endpoint, RouteError};
 use crate::error::ApiError;
-use crate::handlers;
+use crate::handlers::{self, zot_auth};
 use crate::metrics::Metrics;
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -31,6 +33,7 @@ pub struct Gateway {
     pub backends: Backends,
     pub manifests: Arc<ManifestCache>,
     pub metrics: Metrics,
+    pub authn: Arc<Authn>,
 }
 
 /// What a handler sends back.
@@ -101,6 +104,12 @@ pub struct Ctx {
     /// W3C trace id (32 hex) of this request.
     pub trace_id: String,
     pub is_head: bool,
+    /// The `Host` the client addressed (for absolute URLs it must follow).
+    pub host: String,
+    /// Who is calling (set by the authentication phase).
+    pub caller: Arc<Caller>,
+    /// `Set-Cookie` values to add to the answer (a login started a session).
+    pub set_cookies: Vec<String>,
 }
 
 impl Ctx {
@@ -122,11 +131,21 @@ impl Ctx {
                     .then(|| id.to_string())
             })
             .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+        let host = req
+            .headers
+            .get(http::header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+            .or_else(|| req.uri.authority().map(|a| a.to_string()))
+            .unwrap_or_default();
         Self {
             is_head: method == "HEAD",
+            host,
             method,
             query,
             trace_id,
+            caller: Arc::new(Caller::open()),
+            set_cookies: Vec::new(),
         }
     }
 
@@ -146,17 +165,78 @@ impl Ctx {
 }
 
 impl Gateway {
-    pub fn new(backends: Backends, manifests: Arc<ManifestCache>) -> Self {
+    pub fn new(backends: Backends, manifests: Arc<ManifestCache>, authn: Arc<Authn>) -> Self {
         Self {
             backends,
             manifests,
             metrics: Metrics::new(),
+            authn,
+        }
+    }
+
+    /// `/zot/auth/…`: the token service answers any caller; key management
+    /// and logout need the caller resolved first.
+    async fn zot_auth(
+        &self,
+        ctx: &mut Ctx,
+        session: &mut ServerSession,
+        which: zot_auth::ZotAuth,
+    ) -> Result<Reply, ApiError> {
+        if self.authn.is_open() {
+            return Err(ApiError::not_found_route());
+        }
+        if !which.allows(&ctx.method) {
+            return Err(ApiError::code(ErrorCode::Unsupported));
+        }
+        match which {
+            zot_auth::ZotAuth::Token => zot_auth::token(self, ctx, session).await,
+            zot_auth::ZotAuth::Logout => zot_auth::logout(self, ctx, session).await,
+            zot_auth::ZotAuth::ApiKey => {
+                ctx.caller = match self.authn.resolve(&session.req_header().headers, ctx).await {
+                    Ok(c) => c,
+                    Err(f) => return Err(zot_auth::failure(self, ctx, f, None).await),
+                };
+                zot_auth::apikey(self, ctx, session).await
+            }
+        }
+    }
+
+    /// A password login from the web UI starts a session (zot's behaviour).
+    async fn maybe_start_session(&self, ctx: &mut Ctx, session: &ServerSession) {
+        let ui = session
+            .req_header()
+            .headers
+            .get("x-zot-api-client")
+            .is_some_and(|v| v.as_bytes() == b"zot-ui");
+        if !ui || ctx.caller.login != Login::Password {
+            return;
+        }
+        let Some(mut client) = self.authn.client() else {
+            return;
+        };
+        let req = capstan_proto::auth::v1::CreateSessionRequest {
+            username: ctx.caller.username.clone(),
+            groups: ctx.caller.groups.clone(),
+        };
+        match client.create_session(ctx.rpc(req)).await {
+            Ok(r) => {
+                let r = r.into_inner();
+                ctx.set_cookies.extend(zot_auth::session_cookies(
+                    &r.session,
+                    &ctx.caller.username,
+                    r.max_age_seconds,
+                    self.authn.secure_cookies,
+                ));
+            }
+            Err(status) => {
+                tracing::warn!(trace_id = %ctx.trace_id, error = %status.message(), "session not started");
+            }
         }
     }
 
     async fn dispatch(
         &self,
-        ctx: &Ctx,
+        ctx: &mut Ctx,
         session: &mut ServerSession,
     ) -> (Option<Endpoint>, Result<Reply, ApiError>) {
         let path = session.req_header().uri.path().to_string();
@@ -167,6 +247,9 @@ impl Gateway {
                 Ok(Reply::bytes(200, "text/plain; version=0.0.4", body.into())),
             );
         }
+        if let Some(which) = zot_auth::ZotAuth::parse(&path) {
+            return (None, self.zot_auth(ctx, session, which).await);
+        }
         let ep = match endpoint::parse(&path) {
             Ok(ep) => ep,
             Err(RouteError::NameInvalid) => {
@@ -176,6 +259,17 @@ impl Gateway {
         };
         if !ep.allows(&ctx.method) {
             return (Some(ep), Err(ApiError::code(ErrorCode::Unsupported)));
+        }
+        ctx.caller = match self.authn.resolve(&session.req_header().headers, ctx).await {
+            Ok(c) => c,
+            Err(f) => {
+                let e = zot_auth::failure(self, ctx, f, ep.repo()).await;
+                return (Some(ep), Err(e));
+            }
+        };
+        self.maybe_start_session(ctx, session).await;
+        if let Err(e) = authz::check(self, ctx, &ep).await {
+            return (Some(ep), Err(e));
         }
         let result = handlers::handle(self, ctx, &ep, session).await;
         (Some(ep), result)
@@ -199,9 +293,9 @@ impl HttpServerApp for Gateway {
         }
         let started = Instant::now();
         session.set_keepalive(if *shutdown.borrow() { None } else { Some(60) });
-        let ctx = Ctx::new(&session);
-        let (ep, result) = self.dispatch(&ctx, &mut session).await;
-        let reply = match result {
+        let mut ctx = Ctx::new(&session);
+        let (ep, result) = self.dispatch(&mut ctx, &mut session).await;
+        let mut reply = match result {
             Ok(r) => r,
             Err(e) => {
                 if e.http_status() >= 500 {
@@ -210,6 +304,9 @@ impl HttpServerApp for Gateway {
                 Reply::from_error(&e)
             }
         };
+        for c in ctx.set_cookies.drain(..) {
+            reply.headers.push(("Set-Cookie", c));
+        }
         let status = reply.status;
         let written = write_reply(&mut session, reply, ctx.is_head).await;
         let (name, repo) = ep
@@ -227,6 +324,7 @@ impl HttpServerApp for Gateway {
             method = %ctx.method,
             endpoint = name,
             repo,
+            user = %ctx.caller.username,
             status,
             bytes_in = session.body_bytes_read(),
             bytes_out = session.body_bytes_sent(),

@@ -2,6 +2,7 @@
 //! calls are spread round-robin over them (consecutive calls of one upload
 //! may reach different svc-blob replicas, which the upload design allows).
 
+use capstan_proto::auth::v1::auth_service_client::AuthServiceClient;
 use capstan_proto::blob::v1::blob_service_client::BlobServiceClient;
 use capstan_proto::meta::v1::meta_service_client::MetaServiceClient;
 use capstan_runtime::grpc::{MAX_MESSAGE_BYTES, lazy_channel};
@@ -93,4 +94,14 @@ impl Backends {
     pub fn blob(&self) -> BlobServiceClient<Channel> {
         self.blob.pick()
     }
+}
+
+/// A lazily connecting client of one svc-auth replica.
+pub fn auth_client(uri: &str) -> Result<AuthServiceClient<Channel>, BackendError> {
+    lazy_channel(uri)
+        .map(AuthServiceClient::new)
+        .map_err(|source| BackendError::BadUri {
+            uri: uri.to_string(),
+            source,
+        })
 }

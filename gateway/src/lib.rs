@@ -2,10 +2,15 @@
 //! API (`/v2/...`). It parses each request into a typed [`endpoint::Endpoint`],
 //! calls svc-meta and svc-blob over gRPC, streams blob bytes in both
 //! directions without buffering them, and maps every backend error through
-//! the one table in [`error`] to the spec's status and JSON body. It owns TLS
-//! termination and the per-request access log.
+//! the one table in [`error`] to the spec's status and JSON body. Every
+//! request passes an authentication phase ([`auth`], svc-auth's answers
+//! cached) and an authorization phase ([`authz`], zot's action mapping);
+//! zot's `/zot/auth/*` endpoints (token service, API keys, logout) are
+//! served here too. It owns TLS termination and the per-request access log.
 
 pub mod app;
+pub mod auth;
+pub mod authz;
 pub mod backends;
 pub mod body;
 pub mod cache;
@@ -26,6 +31,8 @@ use std::sync::Arc;
 pub struct Upstreams {
     pub meta: Vec<String>,
     pub blob: Vec<String>,
+    /// svc-auth replicas; may be empty when no authentication is configured.
+    pub auth: Vec<String>,
 }
 
 /// Serve the OCI API on `listener` (already bound) until `shutdown`.
@@ -42,7 +49,18 @@ pub async fn serve(
     for client in feeds {
         tokio::spawn(cache::follow(manifests.clone(), client, shutdown.clone()));
     }
-    let app = app::Gateway::new(backends, manifests);
+    let auth_clients = upstreams
+        .auth
+        .iter()
+        .map(|u| backends::auth_client(u))
+        .collect::<Result<Vec<_>, _>>()?;
+    let authn = Arc::new(auth::Authn::new(config, auth_clients.clone())?);
+    if !authn.is_open() {
+        for client in auth_clients {
+            tokio::spawn(auth::follow(authn.clone(), client, shutdown.clone()));
+        }
+    }
+    let app = app::Gateway::new(backends, manifests, authn);
     let addr = listener.local_addr()?.to_string();
     listener.set_nonblocking(true)?;
 

@@ -38,6 +38,8 @@ pub struct KeyIdentity {
     pub owner: String,
     pub groups: Vec<String>,
     pub scopes: Vec<String>,
+    /// Unix seconds; 0 for never.
+    pub expires_at: i64,
 }
 
 /// What a new key is made of.
@@ -185,6 +187,7 @@ impl ApiKeys {
             owner,
             groups: json_list(&row, "groups_json")?,
             scopes: json_list(&row, "scopes_json")?,
+            expires_at,
         })
     }
 }

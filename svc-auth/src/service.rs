@@ -54,6 +54,8 @@ struct Identity {
     scopes: Vec<String>,
     handle: String,
     may_manage_keys: bool,
+    /// Unix seconds the credential ends at; 0 for no end.
+    expires_at: u64,
 }
 
 fn now() -> u64 {
@@ -89,6 +91,7 @@ impl AuthCore {
                         scopes: k.scopes,
                         handle: format!("key:{}", k.id),
                         may_manage_keys: false,
+                        expires_at: k.expires_at.max(0) as u64,
                     });
                 }
                 let Some(h) = &self.htpasswd else {
@@ -103,6 +106,7 @@ impl AuthCore {
                     scopes: vec![],
                     handle: String::new(),
                     may_manage_keys: self.keys.is_some(),
+                    expires_at: 0,
                 })
             }
             Credential::Session(id) => {
@@ -117,6 +121,7 @@ impl AuthCore {
                     scopes: vec![],
                     handle: format!("session:{}", session_hash(id)),
                     may_manage_keys: self.keys.is_some(),
+                    expires_at: s.expires_at,
                 })
             }
             Credential::ClientCertificate(cn) => {
@@ -131,6 +136,7 @@ impl AuthCore {
                     scopes: vec![],
                     handle: String::new(),
                     may_manage_keys: self.keys.is_some(),
+                    expires_at: 0,
                 })
             }
         }
@@ -138,11 +144,16 @@ impl AuthCore {
 
     fn principal(&self, id: Identity) -> Principal {
         let rules = self.policy.rules(Some(&id.username), &id.groups);
+        // Never cached past the credential's own end.
+        let mut cache = PRINCIPAL_CACHE.as_secs();
+        if id.expires_at != 0 {
+            cache = cache.min(id.expires_at.saturating_sub(now()));
+        }
         Principal {
             grant: Some(Grant::from_rules(&rules, &id.scopes)),
             username: id.username,
             groups: id.groups,
-            cache_seconds: PRINCIPAL_CACHE.as_secs() as u32,
+            cache_seconds: cache as u32,
             handle: id.handle,
             may_manage_keys: id.may_manage_keys,
         }

@@ -1,7 +1,8 @@
 """Push a file as an OCI artifact with a subject, using the oras client from PyPI.
 
 usage: oras_push.py HOST REPO TAG FILE SUBJECT_DIGEST SUBJECT_SIZE
-Prints the pushed manifest's digest.
+Prints the pushed manifest's digest. ORAS_USER and ORAS_PASSWORD, when set,
+are sent as Basic credentials.
 """
 import os
 import sys
@@ -11,6 +12,8 @@ import oras.oci
 
 host, repo, tag, path, subject_digest, subject_size = sys.argv[1:7]
 client = oras.client.OrasClient(hostname=host, insecure=True)
+if os.environ.get("ORAS_USER"):
+    client.auth.set_basic_auth(os.environ["ORAS_USER"], os.environ["ORAS_PASSWORD"])
 subject = oras.oci.Subject(
     mediaType="application/vnd.oci.image.manifest.v1+json",
     digest=subject_digest,

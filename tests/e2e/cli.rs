@@ -38,11 +38,26 @@ fn verify_accepts_a_zot_config_and_names_bad_keys() {
     assert!(!ok);
     assert!(stderr.contains("storage.gcDelay"), "{stderr}");
 
-    // Authentication is not enforced yet: refuse rather than serve openly.
-    let (ok, _, stderr) =
-        verify(&json!({"http": {"auth": {"htpasswd": {"path": "/etc/htpasswd"}}}}));
+    // zot auth sections are read; inconsistent ones are refused by name.
+    let (ok, _, stderr) = verify(&json!({"http": {
+        "auth": {"htpasswd": {"path": "/etc/htpasswd"}, "apikey": true, "failDelay": 1},
+        "accessControl": {"repositories": {"**": {"defaultPolicy": ["read"]}}}}}));
+    assert!(ok, "{stderr}");
+    let (ok, _, stderr) = verify(&json!({"http": {"auth": {"apikey": true}}}));
     assert!(!ok);
-    assert!(stderr.contains("http.auth"), "{stderr}");
+    assert!(stderr.contains("http.auth.apikey"), "{stderr}");
+    let (ok, _, stderr) = verify(&json!({"http": {
+        "auth": {"htpasswd": {"path": "/etc/htpasswd"}},
+        "accessControl": {"repositories": {"**": {"defaultPolicy": ["write"]}}}}}));
+    assert!(!ok);
+    assert!(
+        stderr.contains("defaultPolicy") && stderr.contains("write"),
+        "{stderr}"
+    );
+    // Methods not enforced yet are refused rather than served openly.
+    let (ok, _, stderr) = verify(&json!({"http": {"auth": {"ldap": {"address": "ldap"}}}}));
+    assert!(!ok);
+    assert!(stderr.contains("http.auth.ldap"), "{stderr}");
 
     let (ok, _, stderr) = verify(&json!({"http": {"prot": 1}}));
     assert!(ok);

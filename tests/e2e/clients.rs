@@ -11,7 +11,7 @@ use std::process::Command;
 
 /// Write an OCI image layout holding one image tagged `tag` with `layers`
 /// layers; returns the manifest digest.
-fn write_layout(dir: &Path, tag: &str, layers: usize) -> String {
+pub fn write_layout(dir: &Path, tag: &str, layers: usize) -> String {
     let blobs = dir.join("blobs/sha256");
     std::fs::create_dir_all(&blobs).unwrap();
     let put = |bytes: &[u8]| -> String {
@@ -54,7 +54,7 @@ fn write_layout(dir: &Path, tag: &str, layers: usize) -> String {
     md
 }
 
-fn run(cmd: &mut Command) -> String {
+pub fn run(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
     assert!(
         out.status.success(),

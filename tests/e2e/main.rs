@@ -1,5 +1,6 @@
 //! End-to-end tests: the real `capstan` binary, real clients, over HTTP.
 
+mod auth;
 mod cli;
 mod clients;
 mod distributed;

@@ -95,12 +95,13 @@ impl Drop for Process {
     }
 }
 
-/// Poll `url` until it answers 200, for at most 20 s.
+/// Poll `url` until it answers (200, or 401 when it wants credentials),
+/// for at most 20 s.
 pub async fn wait_ready(client: &reqwest::Client, url: &str) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         if let Ok(r) = client.get(url).send().await
-            && r.status() == 200
+            && (r.status() == 200 || r.status() == 401)
         {
             return;
         }
@@ -138,6 +139,17 @@ impl Sandbox {
             .unwrap();
         wait_ready(&client, &format!("{}/v2/", proc.url)).await;
         Sandbox { dir, proc, client }
+    }
+
+    /// Send `user`/`password` as Basic credentials on every request of
+    /// `self.client` from now on.
+    pub fn login(&mut self, user: &str, password: &str) {
+        self.client = basic_client(user, password);
+    }
+
+    /// Send no credentials from now on.
+    pub fn logout(&mut self) {
+        self.client = basic_client("", "");
     }
 
     pub async fn start() -> Sandbox {
@@ -194,7 +206,25 @@ impl Sandbox {
     }
 }
 
-fn merge(base: &mut serde_json::Value, extra: serde_json::Value) {
+/// A client sending `user:password` as Basic credentials (none when both
+/// are empty).
+pub fn basic_client(user: &str, password: &str) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if !(user.is_empty() && password.is_empty()) {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+        let mut v: reqwest::header::HeaderValue = format!("Basic {b64}").parse().unwrap();
+        v.set_sensitive(true);
+        headers.insert(reqwest::header::AUTHORIZATION, v);
+    }
+    reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .default_headers(headers)
+        .build()
+        .unwrap()
+}
+
+pub fn merge(base: &mut serde_json::Value, extra: serde_json::Value) {
     match (base, extra) {
         (serde_json::Value::Object(b), serde_json::Value::Object(e)) => {
             for (k, v) in e {

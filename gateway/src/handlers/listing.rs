@@ -4,6 +4,7 @@
 use super::parse_digest;
 use crate::app::{Ctx, Gateway, Reply};
 use crate::error::ApiError;
+use capstan_oci::access::Action;
 use capstan_oci::{ErrorCode, media};
 use capstan_proto::meta::v1::{CatalogRequest, ListTagsRequest, ReferrersRequest};
 
@@ -48,19 +49,55 @@ pub async fn tags(gw: &Gateway, ctx: &Ctx, repo: &str) -> Result<Reply, ApiError
     Ok(reply)
 }
 
+/// Repositories fetched per call while filtering the catalog.
+const CATALOG_BATCH: u32 = 1000;
+
 pub async fn catalog(gw: &Gateway, ctx: &Ctx) -> Result<Reply, ApiError> {
     let n = page_size(ctx)?;
-    let r = gw
-        .backends
-        .meta()
-        .catalog(ctx.rpc(CatalogRequest {
-            n,
-            last: ctx.param("last").unwrap_or("").into(),
-        }))
-        .await?
-        .into_inner();
-    let link = next_link("/v2/_catalog", n, r.repositories.last(), r.more);
-    let mut reply = Reply::json(200, &serde_json::json!({"repositories": r.repositories}));
+    let mut last = ctx.param("last").unwrap_or("").to_string();
+    let mut repos = Vec::new();
+    let mut more;
+    if ctx.caller.catalog_all {
+        let r = gw
+            .backends
+            .meta()
+            .catalog(ctx.rpc(CatalogRequest { n, last }))
+            .await?
+            .into_inner();
+        repos = r.repositories;
+        more = r.more;
+    } else {
+        // Only what the caller may read: page through and filter.
+        loop {
+            let r = gw
+                .backends
+                .meta()
+                .catalog(ctx.rpc(CatalogRequest {
+                    n: Some(CATALOG_BATCH),
+                    last: last.clone(),
+                }))
+                .await?
+                .into_inner();
+            more = r.more;
+            for repo in r.repositories {
+                last.clone_from(&repo);
+                if !ctx.caller.can(&repo, Action::Read) {
+                    continue;
+                }
+                if n.is_some_and(|n| repos.len() as u32 >= n) {
+                    more = true;
+                    break;
+                }
+                repos.push(repo);
+            }
+            let full = n.is_some_and(|n| repos.len() as u32 >= n);
+            if !more || full {
+                break;
+            }
+        }
+    }
+    let link = next_link("/v2/_catalog", n, repos.last(), more);
+    let mut reply = Reply::json(200, &serde_json::json!({"repositories": repos}));
     if let Some(l) = link {
         reply = reply.header("Link", l);
     }

@@ -5,6 +5,7 @@ mod blobs;
 mod listing;
 mod manifests;
 mod uploads;
+pub mod zot_auth;
 
 use crate::app::{Ctx, Gateway, Reply};
 use crate::endpoint::Endpoint;

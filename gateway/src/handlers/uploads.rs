@@ -104,8 +104,15 @@ pub async fn start(
 ) -> Result<Reply, ApiError> {
     if let Some(mount) = ctx.param("mount") {
         let d = parse_digest(mount)?;
+        // Mounting needs read on the source; without it this is a plain
+        // upload, which reveals nothing about the source.
         if let Some(from) = ctx.param("from") {
             validate_repository(from).map_err(|_| ApiError::code(ErrorCode::NameInvalid))?;
+        }
+        if let Some(from) = ctx
+            .param("from")
+            .filter(|f| ctx.caller.can(f, capstan_oci::access::Action::Read))
+        {
             let r = gw
                 .backends
                 .meta()

@@ -1,0 +1,117 @@
+//! The authorization phase: the action a request needs on its repository
+//! (zot's mapping), checked against the caller's grant.
+//!
+//! GET and HEAD need `read`; uploads need `create`; a manifest PUT needs
+//! `create`, or `update` when its tag already exists; DELETE needs `delete`.
+//! `GET /v2/` needs a caller unless anonymous callers may read somewhere.
+//! The catalog is filtered rather than refused. A refused anonymous caller
+//! gets 401 with a challenge (so clients log in); an authenticated one gets
+//! 403 `DENIED`. Both wait `failDelay` first.
+
+use crate::app::{Ctx, Gateway};
+use crate::auth::Login;
+use crate::endpoint::Endpoint;
+use crate::error::ApiError;
+use capstan_oci::access::Action;
+use capstan_oci::{ErrorCode, Reference};
+use capstan_proto::meta::v1::GetManifestRequest;
+
+/// The token scope words of an action, for challenges.
+fn scope_words(action: Action) -> &'static str {
+    match action {
+        Action::Read => "pull",
+        Action::Delete => "delete",
+        _ => "pull,push",
+    }
+}
+
+/// 401 with a challenge for anonymous callers, 403 otherwise.
+pub async fn refuse(gw: &Gateway, ctx: &Ctx, repo: Option<&str>, action: Action) -> ApiError {
+    tokio::time::sleep(gw.authn.fail_delay).await;
+    let mut e = if ctx.caller.is_anonymous() {
+        ApiError::code(ErrorCode::Unauthorized)
+    } else {
+        ApiError::code(ErrorCode::Denied)
+    };
+    if let Some(c) = gw.authn.challenge(&ctx.host, repo, scope_words(action)) {
+        e = e.with_header("WWW-Authenticate", c);
+    }
+    tracing::info!(
+        user = %ctx.caller.username,
+        repo = repo.unwrap_or(""),
+        action = %action,
+        trace_id = %ctx.trace_id,
+        "access refused"
+    );
+    e
+}
+
+/// Check `ctx.caller` may make this request.
+pub async fn check(gw: &Gateway, ctx: &Ctx, ep: &Endpoint) -> Result<(), ApiError> {
+    let caller = &ctx.caller;
+    if caller.login == Login::Open {
+        return Ok(());
+    }
+    let m = ctx.method.as_str();
+    let (repo, action) = match ep {
+        Endpoint::Base | Endpoint::Catalog => {
+            if caller.is_anonymous() && !caller.access.rules().allows_somewhere(Action::Read) {
+                return Err(refuse(gw, ctx, None, Action::Read).await);
+            }
+            return Ok(());
+        }
+        Endpoint::Manifest { repo, reference } if m == "PUT" => {
+            (repo.as_str(), put_action(gw, ctx, repo, reference).await?)
+        }
+        _ if m == "DELETE" => (ep.repo().unwrap_or_default(), Action::Delete),
+        Endpoint::UploadStart { repo } => (repo.as_str(), Action::Create),
+        Endpoint::Upload { repo, .. } if m == "PATCH" || m == "PUT" => {
+            (repo.as_str(), Action::Create)
+        }
+        _ => (ep.repo().unwrap_or_default(), Action::Read),
+    };
+    if caller.can(repo, action) {
+        Ok(())
+    } else {
+        Err(refuse(gw, ctx, Some(repo), action).await)
+    }
+}
+
+/// `create` for a new tag or a digest, `update` for an existing tag. The
+/// tag is looked up only when the answer matters.
+async fn put_action(
+    gw: &Gateway,
+    ctx: &Ctx,
+    repo: &str,
+    reference: &str,
+) -> Result<Action, ApiError> {
+    let create = ctx.caller.can(repo, Action::Create);
+    let update = ctx.caller.can(repo, Action::Update);
+    if create == update || !matches!(Reference::parse(reference), Ok(Reference::Tag(_))) {
+        return Ok(Action::Create);
+    }
+    let exists = match gw
+        .backends
+        .meta()
+        .get_manifest(ctx.rpc(GetManifestRequest {
+            repo: repo.into(),
+            reference: reference.into(),
+            head: true,
+        }))
+        .await
+    {
+        Ok(_) => true,
+        Err(status) => {
+            let e = ApiError::from(status);
+            match e.code {
+                ErrorCode::ManifestUnknown | ErrorCode::NameUnknown => false,
+                _ => return Err(e),
+            }
+        }
+    };
+    Ok(if exists {
+        Action::Update
+    } else {
+        Action::Create
+    })
+}

@@ -1,0 +1,573 @@
+//! Authentication and authorization through the real binary: htpasswd with
+//! challenges and failDelay, zot's policy example action by action, API
+//! keys, sessions, and the secrets that must never reach the logs.
+
+use crate::oci::*;
+use crate::sandbox::{Sandbox, basic_client};
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// An htpasswd file (bcrypt, low cost for speed) in `dir`.
+pub fn htpasswd(dir: &Path, users: &[(&str, &str)]) -> PathBuf {
+    let path = dir.join("htpasswd");
+    let text: String = users
+        .iter()
+        .map(|(u, p)| format!("{u}:{}\n", bcrypt::hash(p, 4).unwrap()))
+        .collect();
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// A registry with htpasswd users and `http` merged into its config.
+pub async fn with_users(users: &[(&str, &str)], http: Value) -> (tempfile::TempDir, Sandbox) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = htpasswd(dir.path(), users);
+    let mut cfg = json!({"http": {"auth": {"htpasswd": {"path": path}}}});
+    crate::sandbox::merge(&mut cfg, json!({ "http": http }));
+    let sb = Sandbox::start_with(cfg).await;
+    (dir, sb)
+}
+
+fn b64(s: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+#[tokio::test]
+async fn htpasswd_challenges_checks_passwords_and_delays_failures() {
+    let (_d, mut sb) =
+        with_users(&[("alice", "s3cret-pw")], json!({"auth": {"failDelay": 1}})).await;
+    // Anonymous: a Basic challenge, the spec's error body, no delay.
+    let r = sb.get("/v2/").await;
+    assert_eq!(r.status(), 401);
+    assert_eq!(r.headers()["www-authenticate"], "Basic realm=\"capstan\"");
+    assert_eq!(error_code(r).await, "UNAUTHORIZED");
+    // A wrong password waits failDelay.
+    let bad = basic_client("alice", "bad-guess-77");
+    let started = Instant::now();
+    let r = bad.get(sb.url("/v2/")).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "failDelay not applied"
+    );
+    let r = basic_client("mallory", "s3cret-pw")
+        .get(sb.url("/v2/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    // Garbage and unknown schemes are refused too.
+    for h in [
+        "Basic !!!",
+        "Digest x",
+        &format!("Basic {}", b64("nocolon")),
+    ] {
+        let r = sb
+            .client
+            .get(sb.url("/v2/"))
+            .header("Authorization", h)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401, "{h}");
+    }
+    // Two Authorization headers: 400.
+    let r = reqwest::Client::new()
+        .get(sb.url("/v2/"))
+        .header("Authorization", format!("Basic {}", b64("alice:s3cret-pw")))
+        .header("Authorization", format!("Basic {}", b64("alice:s3cret-pw")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(error_code(r).await, "REQUEST_INVALID");
+    // The right password works for everything (no accessControl).
+    sb.login("alice", "s3cret-pw");
+    assert_eq!(sb.get("/v2/").await.status(), 200);
+    let (digest, _) = sb.push_image("team/app", "v1", 2).await;
+    assert_eq!(sb.get("/v2/team/app/manifests/v1").await.status(), 200);
+    assert_eq!(
+        sb.delete(&format!("/v2/team/app/manifests/{digest}"))
+            .await
+            .status(),
+        202
+    );
+    // Without credentials nothing is readable.
+    sb.logout();
+    let r = sb.get("/v2/team/app/tags/list").await;
+    assert_eq!(r.status(), 401);
+    assert!(r.headers().contains_key("www-authenticate"));
+    // No secret in the logs.
+    let log = sb.proc.log_text();
+    assert!(log.contains("alice"), "the user is logged");
+    for secret in ["s3cret-pw", &b64("alice:s3cret-pw"), "bad-guess-77"] {
+        assert!(!log.contains(secret), "{secret} leaked into the log");
+    }
+}
+
+/// zot's documented policy example, with users in htpasswd.
+fn zot_policy() -> Value {
+    json!({
+        "groups": {"group1": {"users": ["jack", "john", "jane", "ana"]},
+                   "group2": {"users": ["alice", "mike", "jim"]}},
+        "repositories": {
+            "**": {"policies": [{"users": ["charlie"], "actions": ["read", "create", "update"]}],
+                   "defaultPolicy": ["read", "create"]},
+            "tmp/**": {"defaultPolicy": ["read", "create", "update"]},
+            "infra/*": {"policies": [{"users": ["alice", "bob"], "actions": ["create", "read", "update", "delete"]},
+                                     {"users": ["mallory"], "actions": ["create", "read"]}],
+                        "defaultPolicy": ["read"]},
+            "repos2/repo": {"policies": [{"users": ["charlie"], "actions": ["read", "create"]},
+                                         {"users": ["jim"], "actions": ["read"]},
+                                         {"groups": ["group1"], "actions": ["read", "create"]}],
+                            "defaultPolicy": ["read"], "anonymousPolicy": ["read"]}
+        },
+        "adminPolicy": {"users": ["admin"], "actions": ["read", "create", "update", "delete"]}
+    })
+}
+
+const USERS: &[(&str, &str)] = &[
+    ("admin", "pw"),
+    ("alice", "pw"),
+    ("bob", "pw"),
+    ("charlie", "pw"),
+    ("mallory", "pw"),
+    ("jane", "pw"),
+    ("jim", "pw"),
+    ("nobody", "pw"),
+];
+
+/// What `user` (None: anonymous) gets for `action` on `repo`: the status of
+/// a request needing exactly that action.
+async fn attempt(sb: &Sandbox, user: Option<&str>, action: &str, repo: &str) -> u16 {
+    let c = match user {
+        Some(u) => basic_client(u, "pw"),
+        None => basic_client("", ""),
+    };
+    let r = match action {
+        "read" => {
+            c.get(sb.url(&format!("/v2/{repo}/manifests/v1")))
+                .send()
+                .await
+        }
+        "create" => {
+            c.post(sb.url(&format!("/v2/{repo}/blobs/uploads/")))
+                .send()
+                .await
+        }
+        // Moving the existing tag v1 to other content.
+        "update" => {
+            let m = json!({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
+                "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": EMPTY_DIGEST, "size": 2},
+                "layers": [], "annotations": {"by": user.unwrap_or("anon")}});
+            c.put(sb.url(&format!("/v2/{repo}/manifests/v1")))
+                .header("Content-Type", OCI_MANIFEST)
+                .body(serde_json::to_vec(&m).unwrap())
+                .send()
+                .await
+        }
+        "delete" => {
+            c.delete(sb.url(&format!("/v2/{repo}/manifests/v0")))
+                .send()
+                .await
+        }
+        _ => unreachable!(),
+    };
+    r.unwrap().status().as_u16()
+}
+
+const EMPTY_DIGEST: &str =
+    "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a";
+
+#[tokio::test]
+async fn every_action_boundary_of_zots_policy_example() {
+    let (_d, mut sb) = with_users(USERS, json!({"accessControl": zot_policy()})).await;
+    sb.login("admin", "pw");
+    let repos = ["app", "tmp/x/y", "infra/web", "infra/a/b", "repos2/repo"];
+    for repo in repos {
+        sb.push_blob(repo, b"{}").await;
+        sb.push_image(repo, "v1", 1).await;
+        sb.push_image(repo, "v0", 1).await;
+    }
+    // (user, repo, action, allowed): 2xx when allowed; 403 for a user,
+    // 401 for anonymous when not.
+    let cases: &[(Option<&str>, &str, &str, bool)] = &[
+        // defaultPolicy on **: read+create for any authenticated user.
+        (Some("nobody"), "app", "read", true),
+        (Some("nobody"), "app", "create", true),
+        (Some("nobody"), "app", "update", false),
+        (Some("nobody"), "app", "delete", false),
+        (None, "app", "read", false),
+        // a user policy adds update.
+        (Some("charlie"), "app", "update", true),
+        (Some("charlie"), "app", "delete", false),
+        // tmp/** is longer than **: update for everyone.
+        (Some("nobody"), "tmp/x/y", "update", true),
+        (Some("nobody"), "tmp/x/y", "delete", false),
+        // infra/* is one level and wins over **.
+        (Some("nobody"), "infra/web", "read", true),
+        (Some("nobody"), "infra/web", "create", false),
+        (Some("charlie"), "infra/web", "update", false),
+        (Some("alice"), "infra/web", "delete", true),
+        (Some("bob"), "infra/web", "update", true),
+        (Some("mallory"), "infra/web", "create", true),
+        (Some("mallory"), "infra/web", "update", false),
+        // …but infra/a/b is two levels: back to **.
+        (Some("nobody"), "infra/a/b", "create", true),
+        (Some("alice"), "infra/a/b", "delete", false),
+        // groups and anonymous on an exact name.
+        (Some("jane"), "repos2/repo", "create", true),
+        (Some("jim"), "repos2/repo", "read", true),
+        (Some("jim"), "repos2/repo", "create", false),
+        (None, "repos2/repo", "read", true),
+        (None, "repos2/repo", "create", false),
+        // admin everywhere.
+        (Some("admin"), "infra/a/b", "delete", true),
+        (Some("admin"), "repos2/repo", "update", true),
+    ];
+    let mut wrong = Vec::new();
+    for (user, repo, action, allowed) in cases {
+        let status = attempt(&sb, *user, action, repo).await;
+        let ok = if *allowed {
+            (200..300).contains(&status)
+        } else {
+            status == if user.is_some() { 403 } else { 401 }
+        };
+        if !ok {
+            wrong.push(format!("{user:?} {action} {repo}: {status}"));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "unexpected answers:\n{}",
+        wrong.join("\n")
+    );
+
+    // Creating a new tag needs create, not update.
+    let c = basic_client("nobody", "pw");
+    let m = json!({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": EMPTY_DIGEST, "size": 2},
+        "layers": []});
+    sb.login("nobody", "pw");
+    sb.put_manifest("app", "fresh", OCI_MANIFEST, &m).await;
+    let r = sb.put_manifest_raw("app", "fresh", OCI_MANIFEST, br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.empty.v1+json","digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","size":2},"layers":[],"annotations":{"x":"y"}}"#).await;
+    assert_eq!(r.status(), 403, "nobody may not move an existing tag");
+
+    // The catalog lists only what the caller may read.
+    let list = |c: reqwest::Client| {
+        let url = sb.url("/v2/_catalog");
+        async move {
+            let v: Value = c.get(url).send().await.unwrap().json().await.unwrap();
+            v["repositories"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r.as_str().unwrap().to_string())
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(list(basic_client("", "")).await, vec!["repos2/repo"]);
+    assert_eq!(list(c).await.len(), 5);
+    // Paging the filtered catalog: n=1 then the Link.
+    let r = basic_client("", "")
+        .get(sb.url("/v2/_catalog?n=1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    // Mounting from a repository the caller cannot read is a plain upload.
+    let secret = random_bytes(100);
+    sb.login("admin", "pw");
+    let d = sb.push_blob("infra/web", &secret).await;
+    let mounter = basic_client("jim", "pw");
+    let r = mounter
+        .post(sb.url(&format!(
+            "/v2/tmp/jim/blobs/uploads/?mount={d}&from=repos2/repo"
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202, "not in repos2/repo: no mount");
+    let r = basic_client("nobody", "pw")
+        .post(sb.url(&format!(
+            "/v2/tmp/n/blobs/uploads/?mount={d}&from=infra/web"
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "readable source: mounted");
+    let r = basic_client("nobody", "pw")
+        .post(sb.url(&format!(
+            "/v2/tmp/n2/blobs/uploads/?mount={d}&from=secret/place"
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+}
+
+#[tokio::test]
+async fn api_keys_are_created_listed_scoped_expired_and_revoked() {
+    let (_d, mut sb) = with_users(
+        &[("alice", "pw"), ("bob", "pw")],
+        json!({"auth": {"apikey": true}}),
+    )
+    .await;
+    sb.login("alice", "pw");
+    let create = |body: Value| {
+        let c = sb.client.clone();
+        let url = sb.url("/zot/auth/apikey");
+        async move {
+            c.post(url)
+                .header("User-Agent", "capstan-test/1")
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let r = create(json!({"label": "ci", "scopes": ["team/**"]})).await;
+    assert_eq!(r.status(), 201);
+    let k: Value = r.json().await.unwrap();
+    let secret = k["apiKey"].as_str().unwrap().to_string();
+    assert!(secret.starts_with("zak_"));
+    assert_eq!(k["label"], "ci");
+    assert_eq!(k["scopes"], json!(["team/**"]));
+    assert_eq!(k["expirationDate"], "0001-01-01T00:00:00Z");
+    assert_eq!(k["isExpired"], false);
+    assert_eq!(k["creatorUa"], "capstan-test/1");
+    assert_eq!(k["generatedBy"], "manual");
+    let id = k["uuid"].as_str().unwrap().to_string();
+
+    // Listed without the secret; bob sees none of alice's keys.
+    let v: Value = sb.get("/zot/auth/apikey").await.json().await.unwrap();
+    assert_eq!(v["apiKeys"].as_array().unwrap().len(), 1);
+    assert!(v["apiKeys"][0].get("apiKey").is_none());
+    assert!(!v.to_string().contains(&secret));
+    let v: Value = basic_client("bob", "pw")
+        .get(sb.url("/zot/auth/apikey"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["apiKeys"], json!([]));
+
+    // The key is a password, for its owner only, within its scopes.
+    let key = basic_client("alice", &secret);
+    assert_eq!(key.get(sb.url("/v2/")).send().await.unwrap().status(), 200);
+    let r = key
+        .post(sb.url("/v2/team/app/blobs/uploads/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let r = key
+        .post(sb.url("/v2/other/blobs/uploads/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert_eq!(
+        basic_client("bob", &secret)
+            .get(sb.url("/v2/"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    // A key cannot mint keys.
+    let r = key
+        .post(sb.url("/zot/auth/apikey"))
+        .json(&json!({"label": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    // lastUsed moved.
+    let v: Value = sb.get("/zot/auth/apikey").await.json().await.unwrap();
+    assert_ne!(v["apiKeys"][0]["lastUsed"], "0001-01-01T00:00:00Z");
+
+    // Bad requests.
+    assert_eq!(
+        create(json!({"label": "x", "expirationDate": "tomorrow"}))
+            .await
+            .status(),
+        400
+    );
+    assert_eq!(
+        create(json!({"label": "x", "expirationDate": "2001-01-01T00:00:00Z"}))
+            .await
+            .status(),
+        400
+    );
+    assert_eq!(
+        create(json!({"label": "x", "scopes": ["a/["]}))
+            .await
+            .status(),
+        400
+    );
+    let r = sb
+        .client
+        .post(sb.url("/zot/auth/apikey"))
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(sb.delete("/zot/auth/apikey").await.status(), 400);
+    assert_eq!(sb.delete("/zot/auth/apikey?id=nope").await.status(), 404);
+    assert_eq!(
+        basic_client("", "")
+            .get(sb.url("/zot/auth/apikey"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+
+    // Expiry: a key valid for two seconds stops working after them.
+    let soon = time_in(2);
+    let r = create(json!({"label": "short", "expirationDate": soon})).await;
+    assert_eq!(r.status(), 201);
+    let short: Value = r.json().await.unwrap();
+    let short_key = basic_client("alice", short["apiKey"].as_str().unwrap());
+    assert_eq!(
+        short_key.get(sb.url("/v2/")).send().await.unwrap().status(),
+        200
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = short_key.get(sb.url("/v2/")).send().await.unwrap().status();
+        if s == 401 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "expired key still accepted");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Revocation takes effect at once, even though the key was cached.
+    assert_eq!(
+        sb.delete(&format!("/zot/auth/apikey?id={id}"))
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(key.get(sb.url("/v2/")).send().await.unwrap().status(), 401);
+    assert_eq!(
+        basic_client("bob", "pw")
+            .delete(sb.url(&format!(
+                "/zot/auth/apikey?id={}",
+                short["uuid"].as_str().unwrap()
+            )))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+
+    let log = sb.proc.log_text();
+    assert!(!log.contains(&secret), "API key leaked into the log");
+    assert!(!log.contains(secret.trim_start_matches("zak_")));
+}
+
+/// RFC 3339 time `secs` from now.
+fn time_in(secs: i64) -> String {
+    let t = time::OffsetDateTime::now_utc() + time::Duration::seconds(secs);
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap()
+}
+
+/// A UI login: Basic credentials with zot's UI header.
+async fn ui_login(sb: &Sandbox, user: &str, pw: &str) -> String {
+    let r = basic_client(user, pw)
+        .get(sb.url("/v2/"))
+        .header("X-ZOT-API-CLIENT", "zot-ui")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let cookies: Vec<String> = r
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_string())
+        .collect();
+    let session = cookies
+        .iter()
+        .find(|c| c.starts_with("session="))
+        .expect("session cookie");
+    assert!(
+        session.contains("HttpOnly")
+            && session.contains("SameSite=Lax")
+            && session.contains("Max-Age=7200")
+    );
+    assert!(
+        cookies
+            .iter()
+            .any(|c| c.starts_with(&format!("user={user};")))
+    );
+    session
+        .split(';')
+        .next()
+        .unwrap()
+        .trim_start_matches("session=")
+        .to_string()
+}
+
+/// GET `path` with the session cookie (and the UI header unless `plain`).
+async fn with_cookie(sb: &Sandbox, path: &str, session: &str, ui: bool) -> u16 {
+    let mut req = reqwest::Client::new()
+        .get(sb.url(path))
+        .header("Cookie", format!("session={session}"));
+    if ui {
+        req = req.header("X-ZOT-API-CLIENT", "zot-ui");
+    }
+    req.send().await.unwrap().status().as_u16()
+}
+
+#[tokio::test]
+async fn local_sessions_log_in_survive_a_restart_and_log_out() {
+    let (_d, mut sb) = with_users(&[("alice", "pw")], json!({})).await;
+    let s = ui_login(&sb, "alice", "pw").await;
+    assert_eq!(with_cookie(&sb, "/v2/", &s, true).await, 200);
+    // Without the UI header the cookie is not a credential (no CSRF).
+    assert_eq!(with_cookie(&sb, "/v2/", &s, false).await, 401);
+    assert_eq!(
+        with_cookie(&sb, "/v2/", "0".repeat(64).as_str(), true).await,
+        401
+    );
+    // Plain API clients with Basic get no session.
+    sb.login("alice", "pw");
+    assert!(sb.get("/v2/").await.headers().get("set-cookie").is_none());
+    // Local sessions live under the storage root: a restart keeps them.
+    sb.crash_and_restart().await;
+    assert_eq!(with_cookie(&sb, "/v2/", &s, true).await, 200);
+    // Logout ends it and clears the cookies.
+    let r = reqwest::Client::new()
+        .post(sb.url("/zot/auth/logout"))
+        .header("Cookie", format!("session={s}"))
+        .header("X-ZOT-API-CLIENT", "zot-ui")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        r.headers()
+            .get_all("set-cookie")
+            .iter()
+            .any(|v| v.to_str().unwrap().starts_with("session=;"))
+    );
+    assert_eq!(with_cookie(&sb, "/v2/", &s, true).await, 401);
+    assert!(
+        !sb.proc.log_text().contains(&s),
+        "session id leaked into the log"
+    );
+}
