@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # Install what building and testing Capstan needs on Debian, skipping what is
 # already there: the Rust toolchain, cmake (pingora's zlib-ng), and the real
-# clients and peers the tests drive (skopeo, oras from PyPI, docker-registry).
+# clients and peers the tests drive (skopeo, oras from PyPI, docker-registry)
+# and the servers they start (redis-server, postgresql).
 set -euo pipefail
 
 need_apt=()
-for pair in cmake:cmake gcc:gcc skopeo:skopeo docker-registry:docker-registry python3:python3 pip3:python3-pip; do
+for pair in cmake:cmake gcc:gcc skopeo:skopeo docker-registry:docker-registry python3:python3 pip3:python3-pip \
+    redis-server:redis-server redis-cli:redis-tools runuser:util-linux; do
   cmd=${pair%%:*}; pkg=${pair##*:}
   command -v "$cmd" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need_apt+=(postgresql)
 if [ "${CAPSTAN_SETUP_MINIMAL:-0}" = 1 ]; then
   # Running the registry needs only the build tools.
   filtered=()

@@ -106,6 +106,8 @@ pub struct Ctx {
     pub is_head: bool,
     /// The `Host` the client addressed (for absolute URLs it must follow).
     pub host: String,
+    /// The request comes from the web UI (`X-ZOT-API-CLIENT: zot-ui`).
+    pub from_ui: bool,
     /// Who is calling (set by the authentication phase).
     pub caller: Arc<Caller>,
     /// `Set-Cookie` values to add to the answer (a login started a session).
@@ -138,9 +140,14 @@ impl Ctx {
             .map(str::to_string)
             .or_else(|| req.uri.authority().map(|a| a.to_string()))
             .unwrap_or_default();
+        let from_ui = req
+            .headers
+            .get("x-zot-api-client")
+            .is_some_and(|v| v.as_bytes() == b"zot-ui");
         Self {
             is_head: method == "HEAD",
             host,
+            from_ui,
             method,
             query,
             trace_id,
@@ -202,13 +209,8 @@ impl Gateway {
     }
 
     /// A password login from the web UI starts a session (zot's behaviour).
-    async fn maybe_start_session(&self, ctx: &mut Ctx, session: &ServerSession) {
-        let ui = session
-            .req_header()
-            .headers
-            .get("x-zot-api-client")
-            .is_some_and(|v| v.as_bytes() == b"zot-ui");
-        if !ui || ctx.caller.login != Login::Password {
+    async fn maybe_start_session(&self, ctx: &mut Ctx) {
+        if !ctx.from_ui || ctx.caller.login != Login::Password {
             return;
         }
         let Some(mut client) = self.authn.client() else {
@@ -267,7 +269,7 @@ impl Gateway {
                 return (Some(ep), Err(e));
             }
         };
-        self.maybe_start_session(ctx, session).await;
+        self.maybe_start_session(ctx).await;
         if let Err(e) = authz::check(self, ctx, &ep).await {
             return (Some(ep), Err(e));
         }

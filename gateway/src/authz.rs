@@ -28,12 +28,17 @@ fn scope_words(action: Action) -> &'static str {
 /// 401 with a challenge for anonymous callers, 403 otherwise.
 pub async fn refuse(gw: &Gateway, ctx: &Ctx, repo: Option<&str>, action: Action) -> ApiError {
     tokio::time::sleep(gw.authn.fail_delay).await;
-    let mut e = if ctx.caller.is_anonymous() {
+    // Anonymous callers and token holders are sent (back) to log in or to
+    // the token service for this scope; a user who logged in is refused.
+    let mut e = if ctx.caller.is_anonymous() || ctx.caller.login == Login::Token {
         ApiError::code(ErrorCode::Unauthorized)
     } else {
         ApiError::code(ErrorCode::Denied)
     };
-    if let Some(c) = gw.authn.challenge(&ctx.host, repo, scope_words(action)) {
+    if let Some(mut c) = gw.authn.challenge(&ctx.host, repo, scope_words(action)) {
+        if ctx.caller.login == Login::Token {
+            c.push_str(",error=\"insufficient_scope\"");
+        }
         e = e.with_header("WWW-Authenticate", c);
     }
     tracing::info!(
@@ -54,7 +59,21 @@ pub async fn check(gw: &Gateway, ctx: &Ctx, ep: &Endpoint) -> Result<(), ApiErro
     }
     let m = ctx.method.as_str();
     let (repo, action) = match ep {
-        Endpoint::Base | Endpoint::Catalog => {
+        // `/v2/` always challenges anonymous callers, whatever they may
+        // read: clients learn how to authenticate only from a 401 (docker
+        // does not read challenges on a 200), and anonymous pulls go on
+        // without credentials after it. The web UI (its header) is told
+        // whether it may browse anonymously.
+        Endpoint::Base if caller.is_anonymous() => {
+            let may_browse = ctx.from_ui && caller.access.rules().allows_somewhere(Action::Read);
+            return if may_browse {
+                Ok(())
+            } else {
+                Err(refuse(gw, ctx, None, Action::Read).await)
+            };
+        }
+        Endpoint::Base => return Ok(()),
+        Endpoint::Catalog => {
             if caller.is_anonymous() && !caller.access.rules().allows_somewhere(Action::Read) {
                 return Err(refuse(gw, ctx, None, Action::Read).await);
             }

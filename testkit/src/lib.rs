@@ -98,7 +98,20 @@ pub struct Postgres {
     as_user: Option<&'static str>,
 }
 
-const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+/// The newest installed Postgres server binaries (`/usr/lib/postgresql/N/bin`).
+fn pg_bin() -> PathBuf {
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .expect("Postgres is not installed (apt install postgresql)")
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let v = e.file_name().to_str()?.parse().ok()?;
+            Some((v, e.path().join("bin")))
+        })
+        .filter(|(_, bin)| bin.join("initdb").exists())
+        .collect();
+    versions.sort();
+    versions.pop().expect("no Postgres server binaries").1
+}
 
 impl Postgres {
     pub fn start() -> Postgres {
@@ -151,11 +164,11 @@ impl Postgres {
     }
 
     fn run(&self, tool: &str, args: &[&str]) {
-        let exe = format!("{PG_BIN}/{tool}");
+        let exe = pg_bin().join(tool);
         let mut cmd = match self.as_user {
             Some(u) => {
                 let mut c = Command::new("runuser");
-                c.args(["-u", u, "--", &exe]);
+                c.args(["-u", u, "--"]).arg(&exe);
                 c
             }
             None => Command::new(&exe),
@@ -198,11 +211,11 @@ impl Postgres {
 impl Drop for Postgres {
     fn drop(&mut self) {
         let data = self.dir.path().join("data");
-        let exe = format!("{PG_BIN}/pg_ctl");
+        let exe = pg_bin().join("pg_ctl");
         let mut cmd = match self.as_user {
             Some(u) => {
                 let mut c = Command::new("runuser");
-                c.args(["-u", u, "--", &exe]);
+                c.args(["-u", u, "--"]).arg(&exe);
                 c
             }
             None => Command::new(&exe),

@@ -11,9 +11,13 @@ import oras.client
 import oras.oci
 
 host, repo, tag, path, subject_digest, subject_size = sys.argv[1:7]
-client = oras.client.OrasClient(hostname=host, insecure=True)
 if os.environ.get("ORAS_USER"):
+    # A Basic challenge: the basic backend (the default one reads the realm
+    # as a token service URL).
+    client = oras.client.OrasClient(hostname=host, insecure=True, auth_backend="basic")
     client.auth.set_basic_auth(os.environ["ORAS_USER"], os.environ["ORAS_PASSWORD"])
+else:
+    client = oras.client.OrasClient(hostname=host, insecure=True)
 subject = oras.oci.Subject(
     mediaType="application/vnd.oci.image.manifest.v1+json",
     digest=subject_digest,

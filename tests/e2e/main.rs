@@ -4,6 +4,7 @@ mod auth;
 mod cli;
 mod clients;
 mod distributed;
+mod federation;
 mod layout;
 mod oci;
 mod sandbox;

@@ -1,0 +1,594 @@
+//! Credentials across clients and registries: skopeo and oras with
+//! passwords, API keys and bearer tokens; sessions shared through Redis by two
+//! registries (and refused, not downgraded, when Redis dies); several
+//! gateways on one auth service dropping a revoked key within a second; and
+//! CNCF distribution accepting tokens Capstan issued.
+
+use crate::auth::{htpasswd, with_users};
+use crate::clients::{run, write_layout};
+use crate::oci::*;
+use crate::sandbox::{Process, Sandbox, basic_client, wait_ready};
+use serde_json::{Value, json};
+use sha2::Digest as _;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn skopeo_copy(from: &str, to: &str, creds: &[&str]) -> std::process::Output {
+    Command::new("skopeo")
+        .args([
+            "--insecure-policy",
+            "copy",
+            "--src-tls-verify=false",
+            "--dest-tls-verify=false",
+        ])
+        .args(creds)
+        .args([from, to])
+        .output()
+        .expect("skopeo")
+}
+
+fn policy() -> Value {
+    json!({"repositories": {
+        "**": {"defaultPolicy": ["read", "create"]},
+        "public/**": {"defaultPolicy": ["read", "create"], "anonymousPolicy": ["read"]}
+    }})
+}
+
+#[tokio::test]
+async fn skopeo_and_oras_push_and_pull_with_passwords_and_api_keys() {
+    let (_d, mut sb) = with_users(
+        &[("alice", "alice-pw")],
+        json!({"auth": {"apikey": true}, "accessControl": policy()}),
+    )
+    .await;
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    let digest = write_layout(&src, "v1", 2);
+    let layout = format!("oci:{}:v1", src.display());
+    let dest = format!("docker://{}/team/app:v1", sb.host());
+    // Anonymous and wrong credentials cannot push.
+    assert!(!skopeo_copy(&layout, &dest, &[]).status.success());
+    assert!(
+        !skopeo_copy(&layout, &dest, &["--dest-creds", "alice:nope"])
+            .status
+            .success()
+    );
+    let out = skopeo_copy(&layout, &dest, &["--dest-creds", "alice:alice-pw"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    sb.login("alice", "alice-pw");
+    let r = sb.get("/v2/team/app/manifests/v1").await;
+    assert_eq!(r.headers()["docker-content-digest"], digest.as_str());
+
+    // An API key as the password, for a pull.
+    let k: Value = sb
+        .client
+        .post(sb.url("/zot/auth/apikey"))
+        .json(&json!({"label": "skopeo"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let key = k["apiKey"].as_str().unwrap();
+    let back = work.path().join("back");
+    let pulled = format!("oci:{}:v1", back.display());
+    let out = skopeo_copy(&dest, &pulled, &["--src-creds", &format!("alice:{key}")]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !skopeo_copy(&dest, &format!("oci:{}:v2", back.display()), &[])
+            .status
+            .success()
+    );
+
+    // oras pushes a referrer with the key.
+    let size = sb
+        .get("/v2/team/app/manifests/v1")
+        .await
+        .bytes()
+        .await
+        .unwrap()
+        .len();
+    let file = work.path().join("sig.txt");
+    std::fs::write(&file, b"signed").unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/oras_push.py");
+    let out = run(Command::new("python3")
+        .args([
+            script,
+            &sb.host(),
+            "team/app",
+            "sig",
+            file.to_str().unwrap(),
+            &digest,
+            &size.to_string(),
+        ])
+        .env("ORAS_USER", "alice")
+        .env("ORAS_PASSWORD", key));
+    assert!(out.trim().starts_with("sha256:"), "{out}");
+    let v: Value = sb
+        .get(&format!("/v2/team/app/referrers/{digest}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(manifest_digests(&v), vec![out.trim().to_string()]);
+
+    // Anonymous pulls work where the policy allows them, and only there.
+    let out = skopeo_copy(
+        &layout,
+        &format!("docker://{}/public/app:v1", sb.host()),
+        &["--dest-creds", "alice:alice-pw"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let anon_back = work.path().join("anon");
+    let out = skopeo_copy(
+        &format!("docker://{}/public/app:v1", sb.host()),
+        &format!("oci:{}:v1", anon_back.display()),
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let log = sb.proc.log_text();
+    assert!(
+        !log.contains("alice-pw") && !log.contains(key),
+        "secret in the log"
+    );
+}
+
+#[tokio::test]
+async fn bearer_mode_issues_and_checks_tokens() {
+    let (_d, sb) = with_users(
+        &[("alice", "alice-pw")],
+        json!({"auth": {"bearer": {"service": "capstan-test"}}, "accessControl": policy()}),
+    )
+    .await;
+    // The challenge sends clients to the token service.
+    let r = sb.get("/v2/").await;
+    assert_eq!(r.status(), 401);
+    let realm = format!("{}/zot/auth/token", sb.proc.url);
+    assert_eq!(
+        r.headers()["www-authenticate"],
+        format!("Bearer realm=\"{realm}\",service=\"capstan-test\",scope=\"\"").as_str()
+    );
+    let r = sb.get("/v2/team/app/tags/list").await;
+    assert!(
+        r.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .contains("scope=\"repository:team/app:pull\"")
+    );
+
+    let token = |creds: Option<(&str, &str)>, scope: &str| {
+        let c = match creds {
+            Some((u, p)) => basic_client(u, p),
+            None => basic_client("", ""),
+        };
+        let url = format!("{realm}?service=capstan-test&scope={scope}");
+        async move { c.get(url).send().await.unwrap() }
+    };
+    let r = token(Some(("alice", "alice-pw")), "repository:team/app:pull,push").await;
+    assert_eq!(r.status(), 200);
+    let t: Value = r.json().await.unwrap();
+    assert_eq!(t["token"], t["access_token"]);
+    assert_eq!(t["expires_in"], 300);
+    let bearer = |tok: &str| {
+        let mut h = reqwest::header::HeaderMap::new();
+        h.insert("authorization", format!("Bearer {tok}").parse().unwrap());
+        reqwest::Client::builder()
+            .default_headers(h)
+            .build()
+            .unwrap()
+    };
+    let alice = Sandbox {
+        client: bearer(t["token"].as_str().unwrap()),
+        ..sb
+    };
+    let (digest, _) = alice.push_image("team/app", "v1", 1).await;
+    assert_eq!(alice.get("/v2/team/app/manifests/v1").await.status(), 200);
+    // Outside the token's scope: a new challenge for that scope.
+    let r = alice.post("/v2/other/blobs/uploads/").await;
+    assert_eq!(r.status(), 401);
+    assert!(
+        r.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .contains("repository:other:pull,push")
+    );
+    // The token does not grant delete (the policy does not).
+    assert_eq!(
+        alice
+            .delete(&format!("/v2/team/app/manifests/{digest}"))
+            .await
+            .status(),
+        401
+    );
+    // Wrong password: no token; anonymous: only what anonymous may do.
+    assert_eq!(
+        token(Some(("alice", "nope")), "repository:team/app:pull")
+            .await
+            .status(),
+        401
+    );
+    let anon: Value = token(None, "repository:team/app:pull")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let r = bearer(anon["token"].as_str().unwrap())
+        .get(alice.url("/v2/team/app/manifests/v1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    // A forged token (signed by someone else) is refused.
+    let forged = format!("{}x", t["token"].as_str().unwrap());
+    assert_eq!(
+        bearer(&forged)
+            .get(alice.url("/v2/"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+
+    // skopeo runs the whole token dance itself.
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    let d = write_layout(&src, "v1", 2);
+    let dest = format!("docker://{}/team/skopeo:v1", alice.host());
+    let out = skopeo_copy(
+        &format!("oci:{}:v1", src.display()),
+        &dest,
+        &["--dest-creds", "alice:alice-pw"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = skopeo_copy(
+        &dest,
+        &format!("oci:{}:v1", work.path().join("back").display()),
+        &["--src-creds", "alice:alice-pw"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = alice.head("/v2/team/skopeo/manifests/v1").await;
+    assert_eq!(
+        r.status(),
+        401,
+        "the first token had no scope on team/skopeo"
+    );
+    let t2: Value = token(Some(("alice", "alice-pw")), "repository:team/skopeo:pull")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let r = bearer(t2["token"].as_str().unwrap())
+        .head(alice.url("/v2/team/skopeo/manifests/v1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["docker-content-digest"], d.as_str());
+}
+
+/// Sessions in one Redis are honoured by every registry that shares it.
+#[tokio::test]
+async fn redis_sessions_work_across_registries_and_fail_closed_when_redis_dies() {
+    let mut redis = capstan_testkit::Redis::start();
+    let users = tempfile::tempdir().unwrap();
+    let path = htpasswd(users.path(), &[("alice", "pw")]);
+    let cfg = json!({"http": {"auth": {
+        "htpasswd": {"path": path},
+        "sessionDriver": {"name": "redis", "url": redis.url(), "keyprefix": "capstan-test"}}}});
+    let a = Sandbox::start_with(cfg.clone()).await;
+    let b = Sandbox::start_with(cfg).await;
+    let login = |sb: &Sandbox| {
+        let c = basic_client("alice", "pw");
+        let url = sb.url("/v2/");
+        async move {
+            let r = c
+                .get(url)
+                .header("X-ZOT-API-CLIENT", "zot-ui")
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            let v = r
+                .headers()
+                .get_all("set-cookie")
+                .iter()
+                .map(|v| v.to_str().unwrap().to_string())
+                .find(|c| c.starts_with("session="))
+                .unwrap();
+            v.split(';')
+                .next()
+                .unwrap()
+                .trim_start_matches("session=")
+                .to_string()
+        }
+    };
+    let use_on = |sb: &Sandbox, s: &str| {
+        let req = reqwest::Client::new()
+            .get(sb.url("/v2/"))
+            .header("Cookie", format!("session={s}"))
+            .header("X-ZOT-API-CLIENT", "zot-ui");
+        async move { req.send().await.unwrap().status().as_u16() }
+    };
+    let s = login(&a).await;
+    assert_eq!(use_on(&b, &s).await, 200, "a session made on A works on B");
+    // Stored under the prefix, hashed, with the cookie's lifetime as TTL.
+    let key = format!(
+        "capstan-test:{}",
+        hex::encode(sha2::Sha256::digest(s.as_bytes()))
+    );
+    let ttl: i64 = redis.cli(&["TTL", &key]).parse().unwrap();
+    assert!((7000..=7200).contains(&ttl), "ttl {ttl}");
+    assert_eq!(redis.cli(&["EXISTS", &format!("capstan-test:{s}")]), "0");
+    // Logout on B ends it on A.
+    let r = reqwest::Client::new()
+        .post(b.url("/zot/auth/logout"))
+        .header("Cookie", format!("session={s}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while use_on(&a, &s).await != 401 {
+        assert!(
+            Instant::now() < deadline,
+            "logged-out session still accepted on A"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Expiry is Redis's TTL: a session whose key expired is gone.
+    let s2 = login(&a).await;
+    assert_eq!(
+        redis.cli(&[
+            "PEXPIRE",
+            &format!(
+                "capstan-test:{}",
+                hex::encode(sha2::Sha256::digest(s2.as_bytes()))
+            ),
+            "1"
+        ]),
+        "1"
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while use_on(&b, &s2).await != 401 {
+        assert!(Instant::now() < deadline, "expired session still accepted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Redis dies: a session B never saw is refused with 503, not served
+    // as anonymous; requests without a cookie are unaffected.
+    let s3 = login(&a).await;
+    redis.kill();
+    assert_eq!(use_on(&b, &s3).await, 503);
+    assert_eq!(
+        basic_client("", "")
+            .get(b.url("/v2/"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    assert_eq!(
+        basic_client("alice", "pw")
+            .get(b.url("/v2/"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+}
+
+/// A gRPC role of a distributed deployment sharing `config`.
+fn role(dir: &Path, config: &Path, role: &str) -> Process {
+    Process::spawn(
+        &[
+            "-c",
+            config.to_str().unwrap(),
+            "--role",
+            role,
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        &dir.join(format!("{role}.log")),
+    )
+}
+
+#[tokio::test]
+async fn a_revoked_key_fails_within_a_second_on_every_gateway() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = htpasswd(dir.path(), &[("alice", "pw")]);
+    let base = json!({
+        "storage": {"rootDirectory": dir.path().join("data")},
+        "http": {"port": 0, "auth": {"htpasswd": {"path": path}, "apikey": true}}
+    });
+    let cfg = dir.path().join("roles.json");
+    std::fs::write(&cfg, serde_json::to_vec(&base).unwrap()).unwrap();
+    let meta = role(dir.path(), &cfg, "meta");
+    let blob = role(dir.path(), &cfg, "blob");
+    let auth = role(dir.path(), &cfg, "auth");
+    let mut gws = Vec::new();
+    for name in ["gw-a", "gw-b"] {
+        let mut c = base.clone();
+        c["services"] = json!({"meta": {"endpoints": [meta.url]}, "blob": {"endpoints": [blob.url]},
+                               "auth": {"endpoints": [auth.url]}});
+        let p = dir.path().join(format!("{name}.json"));
+        std::fs::write(&p, serde_json::to_vec(&c).unwrap()).unwrap();
+        gws.push(Process::spawn(
+            &["-c", p.to_str().unwrap(), "--role", "gateway"],
+            &dir.path().join(format!("{name}.log")),
+        ));
+    }
+    let client = basic_client("alice", "pw");
+    for g in &gws {
+        wait_ready(&client, &format!("{}/v2/", g.url)).await;
+    }
+    let k: Value = client
+        .post(format!("{}/zot/auth/apikey", gws[0].url))
+        .json(&json!({"label": "shared"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let key = basic_client("alice", k["apiKey"].as_str().unwrap());
+    // Both gateways accept (and cache) the key.
+    for g in &gws {
+        for _ in 0..3 {
+            assert_eq!(
+                key.get(format!("{}/v2/", g.url))
+                    .send()
+                    .await
+                    .unwrap()
+                    .status(),
+                200
+            );
+        }
+    }
+    let r = client
+        .delete(format!(
+            "{}/zot/auth/apikey?id={}",
+            gws[0].url,
+            k["uuid"].as_str().unwrap()
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let revoked = Instant::now();
+    for g in &gws {
+        loop {
+            if key
+                .get(format!("{}/v2/", g.url))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                == 401
+            {
+                break;
+            }
+            assert!(
+                revoked.elapsed() < Duration::from_secs(1),
+                "{} still accepts the key",
+                g.url
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// CNCF distribution, configured for token auth with Capstan's token service
+/// as realm and Capstan's signing certificate as its root bundle, accepts
+/// what Capstan issues: one login for both registries.
+#[tokio::test]
+async fn docker_registry_accepts_tokens_capstan_issues() {
+    let (_d, sb) = with_users(&[("alice", "alice-pw")], json!({"accessControl": policy()})).await;
+    let cert = sb.dir.path().join("data/_auth/token-signing-cert.pem");
+    assert!(cert.exists());
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let dist = tempfile::tempdir().unwrap();
+    let yml = dist.path().join("config.yml");
+    std::fs::write(
+        &yml,
+        format!(
+            "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {root}\nhttp:\n  addr: 127.0.0.1:{port}\n\
+             auth:\n  token:\n    realm: {realm}\n    service: docker-registry\n    issuer: capstan\n    rootcertbundle: {cert}\n",
+            root = dist.path().join("data").display(),
+            realm = sb.url("/zot/auth/token"),
+            cert = cert.display(),
+        ),
+    )
+    .unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let log = std::fs::File::create(dist.path().join("registry.log")).unwrap();
+    let _registry = Kill(
+        Command::new("docker-registry")
+            .args(["serve", yml.to_str().unwrap()])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("docker-registry"),
+    );
+    let dist_url = format!("http://127.0.0.1:{port}");
+    wait_ready(&reqwest::Client::new(), &format!("{dist_url}/v2/")).await;
+    let r = reqwest::get(format!("{dist_url}/v2/")).await.unwrap();
+    assert!(
+        r.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .contains(&sb.url("/zot/auth/token"))
+    );
+
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    let digest = write_layout(&src, "v1", 2);
+    let dest = format!("docker://127.0.0.1:{port}/team/app:v1");
+    let out = skopeo_copy(
+        &format!("oci:{}:v1", src.display()),
+        &dest,
+        &["--dest-creds", "alice:alice-pw"],
+    );
+    let registry_log =
+        std::fs::read_to_string(dist.path().join("registry.log")).unwrap_or_default();
+    assert!(
+        out.status.success(),
+        "{}\n--- docker-registry ---\n{registry_log}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = Command::new("skopeo")
+        .args([
+            "inspect",
+            "--tls-verify=false",
+            "--raw",
+            "--creds",
+            "alice:alice-pw",
+            &dest,
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(sha256(&out.stdout), digest);
+    // Capstan's policy still decides: a wrong password gets no token.
+    let out = skopeo_copy(
+        &format!("oci:{}:v1", src.display()),
+        &dest,
+        &["--dest-creds", "alice:wrong-pw"],
+    );
+    assert!(!out.status.success());
+}
