@@ -24,6 +24,9 @@ pub struct Target {
     /// Per-request timeout in seconds (bounds every request).
     #[arg(long, default_value_t = 600)]
     pub timeout_s: u64,
+    /// Basic credentials `user:password` sent with every request.
+    #[arg(long)]
+    pub basic: Option<String>,
 }
 
 /// How a whole blob is uploaded in one request body.
@@ -133,7 +136,11 @@ pub async fn run(cli: Cli) -> ExitCode {
     let name = cmd.name();
     let target = cmd.target().clone();
     let outcome = async {
-        let reg = Registry::new(&target.url, Duration::from_secs(target.timeout_s))?;
+        let reg = Registry::new(
+            &target.url,
+            Duration::from_secs(target.timeout_s),
+            target.basic.as_deref(),
+        )?;
         match cmd {
             Command::PushMono {
                 size_mib,

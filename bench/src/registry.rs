@@ -16,9 +16,20 @@ pub struct Registry {
 }
 
 impl Registry {
-    pub fn new(url: &str, timeout: Duration) -> Result<Self> {
+    /// A client of the registry at `url`; `basic` (`user:password`) is sent
+    /// as Basic credentials on every request.
+    pub fn new(url: &str, timeout: Duration, basic: Option<&str>) -> Result<Self> {
         let base = Url::parse(url).with_context(|| format!("bad registry URL {url:?}"))?;
+        let mut headers = header::HeaderMap::new();
+        if let Some(creds) = basic {
+            use base64::Engine as _;
+            let b64 = base64::engine::general_purpose::STANDARD.encode(creds);
+            let mut v = header::HeaderValue::from_str(&format!("Basic {b64}"))?;
+            v.set_sensitive(true);
+            headers.insert(header::AUTHORIZATION, v);
+        }
         let client = Client::builder()
+            .default_headers(headers)
             .timeout(timeout)
             .tcp_nodelay(true)
             .pool_max_idle_per_host(256)

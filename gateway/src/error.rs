@@ -83,6 +83,7 @@ pub fn status_of(code: ErrorCode) -> u16 {
         | RequestInvalid => 400,
         Unauthorized => 401,
         Denied => 403,
+        ManifestConflict => 409,
         Unsupported => 405,
         ManifestTooLarge => 413,
         RangeInvalid => 416,

@@ -37,6 +37,9 @@ pub enum ErrorCode {
     RequestInvalid,
     /// An object outside the distribution API that does not exist (an API key).
     NotFound,
+    /// Deleting a manifest by digest that several tags still name, for a
+    /// caller with `detectManifestCollision` (zot's 409).
+    ManifestConflict,
 }
 
 impl ErrorCode {
@@ -63,6 +66,7 @@ impl ErrorCode {
         ErrorCode::TagInvalid,
         ErrorCode::RequestInvalid,
         ErrorCode::NotFound,
+        ErrorCode::ManifestConflict,
     ];
 
     /// The code string of the OCI error body.
@@ -91,6 +95,7 @@ impl ErrorCode {
             TagInvalid => "TAG_INVALID",
             RequestInvalid => "REQUEST_INVALID",
             NotFound => "NOT_FOUND",
+            ManifestConflict => "MANIFEST_INVALID",
         }
     }
 
@@ -120,6 +125,7 @@ impl ErrorCode {
             TagInvalid => "invalid tag",
             RequestInvalid => "the request is malformed",
             NotFound => "not found",
+            ManifestConflict => "manifest is referenced by several tags",
         }
     }
 }

@@ -92,6 +92,7 @@ fn grpc_code(code: ErrorCode) -> tonic::Code {
             tonic::Code::NotFound
         }
         Unauthorized => tonic::Code::Unauthenticated,
+        ManifestConflict => tonic::Code::FailedPrecondition,
         Denied => tonic::Code::PermissionDenied,
         Unsupported => tonic::Code::Unimplemented,
         TooManyRequests => tonic::Code::ResourceExhausted,
@@ -128,6 +129,7 @@ pub fn to_wire(code: ErrorCode) -> WireCode {
         TagInvalid => WireCode::TagInvalid,
         RequestInvalid => WireCode::RequestInvalid,
         NotFound => WireCode::NotFound,
+        ManifestConflict => WireCode::ManifestConflict,
     }
 }
 

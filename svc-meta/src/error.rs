@@ -24,6 +24,8 @@ pub enum MetaError {
     ManifestBlobUnknown { digest: Digest },
     #[error("manifest unknown to the repository")]
     ManifestUnknown,
+    #[error("manifest {digest} is named by {tags} tags; delete the tags first")]
+    ManifestConflict { digest: Digest, tags: i64 },
     #[error("blob unknown to the repository")]
     BlobUnknown,
     #[error("blob size {0} is out of range")]
@@ -75,6 +77,7 @@ impl MetaError {
             Manifest(e) => e.code(),
             ManifestBlobUnknown { .. } => ErrorCode::ManifestBlobUnknown,
             ManifestUnknown => ErrorCode::ManifestUnknown,
+            ManifestConflict { .. } => ErrorCode::ManifestConflict,
             BlobUnknown => ErrorCode::BlobUnknown,
             SizeInvalid(_) => ErrorCode::SizeInvalid,
             Database(e) if is_unavailable(e) => ErrorCode::Unavailable,

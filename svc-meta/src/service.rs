@@ -117,7 +117,9 @@ impl MetaService for MetaGrpc {
         call("delete_manifest", &request, async {
             let r = request.get_ref();
             let reference = MetaError::reference(&r.reference)?;
-            self.store.delete_manifest(&r.repo, &reference).await?;
+            self.store
+                .delete_manifest(&r.repo, &reference, r.detect_collision)
+                .await?;
             self.changed(&r.repo);
             Ok(DeleteManifestResponse {})
         })

@@ -357,10 +357,13 @@ impl Store {
 
     /// By digest: remove the manifest, every tag on it and its references.
     /// By tag: remove only the tag.
+    /// Delete a tag, or a manifest (and its tags) by digest. With
+    /// `detect_collision`, a digest that more than one tag names is refused.
     pub async fn delete_manifest(
         &self,
         repo: &str,
         reference: &Reference,
+        detect_collision: bool,
     ) -> Result<(), MetaError> {
         check_repo(repo)?;
         match reference {
@@ -379,6 +382,21 @@ impl Store {
             Reference::Digest(d) => {
                 let digest = d.to_string();
                 let (_turn, mut tx) = self.begin_write().await?;
+                if detect_collision {
+                    let named: i64 = sqlx::query_scalar(
+                        "SELECT COUNT(*) FROM tags WHERE repo = $1 AND digest = $2",
+                    )
+                    .bind(repo)
+                    .bind(&digest)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    if named > 1 {
+                        return Err(MetaError::ManifestConflict {
+                            digest: d.clone(),
+                            tags: named,
+                        });
+                    }
+                }
                 let tags = sqlx::query("DELETE FROM tags WHERE repo = $1 AND digest = $2")
                     .bind(repo)
                     .bind(&digest)

@@ -269,6 +269,7 @@ async fn serves_the_namespace_over_grpc() {
         .delete_manifest(DeleteManifestRequest {
             repo: "app".into(),
             reference: img.digest.to_string(),
+            detect_collision: false,
         })
         .await
         .unwrap();
@@ -365,6 +366,7 @@ async fn watch_reports_committed_manifest_changes() {
         .delete_manifest(DeleteManifestRequest {
             repo: "w/repo".into(),
             reference: "v1".into(),
+            detect_collision: false,
         })
         .await
         .unwrap();

@@ -571,3 +571,60 @@ async fn local_sessions_log_in_survive_a_restart_and_log_out() {
         "session id leaked into the log"
     );
 }
+
+#[tokio::test]
+async fn detect_manifest_collision_refuses_deleting_a_digest_several_tags_name() {
+    let policy = json!({"repositories": {"**": {
+        "policies": [{"users": ["careful"], "actions": ["detectManifestCollision"]}],
+        "defaultPolicy": ["read", "create", "delete"]}}});
+    let (_d, mut sb) = with_users(
+        &[("careful", "pw"), ("bold", "pw")],
+        json!({"accessControl": policy}),
+    )
+    .await;
+    sb.login("bold", "pw");
+    let (digest, m) = sb.push_image("app", "v1", 1).await;
+    sb.put_manifest("app", "v2", OCI_MANIFEST, &m).await;
+    let careful = basic_client("careful", "pw");
+    let r = careful
+        .delete(sb.url(&format!("/v2/app/manifests/{digest}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 409);
+    assert_eq!(error_code(r).await, "MANIFEST_INVALID");
+    assert_eq!(
+        sb.get("/v2/app/manifests/v1").await.status(),
+        200,
+        "nothing deleted"
+    );
+    // One tag left: no collision.
+    assert_eq!(
+        careful
+            .delete(sb.url("/v2/app/manifests/v2"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        202
+    );
+    assert_eq!(
+        careful
+            .delete(sb.url(&format!("/v2/app/manifests/{digest}")))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        202
+    );
+    // Without the behaviour, a shared digest is deleted with its tags.
+    let (digest, m) = sb.push_image("app", "v3", 1).await;
+    sb.put_manifest("app", "v4", OCI_MANIFEST, &m).await;
+    assert_eq!(
+        sb.delete(&format!("/v2/app/manifests/{digest}"))
+            .await
+            .status(),
+        202
+    );
+    assert_eq!(sb.get("/v2/app/manifests/v4").await.status(), 404);
+}

@@ -105,10 +105,15 @@ pub async fn delete(
 ) -> Result<Reply, ApiError> {
     gw.backends
         .meta()
-        .delete_manifest(ctx.rpc(DeleteManifestRequest {
-            repo: repo.into(),
-            reference: reference.into(),
-        }))
+        .delete_manifest(
+            ctx.rpc(DeleteManifestRequest {
+                repo: repo.into(),
+                reference: reference.into(),
+                detect_collision: ctx
+                    .caller
+                    .can(repo, capstan_oci::access::Action::DetectManifestCollision),
+            }),
+        )
         .await?;
     gw.manifests.invalidate(repo);
     Ok(Reply::new(202))

@@ -177,7 +177,7 @@ async fn delete_by_tag_keeps_the_manifest() {
         .await
         .unwrap();
 
-    store.delete_manifest("r", &tag("v1")).await.unwrap();
+    store.delete_manifest("r", &tag("v1"), false).await.unwrap();
     assert_eq!(
         code(store.get_manifest("r", &tag("v1"), false).await),
         ErrorCode::ManifestUnknown
@@ -190,7 +190,7 @@ async fn delete_by_tag_keeps_the_manifest() {
             .is_ok()
     );
     assert_eq!(
-        code(store.delete_manifest("r", &tag("v1")).await),
+        code(store.delete_manifest("r", &tag("v1"), false).await),
         ErrorCode::ManifestUnknown
     );
 }
@@ -214,8 +214,19 @@ async fn delete_by_digest_removes_manifest_tags_and_references() {
         .await
         .unwrap();
 
+    // With collision detection, two tags on the digest refuse the delete
+    // and change nothing; the other manifest's single tag does not.
+    assert_eq!(
+        code(
+            store
+                .delete_manifest("r", &by_digest(&img.digest), true)
+                .await
+        ),
+        ErrorCode::ManifestConflict
+    );
+    assert_eq!(store.list_tags("r", None, "").await.unwrap().items.len(), 3);
     store
-        .delete_manifest("r", &by_digest(&img.digest))
+        .delete_manifest("r", &by_digest(&img.digest), false)
         .await
         .unwrap();
     assert_eq!(
@@ -242,13 +253,17 @@ async fn delete_by_digest_removes_manifest_tags_and_references() {
         img.blobs[0].1
     );
     assert_eq!(
-        code(store.delete_manifest("r", &by_digest(&img.digest)).await),
+        code(
+            store
+                .delete_manifest("r", &by_digest(&img.digest), false)
+                .await
+        ),
         ErrorCode::ManifestUnknown
     );
     assert_eq!(
         code(
             store
-                .delete_manifest("nowhere", &by_digest(&img.digest))
+                .delete_manifest("nowhere", &by_digest(&img.digest), false)
                 .await
         ),
         ErrorCode::ManifestUnknown
