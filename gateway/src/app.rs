@@ -199,7 +199,15 @@ impl Gateway {
             zot_auth::ZotAuth::Token => zot_auth::token(self, ctx, session).await,
             zot_auth::ZotAuth::Logout => zot_auth::logout(self, ctx, session).await,
             zot_auth::ZotAuth::ApiKey => {
-                ctx.caller = match self.authn.resolve(&session.req_header().headers, ctx).await {
+                ctx.caller = match self
+                    .authn
+                    .resolve(
+                        &session.req_header().headers,
+                        client_cn(session).as_deref(),
+                        ctx,
+                    )
+                    .await
+                {
                     Ok(c) => c,
                     Err(f) => return Err(zot_auth::failure(self, ctx, f, None).await),
                 };
@@ -262,7 +270,15 @@ impl Gateway {
         if !ep.allows(&ctx.method) {
             return (Some(ep), Err(ApiError::code(ErrorCode::Unsupported)));
         }
-        ctx.caller = match self.authn.resolve(&session.req_header().headers, ctx).await {
+        ctx.caller = match self
+            .authn
+            .resolve(
+                &session.req_header().headers,
+                client_cn(session).as_deref(),
+                ctx,
+            )
+            .await
+        {
             Ok(c) => c,
             Err(f) => {
                 let e = zot_auth::failure(self, ctx, f, ep.repo()).await;
@@ -358,6 +374,14 @@ impl HttpServerApp for Gateway {
             _ => None,
         }
     }
+}
+
+/// The CommonName of the connection's verified client certificate.
+fn client_cn(session: &ServerSession) -> Option<String> {
+    let ssl = session.digest()?.ssl_digest.as_ref()?;
+    ssl.extension
+        .get::<crate::tls::ClientCn>()
+        .map(|c| c.0.clone())
 }
 
 /// Write status, headers and body; streams blob bodies chunk by chunk.

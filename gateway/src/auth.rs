@@ -70,6 +70,7 @@ pub enum Login {
     ApiKey,
     Session,
     Token,
+    Certificate,
 }
 
 /// The resolved caller of one request.
@@ -173,7 +174,8 @@ impl Authn {
     pub fn new(config: &Config, clients: Vec<AuthServiceClient<Channel>>) -> anyhow::Result<Self> {
         let auth = config.http.auth.as_ref();
         let enabled = auth.is_some_and(|a| a.has_credentials() || a.bearer.is_some())
-            || config.http.access_control.is_some();
+            || config.http.access_control.is_some()
+            || config.http.tls.as_ref().is_some_and(|t| t.cacert.is_some());
         let realm = config
             .http
             .realm
@@ -270,10 +272,12 @@ impl Authn {
         }
     }
 
-    /// Resolve the caller from the request headers.
+    /// Resolve the caller from the request headers, or from the client
+    /// certificate (`client_cn`) when they carry no credential.
     pub async fn resolve(
         &self,
         headers: &http::HeaderMap,
+        client_cn: Option<&str>,
         trace: &crate::app::Ctx,
     ) -> Result<Arc<Caller>, AuthFailure> {
         if self.is_open() {
@@ -317,6 +321,12 @@ impl Authn {
             let cred = Credential::Session(session.clone());
             return self
                 .cached(b"session", &session, cred, Login::Session, trace)
+                .await;
+        }
+        if let Some(cn) = client_cn {
+            let cred = Credential::ClientCertificate(cn.to_string());
+            return self
+                .cached(b"cert", cn, cred, Login::Certificate, trace)
                 .await;
         }
         self.anonymous(trace).await

@@ -19,8 +19,8 @@ pub mod error;
 pub mod handlers;
 pub mod metrics;
 pub mod range;
+pub mod tls;
 
-use anyhow::Context;
 use capstan_runtime::{Config, Shutdown};
 use pingora::services::Service as _;
 use std::os::fd::IntoRawFd;
@@ -73,11 +73,7 @@ pub async fn serve(
     let mut service = pingora::services::listening::Service::new("capstan-gateway".into(), app);
     match &config.http.tls {
         Some(tls) => {
-            let cert = tls.cert.to_str().context("http.tls.cert is not UTF-8")?;
-            let key = tls.key.to_str().context("http.tls.key is not UTF-8")?;
-            let mut settings = pingora::listeners::tls::TlsSettings::intermediate(cert, key)
-                .map_err(|e| anyhow::anyhow!("http.tls: {e}"))?;
-            settings.enable_h2();
+            let settings = tls::settings(config, tls)?;
             service.add_tls_with_settings(&addr, None, settings);
         }
         None => service.add_tcp(&addr),

@@ -628,3 +628,81 @@ async fn detect_manifest_collision_refuses_deleting_a_digest_several_tags_name()
     );
     assert_eq!(sb.get("/v2/app/manifests/v4").await.status(), 404);
 }
+
+/// A CA and certificates it signs, as PEM files in `dir`.
+struct Pki {
+    ca: rcgen::Certificate,
+    ca_key: rcgen::KeyPair,
+}
+
+impl Pki {
+    fn new(name: &str) -> Pki {
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        p.distinguished_name.push(rcgen::DnType::CommonName, name);
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let ca = p.self_signed(&ca_key).unwrap();
+        Pki { ca, ca_key }
+    }
+
+    /// (certificate PEM, key PEM) for `cn`, valid for `sans`.
+    fn issue(&self, cn: &str, sans: &[&str]) -> (String, String) {
+        let mut p =
+            rcgen::CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        p.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = p.signed_by(&key, &self.ca, &self.ca_key).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+}
+
+fn mtls_client(identity: Option<(&str, &str)>) -> reqwest::Client {
+    let mut b = reqwest::Client::builder().danger_accept_invalid_certs(true);
+    if let Some((cert, key)) = identity {
+        b = b.identity(reqwest::Identity::from_pem(format!("{cert}{key}").as_bytes()).unwrap());
+    }
+    b.build().unwrap()
+}
+
+#[tokio::test]
+async fn client_certificates_are_required_and_their_common_name_is_the_user() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new("capstan test CA");
+    let (server_cert, server_key) = pki.issue("registry", &["127.0.0.1", "localhost"]);
+    let paths: Vec<PathBuf> = ["server.pem", "server.key", "ca.pem"]
+        .iter()
+        .map(|n| dir.path().join(n))
+        .collect();
+    std::fs::write(&paths[0], server_cert).unwrap();
+    std::fs::write(&paths[1], server_key).unwrap();
+    std::fs::write(&paths[2], pki.ca.pem()).unwrap();
+    let (alice_cert, alice_key) = pki.issue("alice", &[]);
+    let (bob_cert, bob_key) = pki.issue("bob", &[]);
+    let policy = json!({"repositories": {"**": {
+        "policies": [{"users": ["alice"], "actions": ["read", "create"]}],
+        "defaultPolicy": ["read"]}}});
+    let mut sb = Sandbox::start_with_client(
+        json!({"http": {"tls": {"cert": paths[0], "key": paths[1], "cacert": paths[2]},
+                        "accessControl": policy}}),
+        mtls_client(Some((&alice_cert, &alice_key))),
+    )
+    .await;
+    // alice (by her certificate's CommonName) pushes and pulls.
+    let (_digest, _) = sb.push_image("app", "v1", 1).await;
+    assert_eq!(sb.get("/v2/app/manifests/v1").await.status(), 200);
+    // bob may only read.
+    sb.client = mtls_client(Some((&bob_cert, &bob_key)));
+    assert_eq!(sb.get("/v2/app/manifests/v1").await.status(), 200);
+    assert_eq!(sb.post("/v2/app/blobs/uploads/").await.status(), 403);
+    // No certificate, or one from another CA: no TLS session at all.
+    let none = mtls_client(None).get(sb.url("/v2/")).send().await;
+    assert!(none.is_err() || none.unwrap().status() != 200);
+    let other = Pki::new("someone else");
+    let (c, k) = other.issue("alice", &[]);
+    let forged = mtls_client(Some((&c, &k)))
+        .get(sb.url("/v2/app/manifests/v1"))
+        .send()
+        .await;
+    assert!(forged.is_err() || forged.unwrap().status() != 200);
+}

@@ -120,6 +120,16 @@ pub struct Sandbox {
 impl Sandbox {
     /// Embedded mode on defaults plus `extra` merged into the config.
     pub async fn start_with(extra: serde_json::Value) -> Sandbox {
+        let client = reqwest::Client::builder()
+            .danger_accept_invalid_certs(true)
+            .build()
+            .unwrap();
+        Self::start_with_client(extra, client).await
+    }
+
+    /// Like [`Sandbox::start_with`], with `client` for requests (and for
+    /// the readiness check).
+    pub async fn start_with_client(extra: serde_json::Value, client: reqwest::Client) -> Sandbox {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut cfg = serde_json::json!({
             "storage": {"rootDirectory": dir.path().join("data")},
@@ -133,10 +143,6 @@ impl Sandbox {
             &["-c", cfg_path.to_str().unwrap()],
             &dir.path().join("capstan.log"),
         );
-        let client = reqwest::Client::builder()
-            .danger_accept_invalid_certs(true)
-            .build()
-            .unwrap();
         wait_ready(&client, &format!("{}/v2/", proc.url)).await;
         Sandbox { dir, proc, client }
     }
