@@ -2,7 +2,7 @@
 # Install what building and testing Capstan needs on Debian, skipping what is
 # already there: the Rust toolchain, cmake (pingora's zlib-ng), and the real
 # clients and peers the tests drive (skopeo, oras from PyPI, docker-registry)
-# and the servers they start (redis-server, postgresql).
+# and the servers they start (redis-server, postgresql, slapd).
 set -euo pipefail
 
 need_apt=()
@@ -12,6 +12,8 @@ for pair in cmake:cmake gcc:gcc skopeo:skopeo docker-registry:docker-registry py
   command -v "$cmd" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need_apt+=(postgresql)
+[ -x /usr/sbin/slapd ] || need_apt+=(slapd)
+command -v ldapsearch >/dev/null 2>&1 || need_apt+=(ldap-utils)
 if [ "${CAPSTAN_SETUP_MINIMAL:-0}" = 1 ]; then
   # Running the registry needs only the build tools.
   filtered=()

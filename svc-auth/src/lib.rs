@@ -9,6 +9,7 @@
 pub mod apikeys;
 pub mod error;
 pub mod htpasswd;
+pub mod ldap;
 pub mod policy;
 pub mod service;
 pub mod sessions;
@@ -102,6 +103,9 @@ pub fn check_config(config: &Config) -> Result<(), String> {
             );
         }
     }
+    if let Some(l) = &auth.ldap {
+        ldap::Ldap::new(l)?;
+    }
     if auth.fail_delay > 60 {
         return Err("http.auth.failDelay: at most 60 seconds".into());
     }
@@ -148,6 +152,10 @@ pub async fn core(config: &Config) -> anyhow::Result<AuthCore> {
             })?),
             None => None,
         };
+    let ldap = match &auth.ldap {
+        Some(l) => Some(ldap::Ldap::new(l).map_err(anyhow::Error::msg)?),
+        None => None,
+    };
     let sessions = match &auth.session_driver {
         Some(d) if d.name == "redis" => sessions::Sessions::redis(
             d.url.as_deref().unwrap_or_default(),
@@ -176,6 +184,7 @@ pub async fn core(config: &Config) -> anyhow::Result<AuthCore> {
     Ok(AuthCore {
         policy,
         htpasswd,
+        ldap,
         sessions,
         keys,
         signer,

@@ -35,6 +35,8 @@ const ANONYMOUS_CACHE: Duration = Duration::from_secs(30);
 pub struct AuthCore {
     pub policy: Policy,
     pub htpasswd: Option<Arc<Htpasswd>>,
+    /// Asked before htpasswd when configured.
+    pub ldap: Option<crate::ldap::Ldap>,
     pub sessions: Sessions,
     /// Present when `http.auth.apikey` is on.
     pub keys: Option<ApiKeys>,
@@ -93,6 +95,26 @@ impl AuthCore {
                         may_manage_keys: false,
                         expires_at: k.expires_at.max(0) as u64,
                     });
+                }
+                if let Some(l) = &self.ldap {
+                    match l.login(&b.username, &b.password).await {
+                        Ok(ldap_groups) => {
+                            return Ok(Identity {
+                                groups: self.groups(&b.username, &ldap_groups),
+                                username: b.username.clone(),
+                                scopes: vec![],
+                                handle: String::new(),
+                                may_manage_keys: self.keys.is_some(),
+                                expires_at: 0,
+                            });
+                        }
+                        // htpasswd may still know the user (local accounts).
+                        Err(AuthError::Unauthenticated(_)) if self.htpasswd.is_some() => {}
+                        Err(e @ AuthError::Unavailable { .. }) if self.htpasswd.is_some() => {
+                            tracing::warn!(error = %e, "LDAP unreachable; trying htpasswd");
+                        }
+                        Err(e) => return Err(e),
+                    }
                 }
                 let Some(h) = &self.htpasswd else {
                     return Err(AuthError::Unauthenticated("no password method configured"));

@@ -1,7 +1,8 @@
-//! Real servers for Capstan's tests: Redis and Postgres, each started in its
-//! own temporary directory, listening only on a Unix socket there (no port
-//! to collide with a parallel test or with a server already on the machine),
-//! waited for until it answers, and stopped and removed on drop.
+//! Real servers for Capstan's tests: Redis, Postgres and OpenLDAP's slapd,
+//! each started in its own temporary directory, waited for until it answers,
+//! and stopped and removed on drop. Redis and Postgres listen only on a Unix
+//! socket there (no port to collide with a parallel test or with a server
+//! already on the machine); slapd listens on a loopback port of its own.
 //!
 //! Only tests depend on this crate.
 
@@ -228,6 +229,102 @@ impl Drop for Postgres {
     }
 }
 
+/// An OpenLDAP `slapd` with one database, seeded from LDIF before it starts.
+pub struct Slapd {
+    child: Option<Child>,
+    _dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl Slapd {
+    /// Start slapd for `suffix` (e.g. `dc=example,dc=org`) with root
+    /// `cn=admin,<suffix>` / `root_password`, loaded with `ldif` (the suffix
+    /// entry included).
+    pub fn start(suffix: &str, root_password: &str, ldif: &str) -> Slapd {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = dir.path().join("db");
+        std::fs::create_dir_all(&db).expect("db dir");
+        let conf = dir.path().join("slapd.conf");
+        let schema = "/etc/ldap/schema";
+        std::fs::write(
+            &conf,
+            format!(
+                "include {schema}/core.schema\ninclude {schema}/cosine.schema\n\
+                 include {schema}/nis.schema\ninclude {schema}/inetorgperson.schema\n\
+                 modulepath /usr/lib/ldap\nmoduleload back_mdb\n\
+                 pidfile {pid}\n\
+                 database mdb\nmaxsize 10485760\nsuffix \"{suffix}\"\n\
+                 rootdn \"cn=admin,{suffix}\"\nrootpw {root_password}\ndirectory {db}\n\
+                 access to attrs=userPassword by anonymous auth by * none\n\
+                 access to * by * read\n",
+                pid = dir.path().join("slapd.pid").display(),
+                db = db.display(),
+            ),
+        )
+        .expect("slapd.conf");
+        let seed = dir.path().join("seed.ldif");
+        std::fs::write(&seed, ldif).expect("seed ldif");
+        let out = Command::new("slapadd")
+            .arg("-f")
+            .arg(&conf)
+            .arg("-l")
+            .arg(&seed)
+            .output()
+            .expect("slapadd (apt install slapd)");
+        assert!(
+            out.status.success(),
+            "slapadd: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let port = free_port();
+        let child = Command::new("slapd")
+            .arg("-f")
+            .arg(&conf)
+            .args(["-h", &format!("ldap://127.0.0.1:{port}/"), "-d", "0"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn slapd (apt install slapd)");
+        let s = Slapd {
+            child: Some(child),
+            _dir: dir,
+            port,
+        };
+        let deadline = Instant::now() + READY_LIMIT;
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "slapd did not become ready");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        s
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Stop the server (SIGKILL).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Slapd {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A loopback port nobody listens on right now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
 fn path_str(p: &Path) -> &str {
     p.to_str().expect("utf-8 temp path")
 }
@@ -251,6 +348,20 @@ mod tests {
         assert_eq!(r.cli(&["GET", "k"]), "v");
         r.kill();
         assert!(!r.answers_ping());
+    }
+
+    #[test]
+    fn slapd_starts_with_its_seed() {
+        let ldif = "dn: dc=example,dc=org\nobjectClass: dcObject\nobjectClass: organization\no: Example\ndc: example\n";
+        let mut s = Slapd::start("dc=example,dc=org", "secret", ldif);
+        let out = Command::new("ldapsearch")
+            .args(["-x", "-H", &format!("ldap://127.0.0.1:{}", s.port())])
+            .args(["-b", "dc=example,dc=org", "-s", "base", "o"])
+            .output()
+            .expect("ldapsearch (apt install ldap-utils)");
+        assert!(String::from_utf8_lossy(&out.stdout).contains("o: Example"));
+        s.kill();
+        assert!(std::net::TcpStream::connect(("127.0.0.1", s.port())).is_err());
     }
 
     #[test]

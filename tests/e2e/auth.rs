@@ -706,3 +706,102 @@ async fn client_certificates_are_required_and_their_common_name_is_the_user() {
         .await;
     assert!(forged.is_err() || forged.unwrap().status() != 200);
 }
+
+const LDIF: &str = "dn: dc=example,dc=org
+objectClass: dcObject
+objectClass: organization
+o: Example
+dc: example
+
+dn: ou=people,dc=example,dc=org
+objectClass: organizationalUnit
+ou: people
+
+dn: uid=alice,ou=people,dc=example,dc=org
+objectClass: inetOrgPerson
+uid: alice
+cn: Alice
+sn: Liddell
+departmentNumber: devs
+userPassword: alice-ldap-pw
+
+dn: uid=bob,ou=people,dc=example,dc=org
+objectClass: inetOrgPerson
+uid: bob
+cn: Bob
+sn: Builder
+departmentNumber: ops
+userPassword: bob-ldap-pw
+";
+
+#[tokio::test]
+async fn ldap_logins_against_slapd_carry_directory_groups() {
+    let slapd = capstan_testkit::Slapd::start("dc=example,dc=org", "admin-pw", LDIF);
+    let dir = tempfile::tempdir().unwrap();
+    let creds = dir.path().join("ldap-credentials.json");
+    std::fs::write(
+        &creds,
+        r#"{"bindDN": "cn=admin,dc=example,dc=org", "bindPassword": "admin-pw"}"#,
+    )
+    .unwrap();
+    let policy = json!({"repositories": {"**": {
+        "policies": [{"groups": ["devs"], "actions": ["read", "create"]}],
+        "defaultPolicy": ["read"]}}});
+    let (_d, mut sb) = with_users(
+        &[("carol", "carol-local-pw")],
+        json!({"auth": {"ldap": {
+                  "address": "127.0.0.1", "port": slapd.port(), "insecure": true,
+                  "baseDN": "ou=people,dc=example,dc=org", "userAttribute": "uid",
+                  "userGroupAttribute": "departmentNumber", "credentialsFile": creds}},
+               "accessControl": policy}),
+    )
+    .await;
+    // alice is in the directory group devs: she pushes.
+    sb.login("alice", "alice-ldap-pw");
+    sb.push_image("team/app", "v1", 1).await;
+    // bob (ops) only reads; wrong or empty passwords and filter tricks fail.
+    let bob = basic_client("bob", "bob-ldap-pw");
+    assert_eq!(
+        bob.get(sb.url("/v2/team/app/manifests/v1"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        bob.post(sb.url("/v2/team/app/blobs/uploads/"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        403
+    );
+    for (u, p) in [
+        ("alice", "bob-ldap-pw"),
+        ("alice", ""),
+        ("*", "alice-ldap-pw"),
+        ("alice)(uid=*", "x"),
+        ("nobody", "x"),
+    ] {
+        let s = basic_client(u, p)
+            .get(sb.url("/v2/team/app/manifests/v1"))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(s, 401, "{u:?}/{p:?}");
+    }
+    // A local htpasswd account still works next to the directory.
+    let carol = basic_client("carol", "carol-local-pw");
+    assert_eq!(
+        carol
+            .get(sb.url("/v2/team/app/manifests/v1"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert!(!sb.proc.log_text().contains("alice-ldap-pw"));
+}

@@ -55,9 +55,13 @@ fn verify_accepts_a_zot_config_and_names_bad_keys() {
         "{stderr}"
     );
     // Methods not enforced yet are refused rather than served openly.
-    let (ok, _, stderr) = verify(&json!({"http": {"auth": {"ldap": {"address": "ldap"}}}}));
+    let (ok, _, stderr) = verify(&json!({"http": {"auth": {"openid": {"providers": {}}}}}));
     assert!(!ok);
-    assert!(stderr.contains("http.auth.ldap"), "{stderr}");
+    assert!(stderr.contains("http.auth.openid"), "{stderr}");
+    let (ok, _, stderr) =
+        verify(&json!({"http": {"auth": {"ldap": {"address": "ldap", "baseDN": ""}}}}));
+    assert!(!ok);
+    assert!(stderr.contains("http.auth.ldap.baseDN"), "{stderr}");
 
     let (ok, _, stderr) = verify(&json!({"http": {"prot": 1}}));
     assert!(ok);

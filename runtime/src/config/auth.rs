@@ -16,7 +16,7 @@ pub struct AuthConfig {
     pub htpasswd: Option<HtpasswdConfig>,
     /// An LDAP directory; when set it is asked before htpasswd.
     #[serde(default)]
-    pub ldap: Option<serde_json::Value>,
+    pub ldap: Option<LdapConfig>,
     /// OpenID Connect login providers.
     #[serde(default)]
     pub openid: Option<serde_json::Value>,
@@ -61,6 +61,54 @@ impl AuthConfig {
     pub fn has_credentials(&self) -> bool {
         self.htpasswd.is_some() || self.ldap.is_some() || self.openid.is_some()
     }
+}
+
+/// An LDAP directory (zot's keys). A user logs in by binding as the one
+/// entry under `baseDN` whose `userAttribute` is the user name; the values of
+/// `userGroupAttribute` are the user's groups.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+pub struct LdapConfig {
+    /// Host name or IP address of the server.
+    pub address: String,
+    /// Port (default 389, or 636 for LDAPS).
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// Plain LDAP without TLS (zot's `insecure`).
+    #[serde(default)]
+    pub insecure: bool,
+    /// Upgrade a plain connection with StartTLS.
+    #[serde(default, rename = "startTLS")]
+    pub start_tls: bool,
+    /// Do not verify the server's certificate.
+    #[serde(default, rename = "skipVerify")]
+    pub skip_verify: bool,
+    /// Search the whole subtree under `baseDN` rather than one level.
+    #[serde(default, rename = "subtreeSearch")]
+    pub subtree_search: bool,
+    /// Where users are searched.
+    #[serde(rename = "baseDN")]
+    pub base_dn: String,
+    /// Attribute holding the user name (default `uid`).
+    #[serde(default, rename = "userAttribute")]
+    pub user_attribute: Option<String>,
+    /// Attribute whose values are the user's groups (e.g. `memberOf`).
+    #[serde(default, rename = "userGroupAttribute")]
+    pub user_group_attribute: Option<String>,
+    /// Extra filter ANDed with the user match, e.g. `(objectClass=person)`.
+    #[serde(default, rename = "userFilter")]
+    pub user_filter: Option<String>,
+    /// DN the search binds as (absent: an anonymous search).
+    #[serde(default, rename = "bindDN")]
+    pub bind_dn: Option<String>,
+    /// Password of `bindDN`.
+    #[serde(default, rename = "bindPassword")]
+    pub bind_password: Option<String>,
+    /// JSON file `{"bindDN": …, "bindPassword": …}` instead of the two keys.
+    #[serde(default, rename = "credentialsFile")]
+    pub credentials_file: Option<PathBuf>,
+    /// Seconds a connection or query may take (default 5).
+    #[serde(default, rename = "queryTimeout")]
+    pub query_timeout: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]

@@ -348,10 +348,7 @@ impl Config {
         // with them would serve an open registry to someone who asked for a
         // closed one.
         if let Some(auth) = &self.http.auth {
-            for (key, set) in [
-                ("ldap", auth.ldap.is_some()),
-                ("openid", auth.openid.is_some()),
-            ] {
+            for (key, set) in [("openid", auth.openid.is_some())] {
                 if set {
                     return Err(invalid(
                         &format!("http.auth.{key}"),
@@ -549,9 +546,21 @@ mod tests {
 
     #[test]
     fn auth_methods_not_enforced_yet_are_refused() {
-        let err = load(json!({"http": {"auth": {"ldap": {"address": "x"}}}})).unwrap_err();
-        assert!(err.to_string().contains("http.auth.ldap"), "{err}");
+        let err = load(json!({"http": {"auth": {"openid": {"providers": {}}}}})).unwrap_err();
+        assert!(err.to_string().contains("http.auth.openid"), "{err}");
         assert!(load(json!({"http": {"tls": {"cert": "c", "key": "k", "cacert": "ca"}}})).is_ok());
+        let l = load(
+            json!({"http": {"auth": {"ldap": {"address": "ldap", "port": 389,
+            "startTLS": true, "baseDN": "ou=people,dc=x", "userAttribute": "uid",
+            "userGroupAttribute": "memberOf", "credentialsFile": "/c.json", "subtreeSearch": true,
+            "skipVerify": false}}}}),
+        )
+        .unwrap();
+        assert!(l.unknown_keys.is_empty(), "{:?}", l.unknown_keys);
+        assert_eq!(
+            l.config.http.auth.unwrap().ldap.unwrap().base_dn,
+            "ou=people,dc=x"
+        );
     }
 
     #[test]
