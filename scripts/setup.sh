@@ -2,7 +2,8 @@
 # Install what building and testing Capstan needs on Debian, skipping what is
 # already there: the Rust toolchain, cmake (pingora's zlib-ng), and the real
 # clients and peers the tests drive (skopeo, oras from PyPI, docker-registry)
-# and the servers they start (redis-server, postgresql, slapd).
+# and the servers they start (redis-server, postgresql, slapd, node's
+# oidc-provider).
 set -euo pipefail
 
 need_apt=()
@@ -14,6 +15,8 @@ done
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need_apt+=(postgresql)
 [ -x /usr/sbin/slapd ] || need_apt+=(slapd)
 command -v ldapsearch >/dev/null 2>&1 || need_apt+=(ldap-utils)
+command -v node >/dev/null 2>&1 || need_apt+=(nodejs)
+command -v npm >/dev/null 2>&1 || need_apt+=(npm)
 if [ "${CAPSTAN_SETUP_MINIMAL:-0}" = 1 ]; then
   # Running the registry needs only the build tools.
   filtered=()
@@ -41,6 +44,12 @@ if ! command -v cargo >/dev/null 2>&1; then
 fi
 
 if [ "${CAPSTAN_SETUP_MINIMAL:-0}" != 1 ]; then
+  # The OpenID provider the tests log in through (npm's oidc-provider).
+  oidc_dir="$(dirname "${BASH_SOURCE[0]}")/../tests/oidc"
+  [ -d "$oidc_dir/node_modules/oidc-provider" ] || {
+    echo "setup: installing oidc-provider (npm)" >&2
+    (cd "$oidc_dir" && npm ci --no-audit --no-fund --silent)
+  }
   python3 -c 'import oras' 2>/dev/null || {
     echo "setup: installing oras (PyPI)" >&2
     python3 -m pip install -q oras 2>/dev/null || python3 -m pip install -q --break-system-packages oras

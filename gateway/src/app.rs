@@ -189,6 +189,7 @@ impl Gateway {
         session: &mut ServerSession,
         which: zot_auth::ZotAuth,
     ) -> Result<Reply, ApiError> {
+        use zot_auth::ZotAuth;
         if self.authn.is_open() {
             return Err(ApiError::not_found_route());
         }
@@ -196,9 +197,11 @@ impl Gateway {
             return Err(ApiError::code(ErrorCode::Unsupported));
         }
         match which {
-            zot_auth::ZotAuth::Token => zot_auth::token(self, ctx, session).await,
-            zot_auth::ZotAuth::Logout => zot_auth::logout(self, ctx, session).await,
-            zot_auth::ZotAuth::ApiKey => {
+            ZotAuth::Token => zot_auth::token(self, ctx, session).await,
+            ZotAuth::Logout => zot_auth::logout(self, ctx, session).await,
+            ZotAuth::Login => zot_auth::login(self, ctx).await,
+            ZotAuth::Callback(p) => zot_auth::callback(self, ctx, session, &p).await,
+            ZotAuth::ApiKey => {
                 ctx.caller = match self
                     .authn
                     .resolve(

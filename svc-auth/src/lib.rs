@@ -10,6 +10,7 @@ pub mod apikeys;
 pub mod error;
 pub mod htpasswd;
 pub mod ldap;
+pub mod oidc;
 pub mod policy;
 pub mod service;
 pub mod sessions;
@@ -56,6 +57,9 @@ pub fn check_config(config: &Config) -> Result<(), String> {
                     (http.auth.htpasswd); without one only anonymousPolicy entries apply"
                 .into(),
         );
+    }
+    if let Some(o) = &auth.openid {
+        oidc::Oidc::new(o)?;
     }
     if auth.apikey && !auth.has_credentials() {
         return Err(
@@ -156,6 +160,10 @@ pub async fn core(config: &Config) -> anyhow::Result<AuthCore> {
         Some(l) => Some(ldap::Ldap::new(l).map_err(anyhow::Error::msg)?),
         None => None,
     };
+    let oidc = match &auth.openid {
+        Some(o) => Some(oidc::Oidc::new(o).map_err(anyhow::Error::msg)?),
+        None => None,
+    };
     let sessions = match &auth.session_driver {
         Some(d) if d.name == "redis" => sessions::Sessions::redis(
             d.url.as_deref().unwrap_or_default(),
@@ -163,7 +171,8 @@ pub async fn core(config: &Config) -> anyhow::Result<AuthCore> {
         )?,
         _ => sessions::Sessions::local(&dir.join("sessions"))?,
     };
-    let keys = if auth.apikey {
+    // zot turns API keys on with OpenID: browser users need them for CLIs.
+    let keys = if auth.apikey || auth.openid.is_some() {
         let url = auth.database.clone().unwrap_or_else(|| {
             format!(
                 "sqlite://{}",
@@ -185,6 +194,7 @@ pub async fn core(config: &Config) -> anyhow::Result<AuthCore> {
         policy,
         htpasswd,
         ldap,
+        oidc,
         sessions,
         keys,
         signer,

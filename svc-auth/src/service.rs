@@ -10,9 +10,10 @@ use crate::tokens::Signer;
 use capstan_oci::access::{Action, Pattern};
 use capstan_proto::access::{Scope, TokenAccess, TokenClaims};
 use capstan_proto::auth::v1::{
-    self as pb, AnonymousRequest, AuthenticateRequest, CreateApiKeyRequest, CreateApiKeyResponse,
-    CreateSessionRequest, CreateSessionResponse, DeleteSessionRequest, DeleteSessionResponse,
-    Grant, InfoRequest, InfoResponse, Invalidation, IssueTokenRequest, IssueTokenResponse,
+    self as pb, AnonymousRequest, AuthenticateRequest, BeginLoginRequest, BeginLoginResponse,
+    CreateApiKeyRequest, CreateApiKeyResponse, CreateSessionRequest, CreateSessionResponse,
+    DeleteSessionRequest, DeleteSessionResponse, FinishLoginRequest, FinishLoginResponse, Grant,
+    InfoRequest, InfoResponse, Invalidation, IssueTokenRequest, IssueTokenResponse,
     ListApiKeysRequest, ListApiKeysResponse, Principal, PublicKeysRequest, PublicKeysResponse,
     RevokeApiKeyRequest, RevokeApiKeyResponse, WatchRequest, authenticate_request::Credential,
     invalidation::What,
@@ -37,6 +38,8 @@ pub struct AuthCore {
     pub htpasswd: Option<Arc<Htpasswd>>,
     /// Asked before htpasswd when configured.
     pub ldap: Option<crate::ldap::Ldap>,
+    /// OpenID Connect providers for browser logins.
+    pub oidc: Option<crate::oidc::Oidc>,
     pub sessions: Sessions,
     /// Present when `http.auth.apikey` is on.
     pub keys: Option<ApiKeys>,
@@ -342,6 +345,68 @@ impl pb::auth_service_server::AuthService for AuthServiceImpl {
         Ok(Response::new(CreateSessionResponse {
             session,
             max_age_seconds: SESSION_TTL.as_secs() as u32,
+        }))
+    }
+
+    async fn begin_login(
+        &self,
+        r: Request<BeginLoginRequest>,
+    ) -> Result<Response<BeginLoginResponse>, Status> {
+        let oidc = self
+            .core
+            .oidc
+            .as_ref()
+            .ok_or(AuthError::Disabled("http.auth.openid"))?;
+        let r = r.get_ref();
+        let (authorize_url, state) = oidc
+            .begin(
+                &self.core.sessions,
+                &r.provider,
+                &r.redirect_uri,
+                &r.callback_ui,
+            )
+            .await?;
+        Ok(Response::new(BeginLoginResponse {
+            authorize_url,
+            state,
+        }))
+    }
+
+    async fn finish_login(
+        &self,
+        r: Request<FinishLoginRequest>,
+    ) -> Result<Response<FinishLoginResponse>, Status> {
+        let oidc = self
+            .core
+            .oidc
+            .as_ref()
+            .ok_or(AuthError::Disabled("http.auth.openid"))?;
+        let r = r.get_ref();
+        let login = match oidc
+            .finish(
+                &self.core.sessions,
+                &r.provider,
+                &r.redirect_uri,
+                &r.code,
+                &r.state,
+                &r.state_cookie,
+            )
+            .await
+        {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::info!(provider = %r.provider, reason = %e, "OpenID login refused");
+                return Err(e.into());
+            }
+        };
+        let groups = self.core.groups(&login.username, &login.groups);
+        let session = self.core.sessions.create(&login.username, &groups).await?;
+        tracing::info!(provider = %r.provider, user = %login.username, "OpenID login");
+        Ok(Response::new(FinishLoginResponse {
+            session,
+            max_age_seconds: SESSION_TTL.as_secs() as u32,
+            username: login.username,
+            callback_ui: login.callback_ui,
         }))
     }
 

@@ -165,6 +165,63 @@ impl Sessions {
         }
     }
 
+    /// Keep a short-lived record (an OpenID login in progress) under `id`
+    /// for `ttl`, beside the sessions (so any auth replica finds it).
+    pub async fn put_pending(&self, id: &str, value: &str, ttl: Duration) -> Result<(), AuthError> {
+        let key = format!("pending-{}", session_hash(id));
+        match self {
+            Sessions::Local { dir } => {
+                let record =
+                    serde_json::json!({"expires_at": now() + ttl.as_secs(), "value": value});
+                let path = dir.join(&key);
+                let tmp = path.with_extension("tmp");
+                tokio::fs::write(&tmp, record.to_string()).await?;
+                tokio::fs::rename(&tmp, &path).await?;
+            }
+            Sessions::Redis { conn, prefix } => {
+                let mut c = conn.clone();
+                let () = c
+                    .set_ex(format!("{prefix}:{key}"), value, ttl.as_secs().max(1))
+                    .await
+                    .map_err(AuthError::redis)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Take (read and delete) the record `id`; `None` when unknown or
+    /// expired. A record is used once.
+    pub async fn take_pending(&self, id: &str) -> Result<Option<String>, AuthError> {
+        let key = format!("pending-{}", session_hash(id));
+        match self {
+            Sessions::Local { dir } => {
+                let path = dir.join(&key);
+                let text = match tokio::fs::read_to_string(&path).await {
+                    Ok(t) => t,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                    Err(e) => return Err(e.into()),
+                };
+                // Whoever removes the file owns the record.
+                match tokio::fs::remove_file(&path).await {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                    Err(e) => return Err(e.into()),
+                }
+                let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+                if v["expires_at"].as_u64().is_none_or(|t| t <= now()) {
+                    return Ok(None);
+                }
+                Ok(v["value"].as_str().map(str::to_string))
+            }
+            Sessions::Redis { conn, prefix } => {
+                let mut c = conn.clone();
+                c.get_del(format!("{prefix}:{key}"))
+                    .await
+                    .map_err(AuthError::redis)
+            }
+        }
+    }
+
     /// Remove expired local sessions (Redis expires its own); returns how
     /// many went.
     pub async fn sweep(&self) -> usize {
@@ -178,7 +235,10 @@ impl Sessions {
         let now = now();
         while let Ok(Some(e)) = entries.next_entry().await {
             let expired = match tokio::fs::read_to_string(e.path()).await {
-                Ok(t) => serde_json::from_str::<Session>(&t).map_or(true, |s| s.expires_at <= now),
+                Ok(t) => serde_json::from_str::<serde_json::Value>(&t)
+                    .ok()
+                    .and_then(|v| v["expires_at"].as_u64())
+                    .is_none_or(|t| t <= now),
                 Err(_) => false,
             };
             if expired && tokio::fs::remove_file(e.path()).await.is_ok() {
@@ -214,6 +274,16 @@ mod tests {
         assert!(s.get(&id).await.unwrap().is_none());
         s.delete(&id).await.unwrap();
         assert!(s.get(&other).await.unwrap().is_some());
+        // Pending records are taken once, and not after their time.
+        s.put_pending("state-1", "{\"x\":1}", Duration::from_secs(60))
+            .await
+            .unwrap();
+        assert_eq!(
+            s.take_pending("state-1").await.unwrap().as_deref(),
+            Some("{\"x\":1}")
+        );
+        assert_eq!(s.take_pending("state-1").await.unwrap(), None);
+        assert_eq!(s.take_pending("never").await.unwrap(), None);
     }
 
     #[tokio::test]

@@ -54,10 +54,14 @@ fn verify_accepts_a_zot_config_and_names_bad_keys() {
         stderr.contains("defaultPolicy") && stderr.contains("write"),
         "{stderr}"
     );
-    // Methods not enforced yet are refused rather than served openly.
-    let (ok, _, stderr) = verify(&json!({"http": {"auth": {"openid": {"providers": {}}}}}));
+    let (ok, _, stderr) = verify(
+        &json!({"http": {"auth": {"openid": {"providers": {"github": {"clientid": "x"}}}}}}),
+    );
     assert!(!ok);
-    assert!(stderr.contains("http.auth.openid"), "{stderr}");
+    assert!(
+        stderr.contains("http.auth.openid.providers.github.issuer"),
+        "{stderr}"
+    );
     let (ok, _, stderr) =
         verify(&json!({"http": {"auth": {"ldap": {"address": "ldap", "baseDN": ""}}}}));
     assert!(!ok);

@@ -592,3 +592,243 @@ async fn docker_registry_accepts_tokens_capstan_issues() {
     );
     assert!(!out.status.success());
 }
+
+/// The node OpenID provider of `tests/oidc` on `port`, sending browsers back
+/// to `redirect_uri`.
+struct OidcProvider(std::process::Child);
+
+impl OidcProvider {
+    fn start(port: u16, redirect_uri: &str) -> OidcProvider {
+        use std::io::BufRead;
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/oidc");
+        let mut child = Command::new("node")
+            .arg("provider.mjs")
+            .current_dir(dir)
+            .env("PORT", port.to_string())
+            .env("REDIRECT_URI", redirect_uri)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("node (run scripts/setup.sh)");
+        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        assert!(line.starts_with("ready "), "provider said {line:?}");
+        // Keep reading: node dies writing to a closed pipe.
+        std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+        OidcProvider(child)
+    }
+}
+
+impl Drop for OidcProvider {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A browser: follows no redirect by itself, keeps cookies by name.
+struct Browser {
+    http: reqwest::Client,
+    cookies: std::collections::BTreeMap<String, String>,
+}
+
+impl Browser {
+    fn new() -> Browser {
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
+        Browser {
+            http,
+            cookies: Default::default(),
+        }
+    }
+
+    async fn send(&mut self, req: reqwest::RequestBuilder) -> reqwest::Response {
+        let jar: Vec<String> = self
+            .cookies
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        let r = req.header("Cookie", jar.join("; ")).send().await.unwrap();
+        for v in r.headers().get_all("set-cookie") {
+            let pair = v.to_str().unwrap().split(';').next().unwrap();
+            if let Some((k, v)) = pair.split_once('=') {
+                if v.is_empty() {
+                    self.cookies.remove(k);
+                } else {
+                    self.cookies.insert(k.to_string(), v.to_string());
+                }
+            }
+        }
+        r
+    }
+
+    /// Log `user` in at the provider, starting from its authorization URL;
+    /// returns the URL the provider sends the browser back to.
+    async fn sign_in(&mut self, start: &str, user: &str, back_to: &str) -> String {
+        let form_action = regex::Regex::new(r#"<form[^>]*action="([^"]+)""#).unwrap();
+        let hidden =
+            regex::Regex::new(r#"<input type="hidden" name="([^"]+)" value="([^"]*)""#).unwrap();
+        let mut url = start.to_string();
+        let origin = start.split('/').take(3).collect::<Vec<_>>().join("/");
+        for _ in 0..20 {
+            if url.starts_with(back_to) {
+                return url;
+            }
+            let r = self.send(self.http.get(&url)).await;
+            if r.status().is_redirection() {
+                let loc = r.headers()["location"].to_str().unwrap();
+                url = if loc.starts_with('/') {
+                    format!("{origin}{loc}")
+                } else {
+                    loc.to_string()
+                };
+                continue;
+            }
+            let html = r.text().await.unwrap();
+            let action = form_action
+                .captures(&html)
+                .unwrap_or_else(|| panic!("no form at {url}: {html}"))[1]
+                .to_string();
+            let mut fields: Vec<(String, String)> = hidden
+                .captures_iter(&html)
+                .map(|c| (c[1].to_string(), c[2].to_string()))
+                .collect();
+            if html.contains("name=\"login\"") {
+                fields.push(("login".into(), user.into()));
+                fields.push(("password".into(), "any".into()));
+            }
+            let r = self.send(self.http.post(&action).form(&fields)).await;
+            assert!(
+                r.status().is_redirection(),
+                "form post answered {}",
+                r.status()
+            );
+            let loc = r.headers()["location"].to_str().unwrap();
+            url = if loc.starts_with('/') {
+                format!("{origin}{loc}")
+            } else {
+                loc.to_string()
+            };
+        }
+        panic!("the provider never sent the browser back");
+    }
+}
+
+#[tokio::test]
+async fn openid_login_through_a_real_provider_starts_a_session() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let policy = json!({"repositories": {"**": {
+        "policies": [{"groups": ["devs"], "actions": ["read", "create"]}],
+        "defaultPolicy": ["read"]}}});
+    let sb = Sandbox::start_with(json!({"http": {
+        "auth": {"openid": {"providers": {"oidc": {
+            "issuer": format!("http://127.0.0.1:{port}"),
+            "clientid": "capstan", "clientsecret": "capstan-secret",
+            "claimMapping": {"username": "preferred_username"}}}}},
+        "accessControl": policy}}))
+    .await;
+    let callback = sb.url("/zot/auth/callback/oidc");
+    let _provider = OidcProvider::start(port, &callback);
+
+    let login_url = |ui: &str| sb.url(&format!("/zot/auth/login?provider=oidc&callback_ui={ui}"));
+    let mut alice = Browser::new();
+    let r = alice.send(alice.http.get(login_url("/home"))).await;
+    assert_eq!(r.status(), 302);
+    let to_provider = r.headers()["location"].to_str().unwrap().to_string();
+    assert!(
+        to_provider.starts_with(&format!("http://127.0.0.1:{port}/")),
+        "{to_provider}"
+    );
+    assert!(to_provider.contains("code_challenge="), "PKCE");
+    assert!(alice.cookies.contains_key("statecookie"));
+    let back = alice.sign_in(&to_provider, "alice", &callback).await;
+    // A state that is not the browser's is refused (and does not use it up).
+    let mut stranger = Browser::new();
+    let forged = stranger.send(stranger.http.get(&back)).await;
+    assert_eq!(forged.status(), 401);
+    let r = alice.send(alice.http.get(&back)).await;
+    assert_eq!(r.status(), 302);
+    assert_eq!(r.headers()["location"], "/home");
+    assert_eq!(alice.cookies.get("user").map(String::as_str), Some("alice"));
+    let session = alice
+        .cookies
+        .get("session")
+        .cloned()
+        .expect("session cookie");
+    // The same code and state cannot be replayed.
+    assert_eq!(alice.send(alice.http.get(&back)).await.status(), 401);
+
+    // The session is alice, in her provider group devs.
+    let ui = |s: &str, req: reqwest::RequestBuilder| {
+        req.header("Cookie", format!("session={s}"))
+            .header("X-ZOT-API-CLIENT", "zot-ui")
+    };
+    let c = reqwest::Client::new();
+    assert_eq!(
+        ui(&session, c.post(sb.url("/v2/team/app/blobs/uploads/")))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        202
+    );
+    // …and mints an API key for the command line (on with OpenID).
+    let k: Value = ui(&session, c.post(sb.url("/zot/auth/apikey")))
+        .json(&json!({"label": "cli"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let key = basic_client("alice", k["apiKey"].as_str().unwrap());
+    assert_eq!(
+        key.post(sb.url("/v2/team/app/blobs/uploads/"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        202
+    );
+
+    // bob is in ops: read only.
+    let mut bob = Browser::new();
+    let r = bob.send(bob.http.get(login_url(""))).await;
+    let to_provider = r.headers()["location"].to_str().unwrap().to_string();
+    let back = bob.sign_in(&to_provider, "bob", &callback).await;
+    let r = bob.send(bob.http.get(&back)).await;
+    assert_eq!(r.status(), 201, "no callback_ui: 201 as zot");
+    let bob_session = bob.cookies.get("session").cloned().unwrap();
+    assert_eq!(
+        ui(&bob_session, c.post(sb.url("/v2/team/app/blobs/uploads/")))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        403
+    );
+
+    // Open redirects and unknown providers are refused up front.
+    let mut eve = Browser::new();
+    assert_eq!(
+        eve.send(eve.http.get(login_url("//evil.example/")))
+            .await
+            .status(),
+        400
+    );
+    let r = eve
+        .send(eve.http.get(sb.url("/zot/auth/login?provider=github")))
+        .await;
+    assert_eq!(r.status(), 400);
+    assert!(
+        !sb.proc.log_text().contains(&session),
+        "session id in the log"
+    );
+}

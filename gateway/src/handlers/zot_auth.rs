@@ -1,13 +1,15 @@
 //! zot's `/zot/auth/*` endpoints: the token service (`token`), API keys
-//! (`apikey`) and logout, with zot's JSON field names.
+//! (`apikey`), logout, and single sign-on (`login`, `callback/<provider>`),
+//! with zot's JSON field names.
 
 use crate::app::{Ctx, Gateway, Reply};
 use crate::auth::{AuthFailure, cookie, decode_basic};
 use crate::error::ApiError;
 use capstan_oci::ErrorCode;
 use capstan_proto::auth::v1::{
-    ApiKey, AuthenticateRequest, BasicCredential, CreateApiKeyRequest, DeleteSessionRequest,
-    IssueTokenRequest, ListApiKeysRequest, RevokeApiKeyRequest, authenticate_request::Credential,
+    ApiKey, AuthenticateRequest, BasicCredential, BeginLoginRequest, CreateApiKeyRequest,
+    DeleteSessionRequest, FinishLoginRequest, IssueTokenRequest, ListApiKeysRequest,
+    RevokeApiKeyRequest, authenticate_request::Credential,
 };
 use pingora::protocols::http::ServerSession;
 use time::OffsetDateTime;
@@ -20,11 +22,14 @@ const MAX_BODY: usize = 64 * 1024;
 const ZERO_TIME: &str = "0001-01-01T00:00:00Z";
 
 /// The `/zot/auth/…` path suffixes this gateway answers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ZotAuth {
     Token,
     ApiKey,
     Logout,
+    Login,
+    /// The provider's return to this registry.
+    Callback(String),
 }
 
 impl ZotAuth {
@@ -33,25 +38,126 @@ impl ZotAuth {
             "token" => Some(ZotAuth::Token),
             "apikey" => Some(ZotAuth::ApiKey),
             "logout" => Some(ZotAuth::Logout),
-            _ => None,
+            "login" => Some(ZotAuth::Login),
+            other => {
+                let p = other.strip_prefix("callback/")?;
+                let ok = !p.is_empty()
+                    && p.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+                ok.then(|| ZotAuth::Callback(p.to_string()))
+            }
         }
     }
 
-    pub fn name(self) -> &'static str {
+    pub fn name(&self) -> &'static str {
         match self {
             ZotAuth::Token => "auth_token",
             ZotAuth::ApiKey => "auth_apikey",
             ZotAuth::Logout => "auth_logout",
+            ZotAuth::Login => "auth_login",
+            ZotAuth::Callback(_) => "auth_callback",
         }
     }
 
-    pub fn allows(self, method: &str) -> bool {
+    pub fn allows(&self, method: &str) -> bool {
         match self {
-            ZotAuth::Token => matches!(method, "GET" | "HEAD"),
+            ZotAuth::Token | ZotAuth::Login | ZotAuth::Callback(_) => {
+                matches!(method, "GET" | "HEAD")
+            }
             ZotAuth::ApiKey => matches!(method, "GET" | "POST" | "DELETE"),
             ZotAuth::Logout => method == "POST",
         }
     }
+}
+
+/// Cookie binding a login in progress to the browser that started it.
+const STATE_COOKIE: &str = "statecookie";
+
+fn callback_url(gw: &Gateway, ctx: &Ctx, provider: &str) -> String {
+    format!(
+        "{}/zot/auth/callback/{provider}",
+        gw.authn.base_url(&ctx.host)
+    )
+}
+
+/// `GET /zot/auth/login?provider=…&callback_ui=…`: off to the provider.
+pub async fn login(gw: &Gateway, ctx: &Ctx) -> Result<Reply, ApiError> {
+    let mut client = client(gw)?;
+    let provider = ctx
+        .param("provider")
+        .filter(|p| !p.is_empty())
+        .ok_or_else(|| ApiError::new(ErrorCode::RequestInvalid, "missing provider"))?
+        .to_string();
+    let r = client
+        .begin_login(ctx.rpc(BeginLoginRequest {
+            redirect_uri: callback_url(gw, ctx, &provider),
+            provider,
+            callback_ui: ctx.param("callback_ui").unwrap_or("").to_string(),
+        }))
+        .await?
+        .into_inner();
+    let s = if gw.authn.secure_cookies {
+        "; Secure"
+    } else {
+        ""
+    };
+    Ok(Reply::new(302).header("Location", r.authorize_url).header(
+        "Set-Cookie",
+        format!(
+            "{STATE_COOKIE}={}; Path=/zot/auth/callback; Max-Age=600; HttpOnly; SameSite=Lax{s}",
+            r.state
+        ),
+    ))
+}
+
+/// `GET /zot/auth/callback/<provider>?code=…&state=…`: the session, then
+/// back to the UI (`201` when the login named no UI page, as zot).
+pub async fn callback(
+    gw: &Gateway,
+    ctx: &Ctx,
+    session: &ServerSession,
+    provider: &str,
+) -> Result<Reply, ApiError> {
+    let mut client = client(gw)?;
+    if let Some(err) = ctx.param("error") {
+        tracing::info!(provider, error = err, "OpenID provider refused the login");
+        return Err(unauthenticated(gw).await);
+    }
+    let state_cookie = cookie(&session.req_header().headers, STATE_COOKIE).unwrap_or_default();
+    let r = client
+        .finish_login(ctx.rpc(FinishLoginRequest {
+            provider: provider.to_string(),
+            redirect_uri: callback_url(gw, ctx, provider),
+            code: ctx.param("code").unwrap_or("").to_string(),
+            state: ctx.param("state").unwrap_or("").to_string(),
+            state_cookie,
+        }))
+        .await;
+    let r = match r {
+        Ok(r) => r.into_inner(),
+        Err(status) => {
+            let e = ApiError::from(status);
+            if e.code == ErrorCode::Unauthorized {
+                return Err(unauthenticated(gw).await);
+            }
+            return Err(e);
+        }
+    };
+    let mut reply = if r.callback_ui.is_empty() {
+        Reply::new(201)
+    } else {
+        Reply::new(302).header("Location", r.callback_ui.clone())
+    };
+    let secure = gw.authn.secure_cookies;
+    for c in session_cookies(&r.session, &r.username, r.max_age_seconds, secure) {
+        reply = reply.header("Set-Cookie", c);
+    }
+    let s = if secure { "; Secure" } else { "" };
+    reply = reply.header(
+        "Set-Cookie",
+        format!("{STATE_COOKIE}=; Path=/zot/auth/callback; Max-Age=0; HttpOnly; SameSite=Lax{s}"),
+    );
+    Ok(reply)
 }
 
 fn client(
@@ -339,6 +445,13 @@ mod tests {
         assert_eq!(ZotAuth::parse("/zot/auth/apikey"), Some(ZotAuth::ApiKey));
         assert_eq!(ZotAuth::parse("/zot/auth/logout"), Some(ZotAuth::Logout));
         assert_eq!(ZotAuth::parse("/zot/auth/other"), None);
+        assert_eq!(ZotAuth::parse("/zot/auth/login"), Some(ZotAuth::Login));
+        assert_eq!(
+            ZotAuth::parse("/zot/auth/callback/oidc"),
+            Some(ZotAuth::Callback("oidc".into()))
+        );
+        assert_eq!(ZotAuth::parse("/zot/auth/callback/"), None);
+        assert_eq!(ZotAuth::parse("/zot/auth/callback/a/b"), None);
         assert_eq!(ZotAuth::parse("/v2/"), None);
         assert!(ZotAuth::Logout.allows("POST") && !ZotAuth::Logout.allows("GET"));
         assert!(ZotAuth::ApiKey.allows("DELETE"));

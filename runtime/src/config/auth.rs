@@ -17,9 +17,9 @@ pub struct AuthConfig {
     /// An LDAP directory; when set it is asked before htpasswd.
     #[serde(default)]
     pub ldap: Option<LdapConfig>,
-    /// OpenID Connect login providers.
+    /// OpenID Connect login providers (single sign-on for the web UI).
     #[serde(default)]
-    pub openid: Option<serde_json::Value>,
+    pub openid: Option<OpenIdConfig>,
     /// Bearer tokens: Capstan's own token service, or an external one
     /// whose signing certificate is given.
     #[serde(default)]
@@ -109,6 +109,58 @@ pub struct LdapConfig {
     /// Seconds a connection or query may take (default 5).
     #[serde(default, rename = "queryTimeout")]
     pub query_timeout: Option<u64>,
+}
+
+/// `http.auth.openid`: login through OpenID Connect providers.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+pub struct OpenIdConfig {
+    /// Providers by name (`oidc`, or any name with an `issuer`); the name is
+    /// the `provider` parameter of `/zot/auth/login` and the last segment of
+    /// the callback path.
+    #[serde(default)]
+    pub providers: BTreeMap<String, OpenIdProvider>,
+    /// Absolute origins (`https://ui.example.org`) that `callback_ui` may
+    /// send the browser to after login; relative paths are always allowed.
+    #[serde(default, rename = "callbackAllowOrigins")]
+    pub callback_allow_origins: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+pub struct OpenIdProvider {
+    /// Display name (zot's; informational).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Issuer URL; its `/.well-known/openid-configuration` is read.
+    #[serde(default)]
+    pub issuer: Option<String>,
+    /// OAuth client id registered with the provider.
+    #[serde(default)]
+    pub clientid: Option<String>,
+    /// OAuth client secret.
+    #[serde(default)]
+    pub clientsecret: Option<String>,
+    /// JSON file `{"clientid": …, "clientsecret": …}` instead of the two keys.
+    #[serde(default, rename = "credentialsFile")]
+    pub credentials_file: Option<PathBuf>,
+    /// Scopes to ask for (default `openid`, `profile`, `email`, `groups`).
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// Which claims name the user and list the groups.
+    #[serde(default, rename = "claimMapping")]
+    pub claim_mapping: Option<ClaimMapping>,
+    /// zot's key file for some providers; accepted.
+    #[serde(default)]
+    pub keypath: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+pub struct ClaimMapping {
+    /// Claim holding the user name (default `email`).
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Claim holding the list of groups (default `groups`).
+    #[serde(default)]
+    pub groups: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
