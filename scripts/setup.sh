@@ -8,7 +8,8 @@ set -euo pipefail
 
 need_apt=()
 for pair in cmake:cmake gcc:gcc skopeo:skopeo docker-registry:docker-registry python3:python3 pip3:python3-pip \
-    redis-server:redis-server redis-cli:redis-tools runuser:util-linux; do
+    redis-server:redis-server redis-cli:redis-tools runuser:util-linux \
+    docker-compose:docker-compose; do
   cmd=${pair%%:*}; pkg=${pair##*:}
   command -v "$cmd" >/dev/null 2>&1 || need_apt+=("$pkg")
 done

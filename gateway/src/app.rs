@@ -254,6 +254,24 @@ impl Gateway {
     ) -> (Option<Endpoint>, Result<Reply, ApiError>) {
         let path = session.req_header().uri.path().to_string();
         if path == "/metrics" && (ctx.method == "GET" || ctx.method == "HEAD") {
+            // Metrics name repositories: with authentication on, only
+            // (listed) users read them.
+            ctx.caller = match self
+                .authn
+                .resolve(
+                    &session.req_header().headers,
+                    client_cn(session).as_deref(),
+                    ctx,
+                )
+                .await
+            {
+                Ok(c) => c,
+                Err(f) => return (None, Err(zot_auth::failure(self, ctx, f, None).await)),
+            };
+            if !self.authn.may_read_metrics(&ctx.caller) {
+                let e = authz::refuse(self, ctx, None, capstan_oci::access::Action::Read).await;
+                return (None, Err(e));
+            }
             let body = self.metrics.render();
             return (
                 None,

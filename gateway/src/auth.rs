@@ -167,6 +167,8 @@ pub struct Authn {
     pub secure_cookies: bool,
     /// `http.externalUrl`: the registry's public URL behind a proxy.
     external_url: Option<String>,
+    /// `accessControl.metrics.users`: who may read `/metrics`.
+    metrics_users: Option<Vec<String>>,
 }
 
 impl Authn {
@@ -215,11 +217,27 @@ impl Authn {
                 .external_url
                 .as_ref()
                 .map(|u| u.trim_end_matches('/').to_string()),
+            metrics_users: config
+                .http
+                .access_control
+                .as_ref()
+                .and_then(|a| a.metrics.as_ref())
+                .map(|m| m.users.clone()),
         })
     }
 
     pub fn is_open(&self) -> bool {
         matches!(self.mode, Mode::Open)
+    }
+
+    /// Whether `caller` may read `/metrics`.
+    pub fn may_read_metrics(&self, caller: &Caller) -> bool {
+        caller.login == Login::Open
+            || (!caller.is_anonymous()
+                && self
+                    .metrics_users
+                    .as_ref()
+                    .is_none_or(|users| users.contains(&caller.username)))
     }
 
     /// One svc-auth client, round-robin.

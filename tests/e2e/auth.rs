@@ -94,8 +94,11 @@ async fn htpasswd_challenges_checks_passwords_and_delays_failures() {
             .status(),
         202
     );
-    // Without credentials nothing is readable.
+    // Metrics are for users too.
+    assert_eq!(sb.get("/metrics").await.status(), 200);
     sb.logout();
+    assert_eq!(sb.get("/metrics").await.status(), 401);
+    // Without credentials nothing is readable.
     let r = sb.get("/v2/team/app/tags/list").await;
     assert_eq!(r.status(), 401);
     assert!(r.headers().contains_key("www-authenticate"));
@@ -183,7 +186,9 @@ const EMPTY_DIGEST: &str =
 
 #[tokio::test]
 async fn every_action_boundary_of_zots_policy_example() {
-    let (_d, mut sb) = with_users(USERS, json!({"accessControl": zot_policy()})).await;
+    let mut policy = zot_policy();
+    policy["metrics"] = json!({"users": ["admin"]});
+    let (_d, mut sb) = with_users(USERS, json!({"accessControl": policy})).await;
     sb.login("admin", "pw");
     let repos = ["app", "tmp/x/y", "infra/web", "infra/a/b", "repos2/repo"];
     for repo in repos {
@@ -244,6 +249,15 @@ async fn every_action_boundary_of_zots_policy_example() {
         "unexpected answers:\n{}",
         wrong.join("\n")
     );
+
+    // Only the listed user reads the metrics.
+    assert_eq!(sb.get("/metrics").await.status(), 200);
+    let r = basic_client("alice", "pw")
+        .get(sb.url("/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
 
     // Creating a new tag needs create, not update.
     let c = basic_client("nobody", "pw");

@@ -165,3 +165,32 @@ async fn sigterm_stops_every_role_cleanly() {
     let status = status.expect("capstan still running 15 s after SIGTERM");
     assert!(status.success(), "exit status {status:?}");
 }
+
+/// The compose deployment's files are consistent: `docker-compose` accepts
+/// the compose file (no engine needed) and `capstan verify` the config.
+#[test]
+fn the_compose_deployment_validates() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/compose");
+    let out = Command::new("docker-compose")
+        .args(["-f", "docker-compose.yml", "config", "-q"])
+        .current_dir(dir)
+        .output()
+        .expect("docker-compose (run scripts/setup.sh)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = Command::new(BIN)
+        .arg("verify")
+        .arg(format!("{dir}/config.json"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let htpasswd = std::fs::read_to_string(format!("{dir}/htpasswd")).unwrap();
+    assert!(htpasswd.starts_with("demo:$2"), "bcrypt demo entry");
+}

@@ -210,9 +210,10 @@ pub struct AccessControlConfig {
     /// Actions some users or groups hold on every repository.
     #[serde(default)]
     pub admin_policy: Option<Policy>,
-    /// zot's metrics access list; accepted.
+    /// Who may read `/metrics` when authentication is on: `{"users": […]}`;
+    /// absent, any authenticated user.
     #[serde(default)]
-    pub metrics: Option<serde_json::Value>,
+    pub metrics: Option<GroupConfig>,
 }
 
 impl AccessControlConfig {
