@@ -589,6 +589,23 @@ pub async fn follow(authn: Arc<Authn>, mut client: AuthServiceClient<Channel>, s
     }
 }
 
+/// The public key of a DER certificate, as a token verifying key.
+fn certificate_key(der: &[u8]) -> anyhow::Result<jsonwebtoken::DecodingKey> {
+    use x509_parser::public_key::PublicKey;
+    let (_, cert) = x509_parser::parse_x509_certificate(der)?;
+    let spki = cert.public_key();
+    match spki.parsed()? {
+        PublicKey::EC(point) => Ok(jsonwebtoken::DecodingKey::from_ec_der(point.data())),
+        PublicKey::RSA(_) => Ok(jsonwebtoken::DecodingKey::from_rsa_der(
+            &spki.subject_public_key.data,
+        )),
+        _ if spki.algorithm.algorithm == x509_parser::oid_registry::OID_SIG_ED25519 => Ok(
+            jsonwebtoken::DecodingKey::from_ed_der(&spki.subject_public_key.data),
+        ),
+        _ => anyhow::bail!("the certificate's key is not EC, RSA or Ed25519"),
+    }
+}
+
 /// `user:password` from the base64 part of a Basic header.
 pub fn decode_basic(b64: &str) -> Option<(String, String)> {
     use base64::Engine as _;
@@ -610,11 +627,17 @@ pub fn cookie(headers: &http::HeaderMap, name: &str) -> Option<String> {
         .map(|(_, v)| v.to_string())
 }
 
-/// The verifying key of an external token issuer: a PEM public key (EC or
-/// RSA) or a JWKS document with one key.
+/// The verifying key of an external token issuer: a PEM certificate, a PEM
+/// public key (EC, RSA or Ed25519) or a JWKS document with one key.
 fn external_key(path: &std::path::Path) -> anyhow::Result<jsonwebtoken::DecodingKey> {
     let text = std::fs::read(path)
         .map_err(|e| anyhow::anyhow!("http.auth.bearer.cert {}: {e}", path.display()))?;
+    if let Ok((_, pem)) = x509_parser::pem::parse_x509_pem(&text)
+        && pem.label == "CERTIFICATE"
+    {
+        return certificate_key(&pem.contents)
+            .map_err(|e| anyhow::anyhow!("http.auth.bearer.cert {}: {e}", path.display()));
+    }
     if let Ok(set) = serde_json::from_slice::<jsonwebtoken::jwk::JwkSet>(&text)
         && let [jwk] = set.keys.as_slice()
     {

@@ -832,3 +832,101 @@ async fn openid_login_through_a_real_provider_starts_a_session() {
         "session id in the log"
     );
 }
+
+/// zot's external token issuer: tokens signed by a key whose certificate is
+/// `http.auth.bearer.cert`, checked locally; `push` from such an issuer also
+/// moves tags, as in distribution.
+#[tokio::test]
+async fn tokens_of_an_external_issuer_are_checked_against_its_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["issuer.example".to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let cert_path = dir.path().join("issuer.pem");
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    let sb = Sandbox::start_with(json!({"http": {"auth": {"bearer": {
+        "realm": "https://issuer.example/token", "service": "ext-registry", "cert": cert_path}}}}))
+    .await;
+    let r = sb.get("/v2/").await;
+    assert_eq!(r.status(), 401);
+    assert!(
+        r.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .starts_with("Bearer realm=\"https://issuer.example/token\",service=\"ext-registry\"")
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let sign = |k: &rcgen::KeyPair, aud: &str, actions: &[&str]| {
+        let claims = json!({"iss": "issuer.example", "sub": "ci", "aud": aud, "exp": now + 300,
+            "nbf": now - 5, "iat": now, "jti": "1",
+            "access": [{"type": "repository", "name": "team/app", "actions": actions}]});
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_ec_pem(k.serialize_pem().as_bytes()).unwrap(),
+        )
+        .unwrap()
+    };
+    let with = |t: String| {
+        let mut h = reqwest::header::HeaderMap::new();
+        h.insert("authorization", format!("Bearer {t}").parse().unwrap());
+        reqwest::Client::builder()
+            .default_headers(h)
+            .build()
+            .unwrap()
+    };
+    let writer = Sandbox {
+        client: with(sign(&key, "ext-registry", &["pull", "push"])),
+        ..sb
+    };
+    let (_d, m) = writer.push_image("team/app", "v1", 1).await;
+    // push moves an existing tag too.
+    let mut m2 = m.clone();
+    m2["annotations"] = json!({"v": "2"});
+    writer
+        .put_manifest("team/app", "v1", OCI_MANIFEST, &m2)
+        .await;
+    assert_eq!(writer.post("/v2/other/blobs/uploads/").await.status(), 401);
+    // Another audience, or another key: refused.
+    let c = with(sign(&key, "someone-else", &["pull"]));
+    assert_eq!(
+        c.get(writer.url("/v2/team/app/manifests/v1"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    let stranger = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let c = with(sign(&stranger, "ext-registry", &["pull"]));
+    assert_eq!(
+        c.get(writer.url("/v2/team/app/manifests/v1"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    // An HS256 token "signed" with the certificate text is not accepted.
+    let forged = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &json!({"sub": "x", "aud": "ext-registry", "exp": now + 300,
+                "access": [{"type": "repository", "name": "team/app", "actions": ["pull"]}]}),
+        &jsonwebtoken::EncodingKey::from_secret(cert.pem().as_bytes()),
+    )
+    .unwrap();
+    assert_eq!(
+        with(forged)
+            .get(writer.url("/v2/team/app/manifests/v1"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+}
