@@ -1,10 +1,12 @@
-//! Single sign-on with OpenID Connect providers (zot's `http.auth.openid`):
-//! the authorization-code flow with PKCE and a nonce. `begin` discovers the
-//! provider (once), records the login in progress beside the sessions (so any
-//! auth replica can finish it) and hands back the provider URL; `finish`
-//! checks the state against the browser's state cookie, exchanges the code,
-//! verifies the ID token, and reads the user name and groups from the
-//! provider's user info according to `claimMapping`.
+//! Single sign-on (zot's `http.auth.openid`): OpenID Connect providers, and
+//! GitHub's OAuth login. Both use the authorization-code flow with PKCE.
+//! `begin` (after discovering an OpenID provider once) records the login in
+//! progress beside the sessions, so any auth replica can finish it, and hands
+//! back the provider URL; `finish` checks the state against the browser's
+//! state cookie and exchanges the code. For OpenID it then verifies the ID
+//! token (signature, audience, nonce) and reads the user name and groups from
+//! the user info according to `claimMapping`; for GitHub the user is the
+//! account's login and the groups are its organisations.
 
 use crate::error::AuthError;
 use crate::sessions::Sessions;
@@ -34,8 +36,20 @@ struct Extra {
 impl AdditionalClaims for Extra {}
 
 #[derive(Debug, Clone)]
+enum Kind {
+    /// OpenID Connect, from the issuer's discovery document.
+    Oidc { issuer: String },
+    /// GitHub (or GitHub Enterprise) OAuth plus its REST API.
+    GitHub {
+        auth_url: String,
+        token_url: String,
+        api_url: String,
+    },
+}
+
+#[derive(Debug, Clone)]
 struct Provider {
-    issuer: String,
+    kind: Kind,
     client_id: String,
     client_secret: String,
     scopes: Vec<String>,
@@ -135,11 +149,11 @@ impl Oidc {
         }
     }
 
-    async fn metadata(&self, name: &str, p: &Provider) -> Result<CoreProviderMetadata, AuthError> {
+    async fn metadata(&self, name: &str, issuer: &str) -> Result<CoreProviderMetadata, AuthError> {
         if let Some(m) = self.metadata.lock().get(name) {
             return Ok(m.clone());
         }
-        let issuer = IssuerUrl::new(p.issuer.clone()).map_err(unavailable)?;
+        let issuer = IssuerUrl::new(issuer.to_string()).map_err(unavailable)?;
         let m = CoreProviderMetadata::discover_async(issuer, &self.http)
             .await
             .map_err(unavailable)?;
@@ -159,23 +173,36 @@ impl Oidc {
         self.check_callback(callback_ui)?;
         let redirect = RedirectUrl::new(redirect_uri.to_string())
             .map_err(|e| AuthError::Invalid(format!("redirect URI: {e}")))?;
-        let meta = self.metadata(name, p).await?;
-        let client = CoreClient::from_provider_metadata(
-            meta,
-            ClientId::new(p.client_id.clone()),
-            Some(ClientSecret::new(p.client_secret.clone())),
-        )
-        .set_redirect_uri(redirect);
         let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
-        let mut req = client.authorize_url(
-            CoreAuthenticationFlow::AuthorizationCode,
-            CsrfToken::new_random,
-            Nonce::new_random,
-        );
-        for s in &p.scopes {
-            req = req.add_scope(Scope::new(s.clone()));
-        }
-        let (url, state, nonce) = req.set_pkce_challenge(challenge).url();
+        let (url, state, nonce) = match &p.kind {
+            Kind::Oidc { issuer } => {
+                let meta = self.metadata(name, issuer).await?;
+                let client = CoreClient::from_provider_metadata(
+                    meta,
+                    ClientId::new(p.client_id.clone()),
+                    Some(ClientSecret::new(p.client_secret.clone())),
+                )
+                .set_redirect_uri(redirect);
+                let mut req = client.authorize_url(
+                    CoreAuthenticationFlow::AuthorizationCode,
+                    CsrfToken::new_random,
+                    Nonce::new_random,
+                );
+                for s in &p.scopes {
+                    req = req.add_scope(Scope::new(s.clone()));
+                }
+                req.set_pkce_challenge(challenge).url()
+            }
+            Kind::GitHub { .. } => {
+                let client = github_client(p)?.set_redirect_uri(redirect);
+                let mut req = client.authorize_url(CsrfToken::new_random);
+                for s in &p.scopes {
+                    req = req.add_scope(Scope::new(s.clone()));
+                }
+                let (url, state) = req.set_pkce_challenge(challenge).url();
+                (url, state, Nonce::new(String::new()))
+            }
+        };
         let pending = Pending {
             provider: name.to_string(),
             redirect_uri: redirect_uri.to_string(),
@@ -217,16 +244,38 @@ impl Oidc {
             return Err(AuthError::Unauthenticated("login started elsewhere"));
         }
         let p = self.provider(name)?;
-        let meta = self.metadata(name, p).await?;
+        let redirect = RedirectUrl::new(redirect_uri.to_string())
+            .map_err(|e| AuthError::Invalid(format!("redirect URI: {e}")))?;
+        let issuer = match &p.kind {
+            Kind::Oidc { issuer } => issuer,
+            Kind::GitHub { api_url, .. } => {
+                let token = github_client(p)?
+                    .set_redirect_uri(redirect)
+                    .exchange_code(AuthorizationCode::new(code.to_string()))
+                    .set_pkce_verifier(PkceCodeVerifier::new(pending.pkce_verifier))
+                    .request_async(&self.http)
+                    .await
+                    .map_err(|e| {
+                        tracing::info!(error = %e, "GitHub code exchange refused");
+                        AuthError::Unauthenticated("code exchange refused")
+                    })?;
+                let (username, groups) = self
+                    .github_user(api_url, token.access_token().secret())
+                    .await?;
+                return Ok(Login {
+                    username,
+                    groups,
+                    callback_ui: pending.callback_ui,
+                });
+            }
+        };
+        let meta = self.metadata(name, issuer).await?;
         let client = CoreClient::from_provider_metadata(
             meta,
             ClientId::new(p.client_id.clone()),
             Some(ClientSecret::new(p.client_secret.clone())),
         )
-        .set_redirect_uri(
-            RedirectUrl::new(redirect_uri.to_string())
-                .map_err(|e| AuthError::Invalid(format!("redirect URI: {e}")))?,
-        );
+        .set_redirect_uri(redirect);
         let token = client
             .exchange_code(AuthorizationCode::new(code.to_string()))
             .map_err(unavailable)?
@@ -285,12 +334,99 @@ impl Oidc {
     }
 }
 
+impl Oidc {
+    /// The GitHub login and organisations of the token's owner.
+    async fn github_user(
+        &self,
+        api: &str,
+        token: &str,
+    ) -> Result<(String, Vec<String>), AuthError> {
+        #[derive(Deserialize)]
+        struct Account {
+            login: String,
+        }
+        let get = |path: &str| {
+            self.http
+                .get(format!("{api}{path}"))
+                .bearer_auth(token)
+                .header("Accept", "application/vnd.github+json")
+                .header("User-Agent", "capstan")
+                .send()
+        };
+        let r = get("/user").await.map_err(unavailable)?;
+        if !r.status().is_success() {
+            tracing::info!(status = %r.status(), "GitHub refused the token");
+            return Err(AuthError::Unauthenticated("GitHub refused the token"));
+        }
+        let user: Account =
+            serde_json::from_slice(&r.bytes().await.map_err(unavailable)?).map_err(unavailable)?;
+        let r = get("/user/orgs").await.map_err(unavailable)?;
+        let orgs: Vec<Account> = if r.status().is_success() {
+            serde_json::from_slice(&r.bytes().await.map_err(unavailable)?).map_err(unavailable)?
+        } else {
+            Vec::new()
+        };
+        if user.login.is_empty() {
+            return Err(AuthError::Unauthenticated("GitHub account without a login"));
+        }
+        Ok((user.login, orgs.into_iter().map(|o| o.login).collect()))
+    }
+}
+
+type GitHubClient = oauth2::basic::BasicClient<
+    oauth2::EndpointSet,
+    oauth2::EndpointNotSet,
+    oauth2::EndpointNotSet,
+    oauth2::EndpointNotSet,
+    oauth2::EndpointSet,
+>;
+
+fn github_client(p: &Provider) -> Result<GitHubClient, AuthError> {
+    let Kind::GitHub {
+        auth_url,
+        token_url,
+        ..
+    } = &p.kind
+    else {
+        return Err(AuthError::Invalid("not a GitHub provider".into()));
+    };
+    let bad = |e: oauth2::url::ParseError| AuthError::Invalid(format!("GitHub URL: {e}"));
+    Ok(
+        oauth2::basic::BasicClient::new(ClientId::new(p.client_id.clone()))
+            .set_client_secret(ClientSecret::new(p.client_secret.clone()))
+            .set_auth_uri(oauth2::AuthUrl::new(auth_url.clone()).map_err(bad)?)
+            .set_token_uri(oauth2::TokenUrl::new(token_url.clone()).map_err(bad)?),
+    )
+}
+
 fn provider(p: &OpenIdProvider, key: &str) -> Result<Provider, String> {
-    let issuer = p
-        .issuer
-        .clone()
-        .filter(|i| !i.is_empty())
-        .ok_or_else(|| format!("{key}.issuer: required (GitHub login is not supported yet)"))?;
+    let github = p.issuer.as_deref().is_none_or(str::is_empty) && key.ends_with(".github");
+    let kind = if github {
+        Kind::GitHub {
+            auth_url: p
+                .authurl
+                .clone()
+                .unwrap_or_else(|| "https://github.com/login/oauth/authorize".into()),
+            token_url: p
+                .tokenurl
+                .clone()
+                .unwrap_or_else(|| "https://github.com/login/oauth/access_token".into()),
+            api_url: p
+                .apiurl
+                .clone()
+                .unwrap_or_else(|| "https://api.github.com".into())
+                .trim_end_matches('/')
+                .to_string(),
+        }
+    } else {
+        Kind::Oidc {
+            issuer: p
+                .issuer
+                .clone()
+                .filter(|i| !i.is_empty())
+                .ok_or_else(|| format!("{key}.issuer: required"))?,
+        }
+    };
     let (client_id, client_secret) = match &p.credentials_file {
         Some(path) => {
             let text = std::fs::read_to_string(path)
@@ -311,20 +447,24 @@ fn provider(p: &OpenIdProvider, key: &str) -> Result<Provider, String> {
     if client_id.is_empty() {
         return Err(format!("{key}.clientid: required"));
     }
-    let mut scopes = if p.scopes.is_empty() {
-        vec![
-            "openid".into(),
-            "profile".into(),
-            "email".into(),
-            "groups".into(),
-        ]
-    } else {
-        p.scopes.clone()
+    let mut scopes = match (&kind, p.scopes.is_empty()) {
+        (_, false) => p.scopes.clone(),
+        (Kind::GitHub { .. }, true) => vec!["read:org".into(), "read:user".into()],
+        (Kind::Oidc { .. }, true) => {
+            vec![
+                "openid".into(),
+                "profile".into(),
+                "email".into(),
+                "groups".into(),
+            ]
+        }
     };
-    scopes.retain(|s| s != "openid"); // always sent by the flow
+    if matches!(kind, Kind::Oidc { .. }) {
+        scopes.retain(|s| s != "openid"); // always sent by the flow
+    }
     let mapping = p.claim_mapping.clone().unwrap_or_default();
     Ok(Provider {
-        issuer,
+        kind,
         client_id,
         client_secret,
         scopes,
@@ -343,9 +483,14 @@ mod tests {
 
     #[test]
     fn providers_need_an_issuer_and_a_client() {
-        let err =
-            oidc(serde_json::json!({"providers": {"github": {"clientid": "x"}}})).unwrap_err();
-        assert!(err.contains("providers.github.issuer"), "{err}");
+        let err = oidc(serde_json::json!({"providers": {"corp": {"clientid": "x"}}})).unwrap_err();
+        assert!(err.contains("providers.corp.issuer"), "{err}");
+        let gh = oidc(serde_json::json!({"providers": {"github": {"clientid": "x"}}})).unwrap();
+        let p = gh.provider("github").unwrap();
+        assert!(
+            matches!(&p.kind, Kind::GitHub { api_url, .. } if api_url == "https://api.github.com")
+        );
+        assert_eq!(p.scopes, vec!["read:org", "read:user"]);
         let err =
             oidc(serde_json::json!({"providers": {"oidc": {"issuer": "https://i"}}})).unwrap_err();
         assert!(err.contains("clientid"), "{err}");

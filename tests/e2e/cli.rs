@@ -54,12 +54,11 @@ fn verify_accepts_a_zot_config_and_names_bad_keys() {
         stderr.contains("defaultPolicy") && stderr.contains("write"),
         "{stderr}"
     );
-    let (ok, _, stderr) = verify(
-        &json!({"http": {"auth": {"openid": {"providers": {"github": {"clientid": "x"}}}}}}),
-    );
+    let (ok, _, stderr) =
+        verify(&json!({"http": {"auth": {"openid": {"providers": {"corp": {"clientid": "x"}}}}}}));
     assert!(!ok);
     assert!(
-        stderr.contains("http.auth.openid.providers.github.issuer"),
+        stderr.contains("http.auth.openid.providers.corp.issuer"),
         "{stderr}"
     );
     let (ok, _, stderr) =

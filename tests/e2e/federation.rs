@@ -930,3 +930,53 @@ async fn tokens_of_an_external_issuer_are_checked_against_its_certificate() {
         401
     );
 }
+
+/// GitHub login: the OAuth code flow, then the user's login and organisations
+/// from the REST API. The test's OAuth server (node's oidc-provider, which
+/// also answers GitHub's two API calls) stands in for GitHub Enterprise.
+#[tokio::test]
+async fn github_login_maps_the_account_and_its_organisations() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let base = format!("http://127.0.0.1:{port}");
+    let policy = json!({"repositories": {"**": {
+        "policies": [{"groups": ["devs"], "actions": ["read", "create"]}],
+        "defaultPolicy": ["read"]}}});
+    let sb = Sandbox::start_with(json!({"http": {
+        "auth": {"openid": {"providers": {"github": {
+            "clientid": "capstan", "clientsecret": "capstan-secret", "scopes": ["openid"],
+            "authurl": format!("{base}/auth"), "tokenurl": format!("{base}/token"),
+            "apiurl": format!("{base}/api")}}}},
+        "accessControl": policy}}))
+    .await;
+    let callback = sb.url("/zot/auth/callback/github");
+    let _provider = OidcProvider::start(port, &callback);
+    let mut alice = Browser::new();
+    let r = alice
+        .send(
+            alice
+                .http
+                .get(sb.url("/zot/auth/login?provider=github&callback_ui=/")),
+        )
+        .await;
+    assert_eq!(r.status(), 302);
+    let to = r.headers()["location"].to_str().unwrap().to_string();
+    assert!(to.starts_with(&format!("{base}/auth?")), "{to}");
+    let back = alice.sign_in(&to, "alice", &callback).await;
+    let r = alice.send(alice.http.get(&back)).await;
+    assert_eq!(r.status(), 302);
+    assert_eq!(alice.cookies.get("user").map(String::as_str), Some("alice"));
+    let session = alice.cookies.get("session").cloned().unwrap();
+    // alice's organisation devs grants create.
+    let r = reqwest::Client::new()
+        .post(sb.url("/v2/team/app/blobs/uploads/"))
+        .header("Cookie", format!("session={session}"))
+        .header("X-ZOT-API-CLIENT", "zot-ui")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+}

@@ -151,6 +151,17 @@ pub struct OpenIdProvider {
     /// zot's key file for some providers; accepted.
     #[serde(default)]
     pub keypath: Option<PathBuf>,
+    /// `github` (GitHub Enterprise): OAuth authorization URL (default
+    /// `https://github.com/login/oauth/authorize`).
+    #[serde(default)]
+    pub authurl: Option<String>,
+    /// `github`: OAuth token URL (default
+    /// `https://github.com/login/oauth/access_token`).
+    #[serde(default)]
+    pub tokenurl: Option<String>,
+    /// `github` (Capstan): REST API base (default `https://api.github.com`).
+    #[serde(default)]
+    pub apiurl: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
