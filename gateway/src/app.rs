@@ -202,20 +202,31 @@ impl Gateway {
             ZotAuth::Login => zot_auth::login(self, ctx).await,
             ZotAuth::Callback(p) => zot_auth::callback(self, ctx, session, &p).await,
             ZotAuth::ApiKey => {
-                ctx.caller = match self
-                    .authn
-                    .resolve(
-                        &session.req_header().headers,
-                        client_cn(session).as_deref(),
-                        ctx,
-                    )
-                    .await
-                {
-                    Ok(c) => c,
-                    Err(f) => return Err(zot_auth::failure(self, ctx, f, None).await),
-                };
+                self.authenticate(ctx, session, None).await?;
                 zot_auth::apikey(self, ctx, session).await
             }
+        }
+    }
+
+    /// Set `ctx.caller` from the request's credentials; the answer for a
+    /// request about `repo` when they do not hold.
+    async fn authenticate(
+        &self,
+        ctx: &mut Ctx,
+        session: &ServerSession,
+        repo: Option<&str>,
+    ) -> Result<(), ApiError> {
+        let headers = &session.req_header().headers;
+        match self
+            .authn
+            .resolve(headers, client_cn(session).as_deref(), ctx)
+            .await
+        {
+            Ok(c) => {
+                ctx.caller = c;
+                Ok(())
+            }
+            Err(f) => Err(zot_auth::failure(self, ctx, f, repo).await),
         }
     }
 
@@ -256,18 +267,9 @@ impl Gateway {
         if path == "/metrics" && (ctx.method == "GET" || ctx.method == "HEAD") {
             // Metrics name repositories: with authentication on, only
             // (listed) users read them.
-            ctx.caller = match self
-                .authn
-                .resolve(
-                    &session.req_header().headers,
-                    client_cn(session).as_deref(),
-                    ctx,
-                )
-                .await
-            {
-                Ok(c) => c,
-                Err(f) => return (None, Err(zot_auth::failure(self, ctx, f, None).await)),
-            };
+            if let Err(e) = self.authenticate(ctx, session, None).await {
+                return (None, Err(e));
+            }
             if !self.authn.may_read_metrics(&ctx.caller) {
                 let e = authz::refuse(self, ctx, None, capstan_oci::access::Action::Read).await;
                 return (None, Err(e));
@@ -291,21 +293,9 @@ impl Gateway {
         if !ep.allows(&ctx.method) {
             return (Some(ep), Err(ApiError::code(ErrorCode::Unsupported)));
         }
-        ctx.caller = match self
-            .authn
-            .resolve(
-                &session.req_header().headers,
-                client_cn(session).as_deref(),
-                ctx,
-            )
-            .await
-        {
-            Ok(c) => c,
-            Err(f) => {
-                let e = zot_auth::failure(self, ctx, f, ep.repo()).await;
-                return (Some(ep), Err(e));
-            }
-        };
+        if let Err(e) = self.authenticate(ctx, session, ep.repo()).await {
+            return (Some(ep), Err(e));
+        }
         self.maybe_start_session(ctx).await;
         if let Err(e) = authz::check(self, ctx, &ep).await {
             return (Some(ep), Err(e));
