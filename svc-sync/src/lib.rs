@@ -47,19 +47,12 @@ pub async fn serve(
 
 /// The upstream URLs named under `extensions.sync.registries[].urls`.
 fn configured_upstreams(config: &Config) -> Vec<String> {
-    let Some(regs) = config
+    config
         .extensions
         .as_ref()
-        .and_then(|e| e.pointer("/sync/registries"))
-        .and_then(|r| r.as_array())
-    else {
-        return Vec::new();
-    };
-    regs.iter()
-        .filter_map(|r| r.get("urls").and_then(|u| u.as_array()))
-        .flatten()
-        .filter_map(|u| u.as_str().map(str::to_string))
-        .collect()
+        .and_then(|e| e.sync.as_ref())
+        .map(|s| s.registries.iter().flat_map(|r| r.urls.clone()).collect())
+        .unwrap_or_default()
 }
 
 #[cfg(test)]

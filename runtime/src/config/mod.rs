@@ -7,8 +7,10 @@
 //! are reported as warnings; an invalid value is an error naming its key.
 
 pub mod auth;
+pub mod extensions;
 
 pub use auth::{AccessControlConfig, AuthConfig};
+pub use extensions::{Extensions, SyncConfig};
 use serde::{Deserialize, Deserializer, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -45,7 +47,7 @@ pub struct Config {
     pub log: LogConfig,
     /// zot extensions (sync, search, …); each role reads its own part.
     #[serde(default)]
-    pub extensions: Option<serde_json::Value>,
+    pub extensions: Option<Extensions>,
     /// zot's background task scheduler settings.
     #[serde(default)]
     pub scheduler: Option<serde_json::Value>,
@@ -546,6 +548,31 @@ mod tests {
             l.config.http.auth.unwrap().ldap.unwrap().base_dn,
             "ou=people,dc=x"
         );
+    }
+
+    #[test]
+    fn zot_sync_sections_are_typed() {
+        let l = load(json!({"extensions": {"search": {"enable": true}, "sync": {
+            "enable": true, "credentialsFile": "/etc/zot/creds.json",
+            "registries": [{"urls": ["https://a", "https://b"], "onDemand": true,
+                "pollInterval": "6h", "tlsVerify": false, "certDir": "/c", "maxRetries": 5,
+                "retryDelay": "30s", "onlySigned": false, "preserveDigest": true,
+                "content": [{"prefix": "/repo/**", "destination": "/local", "stripPrefix": true,
+                    "tags": {"regex": "4.*", "excludeRegex": ".*-rc", "semver": true}}]}]}}}))
+        .unwrap();
+        assert!(l.unknown_keys.is_empty(), "{:?}", l.unknown_keys);
+        let sync = l.config.extensions.unwrap().sync.unwrap();
+        let r = &sync.registries[0];
+        assert_eq!(r.poll_interval, Some(Duration::from_secs(6 * 3600)));
+        assert_eq!(r.retry_delay(), Duration::from_secs(30));
+        assert!(!r.tls_verify() && r.on_demand && r.preserve_digest);
+        assert_eq!(
+            r.content[0].tags.as_ref().unwrap().exclude_regex.as_deref(),
+            Some(".*-rc")
+        );
+        let err = load(json!({"extensions": {"sync": {"registries": [{"pollInterval": "soon"}]}}}))
+            .unwrap_err();
+        assert!(err.to_string().contains("pollInterval"), "{err}");
     }
 
     #[test]
