@@ -230,7 +230,7 @@ impl Gateway {
         }
     }
 
-    /// A password login from the web UI starts a session (zot's behaviour).
+    /// A password login from the web UI (its `GET /v2/`) starts a session.
     async fn maybe_start_session(&self, ctx: &mut Ctx) {
         if !ctx.from_ui || ctx.caller.login != Login::Password {
             return;
@@ -296,7 +296,9 @@ impl Gateway {
         if let Err(e) = self.authenticate(ctx, session, ep.repo()).await {
             return (Some(ep), Err(e));
         }
-        self.maybe_start_session(ctx).await;
+        if ep == Endpoint::Base {
+            self.maybe_start_session(ctx).await;
+        }
         if let Err(e) = authz::check(self, ctx, &ep).await {
             return (Some(ep), Err(e));
         }

@@ -18,7 +18,7 @@ use crate::error::ApiError;
 use capstan_oci::ErrorCode;
 use capstan_oci::access::{Action, Rules, Scoped};
 use capstan_proto::ServiceError;
-use capstan_proto::access::{TokenClaims, token_actions};
+use capstan_proto::access::{TokenAccess, token_actions};
 use capstan_proto::auth::v1::auth_service_client::AuthServiceClient;
 use capstan_proto::auth::v1::{
     AnonymousRequest, AuthenticateRequest, BasicCredential, Principal, PublicKeysRequest,
@@ -40,6 +40,17 @@ const MAX_CACHED: usize = 50_000;
 const DEGRADED_TTL: Duration = Duration::from_secs(1);
 /// Least time between two fetches of the token keys.
 const KEY_REFRESH: Duration = Duration::from_secs(5);
+
+/// What the gateway reads from a verified token (`exp`, `nbf`, `aud` and
+/// `iss` are checked by the validation itself); lenient, so external
+/// issuers that omit optional claims are accepted.
+#[derive(Debug, serde::Deserialize)]
+struct CheckedClaims {
+    #[serde(default)]
+    sub: String,
+    #[serde(default)]
+    access: Vec<TokenAccess>,
+}
 
 /// Token verification keys by key id.
 type KeySet = HashMap<String, Arc<jsonwebtoken::DecodingKey>>;
@@ -158,6 +169,9 @@ pub struct Authn {
     anonymous: RwLock<Option<Entry>>,
     /// Revocation feeds currently live, out of `clients.len()`.
     live_feeds: AtomicUsize,
+    /// Bumped by every invalidation: an answer fetched across one is not
+    /// cached (it may predate the revocation).
+    generation: std::sync::atomic::AtomicU64,
     /// JWKS of Capstan's token service: (kid → key), last fetch.
     token_keys: Mutex<(KeySet, Option<Instant>)>,
     issuer: Mutex<String>,
@@ -208,6 +222,7 @@ impl Authn {
             cache: RwLock::new(HashMap::new()),
             anonymous: RwLock::new(None),
             live_feeds: AtomicUsize::new(0),
+            generation: std::sync::atomic::AtomicU64::new(0),
             token_keys: Mutex::new((HashMap::new(), None)),
             issuer: Mutex::new(String::new()),
             fail_delay: Duration::from_secs(auth.map(|a| a.fail_delay).unwrap_or(0)),
@@ -217,12 +232,14 @@ impl Authn {
                 .external_url
                 .as_ref()
                 .map(|u| u.trim_end_matches('/').to_string()),
-            metrics_users: config
-                .http
-                .access_control
-                .as_ref()
-                .and_then(|a| a.metrics.as_ref())
-                .map(|m| m.users.clone()),
+            // With access control, only the listed users (zot: none when
+            // the list is absent); without it, any authenticated user.
+            metrics_users: config.http.access_control.as_ref().map(|a| {
+                a.metrics
+                    .as_ref()
+                    .map(|m| m.users.clone())
+                    .unwrap_or_default()
+            }),
         })
     }
 
@@ -383,6 +400,7 @@ impl Authn {
         {
             return Ok(e.caller.clone());
         }
+        let generation = self.generation.load(Ordering::Acquire);
         let mut client = self.client().ok_or(AuthFailure::Unauthenticated)?;
         let principal = match client
             .authenticate(ctx.rpc(AuthenticateRequest {
@@ -403,6 +421,9 @@ impl Authn {
         let caller =
             Arc::new(Caller::from_principal(principal, login).map_err(AuthFailure::Backend)?);
         let mut cache = self.cache.write();
+        if self.generation.load(Ordering::Acquire) != generation {
+            return Ok(caller);
+        }
         if cache.len() >= MAX_CACHED {
             cache.clear();
         }
@@ -456,22 +477,33 @@ impl Authn {
                 (key, Some(self.issuer.lock().clone()))
             }
         };
-        let mut v = jsonwebtoken::Validation::new(header.alg);
+        // Capstan signs ES256 only; an external key's family bounds the
+        // algorithm (jsonwebtoken refuses a key of another family).
+        let alg = if issuer.is_some() {
+            jsonwebtoken::Algorithm::ES256
+        } else {
+            header.alg
+        };
+        let mut v = jsonwebtoken::Validation::new(alg);
         v.leeway = 30;
+        v.validate_nbf = true;
         v.set_audience(&[service]);
         if let Some(iss) = &issuer {
             v.set_issuer(&[iss]);
         }
-        let data = jsonwebtoken::decode::<TokenClaims>(token, &key, &v)
+        let data = jsonwebtoken::decode::<CheckedClaims>(token, &key, &v)
             .map_err(|_| AuthFailure::Unauthenticated)?;
         let claims = data.claims;
         let external = external.is_some();
         let mut catalog_all = false;
-        let mut rules = Vec::new();
+        // One entry per repository: several scopes for one name add up.
+        let mut by_repo: std::collections::BTreeMap<String, capstan_oci::access::Actions> =
+            Default::default();
         for a in &claims.access {
             match a.kind.as_str() {
                 "repository" if capstan_oci::validate_repository(&a.name).is_ok() => {
-                    rules.push((a.name.clone(), token_actions(&a.actions, external)));
+                    let e = by_repo.entry(a.name.clone()).or_default();
+                    *e = e.union(token_actions(&a.actions, external));
                 }
                 "registry" if a.name == "catalog" => {
                     catalog_all = a.actions.iter().any(|x| x == "*");
@@ -479,7 +511,7 @@ impl Authn {
                 _ => {}
             }
         }
-        let access = Rules::new(rules, capstan_oci::access::Actions::NONE)
+        let access = Rules::new(by_repo, capstan_oci::access::Actions::NONE)
             .map_err(|_| AuthFailure::Unauthenticated)?
             .within(&[]);
         Ok(Arc::new(Caller {
@@ -531,6 +563,7 @@ impl Authn {
     }
 
     fn apply(&self, what: What) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
         match what {
             What::All(_) => {
                 self.cache.write().clear();

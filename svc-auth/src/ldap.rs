@@ -91,8 +91,14 @@ impl Ldap {
         })
     }
 
-    /// Log `user` in with `password`; their groups on success.
-    pub async fn login(&self, user: &str, password: &str) -> Result<Vec<String>, AuthError> {
+    /// Log `user` in with `password`; on success the directory's spelling
+    /// of the name (matching is case-insensitive there, policies are not)
+    /// and the groups.
+    pub async fn login(
+        &self,
+        user: &str,
+        password: &str,
+    ) -> Result<(String, Vec<String>), AuthError> {
         if user.is_empty() || password.is_empty() {
             return Err(AuthError::Unauthenticated("empty LDAP user or password"));
         }
@@ -116,7 +122,8 @@ impl Ldap {
         if let Some(extra) = &self.user_filter {
             filter = format!("(&{filter}{extra})");
         }
-        let attrs: Vec<&str> = self.group_attribute.iter().map(String::as_str).collect();
+        let mut attrs: Vec<&str> = vec![self.user_attribute.as_str()];
+        attrs.extend(self.group_attribute.iter().map(String::as_str));
         ldap.with_timeout(self.timeout);
         let (entries, _) = ldap
             .search(&self.base_dn, self.scope, &filter, attrs)
@@ -152,7 +159,13 @@ impl Ldap {
                     .map(|(_, v)| v.clone())
             })
             .unwrap_or_default();
-        Ok(groups)
+        let name = entry
+            .attrs
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(&self.user_attribute))
+            .and_then(|(_, v)| v.first().cloned())
+            .unwrap_or_else(|| user.to_string());
+        Ok((name, groups))
     }
 }
 

@@ -133,14 +133,17 @@ impl Oidc {
 
     /// Only same-site paths or allow-listed origins: never an open redirect.
     fn check_callback(&self, ui: &str) -> Result<(), AuthError> {
-        let same_site = ui.starts_with('/') && !ui.starts_with("//") && !ui.starts_with("/\\");
+        // Browsers drop tabs and newlines from a Location and read `\` as
+        // `/`: `/%09/evil` would become `//evil`. Neither may appear.
+        let clean = !ui.bytes().any(|b| b.is_ascii_control() || b == b'\\');
+        let same_site = clean && ui.starts_with('/') && !ui.starts_with("//");
         let allowed = self.allow_origins.iter().any(|o| {
             ui == o
                 || ui
                     .strip_prefix(o.as_str())
                     .is_some_and(|rest| rest.starts_with('/'))
         });
-        if ui.is_empty() || same_site || allowed {
+        if ui.is_empty() || same_site || (clean && allowed) {
             Ok(())
         } else {
             Err(AuthError::Invalid(format!(
@@ -297,14 +300,18 @@ impl Oidc {
             })?;
         let subject = claims.subject().as_str().to_string();
         let info: UserInfoClaims<Extra, CoreGenderClaim> = client
-            .user_info(token.access_token().clone(), None)
+            .user_info(token.access_token().clone(), Some(claims.subject().clone()))
             .map_err(unavailable)?
             .request_async(&self.http)
             .await
             .map_err(unavailable)?;
         let username = match p.username_claim.as_str() {
             "sub" => Some(subject),
-            "email" => info.email().map(|e| e.as_str().to_string()),
+            // An address the provider has not verified names nobody.
+            "email" => info
+                .email()
+                .filter(|_| info.email_verified() == Some(true))
+                .map(|e| e.as_str().to_string()),
             "preferred_username" => info.preferred_username().map(|u| u.as_str().to_string()),
             other => info
                 .additional_claims()
@@ -519,6 +526,9 @@ mod tests {
             assert!(o.check_callback(ok).is_ok(), "{ok}");
         }
         for bad in [
+            "/\t/evil.example",
+            "/\n/evil.example",
+            "/a\\b",
             "//evil.example",
             "/\\evil.example",
             "https://evil.example/",

@@ -101,10 +101,10 @@ impl AuthCore {
                 }
                 if let Some(l) = &self.ldap {
                     match l.login(&b.username, &b.password).await {
-                        Ok(ldap_groups) => {
+                        Ok((name, ldap_groups)) => {
                             return Ok(Identity {
-                                groups: self.groups(&b.username, &ldap_groups),
-                                username: b.username.clone(),
+                                groups: self.groups(&name, &ldap_groups),
+                                username: name,
                                 scopes: vec![],
                                 handle: String::new(),
                                 may_manage_keys: self.keys.is_some(),
@@ -199,6 +199,18 @@ impl AuthCore {
             .ok_or(AuthError::Unauthenticated("no credential"))?;
         let id = self.identify(cred).await?;
         Ok(self.principal(id))
+    }
+
+    /// The groups worth storing with a key or session: those that came
+    /// from outside (LDAP, OpenID). The configuration's are looked up at
+    /// each use, so editing `accessControl.groups` takes effect at once.
+    fn external_groups(&self, user: &str, groups: &[String]) -> Vec<String> {
+        let configured = self.policy.groups_of(user);
+        groups
+            .iter()
+            .filter(|g| !configured.contains(g))
+            .cloned()
+            .collect()
     }
 
     fn invalidate(&self, what: What) {
@@ -341,7 +353,8 @@ impl pb::auth_service_server::AuthService for AuthServiceImpl {
         if r.username.is_empty() {
             return Err(AuthError::Invalid("a session needs a user".into()).into());
         }
-        let session = self.core.sessions.create(&r.username, &r.groups).await?;
+        let groups = self.core.external_groups(&r.username, &r.groups);
+        let session = self.core.sessions.create(&r.username, &groups).await?;
         Ok(Response::new(CreateSessionResponse {
             session,
             max_age_seconds: SESSION_TTL.as_secs() as u32,
@@ -399,7 +412,7 @@ impl pb::auth_service_server::AuthService for AuthServiceImpl {
                 return Err(e.into());
             }
         };
-        let groups = self.core.groups(&login.username, &login.groups);
+        let groups = self.core.external_groups(&login.username, &login.groups);
         let session = self.core.sessions.create(&login.username, &groups).await?;
         tracing::info!(provider = %r.provider, user = %login.username, "OpenID login");
         Ok(Response::new(FinishLoginResponse {
@@ -438,8 +451,8 @@ impl pb::auth_service_server::AuthService for AuthServiceImpl {
         }
         let (key, secret) = keys
             .create(NewKey {
+                groups: self.core.external_groups(&r.owner, &r.groups),
                 owner: r.owner,
-                groups: r.groups,
                 label: r.label,
                 scopes: r.scopes,
                 expires_at: r.expires_at,

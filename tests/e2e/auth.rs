@@ -641,6 +641,8 @@ async fn detect_manifest_collision_refuses_deleting_a_digest_several_tags_name()
         202
     );
     assert_eq!(sb.get("/v2/app/manifests/v4").await.status(), 404);
+    // With access control and no metrics list, nobody reads the metrics.
+    assert_eq!(sb.get("/metrics").await.status(), 403);
 }
 
 /// A CA and certificates it signs, as PEM files in `dir`.
@@ -806,6 +808,23 @@ async fn ldap_logins_against_slapd_carry_directory_groups() {
             .status();
         assert_eq!(s, 401, "{u:?}/{p:?}");
     }
+    // The directory matches names without case; the user is its spelling.
+    let shouting = basic_client("ALICE", "alice-ldap-pw");
+    assert_eq!(
+        shouting
+            .get(sb.url("/v2/team/app/tags/list"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let log = sb.proc.log_text();
+    let line = log
+        .lines()
+        .rfind(|l| l.contains("tags/list") || l.contains("\"tags\""))
+        .unwrap_or("");
+    assert!(line.contains("alice") && !line.contains("ALICE"), "{line}");
     // A local htpasswd account still works next to the directory.
     let carol = basic_client("carol", "carol-local-pw");
     assert_eq!(

@@ -236,6 +236,29 @@ async fn bearer_mode_issues_and_checks_tokens() {
         .await
         .unwrap();
     assert_eq!(r.status(), 401);
+    // Two scopes for one repository add up.
+    let c = basic_client("alice", "alice-pw");
+    let url = format!(
+        "{realm}?service=capstan-test&scope=repository:team/app:pull&scope=repository:team/app:push"
+    );
+    let two: Value = c.get(url).send().await.unwrap().json().await.unwrap();
+    let both = bearer(two["token"].as_str().unwrap());
+    assert_eq!(
+        both.get(alice.url("/v2/team/app/manifests/v1"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        both.post(alice.url("/v2/team/app/blobs/uploads/"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        202
+    );
     // A forged token (signed by someone else) is refused.
     let forged = format!("{}x", t["token"].as_str().unwrap());
     assert_eq!(

@@ -182,7 +182,12 @@ pub async fn token(gw: &Gateway, ctx: &Ctx, session: &ServerSession) -> Result<R
             "several Authorization headers",
         ));
     }
-    let credential = match first.and_then(|v| v.to_str().ok()) {
+    let first = match first.map(|v| v.to_str()) {
+        Some(Err(_)) => return Err(unauthenticated(gw).await),
+        Some(Ok(v)) => Some(v),
+        None => None,
+    };
+    let credential = match first {
         Some(v) => {
             let (scheme, rest) = v.split_once(' ').unwrap_or((v, ""));
             let parsed = scheme
