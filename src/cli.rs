@@ -56,6 +56,7 @@ fn load(path: Option<&Path>) -> Result<Loaded, LoadError> {
         None => Config::defaults(env)?,
     };
     capstan_auth::check_config(&loaded.config).map_err(LoadError::Role)?;
+    capstan_sync::check_config(&loaded.config).map_err(LoadError::Role)?;
     Ok(loaded)
 }
 

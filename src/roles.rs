@@ -61,17 +61,25 @@ pub async fn serve(config: Config, role: Role, listen: Option<SocketAddr>) -> an
                 meta: vec![],
                 blob: vec![],
                 auth: vec![],
+                sync: vec![],
             };
             for r in [Role::Meta, Role::Blob, Role::Auth, Role::Sync] {
                 let l = TcpListener::bind("127.0.0.1:0").await?;
                 let addr = l.local_addr()?;
+                let mut role_config = config.clone();
                 match r {
                     Role::Meta => upstreams.meta.push(url(addr)),
                     Role::Blob => upstreams.blob.push(url(addr)),
                     Role::Auth => upstreams.auth.push(url(addr)),
+                    Role::Sync => {
+                        // svc-sync stores through the embedded meta and blob.
+                        upstreams.sync.push(url(addr));
+                        role_config.services.meta.endpoints = upstreams.meta.clone();
+                        role_config.services.blob.endpoints = upstreams.blob.clone();
+                    }
                     _ => {}
                 }
-                spawn_grpc(&mut set, r, &config, l, &shutdown);
+                spawn_grpc(&mut set, r, &role_config, l, &shutdown);
             }
             let gw = bind_gateway(&config, listen)?;
             announce(&config, "all", gw.local_addr()?);
@@ -83,6 +91,7 @@ pub async fn serve(config: Config, role: Role, listen: Option<SocketAddr>) -> an
                 meta: config.services.meta.endpoints.clone(),
                 blob: config.services.blob.endpoints.clone(),
                 auth: config.services.auth.endpoints.clone(),
+                sync: config.services.sync.endpoints.clone(),
             };
             let gw = bind_gateway(&config, listen)?;
             announce(&config, "gateway", gw.local_addr()?);

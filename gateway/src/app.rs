@@ -34,6 +34,10 @@ pub struct Gateway {
     pub manifests: Arc<ManifestCache>,
     pub metrics: Metrics,
     pub authn: Arc<Authn>,
+    /// svc-sync, when on-demand pull-through is configured.
+    pub sync: Option<
+        capstan_proto::sync::v1::sync_service_client::SyncServiceClient<tonic::transport::Channel>,
+    >,
 }
 
 /// What a handler sends back.
@@ -178,6 +182,7 @@ impl Gateway {
             manifests,
             metrics: Metrics::new(),
             authn,
+            sync: None,
         }
     }
 

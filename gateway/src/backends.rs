@@ -5,6 +5,7 @@
 use capstan_proto::auth::v1::auth_service_client::AuthServiceClient;
 use capstan_proto::blob::v1::blob_service_client::BlobServiceClient;
 use capstan_proto::meta::v1::meta_service_client::MetaServiceClient;
+use capstan_proto::sync::v1::sync_service_client::SyncServiceClient;
 use capstan_runtime::grpc::{MAX_MESSAGE_BYTES, lazy_channel};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use tonic::transport::Channel;
@@ -100,6 +101,16 @@ impl Backends {
 pub fn auth_client(uri: &str) -> Result<AuthServiceClient<Channel>, BackendError> {
     lazy_channel(uri)
         .map(AuthServiceClient::new)
+        .map_err(|source| BackendError::BadUri {
+            uri: uri.to_string(),
+            source,
+        })
+}
+
+/// A lazily connecting client of svc-sync.
+pub fn sync_client(uri: &str) -> Result<SyncServiceClient<Channel>, BackendError> {
+    lazy_channel(uri)
+        .map(SyncServiceClient::new)
         .map_err(|source| BackendError::BadUri {
             uri: uri.to_string(),
             source,

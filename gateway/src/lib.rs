@@ -33,6 +33,9 @@ pub struct Upstreams {
     pub blob: Vec<String>,
     /// svc-auth replicas; may be empty when no authentication is configured.
     pub auth: Vec<String>,
+    /// svc-sync replicas; pull-through is asked of them when on-demand sync
+    /// is configured.
+    pub sync: Vec<String>,
 }
 
 /// Serve the OCI API on `listener` (already bound) until `shutdown`.
@@ -60,7 +63,17 @@ pub async fn serve(
             tokio::spawn(auth::follow(authn.clone(), client, shutdown.clone()));
         }
     }
-    let app = app::Gateway::new(backends, manifests, authn);
+    let on_demand = config
+        .extensions
+        .as_ref()
+        .and_then(|e| e.sync.as_ref())
+        .is_some_and(|s| s.enabled() && s.registries.iter().any(|r| r.on_demand));
+    let sync = match upstreams.sync.first() {
+        Some(u) if on_demand => Some(backends::sync_client(u)?),
+        _ => None,
+    };
+    let mut app = app::Gateway::new(backends, manifests, authn);
+    app.sync = sync;
     let addr = listener.local_addr()?.to_string();
     listener.set_nonblocking(true)?;
 

@@ -1,18 +1,218 @@
-//! svc-sync owns mirroring from and pull-through caching of upstream registries. It writes only through the
-//! gRPC contract in `proto/`. In the registry core it serves the contract's
-//! `Info` call and the standard health service; the sync issue fills it in.
+//! svc-sync owns mirroring from and pull-through caching of upstream
+//! registries (zot's `extensions.sync`). It is an OCI client of other
+//! registries ([`upstream`]) that writes into Capstan only through svc-blob
+//! and svc-meta's gRPC contracts ([`copy`]): blobs stream from the upstream
+//! into svc-blob, the manifest is stored last. `SyncImage` serves the
+//! gateway's pull-through, one upstream fetch per image however many
+//! clients wait for it.
+
+pub mod content;
+pub mod copy;
+pub mod error;
+pub mod upstream;
 
 use capstan_proto::sync::v1::{
-    InfoRequest, InfoResponse,
+    InfoRequest, InfoResponse, SyncImageRequest, SyncImageResponse,
     sync_service_server::{SyncService, SyncServiceServer},
 };
+use capstan_runtime::config::extensions::SyncConfig;
+use capstan_runtime::grpc::{MAX_MESSAGE_BYTES, lazy_channel};
 use capstan_runtime::{Config, Shutdown, grpc};
+use content::Content;
+use error::SyncError;
+use futures::FutureExt;
+use futures::future::{BoxFuture, Shared};
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::sync::Arc;
 use tokio::net::TcpListener;
 
+/// One configured upstream registry.
+#[derive(Debug)]
+struct Registry {
+    upstream: upstream::Upstream,
+    contents: Vec<Content>,
+    on_demand: bool,
+}
+
+type Pending = Shared<BoxFuture<'static, Result<String, SyncError>>>;
+
+/// The sync engine: upstreams, where copies go, fetches in flight.
+#[derive(Debug)]
+pub struct Syncer {
+    registries: Vec<Registry>,
+    stores: copy::Stores,
+    inflight: Mutex<HashMap<(String, String), Pending>>,
+}
+
+/// Parse `credentialsFile`: `{"host:port": {"username", "password"}}`.
+fn credentials(sync: &SyncConfig) -> Result<HashMap<String, (String, String)>, String> {
+    let Some(path) = &sync.credentials_file else {
+        return Ok(HashMap::new());
+    };
+    #[derive(serde::Deserialize)]
+    struct Cred {
+        username: String,
+        password: String,
+    }
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("extensions.sync.credentialsFile {}: {e}", path.display()))?;
+    let map: HashMap<String, Cred> = serde_json::from_str(&text).map_err(|e| {
+        format!(
+            "extensions.sync.credentialsFile {}: expected {{\"host:port\": {{\"username\", \"password\"}}}}: {e}",
+            path.display()
+        )
+    })?;
+    Ok(map
+        .into_iter()
+        .map(|(k, c)| (k, (c.username, c.password)))
+        .collect())
+}
+
+/// Check `extensions.sync`; the message names the key at fault.
+pub fn check_config(config: &Config) -> Result<(), String> {
+    match config.extensions.as_ref().and_then(|e| e.sync.as_ref()) {
+        Some(sync) => registries(sync).map(|_| ()),
+        None => Ok(()),
+    }
+}
+
+fn registries(sync: &SyncConfig) -> Result<Vec<Registry>, String> {
+    let creds = credentials(sync)?;
+    let mut out = Vec::new();
+    for (i, r) in sync.registries.iter().enumerate() {
+        let key = format!("extensions.sync.registries[{i}]");
+        let upstream = upstream::Upstream::new(r, &creds).map_err(|e| format!("{key}.{e}"))?;
+        let contents = if r.content.is_empty() {
+            vec![Content::everything()]
+        } else {
+            r.content
+                .iter()
+                .enumerate()
+                .map(|(j, c)| Content::new(c, &format!("{key}.content[{j}]")))
+                .collect::<Result<_, _>>()?
+        };
+        out.push(Registry {
+            upstream,
+            contents,
+            on_demand: r.on_demand,
+        });
+    }
+    Ok(out)
+}
+
+impl Syncer {
+    /// The engine for `config`, storing through `meta` and `blob`.
+    pub fn new(config: &Config, meta: &[String], blob: &[String]) -> anyhow::Result<Self> {
+        let registries = match config.extensions.as_ref().and_then(|e| e.sync.as_ref()) {
+            Some(s) if s.enabled() => registries(s).map_err(anyhow::Error::msg)?,
+            _ => Vec::new(),
+        };
+        let (Some(meta), Some(blob)) = (meta.first(), blob.first()) else {
+            anyhow::bail!("svc-sync needs services.meta.endpoints and services.blob.endpoints");
+        };
+        let stores = copy::Stores {
+            meta: capstan_proto::meta::v1::meta_service_client::MetaServiceClient::new(
+                lazy_channel(meta)?,
+            )
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            blob: capstan_proto::blob::v1::blob_service_client::BlobServiceClient::new(
+                lazy_channel(blob)?,
+            )
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        };
+        Ok(Self {
+            registries,
+            stores,
+            inflight: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Pull-through of `reference` into local `repo`; one upstream fetch
+    /// for all concurrent callers, which runs to its end even when they
+    /// all go away (the next pull finds it stored).
+    pub async fn on_demand(
+        self: &Arc<Self>,
+        repo: &str,
+        reference: &str,
+    ) -> Result<String, SyncError> {
+        let key = (repo.to_string(), reference.to_string());
+        let pending = {
+            let mut inflight = self.inflight.lock();
+            match inflight.get(&key) {
+                Some(p) => p.clone(),
+                None => {
+                    let this = self.clone();
+                    let k = key.clone();
+                    let task = tokio::spawn(async move {
+                        let r = this.fetch(&k.0, &k.1).await;
+                        this.inflight.lock().remove(&k);
+                        r
+                    });
+                    let p = async move {
+                        task.await.unwrap_or_else(|e| {
+                            Err(SyncError::Unavailable(format!("sync task: {e}")))
+                        })
+                    }
+                    .boxed()
+                    .shared();
+                    inflight.insert(key, p.clone());
+                    p
+                }
+            }
+        };
+        pending.await
+    }
+
+    async fn fetch(&self, repo: &str, reference: &str) -> Result<String, SyncError> {
+        // A caller that missed locally just before an earlier fetch stored
+        // the image finds it here rather than fetching again.
+        let local = self
+            .stores
+            .meta
+            .clone()
+            .get_manifest(capstan_proto::meta::v1::GetManifestRequest {
+                repo: repo.to_string(),
+                reference: reference.to_string(),
+                head: true,
+            })
+            .await;
+        if let Ok(m) = local {
+            return Ok(m.into_inner().digest);
+        }
+        let is_tag = matches!(
+            capstan_oci::Reference::parse(reference),
+            Ok(capstan_oci::Reference::Tag(_))
+        );
+        let mut last = SyncError::NotFound(format!("no on-demand upstream for {repo}"));
+        for r in self.registries.iter().filter(|r| r.on_demand) {
+            for c in &r.contents {
+                let Some(up_repo) = c.upstream_name(repo) else {
+                    continue;
+                };
+                if is_tag && !c.tags().allows(reference) {
+                    continue;
+                }
+                match copy::image(&self.stores, &r.upstream, &up_repo, repo, reference).await {
+                    Ok(d) => return Ok(d),
+                    Err(e) => {
+                        tracing::info!(repo, reference, upstream_repo = %up_repo, error = %e, "on-demand sync failed");
+                        last = e;
+                    }
+                }
+            }
+        }
+        Err(last)
+    }
+}
+
 /// The SyncService implementation.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct SyncServiceImpl {
     upstreams: Vec<String>,
+    syncer: Arc<Syncer>,
 }
 
 #[tonic::async_trait]
@@ -25,6 +225,20 @@ impl SyncService for SyncServiceImpl {
             upstreams: self.upstreams.clone(),
         }))
     }
+
+    async fn sync_image(
+        &self,
+        req: tonic::Request<SyncImageRequest>,
+    ) -> Result<tonic::Response<SyncImageResponse>, tonic::Status> {
+        let r = req.get_ref();
+        if capstan_oci::validate_repository(&r.repo).is_err()
+            || capstan_oci::Reference::parse(&r.reference).is_err()
+        {
+            return Err(SyncError::NotFound(format!("{}:{}", r.repo, r.reference)).into());
+        }
+        let digest = self.syncer.on_demand(&r.repo, &r.reference).await?;
+        Ok(tonic::Response::new(SyncImageResponse { digest }))
+    }
 }
 
 /// Serve the role on `listener` until `shutdown`.
@@ -33,8 +247,14 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
+    let syncer = Arc::new(Syncer::new(
+        config,
+        &config.services.meta.endpoints,
+        &config.services.blob.endpoints,
+    )?);
     let svc = SyncServiceImpl {
         upstreams: configured_upstreams(config),
+        syncer,
     };
     let health = grpc::health_service(&["capstan.sync.v1.SyncService"]).await;
     let router = grpc::server()
@@ -74,5 +294,35 @@ mod tests {
             vec!["https://a", "https://b", "https://c"]
         );
         assert!(configured_upstreams(&Config::default()).is_empty());
+    }
+
+    #[test]
+    fn bad_sync_configs_name_their_key() {
+        let check = |v: serde_json::Value| {
+            check_config(
+                &Config::from_value(v, Vec::<(String, String)>::new())
+                    .unwrap()
+                    .config,
+            )
+        };
+        let err =
+            check(serde_json::json!({"extensions": {"sync": {"registries": [{"urls": []}]}}}))
+                .unwrap_err();
+        assert!(err.contains("registries[0].urls"), "{err}");
+        let err = check(serde_json::json!({"extensions": {"sync": {"registries": [
+            {"urls": ["http://u"], "content": [{"prefix": "a", "tags": {"regex": "("}}]}]}}}))
+        .unwrap_err();
+        assert!(err.contains("registries[0].content[0].tags.regex"), "{err}");
+        let err = check(
+            serde_json::json!({"extensions": {"sync": {"credentialsFile": "/nonexistent",
+            "registries": [{"urls": ["http://u"]}]}}}),
+        )
+        .unwrap_err();
+        assert!(err.contains("credentialsFile"), "{err}");
+        assert!(
+            check(serde_json::json!({"extensions": {"sync": {"registries": [
+            {"urls": ["http://u"], "onDemand": true, "content": [{"prefix": "**"}]}]}}}))
+            .is_ok()
+        );
     }
 }

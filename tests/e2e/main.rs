@@ -9,3 +9,4 @@ mod layout;
 mod oci;
 mod sandbox;
 mod spec;
+mod sync;

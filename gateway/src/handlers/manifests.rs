@@ -7,6 +7,7 @@ use crate::error::ApiError;
 use capstan_oci::ErrorCode;
 use capstan_oci::manifest::MAX_MANIFEST_BYTES;
 use capstan_proto::meta::v1::{DeleteManifestRequest, GetManifestRequest, PutManifestRequest};
+use capstan_proto::sync::v1::SyncImageRequest;
 use pingora::protocols::http::ServerSession;
 use std::sync::Arc;
 
@@ -59,17 +60,42 @@ pub async fn get(gw: &Gateway, ctx: &Ctx, repo: &str, reference: &str) -> Result
     }
     gw.metrics.cache(false);
     let epoch = gw.manifests.epoch();
-    let r = gw
-        .backends
-        .meta()
-        .get_manifest(ctx.rpc(GetManifestRequest {
-            repo: repo.into(),
-            reference: reference.into(),
-            // The whole manifest even for HEAD, so it can be cached.
-            head: false,
-        }))
-        .await?
-        .into_inner();
+    let fetch = || async {
+        gw.backends
+            .meta()
+            .get_manifest(ctx.rpc(GetManifestRequest {
+                repo: repo.into(),
+                reference: reference.into(),
+                // The whole manifest even for HEAD, so it can be cached.
+                head: false,
+            }))
+            .await
+    };
+    let r = match fetch().await {
+        Ok(r) => r.into_inner(),
+        Err(status) => {
+            let e = ApiError::from(status);
+            let missing = matches!(e.code, ErrorCode::ManifestUnknown | ErrorCode::NameUnknown);
+            let Some(mut sync) = gw.sync.clone().filter(|_| missing) else {
+                return Err(e);
+            };
+            // Pull-through: the on-demand upstream fetches and stores it.
+            sync.sync_image(ctx.rpc(SyncImageRequest {
+                repo: repo.into(),
+                reference: reference.into(),
+            }))
+            .await
+            .map_err(|s| {
+                let se = ApiError::from(s);
+                if se.code == ErrorCode::ManifestUnknown {
+                    e
+                } else {
+                    se
+                }
+            })?;
+            fetch().await?.into_inner()
+        }
+    };
     let m = Arc::new(Cached {
         digest: r.digest,
         media_type: r.media_type,

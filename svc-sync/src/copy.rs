@@ -1,0 +1,193 @@
+//! Copying one image from an upstream into Capstan: the manifest (and, for
+//! an index, every child first), then each blob the repository lacks —
+//! linked when svc-blob already holds the digest, otherwise streamed from
+//! the upstream into svc-blob in chunks (never held whole) — and the
+//! manifest last, so a half-copied image is never visible.
+
+use crate::error::SyncError;
+use crate::upstream::Upstream;
+use capstan_oci::{Digest, ParsedManifest, Reference};
+use capstan_proto::blob::v1::blob_service_client::BlobServiceClient;
+use capstan_proto::blob::v1::{PutChunk, StatRequest};
+use capstan_proto::meta::v1::meta_service_client::MetaServiceClient;
+use capstan_proto::meta::v1::{LinkBlobRequest, PutManifestRequest, StatBlobRequest};
+use capstan_runtime::grpc::CHUNK_BYTES;
+use futures::StreamExt;
+use std::future::Future;
+use std::pin::Pin;
+use tonic::transport::Channel;
+
+/// Where copies go.
+#[derive(Debug, Clone)]
+pub struct Stores {
+    pub meta: MetaServiceClient<Channel>,
+    pub blob: BlobServiceClient<Channel>,
+}
+
+fn code(s: &tonic::Status) -> capstan_oci::ErrorCode {
+    capstan_proto::ServiceError::from_status(s).code
+}
+
+/// Copy `reference` of upstream `from` into local `to`; its digest.
+pub fn image<'a>(
+    stores: &'a Stores,
+    up: &'a Upstream,
+    from: &'a str,
+    to: &'a str,
+    reference: &'a str,
+) -> Pin<Box<dyn Future<Output = Result<String, SyncError>> + Send + 'a>> {
+    Box::pin(async move {
+        let m = up.manifest(from, reference).await?;
+        let wanted = match Reference::parse(reference) {
+            Ok(Reference::Digest(d)) => Some(d),
+            _ => None,
+        };
+        let algorithm = wanted
+            .as_ref()
+            .map(|d| d.algorithm())
+            .unwrap_or(capstan_oci::Algorithm::Sha256);
+        let digest = Digest::of(algorithm, &m.bytes);
+        if let Some(want) = wanted
+            && want != digest
+        {
+            return Err(SyncError::Invalid(format!(
+                "{from}@{reference} served content with digest {digest}"
+            )));
+        }
+        let parsed = ParsedManifest::parse(&m.media_type, &m.bytes)
+            .map_err(|e| SyncError::Invalid(format!("{from}:{reference}: {e}")))?;
+        for child in &parsed.manifests {
+            image(stores, up, from, to, &child.to_string()).await?;
+        }
+        for blob in &parsed.blobs {
+            ensure_blob(stores, up, from, to, blob).await?;
+        }
+        stores
+            .meta
+            .clone()
+            .put_manifest(PutManifestRequest {
+                repo: to.to_string(),
+                reference: reference.to_string(),
+                content_type: m.media_type.clone(),
+                content: m.bytes.clone(),
+            })
+            .await?;
+        tracing::info!(upstream_repo = from, repo = to, reference, digest = %digest, "image synced");
+        Ok(digest.to_string())
+    })
+}
+
+/// Make `digest` readable in `to`: nothing when it is, a link when svc-blob
+/// has it, otherwise a streamed copy.
+async fn ensure_blob(
+    stores: &Stores,
+    up: &Upstream,
+    from: &str,
+    to: &str,
+    digest: &Digest,
+) -> Result<(), SyncError> {
+    let d = digest.to_string();
+    match stores
+        .meta
+        .clone()
+        .stat_blob(StatBlobRequest {
+            repo: to.to_string(),
+            digest: d.clone(),
+        })
+        .await
+    {
+        Ok(_) => return Ok(()),
+        Err(s)
+            if matches!(
+                code(&s),
+                capstan_oci::ErrorCode::BlobUnknown | capstan_oci::ErrorCode::NameUnknown
+            ) => {}
+        Err(s) => return Err(s.into()),
+    }
+    let size = match stores
+        .blob
+        .clone()
+        .stat(StatRequest { digest: d.clone() })
+        .await
+    {
+        Ok(r) => r.into_inner().size,
+        Err(s) if code(&s) == capstan_oci::ErrorCode::BlobUnknown => {
+            copy_blob(stores, up, from, &d).await?
+        }
+        Err(s) => return Err(s.into()),
+    };
+    stores
+        .meta
+        .clone()
+        .link_blob(LinkBlobRequest {
+            repo: to.to_string(),
+            digest: d,
+            size,
+        })
+        .await?;
+    Ok(())
+}
+
+/// Stream blob `digest` from the upstream into svc-blob, which verifies it.
+async fn copy_blob(
+    stores: &Stores,
+    up: &Upstream,
+    from: &str,
+    digest: &str,
+) -> Result<u64, SyncError> {
+    let r = up.blob(from, digest).await?;
+    let (tx, rx) = tokio::sync::mpsc::channel::<PutChunk>(4);
+    let put = {
+        let mut blob = stores.blob.clone();
+        tokio::spawn(async move {
+            blob.put(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await
+        })
+    };
+    let mut body = r.bytes_stream();
+    let mut first = true;
+    let mut pumped: Result<(), SyncError> = Ok(());
+    'pump: while let Some(chunk) = body.next().await {
+        let chunk = match chunk {
+            Ok(c) => c,
+            Err(e) => {
+                pumped = Err(SyncError::Unavailable(format!("{from}@{digest}: {e}")));
+                break;
+            }
+        };
+        for piece in chunk.chunks(CHUNK_BYTES) {
+            let msg = PutChunk {
+                digest: if first {
+                    digest.to_string()
+                } else {
+                    String::new()
+                },
+                data: bytes::Bytes::copy_from_slice(piece),
+            };
+            first = false;
+            if tx.send(msg).await.is_err() {
+                // svc-blob ended the call; its answer says why.
+                break 'pump;
+            }
+        }
+    }
+    if first && pumped.is_ok() {
+        // An empty blob still names its digest.
+        let _ = tx
+            .send(PutChunk {
+                digest: digest.to_string(),
+                data: bytes::Bytes::new(),
+            })
+            .await;
+    }
+    if pumped.is_err() {
+        // Abandon the stream: svc-blob keeps nothing of a cancelled put.
+        put.abort();
+        return pumped.map(|_| 0);
+    }
+    drop(tx);
+    let done = put
+        .await
+        .map_err(|e| SyncError::Unavailable(format!("blob store task: {e}")))??;
+    Ok(done.into_inner().size)
+}
