@@ -9,6 +9,7 @@
 pub mod content;
 pub mod copy;
 pub mod error;
+pub mod mirror;
 pub mod upstream;
 
 use capstan_proto::sync::v1::{
@@ -29,10 +30,15 @@ use tokio::net::TcpListener;
 
 /// One configured upstream registry.
 #[derive(Debug)]
-struct Registry {
-    upstream: upstream::Upstream,
-    contents: Vec<Content>,
-    on_demand: bool,
+pub struct Registry {
+    pub upstream: upstream::Upstream,
+    pub contents: Vec<Content>,
+    pub on_demand: bool,
+    /// The first URL, for logs and metrics.
+    pub name: String,
+    pub poll_interval: Option<std::time::Duration>,
+    pub max_retries: u32,
+    pub retry_delay: std::time::Duration,
 }
 
 type Pending = Shared<BoxFuture<'static, Result<String, SyncError>>>;
@@ -41,7 +47,7 @@ type Pending = Shared<BoxFuture<'static, Result<String, SyncError>>>;
 #[derive(Debug)]
 pub struct Syncer {
     registries: Vec<Registry>,
-    stores: copy::Stores,
+    pub stores: copy::Stores,
     inflight: Mutex<HashMap<(String, String), Pending>>,
 }
 
@@ -96,12 +102,20 @@ fn registries(sync: &SyncConfig) -> Result<Vec<Registry>, String> {
             upstream,
             contents,
             on_demand: r.on_demand,
+            name: r.urls[0].clone(),
+            poll_interval: r.poll_interval,
+            max_retries: r.max_retries(),
+            retry_delay: r.retry_delay(),
         });
     }
     Ok(out)
 }
 
 impl Syncer {
+    pub fn registry(&self, i: usize) -> &Registry {
+        &self.registries[i]
+    }
+
     /// The engine for `config`, storing through `meta` and `blob`.
     pub fn new(config: &Config, meta: &[String], blob: &[String]) -> anyhow::Result<Self> {
         let registries = match config.extensions.as_ref().and_then(|e| e.sync.as_ref()) {
@@ -252,6 +266,11 @@ pub async fn serve(
         &config.services.meta.endpoints,
         &config.services.blob.endpoints,
     )?);
+    for i in 0..syncer.registries.len() {
+        if syncer.registries[i].poll_interval.is_some() {
+            tokio::spawn(mirror::run(syncer.clone(), i, shutdown.clone()));
+        }
+    }
     let svc = SyncServiceImpl {
         upstreams: configured_upstreams(config),
         syncer,

@@ -11,9 +11,10 @@ use std::process::{Child, Command};
 
 /// A `docker-registry` on a free loopback port with htpasswd auth.
 pub struct Distribution {
-    child: Child,
+    child: Option<Child>,
     pub url: String,
     pub log: PathBuf,
+    yml: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -36,22 +37,34 @@ impl Distribution {
             ),
         )
         .unwrap();
-        let log = dir.path().join("registry.log");
-        let f = std::fs::File::create(&log).unwrap();
-        let child = Command::new("docker-registry")
-            .args(["serve", yml.to_str().unwrap()])
-            .stdout(f.try_clone().unwrap())
-            .stderr(f)
-            .spawn()
-            .expect("docker-registry");
-        let url = format!("http://127.0.0.1:{port}");
-        wait_ready(&reqwest::Client::new(), &format!("{url}/v2/")).await;
-        Distribution {
-            child,
-            url,
-            log,
+        let mut d = Distribution {
+            child: None,
+            url: format!("http://127.0.0.1:{port}"),
+            log: dir.path().join("registry.log"),
+            yml,
             _dir: dir,
-        }
+        };
+        d.restart().await;
+        d
+    }
+
+    /// Start (again) on the same port and data.
+    pub async fn restart(&mut self) {
+        self.kill();
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        self.child = Some(
+            Command::new("docker-registry")
+                .args(["serve", self.yml.to_str().unwrap()])
+                .stdout(f.try_clone().unwrap())
+                .stderr(f)
+                .spawn()
+                .expect("docker-registry"),
+        );
+        wait_ready(&reqwest::Client::new(), &format!("{}/v2/", self.url)).await;
     }
 
     pub fn host(&self) -> String {
@@ -69,8 +82,10 @@ impl Distribution {
     }
 
     pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 }
 
@@ -192,4 +207,88 @@ async fn pulls_through_from_an_htpasswd_upstream_once_and_serves_the_copy_when_i
     // …and a new image is unavailable, not "unknown".
     let r = sb.get("/v2/hub/new/manifests/v1").await;
     assert_eq!(r.status(), 503);
+}
+
+/// Poll `path` on `sb` until it answers `status`, for at most 30 s.
+async fn until(sb: &Sandbox, path: &str, status: u16) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        if sb.get(path).await.status() == status {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{path} never answered {status}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn mirrors_what_content_selects_and_recovers_when_the_upstream_comes_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let users = htpasswd(dir.path(), &[("sync", "sync-pw")]);
+    let mut up = Distribution::start(&users).await;
+    let v1 = seed(&up, "library/app", "v1", 1);
+    seed(&up, "library/app", "v2-rc", 1);
+    let tool = seed(&up, "library/tool", "1.0.0", 1);
+    seed(&up, "library/tool", "latest", 1);
+    seed(&up, "other/x", "v1", 1);
+    // The upstream is down when the first round runs.
+    up.kill();
+    let creds = dir.path().join("sync-credentials.json");
+    std::fs::write(
+        &creds,
+        json!({up.host(): {"username": "sync", "password": "sync-pw"}}).to_string(),
+    )
+    .unwrap();
+    let sb = Sandbox::start_with(json!({"extensions": {"sync": {
+    "credentialsFile": creds,
+    "registries": [{
+        "urls": [up.url], "pollInterval": "2s", "maxRetries": 1000, "retryDelay": "200ms",
+        "tlsVerify": false,
+        "content": [
+            {"prefix": "library/app", "tags": {"regex": "^v", "excludeRegex": "-rc"},
+             "destination": "/mirror", "stripPrefix": true},
+            {"prefix": "library/t*", "tags": {"semver": true}}
+        ]
+    }]}}}))
+    .await;
+    assert_eq!(sb.get("/v2/mirror/manifests/v1").await.status(), 404);
+    up.restart().await;
+    until(&sb, "/v2/mirror/manifests/v1", 200).await;
+    until(&sb, "/v2/library/tool/manifests/1.0.0", 200).await;
+    let r = sb.get("/v2/mirror/manifests/v1").await;
+    assert_eq!(r.headers()["docker-content-digest"], v1.as_str());
+    let r = sb.get("/v2/library/tool/manifests/1.0.0").await;
+    assert_eq!(r.headers()["docker-content-digest"], tool.as_str());
+    // Filtered out: the rc tag, a non-semver tag, an unselected repository.
+    assert_eq!(sb.get("/v2/mirror/manifests/v2-rc").await.status(), 404);
+    assert_eq!(
+        sb.get("/v2/library/tool/manifests/latest").await.status(),
+        404
+    );
+    let catalog: serde_json::Value = sb.get("/v2/_catalog").await.json().await.unwrap();
+    assert_eq!(catalog["repositories"], json!(["library/tool", "mirror"]));
+    // A new upstream tag arrives with a later round; an unchanged image's
+    // blobs are not fetched again.
+    let v1_layer: serde_json::Value = sb
+        .get("/v2/mirror/manifests/v1")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let v1_layer = v1_layer["layers"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let v3 = seed(&up, "library/app", "v3", 1);
+    until(&sb, "/v2/mirror/manifests/v3", 200).await;
+    let r = sb.get("/v2/mirror/manifests/v3").await;
+    assert_eq!(r.headers()["docker-content-digest"], v3.as_str());
+    assert_eq!(
+        up.count(&format!("/v2/library/app/blobs/{v1_layer}"), 200),
+        1
+    );
+    assert!(sb.proc.log_text().contains("mirror round done"));
 }

@@ -1,0 +1,99 @@
+//! Periodic mirroring (`pollInterval`): every interval, each repository of
+//! the upstream catalog that `content` selects, each tag its filters keep,
+//! copied to its local name unless the local tag already names the same
+//! digest. A failed round is retried (`maxRetries`, `retryDelay`); since
+//! unchanged images are skipped, a retry resumes where the last one stopped,
+//! and the manifest-last order means no half-copied image is ever visible.
+
+use crate::error::SyncError;
+use crate::{Registry, Syncer, copy};
+use capstan_oci::{Algorithm, Digest};
+use capstan_proto::meta::v1::GetManifestRequest;
+use capstan_runtime::Shutdown;
+use std::sync::Arc;
+
+/// What one round did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Round {
+    pub copied: usize,
+    pub unchanged: usize,
+}
+
+/// Mirror registry `i` every `pollInterval` until shutdown.
+pub async fn run(syncer: Arc<Syncer>, i: usize, shutdown: Shutdown) {
+    let reg = syncer.registry(i);
+    let interval = reg
+        .poll_interval
+        .unwrap_or(std::time::Duration::from_secs(3600));
+    loop {
+        let mut attempt = 0;
+        loop {
+            let result = tokio::select! {
+                _ = shutdown.wait() => return,
+                r = round(&syncer.stores, reg) => r,
+            };
+            match result {
+                Ok(r) => {
+                    tracing::info!(upstream = %reg.name, copied = r.copied, unchanged = r.unchanged, "mirror round done");
+                    break;
+                }
+                Err(e) if attempt < reg.max_retries => {
+                    attempt += 1;
+                    tracing::warn!(upstream = %reg.name, error = %e, attempt, "mirror round failed; retrying");
+                    tokio::select! {
+                        _ = shutdown.wait() => return,
+                        _ = tokio::time::sleep(reg.retry_delay) => {}
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(upstream = %reg.name, error = %e, "mirror round failed; next at the next interval");
+                    break;
+                }
+            }
+        }
+        tokio::select! {
+            _ = shutdown.wait() => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+    }
+}
+
+/// One pass over everything the registry's content selects.
+pub async fn round(stores: &copy::Stores, reg: &Registry) -> Result<Round, SyncError> {
+    let mut done = Round::default();
+    let catalog = reg.upstream.catalog().await?;
+    for repo in &catalog {
+        for c in reg.contents.iter().filter(|c| c.selects(repo)) {
+            let local = c.local_name(repo);
+            if capstan_oci::validate_repository(&local).is_err() {
+                tracing::warn!(upstream_repo = %repo, local = %local, "mapped name is not a valid repository; skipped");
+                continue;
+            }
+            for tag in reg.upstream.tags(repo).await? {
+                if !c.tags().allows(&tag) {
+                    continue;
+                }
+                let upstream = reg.upstream.manifest(repo, &tag).await?;
+                let digest = Digest::of(Algorithm::Sha256, &upstream.bytes).to_string();
+                let here = stores
+                    .meta
+                    .clone()
+                    .get_manifest(GetManifestRequest {
+                        repo: local.clone(),
+                        reference: tag.clone(),
+                        head: true,
+                    })
+                    .await
+                    .ok()
+                    .map(|m| m.into_inner().digest);
+                if here.as_deref() == Some(digest.as_str()) {
+                    done.unchanged += 1;
+                    continue;
+                }
+                copy::image(stores, &reg.upstream, repo, &local, &tag).await?;
+                done.copied += 1;
+            }
+        }
+    }
+    Ok(done)
+}
