@@ -116,6 +116,8 @@ pub struct Ctx {
     pub caller: Arc<Caller>,
     /// `Set-Cookie` values to add to the answer (a login started a session).
     pub set_cookies: Vec<String>,
+    /// Name of a route outside `/v2` (for logs and metrics).
+    pub route: &'static str,
 }
 
 impl Ctx {
@@ -157,6 +159,7 @@ impl Ctx {
             trace_id,
             caller: Arc::new(Caller::open()),
             set_cookies: Vec::new(),
+            route: "none",
         }
     }
 
@@ -270,6 +273,7 @@ impl Gateway {
     ) -> (Option<Endpoint>, Result<Reply, ApiError>) {
         let path = session.req_header().uri.path().to_string();
         if path == "/metrics" && (ctx.method == "GET" || ctx.method == "HEAD") {
+            ctx.route = "metrics";
             // Metrics name repositories: with authentication on, only
             // (listed) users read them.
             if let Err(e) = self.authenticate(ctx, session, None).await {
@@ -286,6 +290,7 @@ impl Gateway {
             );
         }
         if let Some(which) = zot_auth::ZotAuth::parse(&path) {
+            ctx.route = which.name();
             return (None, self.zot_auth(ctx, session, which).await);
         }
         let ep = match endpoint::parse(&path) {
@@ -348,7 +353,7 @@ impl HttpServerApp for Gateway {
         let (name, repo) = ep
             .as_ref()
             .map(|e| (e.name(), e.repo().unwrap_or("")))
-            .unwrap_or(("none", ""));
+            .unwrap_or((ctx.route, ""));
         self.metrics.request(
             &ctx.method,
             status,

@@ -35,7 +35,12 @@ pub fn init(cfg: &LogConfig) -> std::io::Result<()> {
             if json {
                 builder.json().with_writer(std::io::stderr).try_init()
             } else {
-                builder.with_writer(std::io::stderr).try_init()
+                // Colours only for a terminal, not for a file or a pipe.
+                use std::io::IsTerminal as _;
+                builder
+                    .with_ansi(std::io::stderr().is_terminal())
+                    .with_writer(std::io::stderr)
+                    .try_init()
             }
         }
     };

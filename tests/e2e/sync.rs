@@ -292,3 +292,62 @@ async fn mirrors_what_content_selects_and_recovers_when_the_upstream_comes_back(
     );
     assert!(sb.proc.log_text().contains("mirror round done"));
 }
+
+/// The upstream is another Capstan with bearer-token auth: svc-sync follows
+/// the challenge to its token service with the configured credentials.
+#[tokio::test]
+async fn pulls_through_from_a_capstan_with_token_auth() {
+    let (_d, mut upstream) = crate::auth::with_users(
+        &[("mirror", "mirror-pw")],
+        json!({"auth": {"bearer": {"service": "upstream"}},
+               "accessControl": {"repositories": {"**": {"defaultPolicy": ["read", "create"]}}}}),
+    )
+    .await;
+    // Seed it through its own token flow with skopeo.
+    let work = tempfile::tempdir().unwrap();
+    let digest = write_layout(work.path(), "v1", 2);
+    let out = Command::new("skopeo")
+        .args([
+            "--insecure-policy",
+            "copy",
+            "--dest-tls-verify=false",
+            "--dest-creds",
+            "mirror:mirror-pw",
+        ])
+        .arg(format!("oci:{}:v1", work.path().display()))
+        .arg(format!("docker://{}/team/app:v1", upstream.host()))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let creds = work.path().join("creds.json");
+    std::fs::write(
+        &creds,
+        json!({upstream.host(): {"username": "mirror", "password": "mirror-pw"}}).to_string(),
+    )
+    .unwrap();
+    let sb = Sandbox::start_with(json!({"extensions": {"sync": {
+        "credentialsFile": creds,
+        "registries": [{"urls": [upstream.proc.url], "onDemand": true, "tlsVerify": false}]}}}))
+    .await;
+    let r = sb.get("/v2/team/app/manifests/v1").await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["docker-content-digest"], digest.as_str());
+    // svc-sync fetched a token as the configured user.
+    upstream.logout();
+    let log = upstream.proc.log_text();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("endpoint=\"auth_token\"") && l.contains("status=200")),
+        "{log}"
+    );
+    assert!(
+        log.lines().any(|l| l.contains("endpoint=\"manifest\"")
+            && l.contains("user=mirror")
+            && l.contains("status=200")),
+        "{log}"
+    );
+}
