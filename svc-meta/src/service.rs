@@ -81,7 +81,13 @@ impl MetaService for MetaGrpc {
             let reference = MetaError::reference(&r.reference)?;
             let out = self
                 .store
-                .put_manifest(&r.repo, &reference, &r.content_type, &r.content)
+                .put_manifest_sparse(
+                    &r.repo,
+                    &reference,
+                    &r.content_type,
+                    &r.content,
+                    r.allow_missing_children,
+                )
                 .await?;
             self.changed(&r.repo);
             Ok(PutManifestResponse {

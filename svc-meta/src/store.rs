@@ -182,6 +182,20 @@ impl Store {
         content_type: &str,
         content: &[u8],
     ) -> Result<PutOutcome, MetaError> {
+        self.put_manifest_sparse(repo, reference, content_type, content, false)
+            .await
+    }
+
+    /// [`Store::put_manifest`], where `sparse` lets an index name children
+    /// that are not stored (yet).
+    pub async fn put_manifest_sparse(
+        &self,
+        repo: &str,
+        reference: &Reference,
+        content_type: &str,
+        content: &[u8],
+        sparse: bool,
+    ) -> Result<PutOutcome, MetaError> {
         check_repo(repo)?;
         if content.len() > MAX_MANIFEST_BYTES {
             return Err(MetaError::ManifestTooLarge(content.len()));
@@ -211,6 +225,7 @@ impl Store {
         let subject = parsed.subject.as_ref().map(Digest::to_string);
         let at = now();
 
+        let no_children = Vec::new();
         let (_turn, mut tx) = self.begin_write().await?;
         for (set, sql) in [
             (
@@ -218,7 +233,7 @@ impl Store {
                 "SELECT digest FROM blob_links WHERE repo = $1 AND digest = $2",
             ),
             (
-                &children,
+                if sparse { &no_children } else { &children },
                 "SELECT digest FROM manifests WHERE repo = $1 AND digest = $2",
             ),
         ] {

@@ -54,6 +54,7 @@ fn put(repo: &str, reference: &str, content: &[u8]) -> PutManifestRequest {
         reference: reference.into(),
         content_type: media::OCI_MANIFEST.into(),
         content: content.to_vec().into(),
+        allow_missing_children: false,
     }
 }
 

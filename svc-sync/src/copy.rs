@@ -28,13 +28,16 @@ fn code(s: &tonic::Status) -> capstan_oci::ErrorCode {
     capstan_proto::ServiceError::from_status(s).code
 }
 
-/// Copy `reference` of upstream `from` into local `to`; its digest.
+/// Copy `reference` of upstream `from` into local `to`; its digest. For an
+/// index, only the children for `platforms` (`os/arch[/variant]`; empty:
+/// all) are copied; the others are left to be fetched when asked for.
 pub fn image<'a>(
     stores: &'a Stores,
     up: &'a Upstream,
     from: &'a str,
     to: &'a str,
     reference: &'a str,
+    platforms: &'a [String],
 ) -> Pin<Box<dyn Future<Output = Result<String, SyncError>> + Send + 'a>> {
     Box::pin(async move {
         let m = up.manifest(from, reference).await?;
@@ -56,8 +59,15 @@ pub fn image<'a>(
         }
         let parsed = ParsedManifest::parse(&m.media_type, &m.bytes)
             .map_err(|e| SyncError::Invalid(format!("{from}:{reference}: {e}")))?;
+        let wanted = children_for(&m.bytes, platforms);
+        let mut skipped = false;
         for child in &parsed.manifests {
-            image(stores, up, from, to, &child.to_string()).await?;
+            let d = child.to_string();
+            if wanted.as_ref().is_some_and(|w| !w.contains(&d)) {
+                skipped = true;
+                continue;
+            }
+            image(stores, up, from, to, &d, platforms).await?;
         }
         for blob in &parsed.blobs {
             ensure_blob(stores, up, from, to, blob).await?;
@@ -70,11 +80,41 @@ pub fn image<'a>(
                 reference: reference.to_string(),
                 content_type: m.media_type.clone(),
                 content: m.bytes.clone(),
+                allow_missing_children: skipped,
             })
             .await?;
         tracing::info!(upstream_repo = from, repo = to, reference, digest = %digest, "image synced");
         Ok(digest.to_string())
     })
+}
+
+/// The children of an index whose platform is one of `platforms`; `None`
+/// when every child is wanted (no filter, or not an index). Children without
+/// a platform (attestations and the like) are kept.
+fn children_for(index: &[u8], platforms: &[String]) -> Option<Vec<String>> {
+    if platforms.is_empty() {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_slice(index).ok()?;
+    let list = v["manifests"].as_array()?;
+    Some(
+        list.iter()
+            .filter(|m| {
+                let p = &m["platform"];
+                let (Some(os), Some(arch)) = (p["os"].as_str(), p["architecture"].as_str()) else {
+                    return true;
+                };
+                let name = format!("{os}/{arch}");
+                let full = p["variant"]
+                    .as_str()
+                    .map(|variant| format!("{name}/{variant}"));
+                platforms
+                    .iter()
+                    .any(|w| *w == name || Some(w) == full.as_ref())
+            })
+            .filter_map(|m| m["digest"].as_str().map(str::to_string))
+            .collect(),
+    )
 }
 
 /// Make `digest` readable in `to`: nothing when it is, a link when svc-blob
@@ -190,4 +230,33 @@ async fn copy_blob(
         .await
         .map_err(|e| SyncError::Unavailable(format!("blob store task: {e}")))??;
     Ok(done.into_inner().size)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn platform_filters_pick_index_children() {
+        let index = serde_json::json!({"schemaVersion": 2, "manifests": [
+            {"digest": "sha256:aa", "platform": {"os": "linux", "architecture": "amd64"}},
+            {"digest": "sha256:bb", "platform": {"os": "linux", "architecture": "arm64", "variant": "v8"}},
+            {"digest": "sha256:cc", "platform": {"os": "windows", "architecture": "amd64"}},
+            {"digest": "sha256:dd"}
+        ]})
+        .to_string();
+        assert_eq!(children_for(index.as_bytes(), &[]), None);
+        assert_eq!(
+            children_for(index.as_bytes(), &["linux/amd64".into()]).unwrap(),
+            vec!["sha256:aa", "sha256:dd"]
+        );
+        assert_eq!(
+            children_for(
+                index.as_bytes(),
+                &["linux/arm64/v8".into(), "linux/arm64".into()]
+            )
+            .unwrap(),
+            vec!["sha256:bb", "sha256:dd"]
+        );
+    }
 }

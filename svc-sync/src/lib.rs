@@ -39,6 +39,8 @@ pub struct Registry {
     pub poll_interval: Option<std::time::Duration>,
     pub max_retries: u32,
     pub retry_delay: std::time::Duration,
+    /// Capstan's platform filter for indexes.
+    pub platforms: Vec<String>,
 }
 
 type Pending = Shared<BoxFuture<'static, Result<String, SyncError>>>;
@@ -106,6 +108,7 @@ fn registries(sync: &SyncConfig) -> Result<Vec<Registry>, String> {
             poll_interval: r.poll_interval,
             max_retries: r.max_retries(),
             retry_delay: r.retry_delay(),
+            platforms: r.platforms.clone(),
         });
     }
     Ok(out)
@@ -209,7 +212,16 @@ impl Syncer {
                 if is_tag && !c.tags().allows(reference) {
                     continue;
                 }
-                match copy::image(&self.stores, &r.upstream, &up_repo, repo, reference).await {
+                match copy::image(
+                    &self.stores,
+                    &r.upstream,
+                    &up_repo,
+                    repo,
+                    reference,
+                    &r.platforms,
+                )
+                .await
+                {
                     Ok(d) => return Ok(d),
                     Err(e) => {
                         tracing::info!(repo, reference, upstream_repo = %up_repo, error = %e, "on-demand sync failed");

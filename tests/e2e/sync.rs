@@ -351,3 +351,103 @@ async fn pulls_through_from_a_capstan_with_token_auth() {
         "{log}"
     );
 }
+
+/// An OCI layout holding a two-platform index tagged `tag`; returns the
+/// digests of the index, the linux/amd64 and the linux/arm64 manifests.
+fn write_index_layout(dir: &Path, tag: &str) -> (String, String, String) {
+    let blobs = dir.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).unwrap();
+    let put = |bytes: &[u8]| -> String {
+        let d = sha256(bytes);
+        std::fs::write(blobs.join(d.trim_start_matches("sha256:")), bytes).unwrap();
+        d
+    };
+    let mut children = Vec::new();
+    for arch in ["amd64", "arm64"] {
+        let layer = random_bytes(50_000);
+        let ld = put(&layer);
+        let config = serde_json::to_vec(&json!({"architecture": arch, "os": "linux",
+            "rootfs": {"type": "layers", "diff_ids": [ld]}}))
+        .unwrap();
+        let cd = put(&config);
+        let m = serde_json::to_vec(&json!({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd, "size": config.len()},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": ld, "size": layer.len()}]}))
+        .unwrap();
+        children.push((arch, put(&m), m.len()));
+    }
+    let index = serde_json::to_vec(&json!({"schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": children.iter().map(|(arch, d, n)| json!({"mediaType": OCI_MANIFEST,
+            "digest": d, "size": n, "platform": {"os": "linux", "architecture": arch}})).collect::<Vec<_>>()}))
+    .unwrap();
+    let id = put(&index);
+    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    std::fs::write(
+        dir.join("index.json"),
+        serde_json::to_vec(&json!({"schemaVersion": 2, "manifests": [{
+            "mediaType": "application/vnd.oci.image.index.v1+json", "digest": id, "size": index.len(),
+            "annotations": {"org.opencontainers.image.ref.name": tag}}]}))
+        .unwrap(),
+    )
+    .unwrap();
+    (id, children[0].1.clone(), children[1].1.clone())
+}
+
+#[tokio::test]
+async fn the_platform_filter_fetches_only_the_wanted_children_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let users = htpasswd(dir.path(), &[("sync", "sync-pw")]);
+    let up = Distribution::start(&users).await;
+    let work = tempfile::tempdir().unwrap();
+    let (index, amd, arm) = write_index_layout(work.path(), "multi");
+    let out = Command::new("skopeo")
+        .args([
+            "--insecure-policy",
+            "copy",
+            "--all",
+            "--preserve-digests",
+            "--dest-tls-verify=false",
+        ])
+        .args(["--dest-creds", "sync:sync-pw"])
+        .arg(format!("oci:{}:multi", work.path().display()))
+        .arg(format!("docker://{}/library/multi:v1", up.host()))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let creds = dir.path().join("creds.json");
+    std::fs::write(
+        &creds,
+        json!({up.host(): {"username": "sync", "password": "sync-pw"}}).to_string(),
+    )
+    .unwrap();
+    let sb = Sandbox::start_with(json!({"extensions": {"sync": {
+        "credentialsFile": creds,
+        "registries": [{"urls": [up.url], "onDemand": true, "platforms": ["linux/amd64"]}]}}}))
+    .await;
+    let r = sb.get("/v2/library/multi/manifests/v1").await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["docker-content-digest"], index.as_str());
+    // Only the amd64 child came along.
+    assert_eq!(
+        up.count(&format!("/v2/library/multi/manifests/{amd}"), 200),
+        1
+    );
+    assert_eq!(
+        up.count(&format!("/v2/library/multi/manifests/{arm}"), 200),
+        0
+    );
+    let r = sb.get(&format!("/v2/library/multi/manifests/{amd}")).await;
+    assert_eq!(r.status(), 200);
+    // The other platform is fetched when someone asks for it.
+    let r = sb.get(&format!("/v2/library/multi/manifests/{arm}")).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        up.count(&format!("/v2/library/multi/manifests/{arm}"), 200),
+        1
+    );
+}

@@ -39,6 +39,7 @@ pub async fn put(
             reference: reference.into(),
             content_type,
             content,
+            allow_missing_children: false,
         }))
         .await?
         .into_inner();
