@@ -2,7 +2,8 @@
 //! an index, every child first), then each blob the repository lacks —
 //! linked when svc-blob already holds the digest, otherwise streamed from
 //! the upstream into svc-blob in chunks (never held whole) — and the
-//! manifest last, so a half-copied image is never visible.
+//! manifest last, so a half-copied image is never visible. The manifests
+//! that refer to it upstream (signatures, SBOMs) come along after it.
 
 use crate::error::SyncError;
 use crate::upstream::Upstream;
@@ -84,7 +85,13 @@ pub fn image<'a>(
             })
             .await?;
         tracing::info!(upstream_repo = from, repo = to, reference, digest = %digest, "image synced");
-        Ok(digest.to_string())
+        let d = digest.to_string();
+        for referrer in up.referrers(from, &d).await? {
+            if referrer != d {
+                image(stores, up, from, to, &referrer, platforms).await?;
+            }
+        }
+        Ok(d)
     })
 }
 

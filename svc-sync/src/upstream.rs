@@ -283,6 +283,35 @@ impl Upstream {
         Ok(Manifest { bytes, media_type })
     }
 
+    /// The digests of the manifests that refer to `digest` (signatures,
+    /// SBOMs…); empty when the upstream has no referrers API.
+    pub async fn referrers(&self, repo: &str, digest: &str) -> Result<Vec<String>, SyncError> {
+        let r = self
+            .get(
+                &format!("/v2/{repo}/referrers/{digest}"),
+                "application/vnd.oci.image.index.v1+json",
+                &format!("repository:{repo}:pull"),
+            )
+            .await?;
+        if matches!(
+            r.status(),
+            StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED
+        ) {
+            return Ok(Vec::new());
+        }
+        let r = Self::check(r, &format!("{repo} referrers of {digest}"))?;
+        let v: serde_json::Value = r
+            .json()
+            .await
+            .map_err(|e| SyncError::Unavailable(format!("{repo} referrers: {e}")))?;
+        Ok(v["manifests"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|m| m["digest"].as_str().map(str::to_string))
+            .collect())
+    }
+
     /// The blob `digest` of `repo`, as a response to stream.
     pub async fn blob(&self, repo: &str, digest: &str) -> Result<Response, SyncError> {
         let r = self

@@ -451,3 +451,52 @@ async fn the_platform_filter_fetches_only_the_wanted_children_first() {
         1
     );
 }
+
+/// Signatures and other referrers come along with their subject.
+#[tokio::test]
+async fn referrers_are_synced_with_their_subject() {
+    let (_d, mut upstream) = crate::auth::with_users(&[("mirror", "mirror-pw")], json!({})).await;
+    upstream.login("mirror", "mirror-pw");
+    let (subject, m) = upstream.push_image("team/app", "v1", 1).await;
+    let size = serde_json::to_vec(&m).unwrap().len();
+    let work = tempfile::tempdir().unwrap();
+    let file = work.path().join("sig.txt");
+    std::fs::write(&file, b"signed").unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/oras_push.py");
+    let sig = crate::clients::run(
+        Command::new("python3")
+            .args([
+                script,
+                &upstream.host(),
+                "team/app",
+                "sig",
+                file.to_str().unwrap(),
+                &subject,
+                &size.to_string(),
+            ])
+            .env("ORAS_USER", "mirror")
+            .env("ORAS_PASSWORD", "mirror-pw"),
+    );
+    let sig = sig.trim().to_string();
+    let creds = work.path().join("creds.json");
+    std::fs::write(
+        &creds,
+        json!({upstream.host(): {"username": "mirror", "password": "mirror-pw"}}).to_string(),
+    )
+    .unwrap();
+    let sb = Sandbox::start_with(json!({"extensions": {"sync": {
+        "credentialsFile": creds,
+        "registries": [{"urls": [upstream.proc.url], "onDemand": true}]}}}))
+    .await;
+    assert_eq!(sb.get("/v2/team/app/manifests/v1").await.status(), 200);
+    let r = sb.get(&format!("/v2/team/app/referrers/{subject}")).await;
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(manifest_digests(&v), vec![sig.clone()]);
+    assert_eq!(
+        sb.get(&format!("/v2/team/app/manifests/{sig}"))
+            .await
+            .status(),
+        200
+    );
+}
