@@ -186,8 +186,9 @@ impl Store {
             .await
     }
 
-    /// [`Store::put_manifest`], where `sparse` lets an index name children
-    /// that are not stored (yet).
+    /// [`Store::put_manifest`], where `sparse` lets a manifest name children
+    /// and blobs that are not stored (yet): pull-through fetches them when
+    /// they are first asked for.
     pub async fn put_manifest_sparse(
         &self,
         repo: &str,
@@ -229,7 +230,7 @@ impl Store {
         let (_turn, mut tx) = self.begin_write().await?;
         for (set, sql) in [
             (
-                &blobs,
+                if sparse { &no_children } else { &blobs },
                 "SELECT digest FROM blob_links WHERE repo = $1 AND digest = $2",
             ),
             (

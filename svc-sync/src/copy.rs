@@ -4,6 +4,10 @@
 //! the upstream into svc-blob in chunks (never held whole) — and the
 //! manifest last, so a half-copied image is never visible. The manifests
 //! that refer to it upstream (signatures, SBOMs) come along after it.
+//!
+//! A *lazy* copy (pull-through) stores the manifest without the blobs svc-blob
+//! does not hold yet: each is fetched when a client first asks for it,
+//! streamed to that client while it is stored ([`tee_blob`]).
 
 use crate::error::SyncError;
 use crate::upstream::Upstream;
@@ -39,6 +43,7 @@ pub fn image<'a>(
     to: &'a str,
     reference: &'a str,
     platforms: &'a [String],
+    lazy: bool,
 ) -> Pin<Box<dyn Future<Output = Result<String, SyncError>> + Send + 'a>> {
     Box::pin(async move {
         let m = up.manifest(from, reference).await?;
@@ -68,10 +73,12 @@ pub fn image<'a>(
                 skipped = true;
                 continue;
             }
-            image(stores, up, from, to, &d, platforms).await?;
+            image(stores, up, from, to, &d, platforms, lazy).await?;
         }
         for blob in &parsed.blobs {
-            ensure_blob(stores, up, from, to, blob).await?;
+            if !ensure_blob(stores, up, from, to, blob, lazy).await? {
+                skipped = true;
+            }
         }
         stores
             .meta
@@ -88,7 +95,7 @@ pub fn image<'a>(
         let d = digest.to_string();
         for referrer in up.referrers(from, &d).await? {
             if referrer != d {
-                image(stores, up, from, to, &referrer, platforms).await?;
+                image(stores, up, from, to, &referrer, platforms, lazy).await?;
             }
         }
         Ok(d)
@@ -125,14 +132,15 @@ fn children_for(index: &[u8], platforms: &[String]) -> Option<Vec<String>> {
 }
 
 /// Make `digest` readable in `to`: nothing when it is, a link when svc-blob
-/// has it, otherwise a streamed copy.
+/// has it, otherwise a streamed copy — or, when `lazy`, nothing yet (false).
 async fn ensure_blob(
     stores: &Stores,
     up: &Upstream,
     from: &str,
     to: &str,
     digest: &Digest,
-) -> Result<(), SyncError> {
+    lazy: bool,
+) -> Result<bool, SyncError> {
     let d = digest.to_string();
     match stores
         .meta
@@ -143,7 +151,7 @@ async fn ensure_blob(
         })
         .await
     {
-        Ok(_) => return Ok(()),
+        Ok(_) => return Ok(true),
         Err(s)
             if matches!(
                 code(&s),
@@ -159,6 +167,9 @@ async fn ensure_blob(
     {
         Ok(r) => r.into_inner().size,
         Err(s) if code(&s) == capstan_oci::ErrorCode::BlobUnknown => {
+            if lazy {
+                return Ok(false);
+            }
             copy_blob(stores, up, from, &d).await?
         }
         Err(s) => return Err(s.into()),
@@ -172,7 +183,7 @@ async fn ensure_blob(
             size,
         })
         .await?;
-    Ok(())
+    Ok(true)
 }
 
 /// Stream blob `digest` from the upstream into svc-blob, which verifies it.
@@ -237,6 +248,93 @@ async fn copy_blob(
         .await
         .map_err(|e| SyncError::Unavailable(format!("blob store task: {e}")))??;
     Ok(done.into_inner().size)
+}
+
+/// Stream blob `digest` of upstream `from` into svc-blob and link it to
+/// `to`, handing every chunk to `client` on the way. The copy goes on when
+/// the client goes away; an upstream failure reaches the client as an error
+/// and leaves nothing stored.
+pub async fn tee_blob(
+    stores: Stores,
+    response: reqwest::Response,
+    from: String,
+    to: String,
+    digest: String,
+    client: tokio::sync::mpsc::Sender<Result<capstan_proto::blob::v1::ReadChunk, tonic::Status>>,
+) -> Result<u64, SyncError> {
+    let (tx, rx) = tokio::sync::mpsc::channel::<PutChunk>(4);
+    let put = {
+        let mut blob = stores.blob.clone();
+        tokio::spawn(async move {
+            blob.put(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await
+        })
+    };
+    let mut body = response.bytes_stream();
+    let mut first = true;
+    let mut client_gone = false;
+    let mut failed: Option<SyncError> = None;
+    'pump: while let Some(chunk) = body.next().await {
+        let chunk = match chunk {
+            Ok(c) => c,
+            Err(e) => {
+                failed = Some(SyncError::Unavailable(format!("{from}@{digest}: {e}")));
+                break;
+            }
+        };
+        for piece in chunk.chunks(CHUNK_BYTES) {
+            let data = bytes::Bytes::copy_from_slice(piece);
+            let msg = PutChunk {
+                digest: if first { digest.clone() } else { String::new() },
+                data: data.clone(),
+            };
+            first = false;
+            if tx.send(msg).await.is_err() {
+                break 'pump;
+            }
+            if !client_gone
+                && client
+                    .send(Ok(capstan_proto::blob::v1::ReadChunk { data }))
+                    .await
+                    .is_err()
+            {
+                client_gone = true;
+            }
+        }
+    }
+    if first && failed.is_none() {
+        let _ = tx
+            .send(PutChunk {
+                digest: digest.clone(),
+                data: bytes::Bytes::new(),
+            })
+            .await;
+    }
+    if let Some(e) = failed {
+        put.abort();
+        let _ = client.send(Err(e.clone().into())).await;
+        return Err(e);
+    }
+    drop(tx);
+    let stored = match put.await {
+        Ok(Ok(r)) => r.into_inner(),
+        Ok(Err(status)) => {
+            let _ = client.send(Err(status.clone())).await;
+            return Err(status.into());
+        }
+        Err(e) => return Err(SyncError::Unavailable(format!("blob store task: {e}"))),
+    };
+    stores
+        .meta
+        .clone()
+        .link_blob(LinkBlobRequest {
+            repo: to.clone(),
+            digest: digest.clone(),
+            size: stored.size,
+        })
+        .await?;
+    tracing::info!(upstream_repo = %from, repo = %to, digest = %digest, size = stored.size, "blob synced");
+    Ok(stored.size)
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ pub mod mirror;
 pub mod upstream;
 
 use capstan_proto::sync::v1::{
-    InfoRequest, InfoResponse, SyncImageRequest, SyncImageResponse,
+    FetchBlobRequest, InfoRequest, InfoResponse, SyncImageRequest, SyncImageResponse,
     sync_service_server::{SyncService, SyncServiceServer},
 };
 use capstan_runtime::config::extensions::SyncConfig;
@@ -44,6 +44,8 @@ pub struct Registry {
 }
 
 type Pending = Shared<BoxFuture<'static, Result<String, SyncError>>>;
+/// A blob fetch in flight; resolves when it is stored (or failed).
+type BlobPending = Shared<BoxFuture<'static, ()>>;
 
 /// The sync engine: upstreams, where copies go, fetches in flight.
 #[derive(Debug)]
@@ -51,6 +53,7 @@ pub struct Syncer {
     registries: Vec<Registry>,
     pub stores: copy::Stores,
     inflight: Mutex<HashMap<(String, String), Pending>>,
+    blobs_inflight: Mutex<HashMap<String, BlobPending>>,
 }
 
 /// Parse `credentialsFile`: `{"host:port": {"username", "password"}}`.
@@ -144,6 +147,7 @@ impl Syncer {
             registries,
             stores,
             inflight: Mutex::new(HashMap::new()),
+            blobs_inflight: Mutex::new(HashMap::new()),
         })
     }
 
@@ -183,6 +187,96 @@ impl Syncer {
         pending.await
     }
 
+    /// The on-demand upstream and upstream name for local `repo`.
+    fn locate(&self, repo: &str) -> Option<(&Registry, String)> {
+        self.registries
+            .iter()
+            .filter(|r| r.on_demand)
+            .find_map(|r| {
+                r.contents
+                    .iter()
+                    .find_map(|c| c.upstream_name(repo))
+                    .map(|u| (r, u))
+            })
+    }
+
+    /// Pull-through of blob `digest` into local `repo`: `Ok(None)` when
+    /// another fetch just stored it (read it locally), otherwise its size
+    /// and a stream of its bytes as they are stored.
+    pub async fn fetch_blob(
+        self: &Arc<Self>,
+        repo: &str,
+        digest: &str,
+    ) -> Result<
+        Option<(
+            u64,
+            tokio::sync::mpsc::Receiver<Result<capstan_proto::blob::v1::ReadChunk, tonic::Status>>,
+        )>,
+        SyncError,
+    > {
+        // Whoever registers the fetch leads it; the others wait for it to
+        // end and then read the stored copy.
+        let claimed: Result<BlobLead, BlobPending> = {
+            let mut inflight = self.blobs_inflight.lock();
+            match inflight.get(digest) {
+                Some(w) => Err(w.clone()),
+                None => {
+                    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+                    let pending: BlobPending = async move {
+                        let _ = done_rx.await;
+                    }
+                    .boxed()
+                    .shared();
+                    inflight.insert(digest.to_string(), pending);
+                    Ok(BlobLead {
+                        syncer: self.clone(),
+                        digest: digest.to_string(),
+                        done: Some(done_tx),
+                    })
+                }
+            }
+        };
+        let lead = match claimed {
+            Ok(lead) => lead,
+            Err(waiting) => {
+                waiting.await;
+                return Ok(None);
+            }
+        };
+        // A caller that missed just before an earlier fetch finished finds
+        // the blob stored now.
+        let here = self
+            .stores
+            .meta
+            .clone()
+            .stat_blob(capstan_proto::meta::v1::StatBlobRequest {
+                repo: repo.to_string(),
+                digest: digest.to_string(),
+            })
+            .await;
+        if here.is_ok() {
+            return Ok(None);
+        }
+        let (reg, up_repo) = self
+            .locate(repo)
+            .ok_or_else(|| SyncError::NotFound(format!("no on-demand upstream for {repo}")))?;
+        let response = reg.upstream.blob(&up_repo, digest).await?;
+        let size = response
+            .content_length()
+            .ok_or_else(|| SyncError::Invalid(format!("{up_repo}@{digest}: no Content-Length")))?;
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let (stores, repo, digest) = (self.stores.clone(), repo.to_string(), digest.to_string());
+        tokio::spawn(async move {
+            if let Err(e) =
+                copy::tee_blob(stores, response, up_repo, repo.clone(), digest.clone(), tx).await
+            {
+                tracing::warn!(repo = %repo, digest = %digest, error = %e, "pull-through of a blob failed");
+            }
+            drop(lead);
+        });
+        Ok(Some((size, rx)))
+    }
+
     async fn fetch(&self, repo: &str, reference: &str) -> Result<String, SyncError> {
         // A caller that missed locally just before an earlier fetch stored
         // the image finds it here rather than fetching again.
@@ -219,6 +313,7 @@ impl Syncer {
                     repo,
                     reference,
                     &r.platforms,
+                    true,
                 )
                 .await
                 {
@@ -231,6 +326,23 @@ impl Syncer {
             }
         }
         Err(last)
+    }
+}
+
+/// The fetch of one blob in flight; when it ends (or fails before it
+/// starts) the waiting callers are released.
+struct BlobLead {
+    syncer: Arc<Syncer>,
+    digest: String,
+    done: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Drop for BlobLead {
+    fn drop(&mut self) {
+        self.syncer.blobs_inflight.lock().remove(&self.digest);
+        if let Some(d) = self.done.take() {
+            let _ = d.send(());
+        }
     }
 }
 
@@ -264,6 +376,45 @@ impl SyncService for SyncServiceImpl {
         }
         let digest = self.syncer.on_demand(&r.repo, &r.reference).await?;
         Ok(tonic::Response::new(SyncImageResponse { digest }))
+    }
+
+    type FetchBlobStream = tokio_stream::wrappers::ReceiverStream<
+        Result<capstan_proto::blob::v1::ReadChunk, tonic::Status>,
+    >;
+
+    async fn fetch_blob(
+        &self,
+        req: tonic::Request<FetchBlobRequest>,
+    ) -> Result<tonic::Response<Self::FetchBlobStream>, tonic::Status> {
+        let r = req.get_ref();
+        if capstan_oci::validate_repository(&r.repo).is_err()
+            || capstan_oci::Digest::parse(&r.digest).is_err()
+        {
+            return Err(SyncError::NotFound(format!("{}@{}", r.repo, r.digest)).into());
+        }
+        match self.syncer.fetch_blob(&r.repo, &r.digest).await? {
+            None => {
+                let (_tx, rx) = tokio::sync::mpsc::channel(1);
+                let mut resp =
+                    tonic::Response::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+                resp.metadata_mut().insert(
+                    "blob-local",
+                    tonic::metadata::MetadataValue::from_static("1"),
+                );
+                Ok(resp)
+            }
+            Some((size, rx)) => {
+                let mut resp =
+                    tonic::Response::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+                resp.metadata_mut().insert(
+                    "blob-size",
+                    size.to_string()
+                        .parse()
+                        .expect("a number is valid metadata"),
+                );
+                Ok(resp)
+            }
+        }
     }
 }
 

@@ -90,7 +90,16 @@ pub async fn round(stores: &copy::Stores, reg: &Registry) -> Result<Round, SyncE
                     done.unchanged += 1;
                     continue;
                 }
-                copy::image(stores, &reg.upstream, repo, &local, &tag, &reg.platforms).await?;
+                copy::image(
+                    stores,
+                    &reg.upstream,
+                    repo,
+                    &local,
+                    &tag,
+                    &reg.platforms,
+                    false,
+                )
+                .await?;
                 done.copied += 1;
             }
         }

@@ -819,12 +819,23 @@ async fn ldap_logins_against_slapd_carry_directory_groups() {
             .status(),
         200
     );
-    let log = sb.proc.log_text();
-    let line = log
-        .lines()
-        .rfind(|l| l.contains("tags/list") || l.contains("\"tags\""))
-        .unwrap_or("");
-    assert!(line.contains("alice") && !line.contains("ALICE"), "{line}");
+    // The access log line is written just after the answer: wait for it.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let line = loop {
+        let log = sb.proc.log_text();
+        if let Some(l) = log.lines().rfind(|l| l.contains("endpoint=\"tags\"")) {
+            break l.to_string();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no access log line for the tags request"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(
+        line.contains("user=alice") && !line.contains("ALICE"),
+        "{line}"
+    );
     // A local htpasswd account still works next to the directory.
     let carol = basic_client("carol", "carol-local-pw");
     assert_eq!(

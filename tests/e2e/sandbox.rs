@@ -54,6 +54,21 @@ impl Process {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// The first log line matching `pred`, waiting up to 5 s for it (an
+    /// access-log line is written just after its answer is sent).
+    pub fn wait_log_line(&self, pred: impl Fn(&str) -> bool) -> Option<String> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Some(l) = self.log_text().lines().find(|l| pred(l)) {
+                return Some(l.to_string());
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Ask the process to stop (SIGTERM) and wait up to `limit` for it to
     /// exit; its exit status, or `None` if it is still running.
     pub fn terminate(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {

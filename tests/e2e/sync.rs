@@ -187,6 +187,31 @@ async fn pulls_through_from_an_htpasswd_upstream_once_and_serves_the_copy_when_i
         1,
         "one upstream fetch"
     );
+    // Its layer is fetched when first asked for, streamed while stored, once
+    // however many clients ask at the same time.
+    let m: serde_json::Value = sb
+        .get("/v2/hub/other/manifests/v1")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let layer = m["layers"][0]["digest"].as_str().unwrap().to_string();
+    let gets = (0..10).map(|_| {
+        let c = sb.client.clone();
+        let url = sb.url(&format!("/v2/hub/other/blobs/{layer}"));
+        async move {
+            let r = c.get(url).send().await.unwrap();
+            (r.status().as_u16(), sha256(&r.bytes().await.unwrap()))
+        }
+    });
+    for (status, got) in futures::future::join_all(gets).await {
+        assert_eq!(status, 200);
+        assert_eq!(got, layer);
+    }
+    assert_eq!(
+        up.count(&format!("/v2/library/other/blobs/{layer}"), 200),
+        1
+    );
 
     // Names outside the content, and images the upstream lacks: 404.
     let r = sb.get("/v2/elsewhere/app/manifests/v1").await;
@@ -336,20 +361,16 @@ async fn pulls_through_from_a_capstan_with_token_auth() {
     let r = sb.get("/v2/team/app/manifests/v1").await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["docker-content-digest"], digest.as_str());
-    // svc-sync fetched a token as the configured user.
+    // svc-sync fetched a token, then the manifest as the configured user.
     upstream.logout();
-    let log = upstream.proc.log_text();
-    assert!(
-        log.lines()
-            .any(|l| l.contains("endpoint=\"auth_token\"") && l.contains("status=200")),
-        "{log}"
-    );
-    assert!(
-        log.lines().any(|l| l.contains("endpoint=\"manifest\"")
-            && l.contains("user=mirror")
-            && l.contains("status=200")),
-        "{log}"
-    );
+    let token = upstream
+        .proc
+        .wait_log_line(|l| l.contains("endpoint=\"auth_token\"") && l.contains("status=200"));
+    assert!(token.is_some(), "{}", upstream.proc.log_text());
+    let manifest = upstream.proc.wait_log_line(|l| {
+        l.contains("endpoint=\"manifest\"") && l.contains("user=mirror") && l.contains("status=200")
+    });
+    assert!(manifest.is_some(), "{}", upstream.proc.log_text());
 }
 
 /// An OCI layout holding a two-platform index tagged `tag`; returns the

@@ -8,6 +8,7 @@ use crate::range::{RangeOutcome, parse_range};
 use capstan_oci::ErrorCode;
 use capstan_proto::blob::v1::ReadRequest;
 use capstan_proto::meta::v1::{StatBlobRequest, UnlinkBlobRequest};
+use capstan_proto::sync::v1::FetchBlobRequest;
 use pingora::protocols::http::ServerSession;
 
 pub async fn get(
@@ -18,16 +19,62 @@ pub async fn get(
     digest: &str,
 ) -> Result<Reply, ApiError> {
     let d = parse_digest(digest)?;
-    let size = gw
-        .backends
-        .meta()
-        .stat_blob(ctx.rpc(StatBlobRequest {
-            repo: repo.into(),
-            digest: d.to_string(),
-        }))
-        .await?
-        .into_inner()
-        .size;
+    let stat = || async {
+        gw.backends
+            .meta()
+            .stat_blob(ctx.rpc(StatBlobRequest {
+                repo: repo.into(),
+                digest: d.to_string(),
+            }))
+            .await
+    };
+    let size = match stat().await {
+        Ok(r) => r.into_inner().size,
+        Err(status) => {
+            let e = ApiError::from(status);
+            let Some(mut sync) = gw.sync.clone().filter(|_| e.code == ErrorCode::BlobUnknown)
+            else {
+                return Err(e);
+            };
+            // Pull-through: the bytes stream from the upstream while stored.
+            let fetched = sync
+                .fetch_blob(ctx.rpc(FetchBlobRequest {
+                    repo: repo.into(),
+                    digest: d.to_string(),
+                }))
+                .await
+                .map_err(|s| {
+                    let se = ApiError::from(s);
+                    if se.code == ErrorCode::ManifestUnknown {
+                        e
+                    } else {
+                        se
+                    }
+                })?;
+            let fetched_size = fetched
+                .metadata()
+                .get("blob-size")
+                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+            match fetched_size {
+                // Another fetch stored it meanwhile: read it as usual.
+                None => stat().await?.into_inner().size,
+                Some(len) => {
+                    let mut reply = Reply::new(200)
+                        .header("Content-Type", "application/octet-stream")
+                        .header("Docker-Content-Digest", d.to_string());
+                    reply.body = if ctx.is_head {
+                        Body::Head { len }
+                    } else {
+                        Body::Stream {
+                            stream: Box::new(fetched.into_inner()),
+                            len,
+                        }
+                    };
+                    return Ok(reply);
+                }
+            }
+        }
+    };
     let range = session
         .req_header()
         .headers
