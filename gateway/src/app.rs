@@ -249,6 +249,7 @@ impl Gateway {
         let req = capstan_proto::auth::v1::CreateSessionRequest {
             username: ctx.caller.username.clone(),
             groups: ctx.caller.groups.clone(),
+            source: ctx.caller.source.clone(),
         };
         match client.create_session(ctx.rpc(req)).await {
             Ok(r) => {

@@ -97,6 +97,9 @@ pub struct Caller {
     /// May list every repository (a token with `registry:catalog:*`).
     pub catalog_all: bool,
     pub login: Login,
+    /// Where svc-auth knows the user from (handed back with new keys and
+    /// sessions).
+    pub source: String,
 }
 
 impl Caller {
@@ -109,6 +112,7 @@ impl Caller {
             may_manage_keys: false,
             catalog_all: true,
             login: Login::Open,
+            source: String::new(),
         }
     }
 
@@ -138,6 +142,7 @@ impl Caller {
             access,
             handle: p.handle,
             may_manage_keys: p.may_manage_keys,
+            source: p.source,
         })
     }
 }
@@ -522,6 +527,7 @@ impl Authn {
             may_manage_keys: false,
             catalog_all,
             login: Login::Token,
+            source: String::new(),
         }))
     }
 

@@ -40,6 +40,8 @@ pub struct KeyIdentity {
     pub scopes: Vec<String>,
     /// Unix seconds; 0 for never.
     pub expires_at: i64,
+    /// Where the owner was known when the key was made.
+    pub source: String,
 }
 
 /// What a new key is made of.
@@ -53,6 +55,8 @@ pub struct NewKey {
     pub expires_at: i64,
     pub creator_ua: String,
     pub generated_by: String,
+    /// Where the owner is known (`htpasswd`, `ldap`, …).
+    pub source: String,
 }
 
 #[derive(Debug, Clone)]
@@ -88,8 +92,8 @@ impl ApiKeys {
         let created = now();
         sqlx::query(
             "INSERT INTO api_keys (id, owner, groups_json, label, scopes_json, secret_hash, \
-             created_at, expires_at, last_used, creator_ua, generated_by) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 0, $9, $10)",
+             created_at, expires_at, last_used, creator_ua, generated_by, source) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 0, $9, $10, $11)",
         )
         .bind(&id)
         .bind(&k.owner)
@@ -101,6 +105,7 @@ impl ApiKeys {
         .bind(k.expires_at)
         .bind(&k.creator_ua)
         .bind(&k.generated_by)
+        .bind(&k.source)
         .execute(&self.pool)
         .await?;
         let key = ApiKey {
@@ -153,8 +158,8 @@ impl ApiKeys {
             .ok_or(AuthError::Unauthenticated("not an API key"))?;
         let hash = secret_hash(raw);
         let row = sqlx::query(
-            "SELECT id, owner, groups_json, scopes_json, expires_at, last_used, secret_hash \
-             FROM api_keys WHERE secret_hash = $1",
+            "SELECT id, owner, groups_json, scopes_json, expires_at, last_used, secret_hash, \
+             source FROM api_keys WHERE secret_hash = $1",
         )
         .bind(&hash)
         .fetch_optional(&self.pool)
@@ -188,6 +193,7 @@ impl ApiKeys {
             groups: json_list(&row, "groups_json")?,
             scopes: json_list(&row, "scopes_json")?,
             expires_at,
+            source: row.try_get("source")?,
         })
     }
 }

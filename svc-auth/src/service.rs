@@ -61,6 +61,8 @@ struct Identity {
     may_manage_keys: bool,
     /// Unix seconds the credential ends at; 0 for no end.
     expires_at: u64,
+    /// Where the user is known (Principal.source).
+    source: String,
 }
 
 fn now() -> u64 {
@@ -83,6 +85,17 @@ impl AuthCore {
         g
     }
 
+    /// A key or session of an htpasswd user ends when the user leaves the
+    /// file (other sources cannot be asked without the user's password).
+    fn still_known(&self, user: &str, source: &str) -> Result<(), AuthError> {
+        match (&self.htpasswd, source) {
+            (Some(h), "htpasswd") if !h.has_user(user) => Err(AuthError::Unauthenticated(
+                "the owner left the htpasswd file",
+            )),
+            _ => Ok(()),
+        }
+    }
+
     async fn identify(&self, cred: &Credential) -> Result<Identity, AuthError> {
         match cred {
             Credential::Basic(b) => {
@@ -90,6 +103,7 @@ impl AuthCore {
                     && let Some(keys) = &self.keys
                 {
                     let k = keys.authenticate(&b.username, &b.password).await?;
+                    self.still_known(&k.owner, &k.source)?;
                     return Ok(Identity {
                         groups: self.groups(&k.owner, &k.groups),
                         username: k.owner,
@@ -97,6 +111,7 @@ impl AuthCore {
                         handle: format!("key:{}", k.id),
                         may_manage_keys: false,
                         expires_at: k.expires_at.max(0) as u64,
+                        source: k.source,
                     });
                 }
                 if let Some(l) = &self.ldap {
@@ -109,6 +124,7 @@ impl AuthCore {
                                 handle: String::new(),
                                 may_manage_keys: self.keys.is_some(),
                                 expires_at: 0,
+                                source: "ldap".into(),
                             });
                         }
                         // htpasswd may still know the user (local accounts).
@@ -132,6 +148,7 @@ impl AuthCore {
                     handle: String::new(),
                     may_manage_keys: self.keys.is_some(),
                     expires_at: 0,
+                    source: "htpasswd".into(),
                 })
             }
             Credential::Session(id) => {
@@ -140,6 +157,7 @@ impl AuthCore {
                     .get(id)
                     .await?
                     .ok_or(AuthError::Unauthenticated("unknown or expired session"))?;
+                self.still_known(&s.username, &s.source)?;
                 Ok(Identity {
                     groups: self.groups(&s.username, &s.groups),
                     username: s.username,
@@ -147,6 +165,7 @@ impl AuthCore {
                     handle: format!("session:{}", session_hash(id)),
                     may_manage_keys: self.keys.is_some(),
                     expires_at: s.expires_at,
+                    source: s.source,
                 })
             }
             Credential::ClientCertificate(cn) => {
@@ -162,6 +181,7 @@ impl AuthCore {
                     handle: String::new(),
                     may_manage_keys: self.keys.is_some(),
                     expires_at: 0,
+                    source: "certificate".into(),
                 })
             }
         }
@@ -181,6 +201,7 @@ impl AuthCore {
             cache_seconds: cache as u32,
             handle: id.handle,
             may_manage_keys: id.may_manage_keys,
+            source: id.source,
         }
     }
 
@@ -354,7 +375,11 @@ impl pb::auth_service_server::AuthService for AuthServiceImpl {
             return Err(AuthError::Invalid("a session needs a user".into()).into());
         }
         let groups = self.core.external_groups(&r.username, &r.groups);
-        let session = self.core.sessions.create(&r.username, &groups).await?;
+        let session = self
+            .core
+            .sessions
+            .create(&r.username, &groups, &r.source)
+            .await?;
         Ok(Response::new(CreateSessionResponse {
             session,
             max_age_seconds: SESSION_TTL.as_secs() as u32,
@@ -413,7 +438,11 @@ impl pb::auth_service_server::AuthService for AuthServiceImpl {
             }
         };
         let groups = self.core.external_groups(&login.username, &login.groups);
-        let session = self.core.sessions.create(&login.username, &groups).await?;
+        let session = self
+            .core
+            .sessions
+            .create(&login.username, &groups, "openid")
+            .await?;
         tracing::info!(provider = %r.provider, user = %login.username, "OpenID login");
         Ok(Response::new(FinishLoginResponse {
             session,
@@ -458,6 +487,7 @@ impl pb::auth_service_server::AuthService for AuthServiceImpl {
                 expires_at: r.expires_at,
                 creator_ua: r.creator_ua,
                 generated_by: r.generated_by,
+                source: r.source,
             })
             .await?;
         tracing::info!(owner = %key.created_by, key_id = %key.id, "API key created");

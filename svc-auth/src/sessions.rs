@@ -24,6 +24,9 @@ pub struct Session {
     pub groups: Vec<String>,
     /// Unix seconds after which the session is gone.
     pub expires_at: u64,
+    /// Where the user is known (`htpasswd`, `ldap`, `openid`…).
+    #[serde(default)]
+    pub source: String,
 }
 
 /// Hex SHA-256 of a session id: the storage key, and the handle gateways
@@ -88,12 +91,18 @@ impl Sessions {
     }
 
     /// Start a session; returns its secret id.
-    pub async fn create(&self, username: &str, groups: &[String]) -> Result<String, AuthError> {
+    pub async fn create(
+        &self,
+        username: &str,
+        groups: &[String],
+        source: &str,
+    ) -> Result<String, AuthError> {
         let id = new_id();
         let s = Session {
             username: username.to_string(),
             groups: groups.to_vec(),
             expires_at: now() + SESSION_TTL.as_secs(),
+            source: source.to_string(),
         };
         let value = serde_json::to_string(&s).expect("session json");
         match self {
@@ -260,13 +269,16 @@ mod tests {
     use capstan_testkit::Redis;
 
     async fn behaves_as_a_session_store(s: &Sessions) {
-        let id = s.create("alice", &["dev".into()]).await.unwrap();
+        let id = s
+            .create("alice", &["dev".into()], "htpasswd")
+            .await
+            .unwrap();
         assert_eq!(id.len(), 64);
         let got = s.get(&id).await.unwrap().unwrap();
         assert_eq!(got.username, "alice");
         assert_eq!(got.groups, vec!["dev"]);
         assert!(got.expires_at > now() + 7000);
-        let other = s.create("alice", &[]).await.unwrap();
+        let other = s.create("alice", &[], "htpasswd").await.unwrap();
         assert_ne!(id, other);
         assert!(s.get(&new_id()).await.unwrap().is_none());
         assert!(s.get("../../etc/passwd").await.unwrap().is_none());
@@ -291,7 +303,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = Sessions::local(&dir.path().join("sessions")).unwrap();
         behaves_as_a_session_store(&s).await;
-        let id = s.create("bob", &[]).await.unwrap();
+        let id = s.create("bob", &[], "htpasswd").await.unwrap();
         let again = Sessions::local(&dir.path().join("sessions")).unwrap();
         assert_eq!(again.get(&id).await.unwrap().unwrap().username, "bob");
         // Stored under the hash, never the id itself.
@@ -307,11 +319,12 @@ mod tests {
     async fn local_sweep_removes_expired_sessions() {
         let dir = tempfile::tempdir().unwrap();
         let s = Sessions::local(dir.path()).unwrap();
-        let live = s.create("a", &[]).await.unwrap();
+        let live = s.create("a", &[], "htpasswd").await.unwrap();
         let old = Session {
             username: "b".into(),
             groups: vec![],
             expires_at: now() - 1,
+            source: String::new(),
         };
         std::fs::write(
             dir.path().join(session_hash("x")),
@@ -327,7 +340,7 @@ mod tests {
         let redis = Redis::start();
         let s = Sessions::redis(&redis.url(), "zotsession").unwrap();
         behaves_as_a_session_store(&s).await;
-        let id = s.create("carol", &[]).await.unwrap();
+        let id = s.create("carol", &[], "htpasswd").await.unwrap();
         let key = format!("zotsession:{}", session_hash(&id));
         let ttl: i64 = redis.cli(&["TTL", &key]).parse().unwrap();
         assert!((7100..=7200).contains(&ttl), "ttl {ttl}");
@@ -340,14 +353,14 @@ mod tests {
     async fn a_dead_redis_is_unavailable_not_anonymous() {
         let mut redis = Redis::start();
         let s = Sessions::redis(&redis.url(), "p").unwrap();
-        let id = s.create("dave", &[]).await.unwrap();
+        let id = s.create("dave", &[], "htpasswd").await.unwrap();
         redis.kill();
         let started = std::time::Instant::now();
         let err = s.get(&id).await.unwrap_err();
         assert!(matches!(err, AuthError::Unavailable { .. }), "{err}");
         assert!(started.elapsed() < Duration::from_secs(5));
         assert!(matches!(
-            s.create("dave", &[]).await.unwrap_err(),
+            s.create("dave", &[], "htpasswd").await.unwrap_err(),
             AuthError::Unavailable { .. }
         ));
     }

@@ -139,7 +139,11 @@ async fn passwords_keys_and_policies_make_principals() {
     assert!(core.authenticate(&basic("bob", &secret)).await.is_err());
 
     // Sessions carry the user.
-    let id = core.sessions.create("alice", &[]).await.unwrap();
+    let id = core
+        .sessions
+        .create("alice", &[], "htpasswd")
+        .await
+        .unwrap();
     let p = core
         .authenticate(&AuthenticateRequest {
             credential: Some(Credential::Session(id.clone())),

@@ -325,7 +325,7 @@ async fn every_action_boundary_of_zots_policy_example() {
 
 #[tokio::test]
 async fn api_keys_are_created_listed_scoped_expired_and_revoked() {
-    let (_d, mut sb) = with_users(
+    let (users, mut sb) = with_users(
         &[("alice", "pw"), ("bob", "pw")],
         json!({"auth": {"apikey": true}}),
     )
@@ -486,6 +486,34 @@ async fn api_keys_are_created_listed_scoped_expired_and_revoked() {
             .status(),
         404
     );
+
+    // A key of a user who leaves the htpasswd file stops working.
+    let bobs: Value = basic_client("bob", "pw")
+        .post(sb.url("/zot/auth/apikey"))
+        .json(&json!({"label": "bob's"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let bob_key = basic_client("bob", bobs["apiKey"].as_str().unwrap());
+    assert_eq!(
+        bob_key.get(sb.url("/v2/")).send().await.unwrap().status(),
+        200
+    );
+    let tmp = users.path().join("htpasswd.new");
+    std::fs::write(&tmp, format!("alice:{}\n", bcrypt::hash("pw", 4).unwrap())).unwrap();
+    std::fs::rename(&tmp, users.path().join("htpasswd")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while bob_key.get(sb.url("/v2/")).send().await.unwrap().status() != 401 {
+        assert!(
+            Instant::now() < deadline,
+            "a removed user's key still works"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(key.get(sb.url("/v2/")).send().await.unwrap().status(), 401);
 
     let log = sb.proc.log_text();
     assert!(!log.contains(&secret), "API key leaked into the log");

@@ -372,6 +372,7 @@ pub async fn apikey(
                     expires_at,
                     creator_ua: ua,
                     generated_by: "manual".into(),
+                    source: caller.source.clone(),
                 }))
                 .await?
                 .into_inner();
