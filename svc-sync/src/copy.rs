@@ -194,60 +194,7 @@ async fn copy_blob(
     digest: &str,
 ) -> Result<u64, SyncError> {
     let r = up.blob(from, digest).await?;
-    let (tx, rx) = tokio::sync::mpsc::channel::<PutChunk>(4);
-    let put = {
-        let mut blob = stores.blob.clone();
-        tokio::spawn(async move {
-            blob.put(tokio_stream::wrappers::ReceiverStream::new(rx))
-                .await
-        })
-    };
-    let mut body = r.bytes_stream();
-    let mut first = true;
-    let mut pumped: Result<(), SyncError> = Ok(());
-    'pump: while let Some(chunk) = body.next().await {
-        let chunk = match chunk {
-            Ok(c) => c,
-            Err(e) => {
-                pumped = Err(SyncError::Unavailable(format!("{from}@{digest}: {e}")));
-                break;
-            }
-        };
-        for piece in chunk.chunks(CHUNK_BYTES) {
-            let msg = PutChunk {
-                digest: if first {
-                    digest.to_string()
-                } else {
-                    String::new()
-                },
-                data: bytes::Bytes::copy_from_slice(piece),
-            };
-            first = false;
-            if tx.send(msg).await.is_err() {
-                // svc-blob ended the call; its answer says why.
-                break 'pump;
-            }
-        }
-    }
-    if first && pumped.is_ok() {
-        // An empty blob still names its digest.
-        let _ = tx
-            .send(PutChunk {
-                digest: digest.to_string(),
-                data: bytes::Bytes::new(),
-            })
-            .await;
-    }
-    if pumped.is_err() {
-        // Abandon the stream: svc-blob keeps nothing of a cancelled put.
-        put.abort();
-        return pumped.map(|_| 0);
-    }
-    drop(tx);
-    let done = put
-        .await
-        .map_err(|e| SyncError::Unavailable(format!("blob store task: {e}")))??;
-    Ok(done.into_inner().size)
+    store_stream(stores, r, from, digest, None).await
 }
 
 /// Stream blob `digest` of upstream `from` into svc-blob and link it to
@@ -260,7 +207,36 @@ pub async fn tee_blob(
     from: String,
     to: String,
     digest: String,
-    client: tokio::sync::mpsc::Sender<Result<capstan_proto::blob::v1::ReadChunk, tonic::Status>>,
+    client: ClientTx,
+) -> Result<u64, SyncError> {
+    let size = store_stream(&stores, response, &from, &digest, Some(&client)).await?;
+    stores
+        .meta
+        .clone()
+        .link_blob(LinkBlobRequest {
+            repo: to.clone(),
+            digest: digest.clone(),
+            size,
+        })
+        .await?;
+    tracing::info!(upstream_repo = %from, repo = %to, digest = %digest, size, "blob synced");
+    Ok(size)
+}
+
+/// Where a pull-through blob's bytes go on their way to the store.
+pub type ClientTx =
+    tokio::sync::mpsc::Sender<Result<capstan_proto::blob::v1::ReadChunk, tonic::Status>>;
+
+/// The bytes of `response` into svc-blob `Put` (≤ one gRPC chunk at a time,
+/// never the whole blob), each chunk also to `client` while it listens; an
+/// upstream failure cancels the put (svc-blob keeps nothing) and reaches the
+/// client as an error.
+async fn store_stream(
+    stores: &Stores,
+    response: reqwest::Response,
+    from: &str,
+    digest: &str,
+    client: Option<&ClientTx>,
 ) -> Result<u64, SyncError> {
     let (tx, rx) = tokio::sync::mpsc::channel::<PutChunk>(4);
     let put = {
@@ -272,7 +248,7 @@ pub async fn tee_blob(
     };
     let mut body = response.bytes_stream();
     let mut first = true;
-    let mut client_gone = false;
+    let mut client = client;
     let mut failed: Option<SyncError> = None;
     'pump: while let Some(chunk) = body.next().await {
         let chunk = match chunk {
@@ -285,56 +261,54 @@ pub async fn tee_blob(
         for piece in chunk.chunks(CHUNK_BYTES) {
             let data = bytes::Bytes::copy_from_slice(piece);
             let msg = PutChunk {
-                digest: if first { digest.clone() } else { String::new() },
+                digest: if first {
+                    digest.to_string()
+                } else {
+                    String::new()
+                },
                 data: data.clone(),
             };
             first = false;
             if tx.send(msg).await.is_err() {
+                // svc-blob ended the call; its answer says why.
                 break 'pump;
             }
-            if !client_gone
-                && client
-                    .send(Ok(capstan_proto::blob::v1::ReadChunk { data }))
+            if let Some(c) = client
+                && c.send(Ok(capstan_proto::blob::v1::ReadChunk { data }))
                     .await
                     .is_err()
             {
-                client_gone = true;
+                client = None; // gone: keep storing
             }
         }
     }
     if first && failed.is_none() {
+        // An empty blob still names its digest.
         let _ = tx
             .send(PutChunk {
-                digest: digest.clone(),
+                digest: digest.to_string(),
                 data: bytes::Bytes::new(),
             })
             .await;
     }
     if let Some(e) = failed {
         put.abort();
-        let _ = client.send(Err(e.clone().into())).await;
+        if let Some(c) = client {
+            let _ = c.send(Err(e.clone().into())).await;
+        }
         return Err(e);
     }
     drop(tx);
-    let stored = match put.await {
-        Ok(Ok(r)) => r.into_inner(),
+    match put.await {
+        Ok(Ok(r)) => Ok(r.into_inner().size),
         Ok(Err(status)) => {
-            let _ = client.send(Err(status.clone())).await;
-            return Err(status.into());
+            if let Some(c) = client {
+                let _ = c.send(Err(status.clone())).await;
+            }
+            Err(status.into())
         }
-        Err(e) => return Err(SyncError::Unavailable(format!("blob store task: {e}"))),
-    };
-    stores
-        .meta
-        .clone()
-        .link_blob(LinkBlobRequest {
-            repo: to.clone(),
-            digest: digest.clone(),
-            size: stored.size,
-        })
-        .await?;
-    tracing::info!(upstream_repo = %from, repo = %to, digest = %digest, size = stored.size, "blob synced");
-    Ok(stored.size)
+        Err(e) => Err(SyncError::Unavailable(format!("blob store task: {e}"))),
+    }
 }
 
 #[cfg(test)]

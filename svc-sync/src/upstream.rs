@@ -326,53 +326,35 @@ impl Upstream {
 
     /// Every tag of `repo`, following `Link` pagination.
     pub async fn tags(&self, repo: &str) -> Result<Vec<String>, SyncError> {
-        let mut out = Vec::new();
-        let mut path = format!("/v2/{repo}/tags/list?n=1000");
-        for _ in 0..10_000 {
-            let r = self
-                .get(
-                    &path,
-                    "application/json",
-                    &format!("repository:{repo}:pull"),
-                )
-                .await?;
-            let r = Self::check(r, &format!("{repo} tags"))?;
-            let next = next_link(&r);
-            let v: serde_json::Value = r
-                .json()
-                .await
-                .map_err(|e| SyncError::Unavailable(format!("{repo} tags: {e}")))?;
-            out.extend(
-                v["tags"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|t| t.as_str().map(str::to_string)),
-            );
-            match next {
-                Some(n) => path = n,
-                None => return Ok(out),
-            }
-        }
-        Ok(out)
+        self.list(
+            &format!("/v2/{repo}/tags/list?n=1000"),
+            &format!("repository:{repo}:pull"),
+            "tags",
+        )
+        .await
     }
 
     /// Every repository of the upstream's catalog.
     pub async fn catalog(&self) -> Result<Vec<String>, SyncError> {
+        self.list("/v2/_catalog?n=1000", "registry:catalog:*", "repositories")
+            .await
+    }
+
+    /// The strings of JSON array `field` over every page from `path`.
+    async fn list(&self, path: &str, scope: &str, field: &str) -> Result<Vec<String>, SyncError> {
         let mut out = Vec::new();
-        let mut path = "/v2/_catalog?n=1000".to_string();
+        let mut path = path.to_string();
+        // Bounded: a registry whose links never end stops here.
         for _ in 0..10_000 {
-            let r = self
-                .get(&path, "application/json", "registry:catalog:*")
-                .await?;
-            let r = Self::check(r, "catalog")?;
+            let r = self.get(&path, "application/json", scope).await?;
+            let r = Self::check(r, &path)?;
             let next = next_link(&r);
             let v: serde_json::Value = r
                 .json()
                 .await
-                .map_err(|e| SyncError::Unavailable(format!("catalog: {e}")))?;
+                .map_err(|e| SyncError::Unavailable(format!("{path}: {e}")))?;
             out.extend(
-                v["repositories"]
+                v[field]
                     .as_array()
                     .into_iter()
                     .flatten()
@@ -380,7 +362,7 @@ impl Upstream {
             );
             match next {
                 Some(n) => path = n,
-                None => return Ok(out),
+                None => break,
             }
         }
         Ok(out)

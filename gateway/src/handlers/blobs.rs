@@ -43,14 +43,7 @@ pub async fn get(
                     digest: d.to_string(),
                 }))
                 .await
-                .map_err(|s| {
-                    let se = ApiError::from(s);
-                    if se.code == ErrorCode::ManifestUnknown {
-                        e
-                    } else {
-                        se
-                    }
-                })?;
+                .map_err(|s| super::pull_through_error(e, s))?;
             let fetched_size = fetched
                 .metadata()
                 .get("blob-size")

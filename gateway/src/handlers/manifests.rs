@@ -86,14 +86,7 @@ pub async fn get(gw: &Gateway, ctx: &Ctx, repo: &str, reference: &str) -> Result
                 reference: reference.into(),
             }))
             .await
-            .map_err(|s| {
-                let se = ApiError::from(s);
-                if se.code == ErrorCode::ManifestUnknown {
-                    e
-                } else {
-                    se
-                }
-            })?;
+            .map_err(|s| super::pull_through_error(e, s))?;
             fetch().await?.into_inner()
         }
     };

@@ -44,6 +44,17 @@ pub async fn handle(
     }
 }
 
+/// The answer when pull-through could not help: the local miss `local`
+/// when no upstream has it either, the upstream's trouble otherwise.
+fn pull_through_error(local: ApiError, status: tonic::Status) -> ApiError {
+    let e = ApiError::from(status);
+    if e.code == ErrorCode::ManifestUnknown {
+        local
+    } else {
+        e
+    }
+}
+
 /// A digest from a URL or query parameter; DIGEST_INVALID otherwise.
 fn parse_digest(s: &str) -> Result<Digest, ApiError> {
     Digest::parse(s).map_err(|e| ApiError::new(ErrorCode::DigestInvalid, e.to_string()))
