@@ -250,16 +250,23 @@ async fn store_stream(
     let mut first = true;
     let mut client = client;
     let mut failed: Option<SyncError> = None;
-    'pump: while let Some(chunk) = body.next().await {
-        let chunk = match chunk {
-            Ok(c) => c,
-            Err(e) => {
+    // The network hands over small pieces (tens of KiB); they are gathered
+    // into chunks of CHUNK_BYTES so each message, write and hash step
+    // carries a useful amount of bytes.
+    let mut pending = bytes::BytesMut::with_capacity(CHUNK_BYTES);
+    let mut ended = false;
+    'pump: while !ended {
+        match body.next().await {
+            Some(Ok(c)) => pending.extend_from_slice(&c),
+            Some(Err(e)) => {
                 failed = Some(SyncError::Unavailable(format!("{from}@{digest}: {e}")));
                 break;
             }
-        };
-        for piece in chunk.chunks(CHUNK_BYTES) {
-            let data = bytes::Bytes::copy_from_slice(piece);
+            None => ended = true,
+        }
+        while pending.len() >= CHUNK_BYTES || (ended && !pending.is_empty()) {
+            let take = pending.len().min(CHUNK_BYTES);
+            let data = pending.split_to(take).freeze();
             let msg = PutChunk {
                 digest: if first {
                     digest.to_string()
@@ -280,6 +287,9 @@ async fn store_stream(
             {
                 client = None; // gone: keep storing
             }
+        }
+        if pending.capacity() < CHUNK_BYTES {
+            pending.reserve(CHUNK_BYTES);
         }
     }
     if first && failed.is_none() {
