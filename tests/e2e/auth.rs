@@ -673,14 +673,14 @@ async fn detect_manifest_collision_refuses_deleting_a_digest_several_tags_name()
     assert_eq!(sb.get("/metrics").await.status(), 403);
 }
 
-/// A CA and certificates it signs, as PEM files in `dir`.
-struct Pki {
+/// A CA and the certificates it signs.
+pub struct Pki {
     ca: rcgen::Certificate,
     ca_key: rcgen::KeyPair,
 }
 
 impl Pki {
-    fn new(name: &str) -> Pki {
+    pub fn new(name: &str) -> Pki {
         let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
         p.distinguished_name.push(rcgen::DnType::CommonName, name);
@@ -690,7 +690,7 @@ impl Pki {
     }
 
     /// (certificate PEM, key PEM) for `cn`, valid for `sans`.
-    fn issue(&self, cn: &str, sans: &[&str]) -> (String, String) {
+    pub fn issue(&self, cn: &str, sans: &[&str]) -> (String, String) {
         let mut p =
             rcgen::CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>())
                 .unwrap();
@@ -698,6 +698,10 @@ impl Pki {
         let key = rcgen::KeyPair::generate().unwrap();
         let cert = p.signed_by(&key, &self.ca, &self.ca_key).unwrap();
         (cert.pem(), key.serialize_pem())
+    }
+
+    pub fn ca_pem(&self) -> String {
+        self.ca.pem()
     }
 }
 

@@ -20,6 +20,11 @@ pub struct Distribution {
 
 impl Distribution {
     pub async fn start(htpasswd_file: &Path) -> Distribution {
+        Self::start_with(htpasswd_file, None).await
+    }
+
+    /// With `tls` (certificate and key PEM), served over HTTPS.
+    pub async fn start_with(htpasswd_file: &Path, tls: Option<(&str, &str)>) -> Distribution {
         let dir = tempfile::tempdir().unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -31,15 +36,25 @@ impl Distribution {
             &yml,
             format!(
                 "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
-                 http:\n  addr: 127.0.0.1:{port}\nauth:\n  htpasswd:\n    realm: upstream\n    path: {}\n",
+                 http:\n  addr: 127.0.0.1:{port}\n{tls}auth:\n  htpasswd:\n    realm: upstream\n    path: {}\n",
                 dir.path().join("data").display(),
-                htpasswd_file.display()
+                htpasswd_file.display(),
+                tls = match tls {
+                    Some((cert, key)) => {
+                        let (c, k) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+                        std::fs::write(&c, cert).unwrap();
+                        std::fs::write(&k, key).unwrap();
+                        format!("  tls:\n    certificate: {}\n    key: {}\n", c.display(), k.display())
+                    }
+                    None => String::new(),
+                },
             ),
         )
         .unwrap();
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let mut d = Distribution {
             child: None,
-            url: format!("http://127.0.0.1:{port}"),
+            url: format!("{scheme}://127.0.0.1:{port}"),
             log: dir.path().join("registry.log"),
             yml,
             _dir: dir,
@@ -64,11 +79,18 @@ impl Distribution {
                 .spawn()
                 .expect("docker-registry"),
         );
-        wait_ready(&reqwest::Client::new(), &format!("{}/v2/", self.url)).await;
+        let client = reqwest::Client::builder()
+            .danger_accept_invalid_certs(true)
+            .build()
+            .unwrap();
+        wait_ready(&client, &format!("{}/v2/", self.url)).await;
     }
 
     pub fn host(&self) -> String {
-        self.url.trim_start_matches("http://").to_string()
+        self.url
+            .trim_start_matches("http://")
+            .trim_start_matches("https://")
+            .to_string()
     }
 
     /// Lines of the access log for `GET path` answered `status`.
@@ -520,4 +542,38 @@ async fn referrers_are_synced_with_their_subject() {
             .status(),
         200
     );
+}
+
+/// An HTTPS upstream whose certificate comes from a private CA: trusted
+/// through `certDir`, refused without it.
+#[tokio::test]
+async fn a_tls_upstream_is_trusted_through_cert_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let users = htpasswd(dir.path(), &[("sync", "sync-pw")]);
+    let pki = crate::auth::Pki::new("upstream CA");
+    let (cert, key) = pki.issue("upstream", &["127.0.0.1"]);
+    let up = Distribution::start_with(&users, Some((&cert, &key))).await;
+    let digest = seed(&up, "library/app", "v1", 1);
+    let certs = dir.path().join("certs");
+    std::fs::create_dir_all(&certs).unwrap();
+    std::fs::write(certs.join("ca.crt"), pki.ca_pem()).unwrap();
+    let creds = dir.path().join("creds.json");
+    std::fs::write(
+        &creds,
+        json!({up.host(): {"username": "sync", "password": "sync-pw"}}).to_string(),
+    )
+    .unwrap();
+    let registry = |cert_dir: Option<&Path>| {
+        let mut r = json!({"urls": [up.url], "onDemand": true});
+        if let Some(d) = cert_dir {
+            r["certDir"] = json!(d);
+        }
+        json!({"extensions": {"sync": {"credentialsFile": creds, "registries": [r]}}})
+    };
+    let trusting = Sandbox::start_with(registry(Some(&certs))).await;
+    let r = trusting.get("/v2/library/app/manifests/v1").await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["docker-content-digest"], digest.as_str());
+    let wary = Sandbox::start_with(registry(None)).await;
+    assert_eq!(wary.get("/v2/library/app/manifests/v1").await.status(), 503);
 }
