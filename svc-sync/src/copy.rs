@@ -93,13 +93,37 @@ pub fn image<'a>(
             .await?;
         tracing::info!(upstream_repo = from, repo = to, reference, digest = %digest, "image synced");
         let d = digest.to_string();
-        for referrer in up.referrers(from, &d).await? {
+        for (referrer, _) in up.referrers(from, &d).await? {
             if referrer != d {
                 image(stores, up, from, to, &referrer, platforms, lazy).await?;
             }
         }
         Ok(d)
     })
+}
+
+/// Artifact types of signatures: Notary v2 and cosign (as a referrer).
+const SIGNATURE_TYPES: &[&str] = &[
+    "application/vnd.cncf.notary.signature",
+    "application/vnd.dev.cosign.artifact.sig.v1+json",
+];
+
+/// Whether upstream image `digest` of `from` is signed: a signature among
+/// its referrers, or cosign's `sha256-<hex>.sig` tag.
+pub async fn is_signed(up: &Upstream, from: &str, digest: &str) -> Result<bool, SyncError> {
+    let referrers = up.referrers(from, digest).await?;
+    if referrers
+        .iter()
+        .any(|(_, t)| SIGNATURE_TYPES.contains(&t.as_str()))
+    {
+        return Ok(true);
+    }
+    let tag = format!("{}.sig", digest.replacen(':', "-", 1));
+    match up.manifest(from, &tag).await {
+        Ok(_) => Ok(true),
+        Err(SyncError::NotFound(_)) => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 /// The children of an index whose platform is one of `platforms`; `None`

@@ -9,6 +9,9 @@ pub enum SyncError {
     /// The upstream does not have it (or no upstream is configured for it).
     #[error("not found upstream: {0}")]
     NotFound(String),
+    /// `onlySigned` is on and the image carries no signature.
+    #[error("not signed upstream: {0}")]
+    Unsigned(String),
     /// The upstream refused our credentials.
     #[error("upstream refused access: {0}")]
     Denied(String),
@@ -32,7 +35,9 @@ impl From<tonic::Status> for SyncError {
 impl From<SyncError> for ServiceError {
     fn from(e: SyncError) -> Self {
         match e {
-            SyncError::NotFound(m) => ServiceError::new(ErrorCode::ManifestUnknown, m),
+            SyncError::NotFound(m) | SyncError::Unsigned(m) => {
+                ServiceError::new(ErrorCode::ManifestUnknown, m)
+            }
             SyncError::Invalid(m) => ServiceError::new(ErrorCode::ManifestInvalid, m),
             SyncError::Denied(m) | SyncError::Unavailable(m) => {
                 ServiceError::new(ErrorCode::Unavailable, m)

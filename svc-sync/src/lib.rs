@@ -41,6 +41,8 @@ pub struct Registry {
     pub retry_delay: std::time::Duration,
     /// Capstan's platform filter for indexes.
     pub platforms: Vec<String>,
+    /// Only images with a signature (`onlySigned`).
+    pub only_signed: bool,
 }
 
 type Pending = Shared<BoxFuture<'static, Result<String, SyncError>>>;
@@ -112,6 +114,7 @@ fn registries(sync: &SyncConfig) -> Result<Vec<Registry>, String> {
             max_retries: r.max_retries(),
             retry_delay: r.retry_delay(),
             platforms: r.platforms.clone(),
+            only_signed: r.only_signed,
         });
     }
     Ok(out)
@@ -305,6 +308,20 @@ impl Syncer {
                 };
                 if is_tag && !c.tags().allows(reference) {
                     continue;
+                }
+                if r.only_signed {
+                    let m = match r.upstream.manifest(&up_repo, reference).await {
+                        Ok(m) => m,
+                        Err(e) => {
+                            last = e;
+                            continue;
+                        }
+                    };
+                    let d = capstan_oci::Digest::of(capstan_oci::Algorithm::Sha256, &m.bytes);
+                    if !copy::is_signed(&r.upstream, &up_repo, &d.to_string()).await? {
+                        last = SyncError::Unsigned(format!("{up_repo}:{reference}"));
+                        continue;
+                    }
                 }
                 match copy::image(
                     &self.stores,

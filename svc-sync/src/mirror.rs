@@ -17,6 +17,7 @@ use std::sync::Arc;
 pub struct Round {
     pub copied: usize,
     pub unchanged: usize,
+    pub unsigned: usize,
 }
 
 /// Mirror registry `i` every `pollInterval` until shutdown.
@@ -34,7 +35,7 @@ pub async fn run(syncer: Arc<Syncer>, i: usize, shutdown: Shutdown) {
             };
             match result {
                 Ok(r) => {
-                    tracing::info!(upstream = %reg.name, copied = r.copied, unchanged = r.unchanged, "mirror round done");
+                    tracing::info!(upstream = %reg.name, copied = r.copied, unchanged = r.unchanged, unsigned = r.unsigned, "mirror round done");
                     break;
                 }
                 Err(e) if attempt < reg.max_retries => {
@@ -88,6 +89,11 @@ pub async fn round(stores: &copy::Stores, reg: &Registry) -> Result<Round, SyncE
                     .map(|m| m.into_inner().digest);
                 if here.as_deref() == Some(digest.as_str()) {
                     done.unchanged += 1;
+                    continue;
+                }
+                if reg.only_signed && !copy::is_signed(&reg.upstream, repo, &digest).await? {
+                    tracing::info!(upstream_repo = %repo, tag = %tag, "not signed; skipped (onlySigned)");
+                    done.unsigned += 1;
                     continue;
                 }
                 copy::image(

@@ -283,9 +283,13 @@ impl Upstream {
         Ok(Manifest { bytes, media_type })
     }
 
-    /// The digests of the manifests that refer to `digest` (signatures,
-    /// SBOMs…); empty when the upstream has no referrers API.
-    pub async fn referrers(&self, repo: &str, digest: &str) -> Result<Vec<String>, SyncError> {
+    /// The manifests that refer to `digest` (signatures, SBOMs…), as
+    /// (digest, artifact type); empty when the upstream has no referrers API.
+    pub async fn referrers(
+        &self,
+        repo: &str,
+        digest: &str,
+    ) -> Result<Vec<(String, String)>, SyncError> {
         let r = self
             .get(
                 &format!("/v2/{repo}/referrers/{digest}"),
@@ -308,7 +312,10 @@ impl Upstream {
             .as_array()
             .into_iter()
             .flatten()
-            .filter_map(|m| m["digest"].as_str().map(str::to_string))
+            .filter_map(|m| {
+                let d = m["digest"].as_str()?.to_string();
+                Some((d, m["artifactType"].as_str().unwrap_or("").to_string()))
+            })
             .collect())
     }
 

@@ -2,7 +2,8 @@
 
 usage: oras_push.py HOST REPO TAG FILE SUBJECT_DIGEST SUBJECT_SIZE
 Prints the pushed manifest's digest. ORAS_USER and ORAS_PASSWORD, when set,
-are sent as Basic credentials.
+are sent as Basic credentials; ORAS_ARTIFACT_TYPE sets the artifact type
+(through the config media type).
 """
 import os
 import sys
@@ -24,11 +25,17 @@ subject = oras.oci.Subject(
     size=int(subject_size),
 )
 os.chdir(os.path.dirname(os.path.abspath(path)))
+extra = {}
+if os.environ.get("ORAS_ARTIFACT_TYPE"):
+    with open("artifact-config.json", "w") as f:
+        f.write("{}")
+    extra["manifest_config"] = "artifact-config.json:" + os.environ["ORAS_ARTIFACT_TYPE"]
 resp = client.push(
     target=f"{host}/{repo}:{tag}",
     files=[f"{os.path.basename(path)}:application/vnd.example.signature"],
     subject=subject,
     quiet=True,
+    **extra,
 )
 if resp.status_code != 201:
     sys.exit(f"push answered {resp.status_code}: {resp.text}")

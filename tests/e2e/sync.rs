@@ -577,3 +577,51 @@ async fn a_tls_upstream_is_trusted_through_cert_dir() {
     let wary = Sandbox::start_with(registry(None)).await;
     assert_eq!(wary.get("/v2/library/app/manifests/v1").await.status(), 503);
 }
+
+/// `onlySigned`: an image without a signature referrer is not synced.
+#[tokio::test]
+async fn only_signed_images_are_pulled_through_when_asked() {
+    let (_d, mut upstream) = crate::auth::with_users(&[("mirror", "mirror-pw")], json!({})).await;
+    upstream.login("mirror", "mirror-pw");
+    let (signed, m) = upstream.push_image("team/app", "signed", 1).await;
+    upstream.push_image("team/app", "unsigned", 1).await;
+    let work = tempfile::tempdir().unwrap();
+    let file = work.path().join("sig.txt");
+    std::fs::write(&file, b"signature").unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/oras_push.py");
+    let size = serde_json::to_vec(&m).unwrap().len();
+    crate::clients::run(
+        Command::new("python3")
+            .args([
+                script,
+                &upstream.host(),
+                "team/app",
+                "sig",
+                file.to_str().unwrap(),
+                &signed,
+                &size.to_string(),
+            ])
+            .env("ORAS_USER", "mirror")
+            .env("ORAS_PASSWORD", "mirror-pw")
+            .env(
+                "ORAS_ARTIFACT_TYPE",
+                "application/vnd.cncf.notary.signature",
+            ),
+    );
+    let creds = work.path().join("creds.json");
+    std::fs::write(
+        &creds,
+        json!({upstream.host(): {"username": "mirror", "password": "mirror-pw"}}).to_string(),
+    )
+    .unwrap();
+    let sb = Sandbox::start_with(json!({"extensions": {"sync": {
+        "credentialsFile": creds,
+        "registries": [{"urls": [upstream.proc.url], "onDemand": true, "onlySigned": true}]}}}))
+    .await;
+    let r = sb.get("/v2/team/app/manifests/signed").await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["docker-content-digest"], signed.as_str());
+    let r = sb.get("/v2/team/app/manifests/unsigned").await;
+    assert_eq!(r.status(), 404);
+    assert_eq!(error_code(r).await, "MANIFEST_UNKNOWN");
+}

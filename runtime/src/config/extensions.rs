@@ -86,7 +86,8 @@ pub struct SyncRegistry {
     /// Pause between attempts (default 5s).
     #[serde(default, deserialize_with = "opt_duration")]
     pub retry_delay: Option<Duration>,
-    /// Only sync images that carry a signature; accepted, not enforced yet.
+    /// Only sync images that carry a signature (a Notary or cosign
+    /// referrer, or cosign's `sha256-<hex>.sig` tag).
     #[serde(default)]
     pub only_signed: bool,
     /// Keep Docker manifests as they are (same digest) instead of
