@@ -76,7 +76,9 @@ pub async fn pump<T>(
     continue_if_expected(session).await?;
     let mut first = true;
     let mut total = 0u64;
-    let mut buf = BytesMut::new();
+    // A whole chunk's room up front, and again after each chunk leaves:
+    // growing by doubling would copy every byte several times over.
+    let mut buf = BytesMut::with_capacity(CHUNK_BYTES);
     loop {
         let chunk = session
             .read_request_body()
@@ -97,6 +99,9 @@ pub async fn pump<T>(
         }
         if done {
             return Ok(total);
+        }
+        if buf.capacity() - buf.len() < CHUNK_BYTES / 2 {
+            buf.reserve(CHUNK_BYTES);
         }
     }
 }
