@@ -12,6 +12,12 @@ use std::process::Command;
 /// Write an OCI image layout holding one image tagged `tag` with `layers`
 /// layers; returns the manifest digest.
 pub fn write_layout(dir: &Path, tag: &str, layers: usize) -> String {
+    let sizes: Vec<usize> = (0..layers).map(|i| 200_000 + i * 1000).collect();
+    write_layout_sized(dir, tag, &sizes)
+}
+
+/// Like [`write_layout`], with one layer of about each of `sizes` bytes.
+pub fn write_layout_sized(dir: &Path, tag: &str, sizes: &[usize]) -> String {
     let blobs = dir.join("blobs/sha256");
     std::fs::create_dir_all(&blobs).unwrap();
     let put = |bytes: &[u8]| -> String {
@@ -21,10 +27,10 @@ pub fn write_layout(dir: &Path, tag: &str, layers: usize) -> String {
     };
     let mut ls = Vec::new();
     let mut diff_ids = Vec::new();
-    for i in 0..layers {
+    for size in sizes {
         // A gzip stream of random bytes: clients see a compressed layer and
         // keep it as it is.
-        let raw = random_bytes(200_000 + i * 1000);
+        let raw = random_bytes(*size);
         diff_ids.push(sha256(&raw));
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         gz.write_all(&raw).unwrap();

@@ -625,3 +625,155 @@ async fn only_signed_images_are_pulled_through_when_asked() {
     assert_eq!(r.status(), 404);
     assert_eq!(error_code(r).await, "MANIFEST_UNKNOWN");
 }
+
+/// A TCP relay to `target` that passes at most `rate` bytes a second each
+/// way, on a port of its own; dropping it cuts every connection.
+struct SlowRelay {
+    port: u16,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl SlowRelay {
+    async fn start(port: u16, target: String, rate: usize) -> SlowRelay {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let task = tokio::spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
+            while let Ok((inbound, _)) = listener.accept().await {
+                let target = target.clone();
+                conns.spawn(async move {
+                    let Ok(outbound) = tokio::net::TcpStream::connect(&target).await else {
+                        return;
+                    };
+                    let (ri, wi) = inbound.into_split();
+                    let (ro, wo) = outbound.into_split();
+                    let _ = tokio::join!(throttled(ri, wo, rate), throttled(ro, wi, rate));
+                });
+            }
+        });
+        SlowRelay { port, task }
+    }
+}
+
+impl Drop for SlowRelay {
+    fn drop(&mut self) {
+        // Aborting the accept loop drops its JoinSet, which aborts every
+        // relayed connection.
+        self.task.abort();
+    }
+}
+
+async fn throttled(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    rate: usize,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let piece = (rate / 20).max(1);
+    let mut buf = vec![0u8; piece];
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(50));
+    loop {
+        tick.tick().await;
+        match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                if to.write_all(&buf[..n]).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// The upstream vanishes in the middle of copying a layer: nothing half
+/// written becomes visible, and the next round completes the image.
+#[tokio::test]
+async fn an_upstream_lost_mid_copy_leaves_nothing_half_written_and_the_sync_completes() {
+    let dir = tempfile::tempdir().unwrap();
+    let users = htpasswd(dir.path(), &[("sync", "sync-pw")]);
+    let up = Distribution::start(&users).await;
+    let work = tempfile::tempdir().unwrap();
+    // A 3 MB layer behind a 1 MB/s relay: svc-sync stores in 1 MiB chunks,
+    // so the first is being written a second in, two seconds before the end.
+    let digest = crate::clients::write_layout_sized(work.path(), "v1", &[3_000_000]);
+    let out = Command::new("skopeo")
+        .args([
+            "--insecure-policy",
+            "copy",
+            "--preserve-digests",
+            "--dest-tls-verify=false",
+        ])
+        .args(["--dest-creds", "sync:sync-pw"])
+        .arg(format!("oci:{}:v1", work.path().display()))
+        .arg(format!("docker://{}/library/app:v1", up.host()))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let relay = SlowRelay::start(0, up.host(), 1_000_000).await;
+    let port = relay.port;
+    let relay_host = format!("127.0.0.1:{port}");
+    let creds = dir.path().join("creds.json");
+    std::fs::write(
+        &creds,
+        json!({relay_host.clone(): {"username": "sync", "password": "sync-pw"}}).to_string(),
+    )
+    .unwrap();
+    let sb = Sandbox::start_with(json!({"extensions": {"sync": {
+        "credentialsFile": creds,
+        "registries": [{"urls": [format!("http://{relay_host}")], "pollInterval": "1s",
+                        "maxRetries": 1000, "retryDelay": "200ms"}]}}}))
+    .await;
+    // Wait for a blob write in flight, then cut the upstream.
+    let uploads = sb.dir.path().join("data/uploads");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let in_flight = |d: &Path| {
+        std::fs::read_dir(d)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| {
+                let n = e.file_name();
+                let n = n.to_string_lossy();
+                n.starts_with("put-") && n.ends_with(".tmp")
+            })
+    };
+    while !in_flight(&uploads) {
+        assert!(std::time::Instant::now() < deadline, "no blob copy started");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    drop(relay);
+    // Nothing half-copied is visible, and the partial put is cleaned away.
+    assert_eq!(sb.get("/v2/library/app/manifests/v1").await.status(), 404);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while in_flight(&uploads) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the partial put was left behind"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        sb.get("/v2/library/app/manifests/v1").await.status(),
+        404,
+        "{}",
+        sb.proc.log_text()
+    );
+    // The upstream comes back (same port): a later round finishes the copy.
+    let _relay = SlowRelay::start(port, up.host(), 10_000_000).await;
+    until(&sb, "/v2/library/app/manifests/v1", 200).await;
+    let r = sb.get("/v2/library/app/manifests/v1").await;
+    assert_eq!(r.headers()["docker-content-digest"], digest.as_str());
+    let m: serde_json::Value = r.json().await.unwrap();
+    for layer in m["layers"].as_array().unwrap() {
+        let d = layer["digest"].as_str().unwrap();
+        let blob = sb.get(&format!("/v2/library/app/blobs/{d}")).await;
+        assert_eq!(blob.status(), 200);
+        assert_eq!(sha256(&blob.bytes().await.unwrap()), d);
+    }
+}
