@@ -33,18 +33,36 @@ fn code(s: &tonic::Status) -> capstan_oci::ErrorCode {
     capstan_proto::ServiceError::from_status(s).code
 }
 
-/// Copy `reference` of upstream `from` into local `to`; its digest. For an
-/// index, only the children for `platforms` (`os/arch[/variant]`; empty:
-/// all) are copied; the others are left to be fetched when asked for.
+/// How an image is copied.
+#[derive(Debug, Clone, Copy)]
+pub struct Options<'a> {
+    /// Of an index, only the children for these platforms (`os/arch[/variant]`;
+    /// empty: all); the others are fetched when asked for.
+    pub platforms: &'a [String],
+    /// Store the manifest without the blobs svc-blob lacks (pull-through).
+    pub lazy: bool,
+    /// Keep Docker manifests as they are; otherwise they become OCI ones
+    /// (and so get other digests), as zot does.
+    pub preserve_digest: bool,
+}
+
+/// A manifest as stored locally.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    pub digest: String,
+    pub size: u64,
+    pub media_type: String,
+}
+
+/// Copy `reference` of upstream `from` into local `to`.
 pub fn image<'a>(
     stores: &'a Stores,
     up: &'a Upstream,
     from: &'a str,
     to: &'a str,
     reference: &'a str,
-    platforms: &'a [String],
-    lazy: bool,
-) -> Pin<Box<dyn Future<Output = Result<String, SyncError>> + Send + 'a>> {
+    opts: Options<'a>,
+) -> Pin<Box<dyn Future<Output = Result<Stored, SyncError>> + Send + 'a>> {
     Box::pin(async move {
         let m = up.manifest(from, reference).await?;
         let wanted = match Reference::parse(reference) {
@@ -65,41 +83,152 @@ pub fn image<'a>(
         }
         let parsed = ParsedManifest::parse(&m.media_type, &m.bytes)
             .map_err(|e| SyncError::Invalid(format!("{from}:{reference}: {e}")))?;
-        let wanted = children_for(&m.bytes, platforms);
+        let convert = !opts.preserve_digest && is_docker(&m.media_type);
+        // A converted index names converted children, which only exist
+        // here: every child is copied then.
+        let wanted = if convert {
+            None
+        } else {
+            children_for(&m.bytes, opts.platforms)
+        };
         let mut skipped = false;
+        let mut children = std::collections::HashMap::new();
         for child in &parsed.manifests {
             let d = child.to_string();
             if wanted.as_ref().is_some_and(|w| !w.contains(&d)) {
                 skipped = true;
                 continue;
             }
-            image(stores, up, from, to, &d, platforms, lazy).await?;
+            let stored = image(stores, up, from, to, &d, opts).await?;
+            children.insert(d, stored);
         }
         for blob in &parsed.blobs {
-            if !ensure_blob(stores, up, from, to, blob, lazy).await? {
+            if !ensure_blob(stores, up, from, to, blob, opts.lazy).await? {
                 skipped = true;
             }
         }
+        let (media_type, bytes) = if convert {
+            to_oci(&m.bytes, &children)
+                .ok_or_else(|| SyncError::Invalid(format!("{from}:{reference}: cannot convert")))?
+        } else {
+            (m.media_type.clone(), m.bytes.clone())
+        };
+        let local = Digest::of(algorithm, &bytes);
+        // A converted manifest has a digest of its own.
+        let local_ref = if convert && wanted_is_digest(reference) {
+            local.to_string()
+        } else {
+            reference.to_string()
+        };
         stores
             .meta
             .clone()
             .put_manifest(PutManifestRequest {
                 repo: to.to_string(),
-                reference: reference.to_string(),
-                content_type: m.media_type.clone(),
-                content: m.bytes.clone(),
+                reference: local_ref,
+                content_type: media_type.clone(),
+                content: bytes.clone(),
                 allow_missing_children: skipped,
             })
             .await?;
-        tracing::info!(upstream_repo = from, repo = to, reference, digest = %digest, "image synced");
+        tracing::info!(upstream_repo = from, repo = to, reference, digest = %local, converted = convert, "image synced");
         let d = digest.to_string();
         for (referrer, _) in up.referrers(from, &d).await? {
             if referrer != d {
-                image(stores, up, from, to, &referrer, platforms, lazy).await?;
+                image(stores, up, from, to, &referrer, opts).await?;
             }
         }
-        Ok(d)
+        Ok(Stored {
+            digest: local.to_string(),
+            size: bytes.len() as u64,
+            media_type,
+        })
     })
+}
+
+fn wanted_is_digest(reference: &str) -> bool {
+    matches!(Reference::parse(reference), Ok(Reference::Digest(_)))
+}
+
+const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+
+/// The digest a single (not list) manifest gets here: converted to OCI
+/// unless `preserve_digest`. `None` for a Docker list (its digest depends on
+/// its converted children).
+pub fn local_digest(m: &crate::upstream::Manifest, preserve_digest: bool) -> Option<String> {
+    if preserve_digest || !is_docker(&m.media_type) {
+        return Some(Digest::of(capstan_oci::Algorithm::Sha256, &m.bytes).to_string());
+    }
+    if m.media_type == DOCKER_LIST {
+        return None;
+    }
+    let (_, bytes) = to_oci(&m.bytes, &std::collections::HashMap::new())?;
+    Some(Digest::of(capstan_oci::Algorithm::Sha256, &bytes).to_string())
+}
+
+fn is_docker(media_type: &str) -> bool {
+    media_type == DOCKER_MANIFEST || media_type == DOCKER_LIST
+}
+
+/// The OCI media type standing for a Docker one (unchanged when none).
+fn oci_type(media_type: &str) -> &str {
+    match media_type {
+        DOCKER_MANIFEST => capstan_oci::media::OCI_MANIFEST,
+        DOCKER_LIST => capstan_oci::media::OCI_INDEX,
+        "application/vnd.docker.container.image.v1+json" => {
+            "application/vnd.oci.image.config.v1+json"
+        }
+        "application/vnd.docker.image.rootfs.diff.tar.gzip" => {
+            "application/vnd.oci.image.layer.v1.tar+gzip"
+        }
+        "application/vnd.docker.image.rootfs.diff.tar" => "application/vnd.oci.image.layer.v1.tar",
+        "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip" => {
+            "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"
+        }
+        other => other,
+    }
+}
+
+/// A Docker manifest or list rewritten as OCI: media types mapped, and a
+/// list's entries pointing at the converted `children`.
+fn to_oci(
+    bytes: &[u8],
+    children: &std::collections::HashMap<String, Stored>,
+) -> Option<(String, bytes::Bytes)> {
+    let mut v: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+    let media = oci_type(v["mediaType"].as_str()?).to_string();
+    v["mediaType"] = media.clone().into();
+    let set = |d: &mut serde_json::Value| {
+        if let Some(t) = d["mediaType"].as_str() {
+            d["mediaType"] = oci_type(t).to_string().into();
+        }
+    };
+    if let Some(c) = v.get_mut("config") {
+        set(c);
+    }
+    for l in v
+        .get_mut("layers")
+        .and_then(|l| l.as_array_mut())
+        .into_iter()
+        .flatten()
+    {
+        set(l);
+    }
+    for m in v
+        .get_mut("manifests")
+        .and_then(|l| l.as_array_mut())
+        .into_iter()
+        .flatten()
+    {
+        let old = m["digest"].as_str()?.to_string();
+        let new = children.get(&old)?;
+        m["digest"] = new.digest.clone().into();
+        m["size"] = new.size.into();
+        m["mediaType"] = new.media_type.clone().into();
+    }
+    let out = serde_json::to_vec(&v).ok()?;
+    Some((media, out.into()))
 }
 
 /// Artifact types of signatures: Notary v2 and cosign (as a referrer).
@@ -348,6 +477,44 @@ async fn store_stream(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn docker_manifests_and_lists_become_oci() {
+        let m = serde_json::json!({"schemaVersion": 2, "mediaType": DOCKER_MANIFEST,
+            "config": {"mediaType": "application/vnd.docker.container.image.v1+json", "digest": "sha256:c", "size": 1},
+            "layers": [{"mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip", "digest": "sha256:l", "size": 2}]});
+        let (t, b) = to_oci(m.to_string().as_bytes(), &Default::default()).unwrap();
+        assert_eq!(t, capstan_oci::media::OCI_MANIFEST);
+        let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
+        assert_eq!(
+            v["config"]["mediaType"],
+            "application/vnd.oci.image.config.v1+json"
+        );
+        assert_eq!(
+            v["layers"][0]["mediaType"],
+            "application/vnd.oci.image.layer.v1.tar+gzip"
+        );
+        assert_eq!(v["layers"][0]["digest"], "sha256:l");
+        let list = serde_json::json!({"schemaVersion": 2, "mediaType": DOCKER_LIST,
+            "manifests": [{"mediaType": DOCKER_MANIFEST, "digest": "sha256:old", "size": 9,
+                           "platform": {"os": "linux", "architecture": "amd64"}}]});
+        let children = std::collections::HashMap::from([(
+            "sha256:old".to_string(),
+            Stored {
+                digest: "sha256:new".into(),
+                size: 7,
+                media_type: capstan_oci::media::OCI_MANIFEST.into(),
+            },
+        )]);
+        let (t, b) = to_oci(list.to_string().as_bytes(), &children).unwrap();
+        assert_eq!(t, capstan_oci::media::OCI_INDEX);
+        let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
+        assert_eq!(v["manifests"][0]["digest"], "sha256:new");
+        assert_eq!(v["manifests"][0]["size"], 7);
+        assert_eq!(v["manifests"][0]["platform"]["architecture"], "amd64");
+        // A child that was not converted makes the list unconvertible.
+        assert!(to_oci(list.to_string().as_bytes(), &Default::default()).is_none());
+    }
 
     #[test]
     fn platform_filters_pick_index_children() {

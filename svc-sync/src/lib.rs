@@ -43,6 +43,8 @@ pub struct Registry {
     pub platforms: Vec<String>,
     /// Only images with a signature (`onlySigned`).
     pub only_signed: bool,
+    /// Keep Docker manifests as they are (`preserveDigest`).
+    pub preserve_digest: bool,
 }
 
 type Pending = Shared<BoxFuture<'static, Result<String, SyncError>>>;
@@ -115,6 +117,7 @@ fn registries(sync: &SyncConfig) -> Result<Vec<Registry>, String> {
             retry_delay: r.retry_delay(),
             platforms: r.platforms.clone(),
             only_signed: r.only_signed,
+            preserve_digest: r.preserve_digest,
         });
     }
     Ok(out)
@@ -323,18 +326,14 @@ impl Syncer {
                         continue;
                     }
                 }
-                match copy::image(
-                    &self.stores,
-                    &r.upstream,
-                    &up_repo,
-                    repo,
-                    reference,
-                    &r.platforms,
-                    true,
-                )
-                .await
+                let opts = copy::Options {
+                    platforms: &r.platforms,
+                    lazy: true,
+                    preserve_digest: r.preserve_digest,
+                };
+                match copy::image(&self.stores, &r.upstream, &up_repo, repo, reference, opts).await
                 {
-                    Ok(d) => return Ok(d),
+                    Ok(stored) => return Ok(stored.digest),
                     Err(e) => {
                         tracing::info!(repo, reference, upstream_repo = %up_repo, error = %e, "on-demand sync failed");
                         last = e;

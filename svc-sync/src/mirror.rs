@@ -76,6 +76,7 @@ pub async fn round(stores: &copy::Stores, reg: &Registry) -> Result<Round, SyncE
                 }
                 let upstream = reg.upstream.manifest(repo, &tag).await?;
                 let digest = Digest::of(Algorithm::Sha256, &upstream.bytes).to_string();
+                let expected = copy::local_digest(&upstream, reg.preserve_digest);
                 let here = stores
                     .meta
                     .clone()
@@ -87,7 +88,7 @@ pub async fn round(stores: &copy::Stores, reg: &Registry) -> Result<Round, SyncE
                     .await
                     .ok()
                     .map(|m| m.into_inner().digest);
-                if here.as_deref() == Some(digest.as_str()) {
+                if here.is_some() && here == expected {
                     done.unchanged += 1;
                     continue;
                 }
@@ -96,16 +97,12 @@ pub async fn round(stores: &copy::Stores, reg: &Registry) -> Result<Round, SyncE
                     done.unsigned += 1;
                     continue;
                 }
-                copy::image(
-                    stores,
-                    &reg.upstream,
-                    repo,
-                    &local,
-                    &tag,
-                    &reg.platforms,
-                    false,
-                )
-                .await?;
+                let opts = copy::Options {
+                    platforms: &reg.platforms,
+                    lazy: false,
+                    preserve_digest: reg.preserve_digest,
+                };
+                copy::image(stores, &reg.upstream, repo, &local, &tag, opts).await?;
                 done.copied += 1;
             }
         }

@@ -777,3 +777,83 @@ async fn an_upstream_lost_mid_copy_leaves_nothing_half_written_and_the_sync_comp
         assert_eq!(sha256(&blob.bytes().await.unwrap()), d);
     }
 }
+
+/// Docker manifests become OCI ones unless `preserveDigest` (zot's rule).
+#[tokio::test]
+async fn docker_manifests_are_converted_to_oci_unless_digests_are_preserved() {
+    let dir = tempfile::tempdir().unwrap();
+    let users = htpasswd(dir.path(), &[("sync", "sync-pw")]);
+    let up = Distribution::start(&users).await;
+    let work = tempfile::tempdir().unwrap();
+    write_layout(work.path(), "v1", 1);
+    let out = Command::new("skopeo")
+        .args([
+            "--insecure-policy",
+            "copy",
+            "--format",
+            "v2s2",
+            "--dest-tls-verify=false",
+        ])
+        .args(["--dest-creds", "sync:sync-pw"])
+        .arg(format!("oci:{}:v1", work.path().display()))
+        .arg(format!("docker://{}/library/app:v1", up.host()))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let upstream = reqwest::Client::new()
+        .get(format!("{}/v2/library/app/manifests/v1", up.url))
+        .basic_auth("sync", Some("sync-pw"))
+        .header(
+            "Accept",
+            "application/vnd.docker.distribution.manifest.v2+json",
+        )
+        .send()
+        .await
+        .unwrap();
+    let docker_digest = upstream.headers()["docker-content-digest"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        upstream.headers()["content-type"],
+        "application/vnd.docker.distribution.manifest.v2+json"
+    );
+    let creds = dir.path().join("creds.json");
+    std::fs::write(
+        &creds,
+        json!({up.host(): {"username": "sync", "password": "sync-pw"}}).to_string(),
+    )
+    .unwrap();
+    let start = |preserve: bool| {
+        Sandbox::start_with(json!({"extensions": {"sync": {"credentialsFile": creds,
+            "registries": [{"urls": [up.url], "onDemand": true, "preserveDigest": preserve}]}}}))
+    };
+    let converting = start(false).await;
+    let r = converting.get("/v2/library/app/manifests/v1").await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], OCI_MANIFEST);
+    assert_ne!(r.headers()["docker-content-digest"], docker_digest.as_str());
+    let m: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(
+        m["layers"][0]["mediaType"],
+        "application/vnd.oci.image.layer.v1.tar+gzip"
+    );
+    // Its layers pull through unchanged.
+    let layer = m["layers"][0]["digest"].as_str().unwrap();
+    let b = converting
+        .get(&format!("/v2/library/app/blobs/{layer}"))
+        .await;
+    assert_eq!(sha256(&b.bytes().await.unwrap()), layer);
+    let preserving = start(true).await;
+    let r = preserving.get("/v2/library/app/manifests/v1").await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["docker-content-digest"], docker_digest.as_str());
+    assert_eq!(
+        r.headers()["content-type"],
+        "application/vnd.docker.distribution.manifest.v2+json"
+    );
+}

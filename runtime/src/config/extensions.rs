@@ -90,8 +90,8 @@ pub struct SyncRegistry {
     /// referrer, or cosign's `sha256-<hex>.sig` tag).
     #[serde(default)]
     pub only_signed: bool,
-    /// Keep Docker manifests as they are (same digest) instead of
-    /// converting them to OCI.
+    /// Keep Docker manifests as they are (same digest); by default they are
+    /// converted to OCI (other digests), as zot does.
     #[serde(default)]
     pub preserve_digest: bool,
     /// What to sync and where to put it; empty: everything, same names.
