@@ -35,10 +35,13 @@ pub struct Gateway {
     pub metrics: Metrics,
     pub authn: Arc<Authn>,
     /// svc-sync, when on-demand pull-through is configured.
-    pub sync: Option<
-        capstan_proto::sync::v1::sync_service_client::SyncServiceClient<tonic::transport::Channel>,
-    >,
+    pub sync: Option<SyncClient>,
+    /// svc-sync, when any sync is configured (its metrics join ours).
+    pub sync_metrics: Option<SyncClient>,
 }
+
+type SyncClient =
+    capstan_proto::sync::v1::sync_service_client::SyncServiceClient<tonic::transport::Channel>;
 
 /// What a handler sends back.
 #[derive(Debug)]
@@ -186,6 +189,7 @@ impl Gateway {
             metrics: Metrics::new(),
             authn,
             sync: None,
+            sync_metrics: None,
         }
     }
 
@@ -284,7 +288,18 @@ impl Gateway {
                 let e = authz::refuse(self, ctx, None, capstan_oci::access::Action::Read).await;
                 return (None, Err(e));
             }
-            let body = self.metrics.render();
+            let mut body = self.metrics.render();
+            if let Some(mut sync) = self.sync_metrics.clone() {
+                // The sync service's own progress counters, when it answers
+                // in time.
+                let req = ctx.rpc(capstan_proto::sync::v1::MetricsRequest {});
+                let got =
+                    tokio::time::timeout(std::time::Duration::from_secs(2), sync.metrics(req))
+                        .await;
+                if let Ok(Ok(r)) = got {
+                    body.extend_from_slice(r.into_inner().text.as_bytes());
+                }
+            }
             return (
                 None,
                 Ok(Reply::bytes(200, "text/plain; version=0.0.4", body.into())),

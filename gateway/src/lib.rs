@@ -63,17 +63,19 @@ pub async fn serve(
             tokio::spawn(auth::follow(authn.clone(), client, shutdown.clone()));
         }
     }
-    let on_demand = config
+    let sync_config = config
         .extensions
         .as_ref()
         .and_then(|e| e.sync.as_ref())
-        .is_some_and(|s| s.enabled() && s.registries.iter().any(|r| r.on_demand));
+        .filter(|s| s.enabled() && !s.registries.is_empty());
+    let on_demand = sync_config.is_some_and(|s| s.registries.iter().any(|r| r.on_demand));
     let sync = match upstreams.sync.first() {
-        Some(u) if on_demand => Some(backends::sync_client(u)?),
+        Some(u) if sync_config.is_some() => Some(backends::sync_client(u)?),
         _ => None,
     };
     let mut app = app::Gateway::new(backends, manifests, authn);
-    app.sync = sync;
+    app.sync = sync.clone().filter(|_| on_demand);
+    app.sync_metrics = sync;
     let addr = listener.local_addr()?.to_string();
     listener.set_nonblocking(true)?;
 

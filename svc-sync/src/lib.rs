@@ -9,6 +9,7 @@
 pub mod content;
 pub mod copy;
 pub mod error;
+pub mod metrics;
 pub mod mirror;
 pub mod upstream;
 
@@ -58,6 +59,7 @@ pub struct Syncer {
     pub stores: copy::Stores,
     inflight: Mutex<HashMap<(String, String), Pending>>,
     blobs_inflight: Mutex<HashMap<String, BlobPending>>,
+    pub metrics: metrics::SyncMetrics,
 }
 
 /// Parse `credentialsFile`: `{"host:port": {"username", "password"}}`.
@@ -154,6 +156,7 @@ impl Syncer {
             stores,
             inflight: Mutex::new(HashMap::new()),
             blobs_inflight: Mutex::new(HashMap::new()),
+            metrics: metrics::SyncMetrics::new(),
         })
     }
 
@@ -272,11 +275,15 @@ impl Syncer {
             .ok_or_else(|| SyncError::Invalid(format!("{up_repo}@{digest}: no Content-Length")))?;
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let (stores, repo, digest) = (self.stores.clone(), repo.to_string(), digest.to_string());
+        let (metrics, upstream) = (self.metrics.clone(), reg.name.clone());
         tokio::spawn(async move {
-            if let Err(e) =
-                copy::tee_blob(stores, response, up_repo, repo.clone(), digest.clone(), tx).await
+            match copy::tee_blob(stores, response, up_repo, repo.clone(), digest.clone(), tx).await
             {
-                tracing::warn!(repo = %repo, digest = %digest, error = %e, "pull-through of a blob failed");
+                Ok(size) => metrics.blob(&upstream, size),
+                Err(e) => {
+                    metrics.failure(&upstream);
+                    tracing::warn!(repo = %repo, digest = %digest, error = %e, "pull-through of a blob failed");
+                }
             }
             drop(lead);
         });
@@ -333,8 +340,12 @@ impl Syncer {
                 };
                 match copy::image(&self.stores, &r.upstream, &up_repo, repo, reference, opts).await
                 {
-                    Ok(stored) => return Ok(stored.digest),
+                    Ok(stored) => {
+                        self.metrics.image(&r.name, 1);
+                        return Ok(stored.digest);
+                    }
                     Err(e) => {
+                        self.metrics.failure(&r.name);
                         tracing::info!(repo, reference, upstream_repo = %up_repo, error = %e, "on-demand sync failed");
                         last = e;
                     }
@@ -392,6 +403,17 @@ impl SyncService for SyncServiceImpl {
         }
         let digest = self.syncer.on_demand(&r.repo, &r.reference).await?;
         Ok(tonic::Response::new(SyncImageResponse { digest }))
+    }
+
+    async fn metrics(
+        &self,
+        _req: tonic::Request<capstan_proto::sync::v1::MetricsRequest>,
+    ) -> Result<tonic::Response<capstan_proto::sync::v1::MetricsResponse>, tonic::Status> {
+        Ok(tonic::Response::new(
+            capstan_proto::sync::v1::MetricsResponse {
+                text: self.syncer.metrics.render(),
+            },
+        ))
     }
 
     type FetchBlobStream = tokio_stream::wrappers::ReceiverStream<

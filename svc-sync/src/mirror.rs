@@ -35,10 +35,12 @@ pub async fn run(syncer: Arc<Syncer>, i: usize, shutdown: Shutdown) {
             };
             match result {
                 Ok(r) => {
+                    syncer.metrics.image(&reg.name, r.copied as u64);
                     tracing::info!(upstream = %reg.name, copied = r.copied, unchanged = r.unchanged, unsigned = r.unsigned, "mirror round done");
                     break;
                 }
                 Err(e) if attempt < reg.max_retries => {
+                    syncer.metrics.failure(&reg.name);
                     attempt += 1;
                     tracing::warn!(upstream = %reg.name, error = %e, attempt, "mirror round failed; retrying");
                     tokio::select! {
@@ -47,6 +49,7 @@ pub async fn run(syncer: Arc<Syncer>, i: usize, shutdown: Shutdown) {
                     }
                 }
                 Err(e) => {
+                    syncer.metrics.failure(&reg.name);
                     tracing::warn!(upstream = %reg.name, error = %e, "mirror round failed; next at the next interval");
                     break;
                 }

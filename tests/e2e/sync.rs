@@ -242,6 +242,11 @@ async fn pulls_through_from_an_htpasswd_upstream_once_and_serves_the_copy_when_i
     assert_eq!(r.status(), 404);
     assert_eq!(error_code(r).await, "MANIFEST_UNKNOWN");
 
+    // Progress per upstream is on the gateway's /metrics.
+    let metrics = sb.get("/metrics").await.text().await.unwrap();
+    let upstream_label = format!("capstan_sync_images_total{{upstream=\"http://127.0.0.1:1\"}}");
+    assert!(metrics.contains(&upstream_label), "{metrics}");
+    assert!(metrics.contains("capstan_sync_blobs_total"), "{metrics}");
     // The upstream goes away: what was pulled is still served.
     up.kill();
     let r = sb.get("/v2/hub/app/manifests/v1").await;
