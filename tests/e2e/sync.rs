@@ -244,8 +244,8 @@ async fn pulls_through_from_an_htpasswd_upstream_once_and_serves_the_copy_when_i
 
     // Progress per upstream is on the gateway's /metrics.
     let metrics = sb.get("/metrics").await.text().await.unwrap();
-    let upstream_label = format!("capstan_sync_images_total{{upstream=\"http://127.0.0.1:1\"}}");
-    assert!(metrics.contains(&upstream_label), "{metrics}");
+    let upstream_label = "capstan_sync_images_total{upstream=\"http://127.0.0.1:1\"}";
+    assert!(metrics.contains(upstream_label), "{metrics}");
     assert!(metrics.contains("capstan_sync_blobs_total"), "{metrics}");
     // The upstream goes away: what was pulled is still served.
     up.kill();
