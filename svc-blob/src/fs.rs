@@ -312,25 +312,30 @@ impl<H: Absorb> Sink<H> {
         }
     }
 
-    /// Write every chunk of `data`, stopping at its first error.
+    /// Write every chunk of `data`, stopping at its first error. The next
+    /// chunk is received while the current one is hashed and written.
     async fn drain(mut self, mut data: ByteStream) -> Result<Self, BlobError> {
         let mut unflushed = 0u64;
         let mut flushing: Option<tokio::task::JoinHandle<Result<(), BlobError>>> = None;
-        while let Some(chunk) = data.next().await {
+        let mut next = data.next().await;
+        while let Some(chunk) = next {
             let chunk = chunk?;
             if chunk.is_empty() {
+                next = data.next().await;
                 continue;
             }
             let len = chunk.len() as u64;
-            self = blocking(move || {
+            let work = blocking(move || {
                 self.hasher.absorb(&chunk);
                 self.file
                     .write_all(&chunk)
                     .map_err(BlobError::io("write", &self.path))?;
                 self.written += chunk.len() as u64;
                 Ok(self)
-            })
-            .await?;
+            });
+            let (done, following) = tokio::join!(work, data.next());
+            self = done?;
+            next = following;
             unflushed += len;
             let idle = flushing.as_ref().is_none_or(|f| f.is_finished());
             if self.writeback && unflushed >= WRITEBACK_EVERY && idle {
