@@ -117,6 +117,17 @@ impl Drop for Distribution {
     }
 }
 
+/// svc-sync's `credentialsFile` in `dir`: `user`/`password` for `host`.
+fn credentials_file(dir: &Path, host: &str, user: &str, password: &str) -> PathBuf {
+    let path = dir.join("sync-credentials.json");
+    std::fs::write(
+        &path,
+        json!({host: {"username": user, "password": password}}).to_string(),
+    )
+    .unwrap();
+    path
+}
+
 /// Push a fresh `layers`-layer image to the upstream as `repo:tag`.
 fn seed(up: &Distribution, repo: &str, tag: &str, layers: usize) -> String {
     let work = tempfile::tempdir().unwrap();
@@ -148,12 +159,7 @@ async fn pulls_through_from_an_htpasswd_upstream_once_and_serves_the_copy_when_i
     let mut up = Distribution::start(&users).await;
     let app = seed(&up, "library/app", "v1", 2);
     let other = seed(&up, "library/other", "v1", 1);
-    let creds = dir.path().join("sync-credentials.json");
-    std::fs::write(
-        &creds,
-        json!({up.host(): {"username": "sync", "password": "sync-pw"}}).to_string(),
-    )
-    .unwrap();
+    let creds = credentials_file(dir.path(), &up.host(), "sync", "sync-pw");
     let sb = Sandbox::start_with(json!({"extensions": {"sync": {
     "credentialsFile": creds,
     "registries": [{
@@ -288,12 +294,7 @@ async fn mirrors_what_content_selects_and_recovers_when_the_upstream_comes_back(
     seed(&up, "other/x", "v1", 1);
     // The upstream is down when the first round runs.
     up.kill();
-    let creds = dir.path().join("sync-credentials.json");
-    std::fs::write(
-        &creds,
-        json!({up.host(): {"username": "sync", "password": "sync-pw"}}).to_string(),
-    )
-    .unwrap();
+    let creds = credentials_file(dir.path(), &up.host(), "sync", "sync-pw");
     let sb = Sandbox::start_with(json!({"extensions": {"sync": {
     "credentialsFile": creds,
     "registries": [{
@@ -375,12 +376,7 @@ async fn pulls_through_from_a_capstan_with_token_auth() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let creds = work.path().join("creds.json");
-    std::fs::write(
-        &creds,
-        json!({upstream.host(): {"username": "mirror", "password": "mirror-pw"}}).to_string(),
-    )
-    .unwrap();
+    let creds = credentials_file(work.path(), &upstream.host(), "mirror", "mirror-pw");
     let sb = Sandbox::start_with(json!({"extensions": {"sync": {
         "credentialsFile": creds,
         "registries": [{"urls": [upstream.proc.url], "onDemand": true, "tlsVerify": false}]}}}))
@@ -467,12 +463,7 @@ async fn the_platform_filter_fetches_only_the_wanted_children_first() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let creds = dir.path().join("creds.json");
-    std::fs::write(
-        &creds,
-        json!({up.host(): {"username": "sync", "password": "sync-pw"}}).to_string(),
-    )
-    .unwrap();
+    let creds = credentials_file(dir.path(), &up.host(), "sync", "sync-pw");
     let sb = Sandbox::start_with(json!({"extensions": {"sync": {
         "credentialsFile": creds,
         "registries": [{"urls": [up.url], "onDemand": true, "platforms": ["linux/amd64"]}]}}}))
@@ -500,6 +491,37 @@ async fn the_platform_filter_fetches_only_the_wanted_children_first() {
     );
 }
 
+/// With oras, as mirror/mirror-pw, push to `host`'s team/app an artifact
+/// (of `artifact_type` when given) whose subject is the `size`-byte manifest
+/// `subject`; its digest.
+fn push_referrer(
+    host: &str,
+    subject: &str,
+    size: usize,
+    work: &Path,
+    artifact_type: Option<&str>,
+) -> String {
+    let file = work.join("sig.txt");
+    std::fs::write(&file, b"signed").unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/oras_push.py");
+    let mut cmd = Command::new("python3");
+    cmd.args([
+        script,
+        host,
+        "team/app",
+        "sig",
+        file.to_str().unwrap(),
+        subject,
+    ])
+    .arg(size.to_string())
+    .env("ORAS_USER", "mirror")
+    .env("ORAS_PASSWORD", "mirror-pw");
+    if let Some(t) = artifact_type {
+        cmd.env("ORAS_ARTIFACT_TYPE", t);
+    }
+    crate::clients::run(&mut cmd).trim().to_string()
+}
+
 /// Signatures and other referrers come along with their subject.
 #[tokio::test]
 async fn referrers_are_synced_with_their_subject() {
@@ -508,30 +530,8 @@ async fn referrers_are_synced_with_their_subject() {
     let (subject, m) = upstream.push_image("team/app", "v1", 1).await;
     let size = serde_json::to_vec(&m).unwrap().len();
     let work = tempfile::tempdir().unwrap();
-    let file = work.path().join("sig.txt");
-    std::fs::write(&file, b"signed").unwrap();
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/oras_push.py");
-    let sig = crate::clients::run(
-        Command::new("python3")
-            .args([
-                script,
-                &upstream.host(),
-                "team/app",
-                "sig",
-                file.to_str().unwrap(),
-                &subject,
-                &size.to_string(),
-            ])
-            .env("ORAS_USER", "mirror")
-            .env("ORAS_PASSWORD", "mirror-pw"),
-    );
-    let sig = sig.trim().to_string();
-    let creds = work.path().join("creds.json");
-    std::fs::write(
-        &creds,
-        json!({upstream.host(): {"username": "mirror", "password": "mirror-pw"}}).to_string(),
-    )
-    .unwrap();
+    let sig = push_referrer(&upstream.host(), &subject, size, work.path(), None);
+    let creds = credentials_file(work.path(), &upstream.host(), "mirror", "mirror-pw");
     let sb = Sandbox::start_with(json!({"extensions": {"sync": {
         "credentialsFile": creds,
         "registries": [{"urls": [upstream.proc.url], "onDemand": true}]}}}))
@@ -562,12 +562,7 @@ async fn a_tls_upstream_is_trusted_through_cert_dir() {
     let certs = dir.path().join("certs");
     std::fs::create_dir_all(&certs).unwrap();
     std::fs::write(certs.join("ca.crt"), pki.ca_pem()).unwrap();
-    let creds = dir.path().join("creds.json");
-    std::fs::write(
-        &creds,
-        json!({up.host(): {"username": "sync", "password": "sync-pw"}}).to_string(),
-    )
-    .unwrap();
+    let creds = credentials_file(dir.path(), &up.host(), "sync", "sync-pw");
     let registry = |cert_dir: Option<&Path>| {
         let mut r = json!({"urls": [up.url], "onDemand": true});
         if let Some(d) = cert_dir {
@@ -591,34 +586,15 @@ async fn only_signed_images_are_pulled_through_when_asked() {
     let (signed, m) = upstream.push_image("team/app", "signed", 1).await;
     upstream.push_image("team/app", "unsigned", 1).await;
     let work = tempfile::tempdir().unwrap();
-    let file = work.path().join("sig.txt");
-    std::fs::write(&file, b"signature").unwrap();
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/oras_push.py");
     let size = serde_json::to_vec(&m).unwrap().len();
-    crate::clients::run(
-        Command::new("python3")
-            .args([
-                script,
-                &upstream.host(),
-                "team/app",
-                "sig",
-                file.to_str().unwrap(),
-                &signed,
-                &size.to_string(),
-            ])
-            .env("ORAS_USER", "mirror")
-            .env("ORAS_PASSWORD", "mirror-pw")
-            .env(
-                "ORAS_ARTIFACT_TYPE",
-                "application/vnd.cncf.notary.signature",
-            ),
+    push_referrer(
+        &upstream.host(),
+        &signed,
+        size,
+        work.path(),
+        Some("application/vnd.cncf.notary.signature"),
     );
-    let creds = work.path().join("creds.json");
-    std::fs::write(
-        &creds,
-        json!({upstream.host(): {"username": "mirror", "password": "mirror-pw"}}).to_string(),
-    )
-    .unwrap();
+    let creds = credentials_file(work.path(), &upstream.host(), "mirror", "mirror-pw");
     let sb = Sandbox::start_with(json!({"extensions": {"sync": {
         "credentialsFile": creds,
         "registries": [{"urls": [upstream.proc.url], "onDemand": true, "onlySigned": true}]}}}))
@@ -723,12 +699,7 @@ async fn an_upstream_lost_mid_copy_leaves_nothing_half_written_and_the_sync_comp
     let relay = SlowRelay::start(0, up.host(), 1_000_000).await;
     let port = relay.port;
     let relay_host = format!("127.0.0.1:{port}");
-    let creds = dir.path().join("creds.json");
-    std::fs::write(
-        &creds,
-        json!({relay_host.clone(): {"username": "sync", "password": "sync-pw"}}).to_string(),
-    )
-    .unwrap();
+    let creds = credentials_file(dir.path(), &relay_host, "sync", "sync-pw");
     let sb = Sandbox::start_with(json!({"extensions": {"sync": {
         "credentialsFile": creds,
         "registries": [{"urls": [format!("http://{relay_host}")], "pollInterval": "1s",
@@ -827,12 +798,7 @@ async fn docker_manifests_are_converted_to_oci_unless_digests_are_preserved() {
         upstream.headers()["content-type"],
         "application/vnd.docker.distribution.manifest.v2+json"
     );
-    let creds = dir.path().join("creds.json");
-    std::fs::write(
-        &creds,
-        json!({up.host(): {"username": "sync", "password": "sync-pw"}}).to_string(),
-    )
-    .unwrap();
+    let creds = credentials_file(dir.path(), &up.host(), "sync", "sync-pw");
     let start = |preserve: bool| {
         Sandbox::start_with(json!({"extensions": {"sync": {"credentialsFile": creds,
             "registries": [{"urls": [up.url], "onDemand": true, "preserveDigest": preserve}]}}}))
