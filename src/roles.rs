@@ -1,5 +1,6 @@
-//! Composes the roles: all of them in one process (embedded mode, gRPC over
-//! loopback so the distributed contract is what runs), or one of them.
+//! Composes the roles: all of them in one process (embedded mode: gRPC over
+//! the in-process transport, so the distributed contract is what runs), or
+//! one of them.
 
 use anyhow::Context;
 use capstan_gateway::Upstreams;
@@ -51,6 +52,8 @@ pub async fn serve(config: Config, role: Role, listen: Option<SocketAddr>) -> an
     let mut set = JoinSet::new();
     match role {
         Role::All => {
+            // The roles call one another in-process (still through gRPC).
+            capstan_runtime::grpc::local::enable();
             std::fs::create_dir_all(&config.storage.root_directory).with_context(|| {
                 format!(
                     "storage.rootDirectory {}",

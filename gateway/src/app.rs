@@ -40,8 +40,9 @@ pub struct Gateway {
     pub sync_metrics: Option<SyncClient>,
 }
 
-type SyncClient =
-    capstan_proto::sync::v1::sync_service_client::SyncServiceClient<tonic::transport::Channel>;
+type SyncClient = capstan_proto::sync::v1::sync_service_client::SyncServiceClient<
+    capstan_runtime::grpc::Transport,
+>;
 
 /// What a handler sends back.
 #[derive(Debug)]

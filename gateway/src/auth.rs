@@ -26,13 +26,13 @@ use capstan_proto::auth::v1::{
 };
 use capstan_runtime::Shutdown;
 use capstan_runtime::config::Config;
+use capstan_runtime::grpc::Transport;
 use parking_lot::{Mutex, RwLock};
 use sha2::{Digest as _, Sha256};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
-use tonic::transport::Channel;
 
 /// Cached principals kept before the cache starts over.
 const MAX_CACHED: usize = 50_000;
@@ -168,7 +168,7 @@ struct Entry {
 #[derive(Debug)]
 pub struct Authn {
     pub mode: Mode,
-    clients: Vec<AuthServiceClient<Channel>>,
+    clients: Vec<AuthServiceClient<Transport>>,
     next: AtomicUsize,
     cache: RwLock<HashMap<[u8; 32], Entry>>,
     anonymous: RwLock<Option<Entry>>,
@@ -192,7 +192,10 @@ pub struct Authn {
 
 impl Authn {
     /// The mode `config` asks for; `clients` reach svc-auth's replicas.
-    pub fn new(config: &Config, clients: Vec<AuthServiceClient<Channel>>) -> anyhow::Result<Self> {
+    pub fn new(
+        config: &Config,
+        clients: Vec<AuthServiceClient<Transport>>,
+    ) -> anyhow::Result<Self> {
         let auth = config.http.auth.as_ref();
         let enabled = auth.is_some_and(|a| a.has_credentials() || a.bearer.is_some())
             || config.http.access_control.is_some()
@@ -263,7 +266,7 @@ impl Authn {
     }
 
     /// One svc-auth client, round-robin.
-    pub fn client(&self) -> Option<AuthServiceClient<Channel>> {
+    pub fn client(&self) -> Option<AuthServiceClient<Transport>> {
         if self.clients.is_empty() {
             return None;
         }
@@ -588,7 +591,11 @@ impl Authn {
 }
 
 /// Follow one svc-auth replica's revocation feed until shutdown.
-pub async fn follow(authn: Arc<Authn>, mut client: AuthServiceClient<Channel>, shutdown: Shutdown) {
+pub async fn follow(
+    authn: Arc<Authn>,
+    mut client: AuthServiceClient<Transport>,
+    shutdown: Shutdown,
+) {
     let mut pause = Duration::from_millis(100);
     while !shutdown.is_triggered() {
         let feed = tokio::select! {

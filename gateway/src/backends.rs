@@ -6,9 +6,9 @@ use capstan_proto::auth::v1::auth_service_client::AuthServiceClient;
 use capstan_proto::blob::v1::blob_service_client::BlobServiceClient;
 use capstan_proto::meta::v1::meta_service_client::MetaServiceClient;
 use capstan_proto::sync::v1::sync_service_client::SyncServiceClient;
-use capstan_runtime::grpc::{MAX_MESSAGE_BYTES, lazy_channel};
+use capstan_runtime::grpc::Transport;
+use capstan_runtime::grpc::{MAX_MESSAGE_BYTES, connect};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use tonic::transport::Channel;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
@@ -38,7 +38,7 @@ impl<C: Clone> Pool<C> {
 fn pool<C>(
     role: &'static str,
     uris: &[String],
-    make: impl Fn(Channel) -> C,
+    make: impl Fn(Transport) -> C,
 ) -> Result<Pool<C>, BackendError> {
     if uris.is_empty() {
         return Err(BackendError::Missing(role));
@@ -46,7 +46,7 @@ fn pool<C>(
     let clients = uris
         .iter()
         .map(|uri| {
-            lazy_channel(uri)
+            connect(uri)
                 .map(&make)
                 .map_err(|source| BackendError::BadUri {
                     uri: uri.clone(),
@@ -62,8 +62,8 @@ fn pool<C>(
 
 #[derive(Debug)]
 pub struct Backends {
-    meta: Pool<MetaServiceClient<Channel>>,
-    blob: Pool<BlobServiceClient<Channel>>,
+    meta: Pool<MetaServiceClient<Transport>>,
+    blob: Pool<BlobServiceClient<Transport>>,
 }
 
 impl Backends {
@@ -84,22 +84,22 @@ impl Backends {
     }
 
     /// One client per meta endpoint (for their change feeds).
-    pub fn meta_all(&self) -> Vec<MetaServiceClient<Channel>> {
+    pub fn meta_all(&self) -> Vec<MetaServiceClient<Transport>> {
         self.meta.clients.clone()
     }
 
-    pub fn meta(&self) -> MetaServiceClient<Channel> {
+    pub fn meta(&self) -> MetaServiceClient<Transport> {
         self.meta.pick()
     }
 
-    pub fn blob(&self) -> BlobServiceClient<Channel> {
+    pub fn blob(&self) -> BlobServiceClient<Transport> {
         self.blob.pick()
     }
 }
 
 /// A lazily connecting client of one svc-auth replica.
-pub fn auth_client(uri: &str) -> Result<AuthServiceClient<Channel>, BackendError> {
-    lazy_channel(uri)
+pub fn auth_client(uri: &str) -> Result<AuthServiceClient<Transport>, BackendError> {
+    connect(uri)
         .map(AuthServiceClient::new)
         .map_err(|source| BackendError::BadUri {
             uri: uri.to_string(),
@@ -108,8 +108,8 @@ pub fn auth_client(uri: &str) -> Result<AuthServiceClient<Channel>, BackendError
 }
 
 /// A lazily connecting client of svc-sync.
-pub fn sync_client(uri: &str) -> Result<SyncServiceClient<Channel>, BackendError> {
-    lazy_channel(uri)
+pub fn sync_client(uri: &str) -> Result<SyncServiceClient<Transport>, BackendError> {
+    connect(uri)
         .map(SyncServiceClient::new)
         .map_err(|source| BackendError::BadUri {
             uri: uri.to_string(),

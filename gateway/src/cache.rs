@@ -16,12 +16,12 @@ use bytes::Bytes;
 use capstan_proto::meta::v1::WatchRequest;
 use capstan_proto::meta::v1::meta_service_client::MetaServiceClient;
 use capstan_runtime::Shutdown;
+use capstan_runtime::grpc::Transport;
 use parking_lot::RwLock;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
-use tonic::transport::Channel;
 
 /// Total manifest bytes kept before the cache starts over.
 const MAX_BYTES: usize = 64 * 1024 * 1024;
@@ -120,7 +120,7 @@ impl ManifestCache {
 /// a growing pause (100 ms to 5 s) when it breaks.
 pub async fn follow(
     cache: Arc<ManifestCache>,
-    mut client: MetaServiceClient<Channel>,
+    mut client: MetaServiceClient<Transport>,
     shutdown: Shutdown,
 ) {
     let mut pause = Duration::from_millis(100);

@@ -218,11 +218,9 @@ pub async fn serve(
         shutdown: shutdown.clone(),
     };
     let health = grpc::health_service(&["capstan.auth.v1.AuthService"]).await;
-    let router = grpc::server()
-        .add_service(health)
-        .add_service(AuthServiceServer::new(svc));
+    let routes = tonic::service::Routes::new(health).add_service(AuthServiceServer::new(svc));
     tracing::info!(addr = %listener.local_addr()?, "auth service listening");
-    grpc::serve(router, listener, shutdown).await?;
+    grpc::serve(routes, listener, shutdown).await?;
     Ok(())
 }
 

@@ -18,6 +18,7 @@
 //! With `storage.commit`, file contents and the directory entries that name
 //! them are fsynced before a call returns.
 
+use crate::direct::BlobWriter;
 use crate::store::{BlobStore, ByteStream, UploadId};
 use crate::{BlobError, resumable};
 use async_trait::async_trait;
@@ -49,6 +50,7 @@ pub struct FsStore {
     blobs: PathBuf,
     uploads: PathBuf,
     commit: bool,
+    direct_io: bool,
 }
 
 /// What `state.json` holds.
@@ -84,7 +86,15 @@ impl FsStore {
             blobs,
             uploads,
             commit,
+            direct_io: true,
         })
+    }
+
+    /// Write blob bytes with direct I/O where the filesystem allows it (the
+    /// default), or always through the page cache.
+    pub fn with_direct_io(mut self, on: bool) -> Self {
+        self.direct_io = on;
+        self
     }
 
     /// The root directory.
@@ -292,19 +302,20 @@ const WRITEBACK_EVERY: u64 = 32 * 1024 * 1024;
 
 /// A file being written while its bytes are hashed.
 struct Sink<H> {
-    file: File,
+    out: BlobWriter,
     path: PathBuf,
     hasher: H,
     written: u64,
     /// Flush to disk in the background while writing (`storage.commit`), so
-    /// the final fsync only has the tail left to write.
+    /// the final fsync only has the tail left to write. Direct writes have
+    /// nothing to flush.
     writeback: bool,
 }
 
 impl<H: Absorb> Sink<H> {
-    fn new(file: File, path: PathBuf, hasher: H, writeback: bool) -> Self {
+    fn new(out: BlobWriter, path: PathBuf, hasher: H, writeback: bool) -> Self {
         Self {
-            file,
+            out,
             path,
             hasher,
             written: 0,
@@ -312,57 +323,126 @@ impl<H: Absorb> Sink<H> {
         }
     }
 
-    /// Write every chunk of `data`, stopping at its first error. The next
-    /// chunk is received while the current one is hashed and written.
-    async fn drain(mut self, mut data: ByteStream) -> Result<Self, BlobError> {
-        let mut unflushed = 0u64;
-        let mut flushing: Option<tokio::task::JoinHandle<Result<(), BlobError>>> = None;
-        let mut next = data.next().await;
-        while let Some(chunk) = next {
-            let chunk = chunk?;
+    /// Write every chunk of `data`, stopping at its first error. Receiving,
+    /// hashing and writing run side by side: the chunks go to a hashing and
+    /// a writing stage, each on a blocking thread of its own.
+    async fn drain(self, mut data: ByteStream) -> Result<Self, BlobError> {
+        let Sink {
+            out,
+            path,
+            hasher,
+            writeback,
+            ..
+        } = self;
+        let hash = Stage::start(hasher, |h: &mut H, chunk| {
+            h.absorb(chunk);
+            Ok(())
+        });
+        let writing = Writing {
+            out,
+            path,
+            writeback,
+            unflushed: 0,
+        };
+        let write = Stage::start(writing, Writing::write);
+        let mut written = 0u64;
+        let mut failed = None;
+        while let Some(chunk) = data.next().await {
+            let chunk = match chunk {
+                Ok(c) => c,
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            };
             if chunk.is_empty() {
-                next = data.next().await;
                 continue;
             }
-            let len = chunk.len() as u64;
-            let work = blocking(move || {
-                self.hasher.absorb(&chunk);
-                self.file
-                    .write_all(&chunk)
-                    .map_err(BlobError::io("write", &self.path))?;
-                self.written += chunk.len() as u64;
-                Ok(self)
-            });
-            let (done, following) = tokio::join!(work, data.next());
-            self = done?;
-            next = following;
-            unflushed += len;
-            let idle = flushing.as_ref().is_none_or(|f| f.is_finished());
-            if self.writeback && unflushed >= WRITEBACK_EVERY && idle {
-                if let Some(done) = flushing.take() {
-                    join_flush(done).await?;
-                }
-                let file = self
-                    .file
-                    .try_clone()
-                    .map_err(BlobError::io("clone", &self.path))?;
-                let path = self.path.clone();
-                flushing = Some(tokio::task::spawn_blocking(move || {
-                    file.sync_data().map_err(BlobError::io("sync", &path))
-                }));
-                unflushed = 0;
+            written += chunk.len() as u64;
+            let (hashing, writing) = tokio::join!(hash.feed(chunk.clone()), write.feed(chunk));
+            if !(hashing && writing) {
+                break; // a stage failed; its error comes out of `finish`
             }
         }
-        if let Some(done) = flushing {
-            join_flush(done).await?;
+        let (hashed, wrote) = tokio::join!(hash.finish(), write.finish());
+        if let Some(e) = failed {
+            return Err(e);
         }
-        Ok(self)
+        let (hasher, w) = (hashed?, wrote?);
+        Ok(Sink {
+            out: w.out,
+            path: w.path,
+            hasher,
+            written,
+            writeback,
+        })
     }
 }
 
-async fn join_flush(task: tokio::task::JoinHandle<Result<(), BlobError>>) -> Result<(), BlobError> {
-    task.await
-        .map_err(|e| BlobError::Internal(format!("storage task failed: {e}")))?
+/// Chunks a pipeline stage may have waiting.
+const STAGE_DEPTH: usize = 4;
+
+/// One step of the write pipeline, on a blocking thread of its own: `step`
+/// runs over every chunk fed, in order, with at most [`STAGE_DEPTH`] waiting.
+struct Stage<S> {
+    tx: mpsc::Sender<Bytes>,
+    done: tokio::task::JoinHandle<Result<S, BlobError>>,
+}
+
+impl<S: Send + 'static> Stage<S> {
+    fn start(
+        mut state: S,
+        mut step: impl FnMut(&mut S, &[u8]) -> Result<(), BlobError> + Send + 'static,
+    ) -> Self {
+        let (tx, mut rx) = mpsc::channel::<Bytes>(STAGE_DEPTH);
+        let done = tokio::task::spawn_blocking(move || {
+            while let Some(chunk) = rx.blocking_recv() {
+                step(&mut state, &chunk)?;
+            }
+            Ok(state)
+        });
+        Self { tx, done }
+    }
+
+    /// Hand `chunk` over; `false` when the stage has stopped on an error.
+    async fn feed(&self, chunk: Bytes) -> bool {
+        self.tx.send(chunk).await.is_ok()
+    }
+
+    /// Wait for every chunk fed to be processed.
+    async fn finish(self) -> Result<S, BlobError> {
+        drop(self.tx);
+        self.done
+            .await
+            .map_err(|e| BlobError::Internal(format!("storage task failed: {e}")))?
+    }
+}
+
+/// The writing stage's state.
+struct Writing {
+    out: BlobWriter,
+    path: PathBuf,
+    writeback: bool,
+    unflushed: u64,
+}
+
+impl Writing {
+    fn write(&mut self, chunk: &[u8]) -> Result<(), BlobError> {
+        self.out
+            .write(chunk)
+            .map_err(BlobError::io("write", &self.path))?;
+        self.unflushed += chunk.len() as u64;
+        if self.writeback && !self.out.is_direct() && self.unflushed >= WRITEBACK_EVERY {
+            // Through the page cache: flush as we go, so the final fsync
+            // only has the tail left to write.
+            self.out
+                .file()
+                .sync_data()
+                .map_err(BlobError::io("sync", &self.path))?;
+            self.unflushed = 0;
+        }
+        Ok(())
+    }
 }
 
 /// Removes a temp file when dropped, unless disarmed.
@@ -611,7 +691,8 @@ impl BlobStore for FsStore {
         let dir = self.session_dir(id);
         let id = *id;
         let commit = self.commit;
-        let (session, hasher) = blocking(move || {
+        let direct = self.direct_io;
+        let session = blocking(move || {
             let mut s = Session::open(dir)?;
             if let Some(expected) = expected_offset
                 && expected != s.state.offset
@@ -622,39 +703,46 @@ impl BlobStore for FsStore {
                 });
             }
             let hasher = s.sha256(&id)?;
-            s.data
-                .seek(SeekFrom::Start(s.state.offset))
-                .map_err(BlobError::io("seek upload data", &s.data_path))?;
-            Ok((s, hasher))
+            let Session {
+                dir,
+                data_path,
+                data,
+                state,
+            } = s;
+            let out = BlobWriter::new(data, state.offset, direct)
+                .map_err(BlobError::io("open upload data", &data_path))?;
+            Ok((dir, data_path, out, state, hasher))
         })
         .await?;
-        let Session {
-            dir,
-            data_path,
-            data: file,
-            state,
-        } = session;
+        let (dir, data_path, out, state, hasher) = session;
         // On error the sink (and its lock) is dropped without touching the
         // state: the bytes written so far are leftovers for the next writer.
-        let sink = Sink::new(file, data_path, hasher, commit)
+        let sink = Sink::new(out, data_path, hasher, commit)
             .drain(data)
             .await?;
         let offset = blocking(move || {
+            let Sink {
+                out,
+                path,
+                hasher,
+                written,
+                ..
+            } = sink;
+            let file = out.finish().map_err(BlobError::io("write", &path))?;
             if commit {
-                sink.file
-                    .sync_data()
-                    .map_err(BlobError::io("sync upload data", &sink.path))?;
+                file.sync_data()
+                    .map_err(BlobError::io("sync upload data", &path))?;
             }
             let next = SessionState {
-                offset: state.offset + sink.written,
-                sha256_state: resumable::save(&sink.hasher),
+                offset: state.offset + written,
+                sha256_state: resumable::save(&hasher),
                 created_ms: state.created_ms,
                 updated_ms: now_ms(),
                 owner: state.owner,
             };
             write_state(&dir, &next, commit)?;
             // The lock is released only now, with the new state in place.
-            drop(sink);
+            drop(file);
             Ok(next.offset)
         })
         .await?;
@@ -722,7 +810,8 @@ impl BlobStore for FsStore {
             .uploads
             .join(format!("{PUT_PREFIX}{}{PUT_SUFFIX}", uuid::Uuid::new_v4()));
         let guard = TempFile(Some(tmp.clone()));
-        let file = {
+        let direct = self.direct_io;
+        let out = {
             let tmp = tmp.clone();
             blocking(move || {
                 let f = OpenOptions::new()
@@ -731,12 +820,12 @@ impl BlobStore for FsStore {
                     .open(&tmp)
                     .map_err(BlobError::io("create temp file", &tmp))?;
                 lock(&f, &tmp)?;
-                Ok(f)
+                BlobWriter::new(f, 0, direct).map_err(BlobError::io("create temp file", &tmp))
             })
             .await?
         };
         let sink = Sink::new(
-            file,
+            out,
             tmp.clone(),
             Hasher::new(digest.algorithm()),
             self.commit,
@@ -748,11 +837,12 @@ impl BlobStore for FsStore {
         let commit = self.commit;
         let (size, placed) = blocking(move || {
             let Sink {
-                file,
+                out,
                 hasher,
                 written,
                 ..
             } = sink;
+            let file = out.finish().map_err(BlobError::io("write", &tmp))?;
             let actual = hasher.finish();
             if actual != expected {
                 drop(guard);

@@ -9,6 +9,7 @@
 //! The crate serves the `capstan.blob.v1.BlobService` gRPC contract and
 //! removes upload sessions left idle for longer than `storage.uploadExpiry`.
 
+mod direct;
 mod error;
 mod fs;
 mod resumable;
@@ -42,7 +43,8 @@ pub async fn serve(
     let store: Arc<dyn BlobStore> = Arc::new(
         FsStore::new(root, storage.commit)
             .await
-            .with_context(|| format!("cannot open blob storage at {}", root.display()))?,
+            .with_context(|| format!("cannot open blob storage at {}", root.display()))?
+            .with_direct_io(storage.direct_io),
     );
     let expiry = tokio::spawn(expire_uploads(
         store.clone(),
@@ -50,11 +52,9 @@ pub async fn serve(
         shutdown.clone(),
     ));
     let health = grpc::health_service(&[SERVICE_NAME]).await;
-    let router = grpc::server()
-        .add_service(health)
-        .add_service(grpc_service(store));
+    let routes = tonic::service::Routes::new(health).add_service(grpc_service(store));
     tracing::info!(addr = %listener.local_addr()?, root = %root.display(), "blob service listening");
-    let served = grpc::serve(router, listener, shutdown).await;
+    let served = grpc::serve(routes, listener, shutdown).await;
     // Normally already stopped by the shutdown; not so if the server failed.
     expiry.abort();
     let _ = expiry.await;

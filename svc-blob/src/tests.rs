@@ -11,13 +11,13 @@ use capstan_proto::blob::v1::{
     CommitUploadRequest, DeleteRequest, PutChunk, ReadRequest, StartUploadRequest, StatRequest,
     UploadRef, WriteChunk,
 };
+use capstan_runtime::grpc::Transport;
 use capstan_runtime::grpc::{CHUNK_BYTES, MAX_MESSAGE_BYTES, READ_CHUNK_BYTES};
 use futures::{StreamExt as _, stream};
 use std::path::Path;
 use tokio::task::JoinHandle;
-use tonic::transport::Channel;
 
-type Client = BlobServiceClient<Channel>;
+type Client = BlobServiceClient<Transport>;
 
 struct Server {
     url: String,
@@ -43,7 +43,7 @@ impl Server {
     }
 
     fn client(&self) -> Client {
-        BlobServiceClient::new(grpc::lazy_channel(&self.url).unwrap())
+        BlobServiceClient::new(grpc::connect(&self.url).unwrap())
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES)
     }

@@ -43,11 +43,10 @@ pub async fn serve(
         .await
         .context("cannot open the metadata database")?;
     let health = grpc::health_service(&[SERVICE_NAME]).await;
-    let router = grpc::server()
-        .add_service(health)
+    let routes = tonic::service::Routes::new(health)
         .add_service(grpc_service(store.clone(), shutdown.clone()));
     tracing::info!(addr = %listener.local_addr()?, "meta service listening");
-    let served = grpc::serve(router, listener, shutdown).await;
+    let served = grpc::serve(routes, listener, shutdown).await;
     store.close().await;
     served.context("meta grpc server failed")?;
     tracing::info!("meta service stopped");

@@ -7,11 +7,11 @@ use capstan_oci::{ErrorCode, manifest::MAX_MANIFEST_BYTES, media};
 use capstan_proto::ServiceError;
 use capstan_proto::meta::v1::meta_service_client::MetaServiceClient;
 use capstan_proto::meta::v1::*;
+use capstan_runtime::grpc::Transport;
 use serde_json::json;
-use tonic::transport::Channel;
 
 struct Running {
-    client: MetaServiceClient<Channel>,
+    client: MetaServiceClient<Transport>,
     shutdown: Shutdown,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
     root: std::path::PathBuf,
@@ -31,7 +31,7 @@ async fn start() -> Running {
         let shutdown = shutdown.clone();
         async move { serve(&config, listener, shutdown).await }
     });
-    let channel = grpc::lazy_channel(&format!("http://{addr}")).unwrap();
+    let channel = grpc::connect(&format!("http://{addr}")).unwrap();
     let client = MetaServiceClient::new(channel)
         .max_decoding_message_size(grpc::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(grpc::MAX_MESSAGE_BYTES);
@@ -66,7 +66,7 @@ fn get(repo: &str, reference: &str, head: bool) -> GetManifestRequest {
     }
 }
 
-async fn link_all(client: &mut MetaServiceClient<Channel>, repo: &str, img: &testutil::Image) {
+async fn link_all(client: &mut MetaServiceClient<Transport>, repo: &str, img: &testutil::Image) {
     for (d, size) in &img.blobs {
         client
             .link_blob(LinkBlobRequest {

@@ -17,16 +17,16 @@ use capstan_proto::blob::v1::{PutChunk, StatRequest};
 use capstan_proto::meta::v1::meta_service_client::MetaServiceClient;
 use capstan_proto::meta::v1::{LinkBlobRequest, PutManifestRequest, StatBlobRequest};
 use capstan_runtime::grpc::CHUNK_BYTES;
+use capstan_runtime::grpc::Transport;
 use futures::StreamExt;
 use std::future::Future;
 use std::pin::Pin;
-use tonic::transport::Channel;
 
 /// Where copies go.
 #[derive(Debug, Clone)]
 pub struct Stores {
-    pub meta: MetaServiceClient<Channel>,
-    pub blob: BlobServiceClient<Channel>,
+    pub meta: MetaServiceClient<Transport>,
+    pub blob: BlobServiceClient<Transport>,
 }
 
 fn code(s: &tonic::Status) -> capstan_oci::ErrorCode {

@@ -18,7 +18,7 @@ use capstan_proto::sync::v1::{
     sync_service_server::{SyncService, SyncServiceServer},
 };
 use capstan_runtime::config::extensions::SyncConfig;
-use capstan_runtime::grpc::{MAX_MESSAGE_BYTES, lazy_channel};
+use capstan_runtime::grpc::{MAX_MESSAGE_BYTES, connect};
 use capstan_runtime::{Config, Shutdown, grpc};
 use content::Content;
 use error::SyncError;
@@ -140,14 +140,14 @@ impl Syncer {
             anyhow::bail!("svc-sync needs services.meta.endpoints and services.blob.endpoints");
         };
         let stores = copy::Stores {
-            meta: capstan_proto::meta::v1::meta_service_client::MetaServiceClient::new(
-                lazy_channel(meta)?,
-            )
+            meta: capstan_proto::meta::v1::meta_service_client::MetaServiceClient::new(connect(
+                meta,
+            )?)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES),
-            blob: capstan_proto::blob::v1::blob_service_client::BlobServiceClient::new(
-                lazy_channel(blob)?,
-            )
+            blob: capstan_proto::blob::v1::blob_service_client::BlobServiceClient::new(connect(
+                blob,
+            )?)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES),
         };
@@ -477,11 +477,9 @@ pub async fn serve(
         syncer,
     };
     let health = grpc::health_service(&["capstan.sync.v1.SyncService"]).await;
-    let router = grpc::server()
-        .add_service(health)
-        .add_service(SyncServiceServer::new(svc));
+    let routes = tonic::service::Routes::new(health).add_service(SyncServiceServer::new(svc));
     tracing::info!(addr = %listener.local_addr()?, "sync service listening");
-    grpc::serve(router, listener, shutdown).await?;
+    grpc::serve(routes, listener, shutdown).await?;
     Ok(())
 }
 

@@ -163,7 +163,9 @@ pub async fn callback(
 fn client(
     gw: &Gateway,
 ) -> Result<
-    capstan_proto::auth::v1::auth_service_client::AuthServiceClient<tonic::transport::Channel>,
+    capstan_proto::auth::v1::auth_service_client::AuthServiceClient<
+        capstan_runtime::grpc::Transport,
+    >,
     ApiError,
 > {
     gw.authn.client().ok_or_else(ApiError::not_found_route)

@@ -65,6 +65,11 @@ pub struct StorageConfig {
     /// fsync blob bytes and directory entries before acknowledging a write.
     #[serde(default)]
     pub commit: bool,
+    /// Write blob bytes with direct I/O (`O_DIRECT`), bypassing the page
+    /// cache, where the filesystem supports it; otherwise, or when false,
+    /// through the page cache (Capstan).
+    #[serde(default = "yes")]
+    pub direct_io: bool,
     /// Store each digest once (always true: blobs are content-addressed).
     #[serde(default = "yes")]
     pub dedupe: bool,
@@ -88,6 +93,7 @@ impl Default for StorageConfig {
         Self {
             root_directory: default_root(),
             commit: false,
+            direct_io: true,
             dedupe: true,
             gc: true,
             gc_delay: default_gc_delay(),

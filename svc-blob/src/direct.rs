@@ -1,0 +1,264 @@
+//! Writing blob bytes with direct I/O (`O_DIRECT`), so they go from our
+//! buffer to the device without a copy into the page cache.
+//!
+//! On the machines measured (see BENCHMARKS.md), copying into fresh
+//! page-cache pages cost more CPU than the hashing and the network together;
+//! a direct write costs almost none. Direct I/O wants the buffer address, the
+//! length and the file offset aligned, so bytes are gathered in an aligned
+//! staging buffer and written a stage at a time; an unaligned start (an
+//! upload resumed mid-block) re-reads its partial first block, and the
+//! unaligned tail is written through the page cache at the end. Where the
+//! filesystem refuses `O_DIRECT` (tmpfs, some network filesystems), the
+//! writer falls back to ordinary buffered writes, with the same result on
+//! disk.
+
+use rustix::fs::{OFlags, fcntl_getfl, fcntl_setfl};
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt as _;
+
+/// Alignment of buffer addresses, lengths and file offsets of direct writes:
+/// the page size, a multiple of every common logical block size.
+pub const ALIGN: usize = 4096;
+
+/// Bytes gathered before one direct write.
+pub const STAGE_BYTES: usize = 4 << 20;
+
+/// Writes bytes to `file` sequentially from a starting offset.
+pub struct BlobWriter {
+    file: File,
+    /// File offset of the first staged byte (aligned while `direct`).
+    pos: u64,
+    /// Staging memory; the aligned window starts at `start`.
+    stage: Vec<u8>,
+    start: usize,
+    /// Staged bytes in the window.
+    fill: usize,
+    direct: bool,
+}
+
+impl std::fmt::Debug for BlobWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlobWriter")
+            .field("pos", &self.pos)
+            .field("fill", &self.fill)
+            .field("direct", &self.direct)
+            .finish()
+    }
+}
+
+fn set_direct(file: &File, on: bool) -> io::Result<()> {
+    let flags = fcntl_getfl(file)?;
+    let flags = if on {
+        flags | OFlags::DIRECT
+    } else {
+        flags - OFlags::DIRECT
+    };
+    fcntl_setfl(file, flags)?;
+    Ok(())
+}
+
+fn refused(e: &io::Error) -> bool {
+    e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error())
+}
+
+impl BlobWriter {
+    /// Write `file` from `offset` on, with direct I/O when `direct` and the
+    /// filesystem allows it. `file` must be open for writing, and for reading
+    /// too when `offset` is not a multiple of [`ALIGN`].
+    pub fn new(file: File, offset: u64, direct: bool) -> io::Result<Self> {
+        let mut w = Self {
+            file,
+            pos: offset,
+            stage: Vec::new(),
+            start: 0,
+            fill: 0,
+            direct: false,
+        };
+        if !direct {
+            return Ok(w);
+        }
+        let head = (offset % ALIGN as u64) as usize;
+        let mut stage = vec![0u8; STAGE_BYTES + ALIGN];
+        let start = stage.as_ptr().align_offset(ALIGN);
+        let block = offset - head as u64;
+        if head > 0 {
+            // The partial first block is written again with the new bytes.
+            w.file
+                .read_exact_at(&mut stage[start..start + head], block)?;
+        }
+        match set_direct(&w.file, true) {
+            Ok(()) => {
+                w.stage = stage;
+                w.start = start;
+                w.fill = head;
+                w.pos = block;
+                w.direct = true;
+            }
+            Err(e) if refused(&e) => {
+                tracing::debug!("filesystem refuses O_DIRECT; writing through the page cache");
+            }
+            Err(e) => return Err(e),
+        }
+        Ok(w)
+    }
+
+    /// The file being written.
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// Whether bytes currently bypass the page cache.
+    pub fn is_direct(&self) -> bool {
+        self.direct
+    }
+
+    /// Append `data`.
+    pub fn write(&mut self, mut data: &[u8]) -> io::Result<()> {
+        if !self.direct {
+            self.file.write_all_at(data, self.pos)?;
+            self.pos += data.len() as u64;
+            return Ok(());
+        }
+        while !data.is_empty() {
+            let n = (STAGE_BYTES - self.fill).min(data.len());
+            let at = self.start + self.fill;
+            self.stage[at..at + n].copy_from_slice(&data[..n]);
+            self.fill += n;
+            data = &data[n..];
+            if self.fill == STAGE_BYTES {
+                self.flush_aligned(STAGE_BYTES)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Write the first `len` (aligned) staged bytes at `pos` and keep the rest.
+    fn flush_aligned(&mut self, len: usize) -> io::Result<()> {
+        let window = self.start..self.start + len;
+        match self
+            .file
+            .write_all_at(&self.stage[window.clone()], self.pos)
+        {
+            Ok(()) => {}
+            Err(e) if refused(&e) => {
+                // Accepted at open, refused at write: go buffered for good.
+                tracing::debug!("direct write refused; writing through the page cache");
+                set_direct(&self.file, false)?;
+                self.direct = false;
+                self.file.write_all_at(&self.stage[window], self.pos)?;
+            }
+            Err(e) => return Err(e),
+        }
+        self.pos += len as u64;
+        self.stage
+            .copy_within(self.start + len..self.start + self.fill, self.start);
+        self.fill -= len;
+        Ok(())
+    }
+
+    /// Write what is staged and give the file back (in buffered mode).
+    pub fn finish(mut self) -> io::Result<File> {
+        if self.direct {
+            let aligned = self.fill - self.fill % ALIGN;
+            if aligned > 0 {
+                self.flush_aligned(aligned)?;
+            }
+            if self.direct {
+                set_direct(&self.file, false)?;
+                self.direct = false;
+            }
+            let tail = self.start..self.start + self.fill;
+            self.file.write_all_at(&self.stage[tail], self.pos)?;
+            self.pos += self.fill as u64;
+            self.fill = 0;
+        }
+        Ok(self.file)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs::OpenOptions;
+
+    fn pattern(len: usize, seed: u8) -> Vec<u8> {
+        (0..len)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i >> 12) as u8)
+            .collect()
+    }
+
+    fn open(path: &std::path::Path) -> File {
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .unwrap()
+    }
+
+    /// Write `parts` (each a run of pieces) one writer after another, as
+    /// consecutive upload appends do, and compare with the concatenation.
+    fn roundtrip(direct: bool, parts: &[&[usize]]) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data");
+        let mut expected = Vec::new();
+        let mut seed = 1u8;
+        for pieces in parts {
+            let file = open(&path);
+            let mut w = BlobWriter::new(file, expected.len() as u64, direct).unwrap();
+            for &n in *pieces {
+                let bytes = pattern(n, seed);
+                seed = seed.wrapping_add(7);
+                w.write(&bytes).unwrap();
+                expected.extend_from_slice(&bytes);
+            }
+            let file = w.finish().unwrap();
+            assert_eq!(file.metadata().unwrap().len(), expected.len() as u64);
+            // The descriptor is usable for ordinary I/O again.
+            assert!(!fcntl_getfl(&file).unwrap().contains(OFlags::DIRECT));
+        }
+        assert!(std::fs::read(&path).unwrap() == expected, "content differs");
+    }
+
+    #[test]
+    fn aligned_and_unaligned_runs_give_the_same_bytes() {
+        for direct in [true, false] {
+            roundtrip(direct, &[&[STAGE_BYTES, STAGE_BYTES]]);
+            roundtrip(direct, &[&[1, 4095, 4096, 3 * STAGE_BYTES + 17]]);
+            roundtrip(direct, &[&[(1 << 20) + 3; 9]]);
+            roundtrip(direct, &[&[]]);
+        }
+    }
+
+    #[test]
+    fn resumed_writes_rewrite_the_partial_block() {
+        for direct in [true, false] {
+            roundtrip(
+                direct,
+                &[
+                    &[5000],
+                    &[3],
+                    &[STAGE_BYTES - 1],
+                    &[4096 * 3],
+                    &[1, 1, 1],
+                    &[STAGE_BYTES + 4093],
+                ],
+            );
+        }
+    }
+
+    #[test]
+    fn writes_on_tmpfs_land() {
+        // tmpfs refused O_DIRECT before Linux 6.6 and treats it as buffered
+        // since: either way the bytes must arrive.
+        let dir = tempfile::tempdir_in("/dev/shm").expect("/dev/shm (tmpfs) is there on Linux");
+        let path = dir.path().join("data");
+        let bytes = pattern(STAGE_BYTES + 10, 3);
+        let mut w = BlobWriter::new(open(&path), 0, true).unwrap();
+        w.write(&bytes).unwrap();
+        w.finish().unwrap();
+        assert!(std::fs::read(&path).unwrap() == bytes);
+    }
+}
