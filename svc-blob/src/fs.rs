@@ -18,7 +18,7 @@
 //! With `storage.commit`, file contents and the directory entries that name
 //! them are fsynced before a call returns.
 
-use crate::direct::BlobWriter;
+use crate::direct::{BlobReader, BlobWriter};
 use crate::store::{BlobStore, ByteStream, UploadId};
 use crate::{BlobError, resumable};
 use async_trait::async_trait;
@@ -490,48 +490,39 @@ fn publish(src: &Path, dst: &Path, commit: bool) -> Result<bool, BlobError> {
     Ok(true)
 }
 
-/// Send `left` bytes of `file` (positioned at the start of the range) to `tx`
-/// in chunks of at most [`READ_CHUNK_BYTES`]; stop when the receiver goes away.
+/// Reads of one blob in flight at once: the device gets the next request
+/// while the previous chunk travels.
+const READS_IN_FLIGHT: usize = 2;
+
+/// Send `len` bytes of the blob from `offset` on to `tx` in chunks of at
+/// most [`READ_CHUNK_BYTES`]; stop when the receiver goes away.
 async fn pump(
-    mut file: File,
+    reader: BlobReader,
     path: PathBuf,
-    mut left: u64,
+    offset: u64,
+    len: u64,
     tx: mpsc::Sender<Result<Bytes, BlobError>>,
 ) {
-    while left > 0 {
-        let n = usize::try_from(left)
-            .unwrap_or(usize::MAX)
-            .min(READ_CHUNK_BYTES);
-        let p = path.clone();
-        let read = blocking(move || {
-            // Read into spare capacity: no zero-filling of the buffer.
-            let mut buf = Vec::with_capacity(n);
-            let got = (&mut file)
-                .take(n as u64)
-                .read_to_end(&mut buf)
-                .map_err(BlobError::io("read blob", &p))?;
-            if got != n {
-                return Err(BlobError::io("read blob", &p)(io::Error::from(
-                    io::ErrorKind::UnexpectedEof,
-                )));
-            }
-            Ok((file, buf))
-        })
-        .await;
-        match read {
-            Ok((f, buf)) => {
-                file = f;
-                left -= n as u64;
-                if tx.send(Ok(Bytes::from(buf))).await.is_err() {
-                    tracing::debug!(path = %path.display(), left, "blob reader went away");
-                    return;
-                }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "blob read failed");
-                let _ = tx.send(Err(e)).await;
-                return;
-            }
+    let reader = std::sync::Arc::new(reader);
+    let step = READ_CHUNK_BYTES as u64;
+    let chunks = (0..len.div_ceil(step)).map(|i| {
+        let at = offset + i * step;
+        let n = (len - i * step).min(step) as usize;
+        let (r, p) = (reader.clone(), path.clone());
+        blocking(move || r.read_at(at, n).map_err(BlobError::io("read blob", &p)))
+    });
+    let mut reads = futures::stream::iter(chunks).buffered(READS_IN_FLIGHT);
+    while let Some(read) = reads.next().await {
+        let failed = read.is_err();
+        if let Err(e) = &read {
+            tracing::warn!(error = %e, "blob read failed");
+        }
+        if tx.send(read).await.is_err() {
+            tracing::debug!(path = %path.display(), "blob reader went away");
+            return;
+        }
+        if failed {
+            return;
         }
     }
 }
@@ -617,9 +608,10 @@ impl BlobStore for FsStore {
         let path = self.blob_path(digest);
         let d = digest.clone();
         let p = path.clone();
+        let direct = self.direct_io;
         let (file, len) = blocking(move || {
             let unknown = || BlobError::BlobUnknown(d.clone());
-            let mut file = match File::open(&p) {
+            let file = match File::open(&p) {
                 Ok(f) => f,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(unknown()),
                 Err(e) => return Err(BlobError::io("open blob", &p)(e)),
@@ -642,14 +634,13 @@ impl BlobStore for FsStore {
                     )));
                 }
             };
-            file.seek(SeekFrom::Start(offset))
-                .map_err(BlobError::io("seek blob", &p))?;
-            Ok((file, end - offset))
+            let reader = BlobReader::new(file, &p, direct).map_err(BlobError::io("open blob", &p))?;
+            Ok((reader, end - offset))
         })
         .await?;
         tracing::debug!(digest = %digest, offset, len, "blob read");
         let (tx, rx) = mpsc::channel(READ_AHEAD);
-        tokio::spawn(pump(file, path, len, tx));
+        tokio::spawn(pump(file, path, offset, len, tx));
         Ok(ReceiverStream::new(rx).boxed())
     }
 
