@@ -18,7 +18,7 @@
 //! With `storage.commit`, file contents and the directory entries that name
 //! them are fsynced before a call returns.
 
-use crate::direct::{BlobReader, BlobWriter};
+use crate::direct::{BlobReader, BlobWriter, BufferPool};
 use crate::store::{BlobStore, ByteStream, UploadId};
 use crate::{BlobError, resumable};
 use async_trait::async_trait;
@@ -31,6 +31,7 @@ use sha2::Sha256;
 use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io::{self, Read as _, Seek as _, SeekFrom, Write as _};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -51,6 +52,7 @@ pub struct FsStore {
     uploads: PathBuf,
     commit: bool,
     direct_io: bool,
+    read_buffers: Arc<BufferPool>,
 }
 
 /// What `state.json` holds.
@@ -87,6 +89,7 @@ impl FsStore {
             uploads,
             commit,
             direct_io: true,
+            read_buffers: BufferPool::new(READ_CHUNK_BYTES),
         })
     }
 
@@ -503,7 +506,7 @@ async fn pump(
     len: u64,
     tx: mpsc::Sender<Result<Bytes, BlobError>>,
 ) {
-    let reader = std::sync::Arc::new(reader);
+    let reader = Arc::new(reader);
     let step = READ_CHUNK_BYTES as u64;
     let chunks = (0..len.div_ceil(step)).map(|i| {
         let at = offset + i * step;
@@ -609,6 +612,7 @@ impl BlobStore for FsStore {
         let d = digest.clone();
         let p = path.clone();
         let direct = self.direct_io;
+        let buffers = self.read_buffers.clone();
         let (file, len) = blocking(move || {
             let unknown = || BlobError::BlobUnknown(d.clone());
             let file = match File::open(&p) {
@@ -634,7 +638,8 @@ impl BlobStore for FsStore {
                     )));
                 }
             };
-            let reader = BlobReader::new(file, &p, direct).map_err(BlobError::io("open blob", &p))?;
+            let reader = BlobReader::new(file, &p, direct, buffers)
+                .map_err(BlobError::io("open blob", &p))?;
             Ok((reader, end - offset))
         })
         .await?;
