@@ -12,10 +12,11 @@
 //! writer falls back to ordinary buffered writes, with the same result on
 //! disk.
 //!
-//! Reads are direct too. Measured here, a 256 MiB blob read from the device
-//! this way costs 0.23 s of CPU; read through the page cache it cost 0.55 s
-//! when not cached (filling the cache) and 0.12 s when cached, and the bytes
-//! of a blob written directly are not cached.
+//! Reads are direct too, into buffers reused from a small pool. Measured
+//! here, serving a 256 MiB blob read this way costs the server 0.11 s of CPU
+//! (0.23 s with a fresh buffer per read); read through the page cache it cost
+//! 0.55 s when not cached (filling the cache) and 0.12 s when cached, and the
+//! bytes of a blob written directly are not cached.
 
 use bytes::Bytes;
 use rustix::fs::{OFlags, fcntl_getfl, fcntl_setfl};
