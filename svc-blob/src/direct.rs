@@ -45,6 +45,8 @@ pub struct BlobWriter {
     /// Staged bytes in the window.
     fill: usize,
     direct: bool,
+    /// Where `stage` came from and goes back to.
+    buffers: Arc<BufferPool>,
 }
 
 impl std::fmt::Debug for BlobWriter {
@@ -74,9 +76,15 @@ fn refused(e: &io::Error) -> bool {
 
 impl BlobWriter {
     /// Write `file` from `offset` on, with direct I/O when `direct` and the
-    /// filesystem allows it. `file` must be open for writing, and for reading
-    /// too when `offset` is not a multiple of [`ALIGN`].
-    pub fn new(file: File, offset: u64, direct: bool) -> io::Result<Self> {
+    /// filesystem allows it, staging in a buffer of `buffers` (at least
+    /// [`STAGE_BYTES`] long). `file` must be open for writing, and for
+    /// reading too when `offset` is not a multiple of [`ALIGN`].
+    pub fn new(
+        file: File,
+        offset: u64,
+        direct: bool,
+        buffers: &Arc<BufferPool>,
+    ) -> io::Result<Self> {
         let mut w = Self {
             file,
             pos: offset,
@@ -84,12 +92,13 @@ impl BlobWriter {
             start: 0,
             fill: 0,
             direct: false,
+            buffers: buffers.clone(),
         };
         if !direct {
             return Ok(w);
         }
         let head = (offset % ALIGN as u64) as usize;
-        let mut stage = vec![0u8; STAGE_BYTES + ALIGN];
+        let mut stage = buffers.take(STAGE_BYTES + ALIGN);
         let start = stage.as_ptr().align_offset(ALIGN);
         let block = offset - head as u64;
         if head > 0 {
@@ -107,6 +116,7 @@ impl BlobWriter {
             }
             Err(e) if refused(&e) => {
                 tracing::debug!("filesystem refuses O_DIRECT; writing through the page cache");
+                buffers.give(stage);
             }
             Err(e) => return Err(e),
         }
@@ -183,28 +193,30 @@ impl BlobWriter {
             self.pos += self.fill as u64;
             self.fill = 0;
         }
+        self.buffers.give(self.stage);
         Ok(self.file)
     }
 }
 
-/// Read buffers kept for reuse. A buffer used once is mapped; a fresh one
-/// faults in page by page while the device fills it (measured on a pull:
-/// page faults and zeroing were ~15 % of the server's CPU).
+/// Buffers kept for reuse (read buffers, write staging). A buffer used
+/// once is mapped; a fresh one faults in page by page while it is filled
+/// (measured on a pull: page faults and zeroing were ~15 % of the server's
+/// CPU).
 #[derive(Debug)]
 pub struct BufferPool {
     /// Length of every pooled buffer; larger requests get a fresh one.
     len: usize,
+    /// Buffers kept at most; more are freed when returned.
+    keep: usize,
     free: Mutex<Vec<Vec<u8>>>,
 }
 
-/// Buffers a pool keeps at most (reads in flight plus those queued).
-const POOL_MAX: usize = 8;
-
 impl BufferPool {
-    /// A pool for reads of up to `max_read` bytes.
-    pub fn new(max_read: usize) -> Arc<Self> {
+    /// A pool of buffers for `max_bytes` at any alignment, keeping `keep`.
+    pub fn new(max_bytes: usize, keep: usize) -> Arc<Self> {
         Arc::new(Self {
-            len: max_read + 2 * ALIGN,
+            len: max_bytes + 2 * ALIGN,
+            keep,
             free: Mutex::new(Vec::new()),
         })
     }
@@ -226,7 +238,7 @@ impl BufferPool {
             return;
         }
         let mut free = self.free.lock().unwrap_or_else(PoisonError::into_inner);
-        if free.len() < POOL_MAX {
+        if free.len() < self.keep {
             free.push(buf);
         }
     }
@@ -357,9 +369,10 @@ mod tests {
         let path = dir.path().join("data");
         let mut expected = Vec::new();
         let mut seed = 1u8;
+        let pool = BufferPool::new(STAGE_BYTES, 1);
         for pieces in parts {
             let file = open(&path);
-            let mut w = BlobWriter::new(file, expected.len() as u64, direct).unwrap();
+            let mut w = BlobWriter::new(file, expected.len() as u64, direct, &pool).unwrap();
             for &n in *pieces {
                 let bytes = pattern(n, seed);
                 seed = seed.wrapping_add(7);
@@ -370,6 +383,8 @@ mod tests {
             assert_eq!(file.metadata().unwrap().len(), expected.len() as u64);
             // The descriptor is usable for ordinary I/O again.
             assert!(!fcntl_getfl(&file).unwrap().contains(OFlags::DIRECT));
+            // The staging buffer went back for the next writer.
+            assert_eq!(pool.idle(), usize::from(direct));
         }
         assert!(std::fs::read(&path).unwrap() == expected, "content differs");
     }
@@ -406,7 +421,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("blob");
         let bytes = pattern(3 * STAGE_BYTES + 1234, 9);
-        let mut w = BlobWriter::new(open(&path), 0, true).unwrap();
+        let mut w =
+            BlobWriter::new(open(&path), 0, true, &BufferPool::new(STAGE_BYTES, 1)).unwrap();
         w.write(&bytes).unwrap();
         w.finish().unwrap();
         let len = bytes.len();
@@ -421,7 +437,7 @@ mod tests {
             (len, 0),
         ];
         for direct in [true, false] {
-            let pool = BufferPool::new(STAGE_BYTES);
+            let pool = BufferPool::new(STAGE_BYTES, 8);
             let reader =
                 BlobReader::new(File::open(&path).unwrap(), &path, direct, pool.clone()).unwrap();
             for (offset, n) in ranges {
@@ -448,7 +464,8 @@ mod tests {
         let dir = tempfile::tempdir_in("/dev/shm").expect("/dev/shm (tmpfs) is there on Linux");
         let path = dir.path().join("data");
         let bytes = pattern(STAGE_BYTES + 10, 3);
-        let mut w = BlobWriter::new(open(&path), 0, true).unwrap();
+        let mut w =
+            BlobWriter::new(open(&path), 0, true, &BufferPool::new(STAGE_BYTES, 1)).unwrap();
         w.write(&bytes).unwrap();
         w.finish().unwrap();
         assert!(std::fs::read(&path).unwrap() == bytes);

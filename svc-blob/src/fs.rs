@@ -53,7 +53,14 @@ pub struct FsStore {
     commit: bool,
     direct_io: bool,
     read_buffers: Arc<BufferPool>,
+    stage_buffers: Arc<BufferPool>,
 }
+
+/// Read buffers kept for reuse: one blob's reads in flight plus those queued.
+const READ_BUFFERS_KEPT: usize = 8;
+/// Write staging buffers kept for reuse (each is 4 MiB; more concurrent
+/// uploads than this allocate theirs).
+const STAGE_BUFFERS_KEPT: usize = 2;
 
 /// What `state.json` holds.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -89,7 +96,8 @@ impl FsStore {
             uploads,
             commit,
             direct_io: true,
-            read_buffers: BufferPool::new(READ_CHUNK_BYTES),
+            read_buffers: BufferPool::new(READ_CHUNK_BYTES, READ_BUFFERS_KEPT),
+            stage_buffers: BufferPool::new(crate::direct::STAGE_BYTES, STAGE_BUFFERS_KEPT),
         })
     }
 
@@ -688,6 +696,7 @@ impl BlobStore for FsStore {
         let id = *id;
         let commit = self.commit;
         let direct = self.direct_io;
+        let stage_buffers = self.stage_buffers.clone();
         let session = blocking(move || {
             let mut s = Session::open(dir)?;
             if let Some(expected) = expected_offset
@@ -705,7 +714,7 @@ impl BlobStore for FsStore {
                 data,
                 state,
             } = s;
-            let out = BlobWriter::new(data, state.offset, direct)
+            let out = BlobWriter::new(data, state.offset, direct, &stage_buffers)
                 .map_err(BlobError::io("open upload data", &data_path))?;
             Ok((dir, data_path, out, state, hasher))
         })
@@ -807,6 +816,7 @@ impl BlobStore for FsStore {
             .join(format!("{PUT_PREFIX}{}{PUT_SUFFIX}", uuid::Uuid::new_v4()));
         let guard = TempFile(Some(tmp.clone()));
         let direct = self.direct_io;
+        let stage_buffers = self.stage_buffers.clone();
         let out = {
             let tmp = tmp.clone();
             blocking(move || {
@@ -816,7 +826,8 @@ impl BlobStore for FsStore {
                     .open(&tmp)
                     .map_err(BlobError::io("create temp file", &tmp))?;
                 lock(&f, &tmp)?;
-                BlobWriter::new(f, 0, direct).map_err(BlobError::io("create temp file", &tmp))
+                BlobWriter::new(f, 0, direct, &stage_buffers)
+                    .map_err(BlobError::io("create temp file", &tmp))
             })
             .await?
         };
