@@ -4,15 +4,39 @@ use capstan_oci::ErrorCode;
 use std::sync::Arc;
 
 /// Two stores on one fresh root; the second fsyncs (`storage.commit`), so
-/// the suite covers both paths.
-async fn open_pair() -> (tempfile::TempDir, Arc<dyn BlobStore>, Arc<dyn BlobStore>) {
+/// the suite covers both paths. `direct` says which of the two write with
+/// direct I/O, so replicas in different modes share one upload.
+async fn open_pair(
+    direct: [bool; 2],
+) -> (tempfile::TempDir, Arc<dyn BlobStore>, Arc<dyn BlobStore>) {
     let dir = tempfile::tempdir().unwrap();
-    let a = FsStore::new(dir.path(), false).await.unwrap();
-    let b = FsStore::new(dir.path(), true).await.unwrap();
+    let a = FsStore::new(dir.path(), false)
+        .await
+        .unwrap()
+        .with_direct_io(direct[0]);
+    let b = FsStore::new(dir.path(), true)
+        .await
+        .unwrap()
+        .with_direct_io(direct[1]);
     (dir, Arc::new(a), Arc::new(b))
 }
 
-crate::suite::blob_store_suite!(open_pair());
+/// The default: direct I/O on both.
+mod direct {
+    use super::*;
+    crate::suite::blob_store_suite!(open_pair([true, true]));
+}
+
+/// Buffered on one replica, direct on the other, each way round.
+mod mixed {
+    use super::*;
+    crate::suite::blob_store_suite!(open_pair([false, true]));
+}
+
+mod mixed_the_other_way {
+    use super::*;
+    crate::suite::blob_store_suite!(open_pair([true, false]));
+}
 
 async fn store() -> (tempfile::TempDir, FsStore) {
     let dir = tempfile::tempdir().unwrap();
