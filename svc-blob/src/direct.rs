@@ -31,8 +31,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 /// the page size, a multiple of every common logical block size.
 pub const ALIGN: usize = 4096;
 
-/// Bytes gathered before one direct write.
-pub const STAGE_BYTES: usize = 4 << 20;
+/// Bytes gathered before one direct write. 2 MiB wrote as fast as 4 MiB
+/// here (interleaved A/B) with 2 MiB less memory per upload.
+pub const STAGE_BYTES: usize = 2 << 20;
 
 /// Writes bytes to `file` sequentially from a starting offset.
 pub struct BlobWriter {

@@ -59,7 +59,7 @@ pub struct FsStore {
 /// Read buffers kept for reuse (2 MiB each). Three serve a pull as fast as
 /// eight did (measured A/B) and bound what an idle server holds to 6 MiB.
 const READ_BUFFERS_KEPT: usize = 3;
-/// Write staging buffers kept for reuse (each is 4 MiB; more concurrent
+/// Write staging buffers kept for reuse (each is 2 MiB; more concurrent
 /// uploads than this allocate theirs).
 const STAGE_BUFFERS_KEPT: usize = 2;
 
