@@ -128,8 +128,9 @@ fn credentials_file(dir: &Path, host: &str, user: &str, password: &str) -> PathB
     path
 }
 
-/// Push a fresh `layers`-layer image to the upstream as `repo:tag`.
-fn seed(up: &Distribution, repo: &str, tag: &str, layers: usize) -> String {
+/// Push a fresh `layers`-layer image to the registry at `host` as
+/// `repo:tag` with skopeo, logging in as `creds` (`user:password`).
+fn push_image(host: &str, creds: &str, repo: &str, tag: &str, layers: usize) -> String {
     let work = tempfile::tempdir().unwrap();
     let digest = write_layout(work.path(), tag, layers);
     let out = Command::new("skopeo")
@@ -138,10 +139,10 @@ fn seed(up: &Distribution, repo: &str, tag: &str, layers: usize) -> String {
             "copy",
             "--dest-tls-verify=false",
             "--dest-creds",
-            "sync:sync-pw",
+            creds,
         ])
         .arg(format!("oci:{}:{tag}", work.path().display()))
-        .arg(format!("docker://{}/{repo}:{tag}", up.host()))
+        .arg(format!("docker://{host}/{repo}:{tag}"))
         .output()
         .unwrap();
     assert!(
@@ -150,6 +151,11 @@ fn seed(up: &Distribution, repo: &str, tag: &str, layers: usize) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     digest
+}
+
+/// Push a fresh `layers`-layer image to the upstream as `repo:tag`.
+fn seed(up: &Distribution, repo: &str, tag: &str, layers: usize) -> String {
+    push_image(&up.host(), "sync:sync-pw", repo, tag, layers)
 }
 
 #[tokio::test]
@@ -357,25 +363,8 @@ async fn pulls_through_from_a_capstan_with_token_auth() {
     )
     .await;
     // Seed it through its own token flow with skopeo.
+    let digest = push_image(&upstream.host(), "mirror:mirror-pw", "team/app", "v1", 2);
     let work = tempfile::tempdir().unwrap();
-    let digest = write_layout(work.path(), "v1", 2);
-    let out = Command::new("skopeo")
-        .args([
-            "--insecure-policy",
-            "copy",
-            "--dest-tls-verify=false",
-            "--dest-creds",
-            "mirror:mirror-pw",
-        ])
-        .arg(format!("oci:{}:v1", work.path().display()))
-        .arg(format!("docker://{}/team/app:v1", upstream.host()))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     let creds = credentials_file(work.path(), &upstream.host(), "mirror", "mirror-pw");
     let sb = Sandbox::start_with(json!({"extensions": {"sync": {
         "credentialsFile": creds,
