@@ -13,6 +13,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use capstan_oci::ErrorCode;
 use capstan_proto::blob::v1::ReadChunk;
+use capstan_proto::direct::MessageStream;
+use futures::StreamExt as _;
 use pingora::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream};
 use pingora::http::ResponseHeader;
 use pingora::protocols::http::ServerSession;
@@ -40,9 +42,7 @@ pub struct Gateway {
     pub sync_metrics: Option<SyncClient>,
 }
 
-type SyncClient = capstan_proto::sync::v1::sync_service_client::SyncServiceClient<
-    capstan_runtime::grpc::Transport,
->;
+type SyncClient = capstan_proto::direct::SyncClient<capstan_runtime::grpc::Transport>;
 
 /// What a handler sends back.
 #[derive(Debug)]
@@ -52,19 +52,30 @@ pub struct Reply {
     pub body: Body,
 }
 
-#[derive(Debug)]
 pub enum Body {
     Empty,
     Bytes(Bytes),
-    /// Blob bytes streamed from svc-blob; `len` is the Content-Length.
+    /// Blob bytes streamed from svc-blob (or svc-sync); `len` is the
+    /// Content-Length.
     Stream {
-        stream: Box<tonic::Streaming<ReadChunk>>,
+        stream: MessageStream<ReadChunk>,
         len: u64,
     },
     /// Only headers (HEAD): the Content-Length of the would-be body.
     Head {
         len: u64,
     },
+}
+
+impl std::fmt::Debug for Body {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Body::Empty => f.write_str("Empty"),
+            Body::Bytes(b) => f.debug_tuple("Bytes").field(&b.len()).finish(),
+            Body::Stream { len, .. } => f.debug_struct("Stream").field("len", len).finish(),
+            Body::Head { len } => f.debug_struct("Head").field("len", len).finish(),
+        }
+    }
 }
 
 impl Reply {
@@ -451,7 +462,7 @@ async fn write_reply(
         Body::Stream { mut stream, len } => {
             let mut sent = 0u64;
             loop {
-                match stream.message().await {
+                match stream.next().await.transpose() {
                     Ok(Some(chunk)) => {
                         sent += chunk.data.len() as u64;
                         session.write_response_body(chunk.data, false).await?;

@@ -4,10 +4,12 @@
 
 use capstan_proto::auth::v1::auth_service_client::AuthServiceClient;
 use capstan_proto::blob::v1::blob_service_client::BlobServiceClient;
+use capstan_proto::direct::{BlobClient, BlobStreams, SyncClient, SyncStreams};
 use capstan_proto::meta::v1::meta_service_client::MetaServiceClient;
 use capstan_proto::sync::v1::sync_service_client::SyncServiceClient;
 use capstan_runtime::grpc::Transport;
-use capstan_runtime::grpc::{MAX_MESSAGE_BYTES, connect};
+use capstan_runtime::grpc::{MAX_MESSAGE_BYTES, connect, local};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 #[derive(Debug, thiserror::Error)]
@@ -38,7 +40,7 @@ impl<C: Clone> Pool<C> {
 fn pool<C>(
     role: &'static str,
     uris: &[String],
-    make: impl Fn(Transport) -> C,
+    make: impl Fn(&str, Transport) -> C,
 ) -> Result<Pool<C>, BackendError> {
     if uris.is_empty() {
         return Err(BackendError::Missing(role));
@@ -47,7 +49,7 @@ fn pool<C>(
         .iter()
         .map(|uri| {
             connect(uri)
-                .map(&make)
+                .map(|t| make(uri, t))
                 .map_err(|source| BackendError::BadUri {
                     uri: uri.clone(),
                     source,
@@ -63,22 +65,27 @@ fn pool<C>(
 #[derive(Debug)]
 pub struct Backends {
     meta: Pool<MetaServiceClient<Transport>>,
-    blob: Pool<BlobServiceClient<Transport>>,
+    blob: Pool<BlobClient<Transport>>,
 }
 
 impl Backends {
     /// Lazily connecting clients; must be called inside a tokio runtime.
     pub fn new(meta_uris: &[String], blob_uris: &[String]) -> Result<Self, BackendError> {
         Ok(Self {
-            meta: pool("meta", meta_uris, |ch| {
+            meta: pool("meta", meta_uris, |_, ch| {
                 MetaServiceClient::new(ch)
                     .max_decoding_message_size(MAX_MESSAGE_BYTES)
                     .max_encoding_message_size(MAX_MESSAGE_BYTES)
             })?,
-            blob: pool("blob", blob_uris, |ch| {
-                BlobServiceClient::new(ch)
+            blob: pool("blob", blob_uris, |uri, ch| {
+                let grpc = BlobServiceClient::new(ch)
                     .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                    .max_encoding_message_size(MAX_MESSAGE_BYTES)
+                    .max_encoding_message_size(MAX_MESSAGE_BYTES);
+                let uri = uri.to_string();
+                BlobClient::new(
+                    grpc,
+                    Arc::new(move || local::handle::<Arc<dyn BlobStreams>>(&uri)),
+                )
             })?,
         })
     }
@@ -92,7 +99,7 @@ impl Backends {
         self.meta.pick()
     }
 
-    pub fn blob(&self) -> BlobServiceClient<Transport> {
+    pub fn blob(&self) -> BlobClient<Transport> {
         self.blob.pick()
     }
 }
@@ -108,11 +115,16 @@ pub fn auth_client(uri: &str) -> Result<AuthServiceClient<Transport>, BackendErr
 }
 
 /// A lazily connecting client of svc-sync.
-pub fn sync_client(uri: &str) -> Result<SyncServiceClient<Transport>, BackendError> {
-    connect(uri)
+pub fn sync_client(uri: &str) -> Result<SyncClient<Transport>, BackendError> {
+    let grpc = connect(uri)
         .map(SyncServiceClient::new)
         .map_err(|source| BackendError::BadUri {
             uri: uri.to_string(),
             source,
-        })
+        })?;
+    let uri = uri.to_string();
+    Ok(SyncClient::new(
+        grpc,
+        Arc::new(move || local::handle::<Arc<dyn SyncStreams>>(&uri)),
+    ))
 }

@@ -3,6 +3,7 @@
 //! carried as structured status detail.
 
 pub mod access;
+pub mod direct;
 pub mod error;
 
 /// Shared messages: the closed error-code set.

@@ -119,16 +119,21 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: Shutdown,
 ) -> Result<(), tonic::transport::Error> {
-    let _registered = listener
-        .local_addr()
+    let _registered = listener_url(&listener)
         .ok()
-        .map(|addr| local::register(format!("http://{addr}"), &routes));
+        .map(|url| local::register(url, &routes));
     server()
         .add_routes(routes)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
             shutdown.wait().await
         })
         .await
+}
+
+/// The URL clients reach a role served on `listener` by, and the key of its
+/// in-process registrations.
+pub fn listener_url(listener: &TcpListener) -> std::io::Result<String> {
+    Ok(format!("http://{}", listener.local_addr()?))
 }
 
 /// The standard health service, with every name in `services` serving.

@@ -25,6 +25,7 @@ pub use store::{BlobStore, ByteStream, UploadId};
 
 use anyhow::Context as _;
 use capstan_proto::blob::v1::blob_service_server::SERVICE_NAME;
+use capstan_proto::direct::BlobStreams;
 use capstan_runtime::{Config, Shutdown, grpc};
 use std::sync::Arc;
 use std::time::Duration;
@@ -52,7 +53,10 @@ pub async fn serve(
         shutdown.clone(),
     ));
     let health = grpc::health_service(&[SERVICE_NAME]).await;
-    let routes = tonic::service::Routes::new(health).add_service(grpc_service(store));
+    let routes = tonic::service::Routes::new(health).add_service(grpc_service(store.clone()));
+    // Embedded mode: the byte-carrying calls skip encoding (grpc::local).
+    let streams: Arc<dyn BlobStreams> = Arc::new(BlobGrpc::new(store));
+    let _direct = grpc::local::provide(&grpc::listener_url(&listener)?, streams);
     tracing::info!(addr = %listener.local_addr()?, root = %root.display(), "blob service listening");
     let served = grpc::serve(routes, listener, shutdown).await;
     // Normally already stopped by the shutdown; not so if the server failed.

@@ -13,9 +13,10 @@ use capstan_proto::blob::v1::{
     PutChunk, ReadChunk, ReadRequest, StartUploadRequest, StatRequest, StatResponse, UploadRef,
     UploadState, WriteChunk,
 };
+use capstan_proto::direct::{BlobStreams, MessageStream};
 use capstan_runtime::grpc::MAX_MESSAGE_BYTES;
 use futures::stream::{self, BoxStream};
-use futures::{StreamExt as _, future};
+use futures::{Stream, StreamExt as _, future};
 use std::sync::Arc;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -23,6 +24,13 @@ use tonic::{Request, Response, Status, Streaming};
 #[derive(Clone)]
 pub struct BlobGrpc {
     store: Arc<dyn BlobStore>,
+}
+
+impl BlobGrpc {
+    /// The service over `store`.
+    pub fn new(store: Arc<dyn BlobStore>) -> Self {
+        Self { store }
+    }
 }
 
 /// The generated server for `store`, with Capstan's message limits, ready
@@ -55,7 +63,7 @@ fn stream_failed(s: &Status) -> BlobError {
 /// message checked by `data`.
 fn byte_stream<M: Send + 'static>(
     first: Bytes,
-    rest: Streaming<M>,
+    rest: impl Stream<Item = Result<M, Status>> + Send + 'static,
     data: impl Fn(M) -> Result<Bytes, BlobError> + Send + 'static,
 ) -> ByteStream {
     stream::once(future::ready(Ok(first)))
@@ -67,10 +75,35 @@ fn byte_stream<M: Send + 'static>(
 }
 
 impl BlobGrpc {
-    async fn put_stream(&self, mut rx: Streaming<PutChunk>) -> Result<CommitResponse, BlobError> {
+    /// `Read`, from the network or in-process alike.
+    async fn read_stream(
+        &self,
+        req: Request<ReadRequest>,
+    ) -> Result<Response<MessageStream<ReadChunk>>, Status> {
+        let r = req.into_inner();
+        let run = async {
+            let d = parse_digest(&r.digest)?;
+            self.store.read(&d, r.offset, r.length).await
+        };
+        let chunks = run.await.map_err(|e| reject("read", e))?;
+        let out = chunks
+            .map(|c| {
+                c.map(|data| ReadChunk { data })
+                    .map_err(|e| reject("read", e))
+            })
+            .boxed();
+        Ok(Response::new(out))
+    }
+
+    /// `Put`, from the network or in-process alike.
+    async fn put_stream<S>(&self, mut rx: S) -> Result<CommitResponse, BlobError>
+    where
+        S: Stream<Item = Result<PutChunk, Status>> + Send + Unpin + 'static,
+    {
         let first = rx
-            .message()
+            .next()
             .await
+            .transpose()
             .map_err(|s| stream_failed(&s))?
             .ok_or_else(|| BlobError::DigestInvalid("empty stream: no digest".into()))?;
         if first.digest.is_empty() {
@@ -106,10 +139,15 @@ impl BlobGrpc {
         }
     }
 
-    async fn write_stream(&self, mut rx: Streaming<WriteChunk>) -> Result<UploadState, BlobError> {
+    /// `WriteUpload`, from the network or in-process alike.
+    async fn write_stream<S>(&self, mut rx: S) -> Result<UploadState, BlobError>
+    where
+        S: Stream<Item = Result<WriteChunk, Status>> + Send + Unpin + 'static,
+    {
         let first = rx
-            .message()
+            .next()
             .await
+            .transpose()
             .map_err(|s| stream_failed(&s))?
             .ok_or(BlobError::UploadUnknown)?;
         let id = UploadId::parse(&first.upload_id)?;
@@ -147,19 +185,7 @@ impl BlobService for BlobGrpc {
     type ReadStream = BoxStream<'static, Result<ReadChunk, Status>>;
 
     async fn read(&self, req: Request<ReadRequest>) -> Result<Response<Self::ReadStream>, Status> {
-        let r = req.into_inner();
-        let run = async {
-            let d = parse_digest(&r.digest)?;
-            self.store.read(&d, r.offset, r.length).await
-        };
-        let chunks = run.await.map_err(|e| reject("read", e))?;
-        let out = chunks
-            .map(|c| {
-                c.map(|data| ReadChunk { data })
-                    .map_err(|e| reject("read", e))
-            })
-            .boxed();
-        Ok(Response::new(out))
+        self.read_stream(req).await
     }
 
     async fn put(
@@ -258,5 +284,38 @@ impl BlobService for BlobGrpc {
         };
         let deleted = run.await.map_err(|e| reject("delete", e))?;
         Ok(Response::new(DeleteResponse { deleted }))
+    }
+}
+
+/// The same calls in-process, with no encoding of the chunks.
+#[tonic::async_trait]
+impl BlobStreams for BlobGrpc {
+    async fn read(
+        &self,
+        req: Request<ReadRequest>,
+    ) -> Result<Response<MessageStream<ReadChunk>>, Status> {
+        self.read_stream(req).await
+    }
+
+    async fn put(
+        &self,
+        req: Request<MessageStream<PutChunk>>,
+    ) -> Result<Response<CommitResponse>, Status> {
+        let r = self
+            .put_stream(req.into_inner())
+            .await
+            .map_err(|e| reject("put", e))?;
+        Ok(Response::new(r))
+    }
+
+    async fn write_upload(
+        &self,
+        req: Request<MessageStream<WriteChunk>>,
+    ) -> Result<Response<UploadState>, Status> {
+        let r = self
+            .write_stream(req.into_inner())
+            .await
+            .map_err(|e| reject("write_upload", e))?;
+        Ok(Response::new(r))
     }
 }

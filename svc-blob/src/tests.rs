@@ -1,5 +1,6 @@
-//! BlobService over real tonic servers on 127.0.0.1:0, through the
-//! generated client, the way the gateway calls it.
+//! BlobService over real tonic servers on 127.0.0.1:0, through the client
+//! the gateway uses: over the network, and with the byte-carrying calls made
+//! in-process (embedded mode's direct path).
 
 use super::*;
 use crate::suite::{pattern, sha256};
@@ -11,22 +12,46 @@ use capstan_proto::blob::v1::{
     CommitUploadRequest, DeleteRequest, PutChunk, ReadRequest, StartUploadRequest, StatRequest,
     UploadRef, WriteChunk,
 };
+use capstan_proto::direct::{BlobClient, BlobStreams};
 use capstan_runtime::grpc::Transport;
 use capstan_runtime::grpc::{CHUNK_BYTES, MAX_MESSAGE_BYTES, READ_CHUNK_BYTES};
 use futures::{StreamExt as _, stream};
-use std::path::Path;
+use std::path::Path as Path_;
 use tokio::task::JoinHandle;
 
-type Client = BlobServiceClient<Transport>;
+type Client = BlobClient<Transport>;
+
+/// How a test's client reaches the service's byte-carrying calls.
+#[derive(Debug, Clone, Copy)]
+enum Path {
+    Network,
+    /// In-process, through a `BlobGrpc` over the server's root.
+    Direct,
+}
+
+fn grpc_client(url: &str) -> BlobServiceClient<Transport> {
+    BlobServiceClient::new(grpc::connect(url).unwrap())
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES)
+}
+
+/// A client whose streaming calls go in-process to a service over `root`,
+/// and whose other calls go to `url`.
+async fn direct_client(url: &str, root: &Path_) -> Client {
+    let store: Arc<dyn BlobStore> = Arc::new(FsStore::new(root, false).await.unwrap());
+    let streams: Arc<dyn BlobStreams> = Arc::new(BlobGrpc::new(store));
+    BlobClient::new(grpc_client(url), Arc::new(move || Some(streams.clone())))
+}
 
 struct Server {
     url: String,
+    root: std::path::PathBuf,
     shutdown: Shutdown,
     task: JoinHandle<anyhow::Result<()>>,
 }
 
 impl Server {
-    async fn start(root: &Path, commit: bool) -> Self {
+    async fn start(root: &Path_, commit: bool) -> Self {
         let mut config = Config::default();
         config.storage.root_directory = root.to_path_buf();
         config.storage.commit = commit;
@@ -37,15 +62,22 @@ impl Server {
         let task = tokio::spawn(async move { serve(&config, listener, s).await });
         Self {
             url,
+            root: root.to_path_buf(),
             shutdown,
             task,
         }
     }
 
+    /// A client going over the network.
     fn client(&self) -> Client {
-        BlobServiceClient::new(grpc::connect(&self.url).unwrap())
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+        BlobClient::new(grpc_client(&self.url), Arc::new(|| None))
+    }
+
+    async fn client_by(&self, path: Path) -> Client {
+        match path {
+            Path::Network => self.client(),
+            Path::Direct => direct_client(&self.url, &self.root).await,
+        }
     }
 
     async fn stop(self) {
@@ -120,7 +152,7 @@ async fn read(
         .await?
         .into_inner();
     let mut out = Vec::new();
-    while let Some(chunk) = s.message().await? {
+    while let Some(chunk) = s.next().await.transpose()? {
         assert!(chunk.data.len() <= READ_CHUNK_BYTES);
         out.extend_from_slice(&chunk.data);
     }
@@ -201,10 +233,19 @@ async fn an_upload_alternates_between_two_servers_on_one_root() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_64_mib_put_reads_back_identically() {
+    a_64_mib_put_reads_back_identically_by(Path::Network).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_64_mib_put_reads_back_identically_in_process() {
+    a_64_mib_put_reads_back_identically_by(Path::Direct).await;
+}
+
+async fn a_64_mib_put_reads_back_identically_by(path: Path) {
     const CHUNKS: u64 = 64;
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), false).await;
-    let mut c = server.client();
+    let mut c = server.client_by(path).await;
 
     // The data is generated chunk by chunk, never held whole.
     let chunk = |i: u64| Bytes::from(pattern(CHUNK_BYTES, 1000 + i));
@@ -240,7 +281,7 @@ async fn a_64_mib_put_reads_back_identically() {
         .into_inner();
     let mut h = Hasher::new(Algorithm::Sha256);
     let (mut got, mut messages) = (0u64, 0u64);
-    while let Some(m) = s.message().await.unwrap() {
+    while let Some(m) = s.next().await.transpose().unwrap() {
         assert!(
             m.data.len() <= READ_CHUNK_BYTES,
             "chunk of {}",
@@ -261,9 +302,18 @@ async fn a_64_mib_put_reads_back_identically() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn errors_cross_the_wire_as_codes() {
+    errors_reach_the_client_as_codes(Path::Network).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_reach_an_in_process_client_as_codes() {
+    errors_reach_the_client_as_codes(Path::Direct).await;
+}
+
+async fn errors_reach_the_client_as_codes(path: Path) {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), false).await;
-    let mut c = server.client();
+    let mut c = server.client_by(path).await;
     let absent = sha256(b"absent").to_string();
 
     let e = c
@@ -408,6 +458,57 @@ async fn errors_cross_the_wire_as_codes() {
     let e = c.delete(del("sha256:..")).await.unwrap_err();
     assert_eq!(code(e), ErrorCode::DigestInvalid);
     server.stop().await;
+}
+
+/// The direct path really is taken: with nothing listening at the client's
+/// network address, its streaming calls still work, and dropping a write
+/// halfway keeps none of its bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streaming_calls_go_in_process_and_a_dropped_write_keeps_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn BlobStore> = Arc::new(FsStore::new(dir.path(), false).await.unwrap());
+    let streams: Arc<dyn BlobStreams> = Arc::new(BlobGrpc::new(store.clone()));
+    // Nothing listens on port 1.
+    let mut c = BlobClient::new(
+        grpc_client("http://127.0.0.1:1"),
+        Arc::new(move || Some(streams.clone())),
+    );
+    let data = pattern(3 * CHUNK_BYTES + 5, 3);
+    let d = sha256(&data).to_string();
+    let parts: Vec<&[u8]> = data.chunks(CHUNK_BYTES).collect();
+    assert_eq!(put(&mut c, &d, &parts).await.unwrap(), data.len() as u64);
+    assert_eq!(read(&mut c, &d, 0, 0).await.unwrap(), data);
+    assert_eq!(read(&mut c, &d, 7, 3).await.unwrap(), &data[7..10]);
+
+    let id = store.start_upload("").await.unwrap();
+    assert_eq!(
+        write(&mut c, &id.to_string(), Some(0), &[b"abc"])
+            .await
+            .unwrap(),
+        3
+    );
+    // A write whose stream never ends, dropped once its first chunk is in.
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tx.send(WriteChunk {
+        upload_id: id.to_string(),
+        expected_offset: Some(3),
+        data: Bytes::from(vec![b'x'; CHUNK_BYTES]),
+        owner: String::new(),
+    })
+    .await
+    .unwrap();
+    let call = c.write_upload(tokio_stream::wrappers::ReceiverStream::new(rx));
+    let held = tokio::time::timeout(Duration::from_millis(200), call).await;
+    assert!(held.is_err(), "the write waits for the rest of its stream");
+    drop(tx);
+    assert_eq!(store.upload_status(&id).await.unwrap(), 3);
+    // The upload goes on from where it was.
+    assert_eq!(
+        write(&mut c, &id.to_string(), Some(3), &[b"d"])
+            .await
+            .unwrap(),
+        4
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

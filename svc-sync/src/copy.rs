@@ -12,8 +12,8 @@
 use crate::error::SyncError;
 use crate::upstream::Upstream;
 use capstan_oci::{Digest, ParsedManifest, Reference};
-use capstan_proto::blob::v1::blob_service_client::BlobServiceClient;
 use capstan_proto::blob::v1::{PutChunk, StatRequest};
+use capstan_proto::direct::BlobClient;
 use capstan_proto::meta::v1::meta_service_client::MetaServiceClient;
 use capstan_proto::meta::v1::{LinkBlobRequest, PutManifestRequest, StatBlobRequest};
 use capstan_runtime::grpc::CHUNK_BYTES;
@@ -26,7 +26,7 @@ use std::pin::Pin;
 #[derive(Debug, Clone)]
 pub struct Stores {
     pub meta: MetaServiceClient<Transport>,
-    pub blob: BlobServiceClient<Transport>,
+    pub blob: BlobClient<Transport>,
 }
 
 fn code(s: &tonic::Status) -> capstan_oci::ErrorCode {

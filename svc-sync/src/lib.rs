@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod mirror;
 pub mod upstream;
 
+use capstan_proto::direct::{MessageStream, SyncStreams};
 use capstan_proto::sync::v1::{
     FetchBlobRequest, InfoRequest, InfoResponse, SyncImageRequest, SyncImageResponse,
     sync_service_server::{SyncService, SyncServiceServer},
@@ -22,8 +23,8 @@ use capstan_runtime::grpc::{MAX_MESSAGE_BYTES, connect};
 use capstan_runtime::{Config, Shutdown, grpc};
 use content::Content;
 use error::SyncError;
-use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
+use futures::{FutureExt, StreamExt as _};
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -145,11 +146,20 @@ impl Syncer {
             )?)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES),
-            blob: capstan_proto::blob::v1::blob_service_client::BlobServiceClient::new(connect(
-                blob,
-            )?)
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            blob: {
+                let grpc = capstan_proto::blob::v1::blob_service_client::BlobServiceClient::new(
+                    connect(blob)?,
+                )
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES);
+                let uri = blob.clone();
+                capstan_proto::direct::BlobClient::new(
+                    grpc,
+                    Arc::new(move || {
+                        grpc::local::handle::<Arc<dyn capstan_proto::direct::BlobStreams>>(&uri)
+                    }),
+                )
+            },
         };
         Ok(Self {
             registries,
@@ -374,7 +384,7 @@ impl Drop for BlobLead {
 }
 
 /// The SyncService implementation.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct SyncServiceImpl {
     upstreams: Vec<String>,
     syncer: Arc<Syncer>,
@@ -416,14 +426,35 @@ impl SyncService for SyncServiceImpl {
         ))
     }
 
-    type FetchBlobStream = tokio_stream::wrappers::ReceiverStream<
-        Result<capstan_proto::blob::v1::ReadChunk, tonic::Status>,
-    >;
+    type FetchBlobStream = MessageStream<capstan_proto::blob::v1::ReadChunk>;
 
     async fn fetch_blob(
         &self,
         req: tonic::Request<FetchBlobRequest>,
     ) -> Result<tonic::Response<Self::FetchBlobStream>, tonic::Status> {
+        self.fetch_blob_stream(req).await
+    }
+}
+
+/// `FetchBlob` in-process, with no encoding of the chunks.
+#[tonic::async_trait]
+impl SyncStreams for SyncServiceImpl {
+    async fn fetch_blob(
+        &self,
+        req: tonic::Request<FetchBlobRequest>,
+    ) -> Result<tonic::Response<MessageStream<capstan_proto::blob::v1::ReadChunk>>, tonic::Status>
+    {
+        self.fetch_blob_stream(req).await
+    }
+}
+
+impl SyncServiceImpl {
+    /// `FetchBlob`, from the network or in-process alike.
+    async fn fetch_blob_stream(
+        &self,
+        req: tonic::Request<FetchBlobRequest>,
+    ) -> Result<tonic::Response<MessageStream<capstan_proto::blob::v1::ReadChunk>>, tonic::Status>
+    {
         let r = req.get_ref();
         if capstan_oci::validate_repository(&r.repo).is_err()
             || capstan_oci::Digest::parse(&r.digest).is_err()
@@ -432,9 +463,7 @@ impl SyncService for SyncServiceImpl {
         }
         match self.syncer.fetch_blob(&r.repo, &r.digest).await? {
             None => {
-                let (_tx, rx) = tokio::sync::mpsc::channel(1);
-                let mut resp =
-                    tonic::Response::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+                let mut resp = tonic::Response::new(futures::stream::empty().boxed());
                 resp.metadata_mut().insert(
                     "blob-local",
                     tonic::metadata::MetadataValue::from_static("1"),
@@ -443,7 +472,7 @@ impl SyncService for SyncServiceImpl {
             }
             Some((size, rx)) => {
                 let mut resp =
-                    tonic::Response::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+                    tonic::Response::new(tokio_stream::wrappers::ReceiverStream::new(rx).boxed());
                 resp.metadata_mut().insert(
                     "blob-size",
                     size.to_string()
@@ -477,6 +506,9 @@ pub async fn serve(
         syncer,
     };
     let health = grpc::health_service(&["capstan.sync.v1.SyncService"]).await;
+    // Embedded mode: FetchBlob's chunks skip encoding (grpc::local).
+    let streams: Arc<dyn SyncStreams> = Arc::new(svc.clone());
+    let _direct = grpc::local::provide(&grpc::listener_url(&listener)?, streams);
     let routes = tonic::service::Routes::new(health).add_service(SyncServiceServer::new(svc));
     tracing::info!(addr = %listener.local_addr()?, "sync service listening");
     grpc::serve(routes, listener, shutdown).await?;

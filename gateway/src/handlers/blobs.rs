@@ -59,7 +59,7 @@ pub async fn get(
                         Body::Head { len }
                     } else {
                         Body::Stream {
-                            stream: Box::new(fetched.into_inner()),
+                            stream: fetched.into_inner(),
                             len,
                         }
                     };
@@ -107,10 +107,7 @@ pub async fn get(
         }))
         .await?
         .into_inner();
-    reply.body = Body::Stream {
-        stream: Box::new(stream),
-        len,
-    };
+    reply.body = Body::Stream { stream, len };
     Ok(reply)
 }
 

@@ -14,8 +14,15 @@
 //! [`super::connect`] then resolves that URL to the routes. A process running
 //! one role never registers anything, so distributed deployments and their
 //! tests always use the network.
+//!
+//! A role may also [`provide`] a typed handle under its URL: the byte-carrying
+//! streaming calls (`capstan_proto::direct`) are then made with the contract's
+//! messages handed over as they are, without encoding each chunk into a frame
+//! and decoding it back (two copies of every byte). Clients look the handle up
+//! with [`handle`] at each call.
 
 use super::{Transport, TransportError, rpc_span};
+use std::any::{Any, TypeId};
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
@@ -29,6 +36,8 @@ use tracing::Instrument as _;
 
 static ENABLED: AtomicBool = AtomicBool::new(false);
 static ROUTES: Mutex<Option<HashMap<String, Routes>>> = Mutex::new(None);
+type Handles = HashMap<(String, TypeId), Box<dyn Any + Send + Sync>>;
+static HANDLES: Mutex<Option<Handles>> = Mutex::new(None);
 
 /// Let roles served from now on in this process be called in-process.
 pub fn enable() {
@@ -61,6 +70,55 @@ impl Drop for Registration {
                 .as_mut()
         {
             map.remove(&url);
+        }
+    }
+}
+
+/// Makes `handle` findable under `url` by [`handle`] (when enabled), until
+/// the returned guard is dropped.
+#[must_use = "the handle is withdrawn when the guard is dropped"]
+pub fn provide<H: Clone + Send + Sync + 'static>(url: &str, handle: H) -> Provided {
+    if !ENABLED.load(Ordering::SeqCst) {
+        return Provided(None);
+    }
+    let key = (url.trim_end_matches('/').to_string(), TypeId::of::<H>());
+    HANDLES
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .get_or_insert_with(HashMap::new)
+        .insert(key.clone(), Box::new(handle));
+    tracing::debug!(%url, handle = std::any::type_name::<H>(), "role's streams callable in-process");
+    Provided(Some(key))
+}
+
+/// The handle of type `H` provided under `url`, if this process serves it.
+pub fn handle<H: Clone + Send + Sync + 'static>(url: &str) -> Option<H> {
+    if !ENABLED.load(Ordering::Relaxed) {
+        return None;
+    }
+    let key = (url.trim_end_matches('/').to_string(), TypeId::of::<H>());
+    HANDLES
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .as_ref()?
+        .get(&key)?
+        .downcast_ref::<H>()
+        .cloned()
+}
+
+/// Withdraws a [`provide`]d handle when dropped.
+#[derive(Debug)]
+pub struct Provided(Option<(String, TypeId)>);
+
+impl Drop for Provided {
+    fn drop(&mut self) {
+        if let Some(key) = self.0.take()
+            && let Some(map) = HANDLES
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .as_mut()
+        {
+            map.remove(&key);
         }
     }
 }
@@ -203,6 +261,21 @@ mod tests {
         drop(registered);
         let err = client.check(ask()).await.unwrap_err();
         assert_eq!(err.code(), tonic::Code::Unavailable, "{err}");
+    }
+
+    #[test]
+    fn handles_are_found_by_url_and_type_while_provided() {
+        enable();
+        let url = "http://127.0.0.1:2";
+        assert_eq!(handle::<u32>(url), None);
+        let provided = provide(url, 7u32);
+        assert_eq!(handle::<u32>(url), Some(7));
+        assert_eq!(handle::<u32>("http://127.0.0.1:2/"), Some(7));
+        // Another type under the same URL, or another URL, is not it.
+        assert_eq!(handle::<u64>(url), None);
+        assert_eq!(handle::<u32>("http://127.0.0.1:3"), None);
+        drop(provided);
+        assert_eq!(handle::<u32>(url), None);
     }
 
     #[tokio::test]
