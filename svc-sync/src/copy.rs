@@ -376,6 +376,10 @@ pub async fn tee_blob(
     Ok(size)
 }
 
+/// Upstream pieces at least this large are stored and streamed as they
+/// are; smaller ones are gathered first.
+const PASS_THROUGH_BYTES: usize = 128 * 1024;
+
 /// Where a pull-through blob's bytes go on their way to the store.
 pub type ClientTx =
     tokio::sync::mpsc::Sender<Result<capstan_proto::blob::v1::ReadChunk, tonic::Status>>;
@@ -403,23 +407,39 @@ async fn store_stream(
     let mut first = true;
     let mut client = client;
     let mut failed: Option<SyncError> = None;
-    // The network hands over small pieces (tens of KiB); they are gathered
-    // into chunks of CHUNK_BYTES so each message, write and hash step
-    // carries a useful amount of bytes.
-    let mut pending = bytes::BytesMut::with_capacity(CHUNK_BYTES);
+    // The network hands over pieces of a few KiB to a few hundred KiB. Small
+    // ones are gathered into chunks of up to CHUNK_BYTES so each message,
+    // hash and write step carries a useful amount of bytes; a piece that is
+    // large enough by itself goes on as it is, without being copied.
+    let mut pending = bytes::BytesMut::new();
     let mut ended = false;
     'pump: while !ended {
+        let mut whole = None;
         match body.next().await {
-            Some(Ok(c)) => pending.extend_from_slice(&c),
+            Some(Ok(c)) if pending.is_empty() && c.len() >= PASS_THROUGH_BYTES => whole = Some(c),
+            Some(Ok(c)) => {
+                if pending.capacity() - pending.len() < c.len() {
+                    // A whole chunk's room at once: growing by doubling
+                    // would copy the bytes again.
+                    pending.reserve(CHUNK_BYTES.max(c.len()));
+                }
+                pending.extend_from_slice(&c);
+            }
             Some(Err(e)) => {
                 failed = Some(SyncError::Unavailable(format!("{from}@{digest}: {e}")));
                 break;
             }
             None => ended = true,
         }
-        while pending.len() >= CHUNK_BYTES || (ended && !pending.is_empty()) {
-            let take = pending.len().min(CHUNK_BYTES);
-            let data = pending.split_to(take).freeze();
+        loop {
+            let data = match whole.take() {
+                Some(data) => data,
+                None if pending.len() >= CHUNK_BYTES || (ended && !pending.is_empty()) => {
+                    let take = pending.len().min(CHUNK_BYTES);
+                    pending.split_to(take).freeze()
+                }
+                None => break,
+            };
             let msg = PutChunk {
                 digest: if first {
                     digest.to_string()
@@ -440,9 +460,6 @@ async fn store_stream(
             {
                 client = None; // gone: keep storing
             }
-        }
-        if pending.capacity() < CHUNK_BYTES {
-            pending.reserve(CHUNK_BYTES);
         }
     }
     if first && failed.is_none() {
