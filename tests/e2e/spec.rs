@@ -326,6 +326,18 @@ async fn manifests_by_tag_and_digest() {
     let r = sb.get("/v2/img/manifests/nope").await;
     assert_eq!(r.status(), 404);
     assert_eq!(error_code(r).await, "MANIFEST_UNKNOWN");
+    // A reference no tag or digest can have (the conformance suite's
+    // ".INVALID_MANIFEST_NAME") is not found when read, invalid when written.
+    let r = sb.get("/v2/img/manifests/.INVALID_MANIFEST_NAME").await;
+    assert_eq!(r.status(), 404);
+    assert_eq!(error_code(r).await, "MANIFEST_UNKNOWN");
+    let r = sb.head("/v2/img/manifests/.INVALID_MANIFEST_NAME").await;
+    assert_eq!(r.status(), 404);
+    let r = sb
+        .put_manifest_raw("img", ".INVALID_MANIFEST_NAME", OCI_MANIFEST, &body)
+        .await;
+    assert_eq!(r.status(), 400);
+    assert_eq!(error_code(r).await, "TAG_INVALID");
 
     // Push by digest.
     let r = sb.put_manifest_raw("img", &d, OCI_MANIFEST, &body).await;

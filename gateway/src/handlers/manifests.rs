@@ -4,8 +4,8 @@ use crate::app::{Body, Ctx, Gateway, Reply};
 use crate::body::{self, BodyError};
 use crate::cache::Cached;
 use crate::error::ApiError;
-use capstan_oci::ErrorCode;
 use capstan_oci::manifest::MAX_MANIFEST_BYTES;
+use capstan_oci::{ErrorCode, Reference};
 use capstan_proto::meta::v1::{DeleteManifestRequest, GetManifestRequest, PutManifestRequest};
 use capstan_proto::sync::v1::SyncImageRequest;
 use pingora::protocols::http::ServerSession;
@@ -55,6 +55,13 @@ pub async fn put(
 }
 
 pub async fn get(gw: &Gateway, ctx: &Ctx, repo: &str, reference: &str) -> Result<Reply, ApiError> {
+    // A reference that is neither a valid tag nor a digest names nothing
+    // that could exist: not found (as distribution answers, and as the OCI
+    // conformance suite requires), not a malformed request. Writes refuse it
+    // with TAG_INVALID.
+    if Reference::parse(reference).is_err() {
+        return Err(ApiError::code(ErrorCode::ManifestUnknown));
+    }
     if let Some(m) = gw.manifests.get(repo, reference) {
         gw.metrics.cache(true);
         return Ok(manifest_reply(gw, ctx, repo, &m));
