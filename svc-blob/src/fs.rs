@@ -19,6 +19,7 @@
 //! them are fsynced before a call returns.
 
 use crate::direct::{BlobReader, BlobWriter, BufferPool};
+use crate::hot::RecentReads;
 use crate::store::{BlobStore, ByteStream, UploadId};
 use crate::{BlobError, resumable};
 use async_trait::async_trait;
@@ -31,8 +32,9 @@ use sha2::Sha256;
 use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io::{self, Read as _, Seek as _, SeekFrom, Write as _};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -54,6 +56,10 @@ pub struct FsStore {
     direct_io: bool,
     read_buffers: Arc<BufferPool>,
     stage_buffers: Arc<BufferPool>,
+    /// Blobs read lately: a hot one is read through the page cache.
+    recent: Arc<Mutex<RecentReads>>,
+    /// Reads served with direct I/O, and through the page cache.
+    reads: Arc<[AtomicU64; 2]>,
 }
 
 /// Read buffers kept for reuse (2 MiB each). Three serve a pull as fast as
@@ -99,7 +105,17 @@ impl FsStore {
             direct_io: true,
             read_buffers: BufferPool::new(READ_CHUNK_BYTES, READ_BUFFERS_KEPT),
             stage_buffers: BufferPool::new(crate::direct::STAGE_BYTES, STAGE_BUFFERS_KEPT),
+            recent: Arc::default(),
+            reads: Arc::default(),
         })
+    }
+
+    /// Blob reads so far: (with direct I/O, through the page cache).
+    pub fn read_paths(&self) -> (u64, u64) {
+        (
+            self.reads[0].load(Ordering::Relaxed),
+            self.reads[1].load(Ordering::Relaxed),
+        )
     }
 
     /// Write blob bytes with direct I/O where the filesystem allows it (the
@@ -620,7 +636,13 @@ impl BlobStore for FsStore {
         let path = self.blob_path(digest);
         let d = digest.clone();
         let p = path.clone();
-        let direct = self.direct_io;
+        // A hot blob goes through the page cache and stays there (crate::hot).
+        let hot = self
+            .recent
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .touch(digest, Instant::now());
+        let direct = self.direct_io && !hot;
         let buffers = self.read_buffers.clone();
         let (file, len) = blocking(move || {
             let unknown = || BlobError::BlobUnknown(d.clone());
@@ -652,7 +674,9 @@ impl BlobStore for FsStore {
             Ok((reader, end - offset))
         })
         .await?;
-        tracing::debug!(digest = %digest, offset, len, "blob read");
+        let served_direct = file.is_direct();
+        self.reads[usize::from(!served_direct)].fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(digest = %digest, offset, len, hot, direct = served_direct, "blob read");
         let (tx, rx) = mpsc::channel(READ_AHEAD);
         tokio::spawn(pump(file, path, offset, len, tx));
         Ok(ReceiverStream::new(rx).boxed())

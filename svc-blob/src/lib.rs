@@ -12,6 +12,7 @@
 mod direct;
 mod error;
 mod fs;
+mod hot;
 mod resumable;
 mod service;
 mod store;

@@ -262,3 +262,38 @@ async fn a_read_can_be_abandoned_midway() {
     assert_eq!(read_all(&s, &d).await, data);
     assert!(s.delete(&d).await.unwrap());
 }
+
+#[tokio::test]
+async fn a_blob_read_again_goes_through_the_page_cache() {
+    let (_dir, s) = store().await;
+    let data = pattern(2 * READ_CHUNK_BYTES + 100, 9);
+    let (d, other) = (sha256(&data), sha256(&data[1..]));
+    s.put(&d, chunks(&[&data])).await.unwrap();
+    s.put(&other, chunks(&[&data[1..]])).await.unwrap();
+    assert_eq!(read_all(&s, &d).await, data);
+    let direct = match s.read_paths() {
+        (1, 0) => true,
+        // The filesystem refuses O_DIRECT (tmpfs): every read is buffered.
+        (0, 1) => false,
+        other => panic!("one read counted as {other:?}"),
+    };
+    // Read again: hot, so through the page cache, with the same bytes.
+    assert_eq!(read_all(&s, &d).await, data);
+    let mut st = s.read(&d, 5, 10).await.unwrap();
+    assert_eq!(st.next().await.unwrap().unwrap().as_ref(), &data[5..15]);
+    // Another blob's first read is not.
+    assert_eq!(read_all(&s, &other).await, &data[1..]);
+    if direct {
+        assert_eq!(s.read_paths(), (2, 2));
+    } else {
+        assert_eq!(s.read_paths(), (0, 4));
+    }
+    // Without direct I/O configured, even a first read is buffered.
+    let third = sha256(&data[2..]);
+    s.put(&third, chunks(&[&data[2..]])).await.unwrap();
+    let buffered = s.clone().with_direct_io(false);
+    assert_eq!(read_all(&buffered, &third).await, &data[2..]);
+    let (direct_reads, cached_reads) = buffered.read_paths();
+    assert_eq!(direct_reads, if direct { 2 } else { 0 });
+    assert_eq!(cached_reads, if direct { 3 } else { 5 });
+}

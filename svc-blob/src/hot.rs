@@ -1,0 +1,106 @@
+//! Which blobs are hot: read again soon after an earlier read.
+//!
+//! Blob bytes are read with direct I/O by default (see `direct`): a one-off
+//! read, the common case for a freshly pushed layer, then costs almost no
+//! CPU and leaves the page cache to others. A blob that is read again within
+//! [`HOT_WINDOW`] (a popular base layer, many CI jobs pulling one image) is
+//! read through the page cache instead, so it stays in memory and later
+//! reads are served from there rather than from the device. That is the
+//! "admit on second access" rule of scan-resistant caches: one pass over
+//! many blobs never pushes the hot ones out.
+
+use capstan_oci::Digest;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+/// A blob read again within this time of its previous read is hot.
+pub const HOT_WINDOW: Duration = Duration::from_secs(3600);
+
+/// Blobs remembered at most; beyond it the least recently read half is
+/// forgotten (a few hundred KiB of memory at most).
+pub const REMEMBERED: usize = 8192;
+
+/// The time of the last read of recently read blobs.
+#[derive(Debug, Default)]
+pub struct RecentReads {
+    last: HashMap<Digest, Instant>,
+}
+
+impl RecentReads {
+    /// Record a read of `digest` at `now`; whether the blob is hot (it was
+    /// read within [`HOT_WINDOW`] before).
+    pub fn touch(&mut self, digest: &Digest, now: Instant) -> bool {
+        let hot = self
+            .last
+            .get(digest)
+            .is_some_and(|t| now.saturating_duration_since(*t) < HOT_WINDOW);
+        if self.last.len() >= REMEMBERED && !self.last.contains_key(digest) {
+            self.forget(now);
+        }
+        self.last.insert(digest.clone(), now);
+        hot
+    }
+
+    /// Drop what is outside the window, then, if still full, the least
+    /// recently read half.
+    fn forget(&mut self, now: Instant) {
+        self.last
+            .retain(|_, t| now.saturating_duration_since(*t) < HOT_WINDOW);
+        if self.last.len() >= REMEMBERED {
+            let mut times: Vec<Instant> = self.last.values().copied().collect();
+            let mid = times.len() / 2;
+            let (_, cut, _) = times.select_nth_unstable(mid);
+            let cut = *cut;
+            self.last.retain(|_, t| *t > cut);
+        }
+    }
+
+    /// How many blobs are remembered.
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.last.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use capstan_oci::{Algorithm, Hasher};
+
+    fn digest(i: usize) -> Digest {
+        let mut h = Hasher::new(Algorithm::Sha256);
+        h.update(&i.to_le_bytes());
+        h.finish()
+    }
+
+    #[test]
+    fn a_blob_is_hot_when_read_again_within_the_window() {
+        let mut r = RecentReads::default();
+        let t0 = Instant::now();
+        assert!(!r.touch(&digest(1), t0), "first read");
+        assert!(
+            r.touch(&digest(1), t0 + Duration::from_secs(5)),
+            "read again"
+        );
+        assert!(!r.touch(&digest(2), t0), "another blob is not hot");
+        // Each read restarts the window.
+        let later = t0 + Duration::from_secs(5) + HOT_WINDOW - Duration::from_secs(1);
+        assert!(r.touch(&digest(1), later));
+        // Past the window it is a one-off read again.
+        assert!(!r.touch(&digest(2), t0 + HOT_WINDOW + Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn memory_stays_bounded_and_the_latest_reads_are_kept() {
+        let mut r = RecentReads::default();
+        let t0 = Instant::now();
+        for i in 0..3 * REMEMBERED {
+            r.touch(&digest(i), t0 + Duration::from_millis(i as u64));
+            assert!(r.len() <= REMEMBERED, "{} remembered", r.len());
+        }
+        let last = 3 * REMEMBERED - 1;
+        let now = t0 + Duration::from_millis(last as u64 + 1);
+        assert!(r.touch(&digest(last), now), "the latest read is remembered");
+        assert!(!r.touch(&digest(0), now), "the oldest was forgotten");
+    }
+}
