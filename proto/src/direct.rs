@@ -8,7 +8,9 @@
 //! its own process ([`BlobClient`], [`SyncClient`]) calls it directly. Each
 //! direct call runs in a task of its own, like a call on a server
 //! connection, and dropping it before it finishes aborts that task, as a
-//! stream reset would; unary calls and remote roles keep the network path.
+//! stream reset would; the providing role runs it in the same `rpc` span
+//! (method, caller's trace id) as a network call. Unary calls and remote
+//! roles keep the network path.
 
 use crate::blob::v1::blob_service_client::BlobServiceClient;
 use crate::blob::v1::{CommitResponse, PutChunk, ReadChunk, ReadRequest, UploadState, WriteChunk};

@@ -106,6 +106,17 @@ fn rpc_span<B>(req: &http::Request<B>) -> tracing::Span {
     tracing::info_span!("rpc", method = req.uri().path(), trace_id)
 }
 
+/// The same span for a call made in-process without HTTP (`local`'s typed
+/// handles): `method` is the gRPC path, e.g. `/capstan.blob.v1.BlobService/Read`.
+pub fn call_span(method: &'static str, metadata: &tonic::metadata::MetadataMap) -> tracing::Span {
+    let trace_id = metadata
+        .get(TRACEPARENT)
+        .and_then(|v| v.to_str().ok())
+        .and_then(trace_id_of)
+        .unwrap_or("");
+    tracing::info_span!("rpc", method, trace_id)
+}
+
 /// The trace id (second field) of a W3C `traceparent` value.
 pub fn trace_id_of(traceparent: &str) -> Option<&str> {
     let id = traceparent.split('-').nth(1)?;

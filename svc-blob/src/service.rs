@@ -14,11 +14,12 @@ use capstan_proto::blob::v1::{
     UploadState, WriteChunk,
 };
 use capstan_proto::direct::{BlobStreams, MessageStream};
-use capstan_runtime::grpc::MAX_MESSAGE_BYTES;
+use capstan_runtime::grpc::{self, MAX_MESSAGE_BYTES};
 use futures::stream::{self, BoxStream};
 use futures::{Stream, StreamExt as _, future};
 use std::sync::Arc;
 use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument as _;
 
 /// BlobService over a shared store.
 #[derive(Clone)]
@@ -287,22 +288,26 @@ impl BlobService for BlobGrpc {
     }
 }
 
-/// The same calls in-process, with no encoding of the chunks.
+/// The same calls in-process, with no encoding of the chunks, each in the
+/// span a call over the network gets.
 #[tonic::async_trait]
 impl BlobStreams for BlobGrpc {
     async fn read(
         &self,
         req: Request<ReadRequest>,
     ) -> Result<Response<MessageStream<ReadChunk>>, Status> {
-        self.read_stream(req).await
+        let span = grpc::call_span("/capstan.blob.v1.BlobService/Read", req.metadata());
+        self.read_stream(req).instrument(span).await
     }
 
     async fn put(
         &self,
         req: Request<MessageStream<PutChunk>>,
     ) -> Result<Response<CommitResponse>, Status> {
+        let span = grpc::call_span("/capstan.blob.v1.BlobService/Put", req.metadata());
         let r = self
             .put_stream(req.into_inner())
+            .instrument(span)
             .await
             .map_err(|e| reject("put", e))?;
         Ok(Response::new(r))
@@ -312,8 +317,10 @@ impl BlobStreams for BlobGrpc {
         &self,
         req: Request<MessageStream<WriteChunk>>,
     ) -> Result<Response<UploadState>, Status> {
+        let span = grpc::call_span("/capstan.blob.v1.BlobService/WriteUpload", req.metadata());
         let r = self
             .write_stream(req.into_inner())
+            .instrument(span)
             .await
             .map_err(|e| reject("write_upload", e))?;
         Ok(Response::new(r))

@@ -29,6 +29,7 @@ use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::net::TcpListener;
+use tracing::Instrument as _;
 
 /// One configured upstream registry.
 #[derive(Debug)]
@@ -444,7 +445,8 @@ impl SyncStreams for SyncServiceImpl {
         req: tonic::Request<FetchBlobRequest>,
     ) -> Result<tonic::Response<MessageStream<capstan_proto::blob::v1::ReadChunk>>, tonic::Status>
     {
-        self.fetch_blob_stream(req).await
+        let span = grpc::call_span("/capstan.sync.v1.SyncService/FetchBlob", req.metadata());
+        self.fetch_blob_stream(req).instrument(span).await
     }
 }
 
