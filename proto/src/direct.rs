@@ -18,9 +18,8 @@ use crate::sync::v1::FetchBlobRequest;
 use crate::sync::v1::sync_service_client::SyncServiceClient;
 use futures::stream::BoxStream;
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use tokio_util::task::AbortOnDropHandle;
 use tonic::client::GrpcService;
 use tonic::{IntoRequest, IntoStreamingRequest, Request, Response, Status};
 
@@ -123,27 +122,15 @@ type StdError = Box<dyn std::error::Error + Send + Sync + 'static>;
 async fn in_task<R: Send + 'static>(
     call: impl Future<Output = Result<R, Status>> + Send + 'static,
 ) -> Result<R, Status> {
-    match (AbortOnDrop(tokio::spawn(call))).await {
+    match AbortOnDropHandle::new(tokio::spawn(call)).await {
         Ok(r) => r,
         Err(e) => Err(Status::internal(format!("in-process call failed: {e}"))),
     }
 }
 
-/// A task handle that aborts the task when dropped before it finished.
-struct AbortOnDrop<R>(tokio::task::JoinHandle<R>);
-
-impl<R> Future for AbortOnDrop<R> {
-    type Output = Result<R, tokio::task::JoinError>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        Pin::new(&mut self.0).poll(cx)
-    }
-}
-
-impl<R> Drop for AbortOnDrop<R> {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
+/// A received stream as a [`MessageStream`].
+fn boxed<T: Send + 'static>(s: tonic::Streaming<T>) -> MessageStream<T> {
+    Box::pin(s)
 }
 
 impl<T> BlobClient<T>
@@ -167,13 +154,7 @@ where
         if let Some(svc) = (self.local)() {
             return in_task(async move { svc.read(req).await }).await;
         }
-        let r = self.grpc.read(req).await?;
-        let (metadata, stream, extensions) = r.into_parts();
-        Ok(Response::from_parts(
-            metadata,
-            Box::pin(stream) as MessageStream<ReadChunk>,
-            extensions,
-        ))
+        Ok(self.grpc.read(req).await?.map(boxed))
     }
 
     /// `BlobService.Put` fed by `req`'s stream of chunks.
@@ -228,12 +209,6 @@ where
         if let Some(svc) = (self.local)() {
             return in_task(async move { svc.fetch_blob(req).await }).await;
         }
-        let r = self.grpc.fetch_blob(req).await?;
-        let (metadata, stream, extensions) = r.into_parts();
-        Ok(Response::from_parts(
-            metadata,
-            Box::pin(stream) as MessageStream<ReadChunk>,
-            extensions,
-        ))
+        Ok(self.grpc.fetch_blob(req).await?.map(boxed))
     }
 }

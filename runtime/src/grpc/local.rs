@@ -29,6 +29,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::task::{Context, Poll};
+use tokio_util::task::AbortOnDropHandle;
 use tonic::body::Body;
 use tonic::service::Routes;
 use tower::ServiceExt as _;
@@ -209,7 +210,7 @@ impl tower::Service<http::Request<Body>> for Local {
     fn call(&mut self, req: http::Request<Body>) -> Self::Future {
         let span = rpc_span(&req);
         let routes = self.routes.clone();
-        let task = AbortOnDrop(tokio::spawn(routes.oneshot(req).instrument(span)));
+        let task = AbortOnDropHandle::new(tokio::spawn(routes.oneshot(req).instrument(span)));
         Box::pin(async move {
             match task.await {
                 Ok(Ok(response)) => Ok(response),
@@ -217,23 +218,6 @@ impl tower::Service<http::Request<Body>> for Local {
                 Err(e) => Err(TransportError(Box::new(e))),
             }
         })
-    }
-}
-
-/// A task handle that aborts the task when dropped before it finished.
-struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
-
-impl<T> Future for AbortOnDrop<T> {
-    type Output = Result<T, tokio::task::JoinError>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        Pin::new(&mut self.0).poll(cx)
-    }
-}
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 
@@ -276,21 +260,5 @@ mod tests {
         assert_eq!(handle::<u32>("http://127.0.0.1:3"), None);
         drop(provided);
         assert_eq!(handle::<u32>(url), None);
-    }
-
-    #[tokio::test]
-    async fn dropping_a_call_stops_its_task() {
-        let (held_tx, held_rx) = tokio::sync::oneshot::channel::<()>();
-        let (started_tx, started_rx) = tokio::sync::oneshot::channel::<()>();
-        let call = AbortOnDrop(tokio::spawn(async move {
-            let _held = held_tx;
-            let _ = started_tx.send(());
-            std::future::pending::<()>().await;
-        }));
-        started_rx.await.unwrap();
-        drop(call);
-        // The task's state (and the sender it held) is dropped: the call was
-        // aborted, not left running.
-        assert!(held_rx.await.is_err());
     }
 }
