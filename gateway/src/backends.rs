@@ -117,7 +117,11 @@ pub fn auth_client(uri: &str) -> Result<AuthServiceClient<Transport>, BackendErr
 /// A lazily connecting client of svc-sync.
 pub fn sync_client(uri: &str) -> Result<SyncClient<Transport>, BackendError> {
     let grpc = connect(uri)
-        .map(SyncServiceClient::new)
+        .map(|t| {
+            SyncServiceClient::new(t)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES)
+        })
         .map_err(|source| BackendError::BadUri {
             uri: uri.to_string(),
             source,

@@ -637,11 +637,9 @@ impl BlobStore for FsStore {
         let d = digest.clone();
         let p = path.clone();
         // A hot blob goes through the page cache and stays there (crate::hot).
-        let hot = self
-            .recent
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .touch(digest, Instant::now());
+        let now = Instant::now();
+        let recent = || self.recent.lock().unwrap_or_else(PoisonError::into_inner);
+        let hot = recent().is_hot(digest, now);
         let direct = self.direct_io && !hot;
         let buffers = self.read_buffers.clone();
         let (file, len) = blocking(move || {
@@ -674,6 +672,11 @@ impl BlobStore for FsStore {
             Ok((reader, end - offset))
         })
         .await?;
+        // What counts as a read of the blob: one that opened it, from its
+        // start (the further ranges of one download are not more reads).
+        if offset == 0 {
+            recent().record(digest, now);
+        }
         let served_direct = file.is_direct();
         self.reads[usize::from(!served_direct)].fetch_add(1, Ordering::Relaxed);
         tracing::debug!(digest = %digest, offset, len, hot, direct = served_direct, "blob read");

@@ -27,26 +27,28 @@ pub struct RecentReads {
 }
 
 impl RecentReads {
-    /// Record a read of `digest` at `now`; whether the blob is hot (it was
-    /// read within [`HOT_WINDOW`] before).
-    pub fn touch(&mut self, digest: &Digest, now: Instant) -> bool {
-        let hot = self
-            .last
+    /// Whether `digest` is hot at `now`: read within [`HOT_WINDOW`] before.
+    pub fn is_hot(&self, digest: &Digest, now: Instant) -> bool {
+        self.last
             .get(digest)
-            .is_some_and(|t| now.saturating_duration_since(*t) < HOT_WINDOW);
+            .is_some_and(|t| now.saturating_duration_since(*t) < HOT_WINDOW)
+    }
+
+    /// Record a read of `digest` at `now`.
+    pub fn record(&mut self, digest: &Digest, now: Instant) {
         if self.last.len() >= REMEMBERED && !self.last.contains_key(digest) {
             self.forget(now);
         }
         self.last.insert(digest.clone(), now);
-        hot
     }
 
-    /// Drop what is outside the window, then, if still full, the least
-    /// recently read half.
+    /// Drop what is outside the window; then, if the map is still more than
+    /// nine tenths full, the least recently read half (so a full map of
+    /// recent reads is not scanned again at every new blob).
     fn forget(&mut self, now: Instant) {
         self.last
             .retain(|_, t| now.saturating_duration_since(*t) < HOT_WINDOW);
-        if self.last.len() >= REMEMBERED {
+        if self.last.len() > REMEMBERED / 10 * 9 {
             let mut times: Vec<Instant> = self.last.values().copied().collect();
             let mid = times.len() / 2;
             let (_, cut, _) = times.select_nth_unstable(mid);
@@ -73,21 +75,30 @@ mod tests {
         h.finish()
     }
 
+    /// A read as the store makes it: asked, then recorded.
+    fn touch(r: &mut RecentReads, d: &Digest, now: Instant) -> bool {
+        let hot = r.is_hot(d, now);
+        r.record(d, now);
+        hot
+    }
+
     #[test]
     fn a_blob_is_hot_when_read_again_within_the_window() {
         let mut r = RecentReads::default();
         let t0 = Instant::now();
-        assert!(!r.touch(&digest(1), t0), "first read");
-        assert!(
-            r.touch(&digest(1), t0 + Duration::from_secs(5)),
-            "read again"
-        );
-        assert!(!r.touch(&digest(2), t0), "another blob is not hot");
+        let soon = t0 + Duration::from_secs(5);
+        assert!(!touch(&mut r, &digest(1), t0), "first read");
+        assert!(touch(&mut r, &digest(1), soon), "read again");
+        assert!(!touch(&mut r, &digest(2), t0), "another blob is not hot");
+        // Asking does not count as a read.
+        assert!(!r.is_hot(&digest(3), t0));
+        assert!(!r.is_hot(&digest(3), soon));
         // Each read restarts the window.
-        let later = t0 + Duration::from_secs(5) + HOT_WINDOW - Duration::from_secs(1);
-        assert!(r.touch(&digest(1), later));
+        let later = soon + HOT_WINDOW - Duration::from_secs(1);
+        assert!(touch(&mut r, &digest(1), later));
         // Past the window it is a one-off read again.
-        assert!(!r.touch(&digest(2), t0 + HOT_WINDOW + Duration::from_secs(1)));
+        let past = t0 + HOT_WINDOW + Duration::from_secs(1);
+        assert!(!touch(&mut r, &digest(2), past));
     }
 
     #[test]
@@ -95,12 +106,15 @@ mod tests {
         let mut r = RecentReads::default();
         let t0 = Instant::now();
         for i in 0..3 * REMEMBERED {
-            r.touch(&digest(i), t0 + Duration::from_millis(i as u64));
+            r.record(&digest(i), t0 + Duration::from_millis(i as u64));
             assert!(r.len() <= REMEMBERED, "{} remembered", r.len());
         }
         let last = 3 * REMEMBERED - 1;
         let now = t0 + Duration::from_millis(last as u64 + 1);
-        assert!(r.touch(&digest(last), now), "the latest read is remembered");
-        assert!(!r.touch(&digest(0), now), "the oldest was forgotten");
+        assert!(
+            r.is_hot(&digest(last), now),
+            "the latest read is remembered"
+        );
+        assert!(!r.is_hot(&digest(0), now), "the oldest was forgotten");
     }
 }

@@ -305,12 +305,11 @@ impl BlobStreams for BlobGrpc {
         req: Request<MessageStream<PutChunk>>,
     ) -> Result<Response<CommitResponse>, Status> {
         let span = grpc::call_span("/capstan.blob.v1.BlobService/Put", req.metadata());
-        let r = self
-            .put_stream(req.into_inner())
-            .instrument(span)
-            .await
-            .map_err(|e| reject("put", e))?;
-        Ok(Response::new(r))
+        let run = async {
+            let r = self.put_stream(req.into_inner()).await;
+            r.map_err(|e| reject("put", e))
+        };
+        Ok(Response::new(run.instrument(span).await?))
     }
 
     async fn write_upload(
@@ -318,11 +317,10 @@ impl BlobStreams for BlobGrpc {
         req: Request<MessageStream<WriteChunk>>,
     ) -> Result<Response<UploadState>, Status> {
         let span = grpc::call_span("/capstan.blob.v1.BlobService/WriteUpload", req.metadata());
-        let r = self
-            .write_stream(req.into_inner())
-            .instrument(span)
-            .await
-            .map_err(|e| reject("write_upload", e))?;
-        Ok(Response::new(r))
+        let run = async {
+            let r = self.write_stream(req.into_inner()).await;
+            r.map_err(|e| reject("write_upload", e))
+        };
+        Ok(Response::new(run.instrument(span).await?))
     }
 }

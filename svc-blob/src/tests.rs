@@ -12,7 +12,7 @@ use capstan_proto::blob::v1::{
     CommitUploadRequest, DeleteRequest, PutChunk, ReadRequest, StartUploadRequest, StatRequest,
     UploadRef, WriteChunk,
 };
-use capstan_proto::direct::{BlobClient, BlobStreams};
+use capstan_proto::direct::{BlobClient, BlobStreams, MessageStream};
 use capstan_runtime::grpc::Transport;
 use capstan_runtime::grpc::{CHUNK_BYTES, MAX_MESSAGE_BYTES, READ_CHUNK_BYTES};
 use futures::{StreamExt as _, stream};
@@ -605,4 +605,25 @@ async fn in_process_calls_log_under_the_callers_trace_id() {
         .unwrap_or_else(|| panic!("no rejection logged: {text}"));
     assert!(line.contains(trace_id), "{line}");
     assert!(line.contains("/capstan.blob.v1.BlobService/Read"), "{line}");
+    // A refused put is logged in its span too.
+    let chunks: MessageStream<PutChunk> = Box::pin(stream::iter([Ok(PutChunk {
+        digest: "sha256:nope".into(),
+        data: Bytes::from_static(b"x"),
+    })]));
+    let mut req = tonic::Request::new(chunks);
+    req.metadata_mut().insert(
+        grpc::TRACEPARENT,
+        format!("00-{trace_id}-00f067aa0ba902b8-01")
+            .parse()
+            .unwrap(),
+    );
+    let e = BlobStreams::put(&streams, req).await.err().unwrap();
+    assert_eq!(code(e), ErrorCode::DigestInvalid);
+    let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.contains("blob request rejected") && l.contains("rpc=\"put\""))
+        .unwrap_or_else(|| panic!("no rejected put logged: {text}"));
+    assert!(line.contains(trace_id), "{line}");
+    assert!(line.contains("/capstan.blob.v1.BlobService/Put"), "{line}");
 }

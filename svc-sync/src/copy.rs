@@ -416,7 +416,18 @@ async fn store_stream(
     'pump: while !ended {
         let mut whole = None;
         match body.next().await {
-            Some(Ok(c)) if pending.is_empty() && c.len() >= PASS_THROUGH_BYTES => whole = Some(c),
+            Some(Ok(c)) if pending.is_empty() && c.len() >= PASS_THROUGH_BYTES => {
+                if c.len() > CHUNK_BYTES {
+                    // Keep every message within one chunk: the rest is
+                    // gathered as usual (no copy for the part split off).
+                    let mut c = c;
+                    whole = Some(c.split_to(CHUNK_BYTES));
+                    pending.reserve(CHUNK_BYTES.max(c.len()));
+                    pending.extend_from_slice(&c);
+                } else {
+                    whole = Some(c);
+                }
+            }
             Some(Ok(c)) => {
                 if pending.capacity() - pending.len() < c.len() {
                     // A whole chunk's room at once: growing by doubling
@@ -472,7 +483,11 @@ async fn store_stream(
             .await;
     }
     if let Some(e) = failed {
+        // Cancel the put before `tx` goes: svc-blob must see a cancelled
+        // call, not a stream that ended (it would hash the partial bytes
+        // only to refuse them).
         put.abort();
+        let _ = put.await;
         if let Some(c) = client {
             let _ = c.send(Err(e.clone().into())).await;
         }

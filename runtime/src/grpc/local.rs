@@ -37,8 +37,10 @@ use tracing::Instrument as _;
 
 static ENABLED: AtomicBool = AtomicBool::new(false);
 static ROUTES: Mutex<Option<HashMap<String, Routes>>> = Mutex::new(None);
-type Handles = HashMap<(String, TypeId), Box<dyn Any + Send + Sync>>;
+/// Provided handles by (URL, type), each with the number of its `provide`.
+type Handles = HashMap<(String, TypeId), (u64, Box<dyn Any + Send + Sync>)>;
 static HANDLES: Mutex<Option<Handles>> = Mutex::new(None);
+static PROVIDED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// Let roles served from now on in this process be called in-process.
 pub fn enable() {
@@ -83,13 +85,14 @@ pub fn provide<H: Clone + Send + Sync + 'static>(url: &str, handle: H) -> Provid
         return Provided(None);
     }
     let key = (url.trim_end_matches('/').to_string(), TypeId::of::<H>());
+    let number = PROVIDED.fetch_add(1, Ordering::Relaxed);
     HANDLES
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .get_or_insert_with(HashMap::new)
-        .insert(key.clone(), Box::new(handle));
+        .insert(key.clone(), (number, Box::new(handle)));
     tracing::debug!(%url, handle = std::any::type_name::<H>(), "role's streams callable in-process");
-    Provided(Some(key))
+    Provided(Some((key, number)))
 }
 
 /// The handle of type `H` provided under `url`, if this process serves it.
@@ -103,21 +106,24 @@ pub fn handle<H: Clone + Send + Sync + 'static>(url: &str) -> Option<H> {
         .unwrap_or_else(PoisonError::into_inner)
         .as_ref()?
         .get(&key)?
+        .1
         .downcast_ref::<H>()
         .cloned()
 }
 
-/// Withdraws a [`provide`]d handle when dropped.
+/// Withdraws a [`provide`]d handle when dropped (unless it was provided
+/// again since, by a role that came up on the same URL).
 #[derive(Debug)]
-pub struct Provided(Option<(String, TypeId)>);
+pub struct Provided(Option<((String, TypeId), u64)>);
 
 impl Drop for Provided {
     fn drop(&mut self) {
-        if let Some(key) = self.0.take()
+        if let Some((key, number)) = self.0.take()
             && let Some(map) = HANDLES
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .as_mut()
+            && map.get(&key).is_some_and(|(n, _)| *n == number)
         {
             map.remove(&key);
         }
@@ -259,6 +265,14 @@ mod tests {
         assert_eq!(handle::<u64>(url), None);
         assert_eq!(handle::<u32>("http://127.0.0.1:3"), None);
         drop(provided);
+        assert_eq!(handle::<u32>(url), None);
+        // A role that comes up again on the URL before the old guard goes
+        // keeps its handle.
+        let old = provide(url, 1u32);
+        let new = provide(url, 2u32);
+        drop(old);
+        assert_eq!(handle::<u32>(url), Some(2));
+        drop(new);
         assert_eq!(handle::<u32>(url), None);
     }
 }

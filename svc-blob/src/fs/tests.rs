@@ -281,12 +281,17 @@ async fn a_blob_read_again_goes_through_the_page_cache() {
     assert_eq!(read_all(&s, &d).await, data);
     let mut st = s.read(&d, 5, 10).await.unwrap();
     assert_eq!(st.next().await.unwrap().unwrap().as_ref(), &data[5..15]);
-    // Another blob's first read is not.
+    // Another blob's first read is not; nor is its read after a range read
+    // from the middle (a resumed download, not a new read), nor after a
+    // failed read.
+    let mut st = s.read(&other, 7, 3).await.unwrap();
+    assert_eq!(st.next().await.unwrap().unwrap().as_ref(), &data[8..11]);
+    assert!(s.read(&other, 1 << 40, 1).await.is_err());
     assert_eq!(read_all(&s, &other).await, &data[1..]);
     if direct {
-        assert_eq!(s.read_paths(), (2, 2));
+        assert_eq!(s.read_paths(), (3, 2));
     } else {
-        assert_eq!(s.read_paths(), (0, 4));
+        assert_eq!(s.read_paths(), (0, 5));
     }
     // Without direct I/O configured, even a first read is buffered.
     let third = sha256(&data[2..]);
@@ -294,6 +299,6 @@ async fn a_blob_read_again_goes_through_the_page_cache() {
     let buffered = s.clone().with_direct_io(false);
     assert_eq!(read_all(&buffered, &third).await, &data[2..]);
     let (direct_reads, cached_reads) = buffered.read_paths();
-    assert_eq!(direct_reads, if direct { 2 } else { 0 });
-    assert_eq!(cached_reads, if direct { 3 } else { 5 });
+    assert_eq!(direct_reads, if direct { 3 } else { 0 });
+    assert_eq!(cached_reads, if direct { 3 } else { 6 });
 }
