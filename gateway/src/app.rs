@@ -119,7 +119,11 @@ impl Reply {
 #[derive(Debug)]
 pub struct Ctx {
     pub method: String,
+    /// Query parameters; of a repeated one, the last value.
     pub query: HashMap<String, String>,
+    /// Every value of the `tag` parameter, in order (a manifest push by
+    /// digest with tags).
+    pub tags: Vec<String>,
     /// W3C trace id (32 hex) of this request.
     pub trace_id: String,
     pub is_head: bool,
@@ -139,11 +143,17 @@ impl Ctx {
     fn new(session: &ServerSession) -> Self {
         let req = session.req_header();
         let method = req.method.as_str().to_string();
-        let query = req
+        let pairs: Vec<(String, String)> = req
             .uri
             .query()
             .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
             .unwrap_or_default();
+        let tags = pairs
+            .iter()
+            .filter(|(k, _)| k == "tag")
+            .map(|(_, v)| v.clone())
+            .collect();
+        let query = pairs.into_iter().collect();
         let trace_id = req
             .headers
             .get("traceparent")
@@ -171,6 +181,7 @@ impl Ctx {
             from_ui,
             method,
             query,
+            tags,
             trace_id,
             caller: Arc::new(Caller::open()),
             set_cookies: Vec::new(),

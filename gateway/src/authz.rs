@@ -96,8 +96,9 @@ pub async fn check(gw: &Gateway, ctx: &Ctx, ep: &Endpoint) -> Result<(), ApiErro
     }
 }
 
-/// `create` for a new tag or a digest, `update` for an existing tag. The
-/// tag is looked up only when the answer matters.
+/// `create` for new tags or a digest alone, `update` when a tag the push
+/// sets (the reference, or a `?tag=` of a push by digest) already exists.
+/// Tags are looked up only when the answer matters.
 async fn put_action(
     gw: &Gateway,
     ctx: &Ctx,
@@ -106,31 +107,39 @@ async fn put_action(
 ) -> Result<Action, ApiError> {
     let create = ctx.caller.can(repo, Action::Create);
     let update = ctx.caller.can(repo, Action::Update);
-    if create == update || !matches!(Reference::parse(reference), Ok(Reference::Tag(_))) {
+    let tags: Vec<&str> = match Reference::parse(reference) {
+        Ok(Reference::Tag(_)) => vec![reference],
+        Ok(Reference::Digest(_)) => ctx.tags.iter().map(String::as_str).collect(),
+        Err(_) => Vec::new(),
+    };
+    if create == update || tags.is_empty() {
         return Ok(Action::Create);
     }
-    let exists = match gw
-        .backends
-        .meta()
-        .get_manifest(ctx.rpc(GetManifestRequest {
-            repo: repo.into(),
-            reference: reference.into(),
-            head: true,
-        }))
-        .await
-    {
-        Ok(_) => true,
-        Err(status) => {
-            let e = ApiError::from(status);
-            match e.code {
-                ErrorCode::ManifestUnknown | ErrorCode::NameUnknown => false,
-                _ => return Err(e),
+    for tag in tags {
+        let exists = match gw
+            .backends
+            .meta()
+            .get_manifest(ctx.rpc(GetManifestRequest {
+                repo: repo.into(),
+                reference: tag.into(),
+                head: true,
+            }))
+            .await
+        {
+            Ok(_) => true,
+            Err(status) => {
+                let e = ApiError::from(status);
+                match e.code {
+                    ErrorCode::ManifestUnknown | ErrorCode::NameUnknown | ErrorCode::TagInvalid => {
+                        false
+                    }
+                    _ => return Err(e),
+                }
             }
+        };
+        if exists {
+            return Ok(Action::Update);
         }
-    };
-    Ok(if exists {
-        Action::Update
-    } else {
-        Action::Create
-    })
+    }
+    Ok(Action::Create)
 }

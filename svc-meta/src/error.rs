@@ -52,6 +52,14 @@ impl MetaError {
     }
 
     /// `DIGEST_INVALID` or `TAG_INVALID` for a bad manifest reference.
+    /// `value` as a tag, or why it is not one.
+    pub fn tag(value: &str) -> Result<(), MetaError> {
+        capstan_oci::validate_tag(value).map_err(|source| MetaError::TagInvalid {
+            value: value.to_string(),
+            source,
+        })
+    }
+
     pub fn reference(value: &str) -> Result<Reference, MetaError> {
         Reference::parse(value).map_err(|e| match e {
             NameError::Digest(source) => MetaError::DigestInvalid {

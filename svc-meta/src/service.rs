@@ -84,6 +84,7 @@ impl MetaService for MetaGrpc {
                 .put_manifest_sparse(
                     &r.repo,
                     &reference,
+                    &r.tags,
                     &r.content_type,
                     &r.content,
                     r.allow_missing_children,

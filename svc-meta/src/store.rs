@@ -182,22 +182,27 @@ impl Store {
         content_type: &str,
         content: &[u8],
     ) -> Result<PutOutcome, MetaError> {
-        self.put_manifest_sparse(repo, reference, content_type, content, false)
+        self.put_manifest_sparse(repo, reference, &[], content_type, content, false)
             .await
     }
 
-    /// [`Store::put_manifest`], where `sparse` lets a manifest name children
-    /// and blobs that are not stored (yet): pull-through fetches them when
-    /// they are first asked for.
+    /// [`Store::put_manifest`], also setting `tags` (besides `reference`
+    /// when it is a tag) in the same transaction, and where `sparse` lets a
+    /// manifest name children and blobs that are not stored (yet):
+    /// pull-through fetches them when they are first asked for.
     pub async fn put_manifest_sparse(
         &self,
         repo: &str,
         reference: &Reference,
+        tags: &[String],
         content_type: &str,
         content: &[u8],
         sparse: bool,
     ) -> Result<PutOutcome, MetaError> {
         check_repo(repo)?;
+        for tag in tags {
+            MetaError::tag(tag)?;
+        }
         if content.len() > MAX_MANIFEST_BYTES {
             return Err(MetaError::ManifestTooLarge(content.len()));
         }
@@ -291,7 +296,11 @@ impl Store {
                 .await?;
             }
         }
-        if let Reference::Tag(tag) = reference {
+        let named = match reference {
+            Reference::Tag(tag) => Some(tag.as_str()),
+            Reference::Digest(_) => None,
+        };
+        for tag in named.into_iter().chain(tags.iter().map(String::as_str)) {
             sqlx::query(
                 "INSERT INTO tags (repo, name, digest, updated_at) VALUES ($1, $2, $3, $4) \
                  ON CONFLICT (repo, name) DO UPDATE \

@@ -55,6 +55,7 @@ fn put(repo: &str, reference: &str, content: &[u8]) -> PutManifestRequest {
         content_type: media::OCI_MANIFEST.into(),
         content: content.to_vec().into(),
         allow_missing_children: false,
+        tags: Vec::new(),
     }
 }
 

@@ -129,6 +129,7 @@ pub fn image<'a>(
                 content_type: media_type.clone(),
                 content: bytes.clone(),
                 allow_missing_children: skipped,
+                tags: Vec::new(),
             })
             .await?;
         tracing::info!(upstream_repo = from, repo = to, reference, digest = %local, converted = convert, "image synced");

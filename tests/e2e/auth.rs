@@ -268,6 +268,31 @@ async fn every_action_boundary_of_zots_policy_example() {
     sb.put_manifest("app", "fresh", OCI_MANIFEST, &m).await;
     let r = sb.put_manifest_raw("app", "fresh", OCI_MANIFEST, br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.empty.v1+json","digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","size":2},"layers":[],"annotations":{"x":"y"}}"#).await;
     assert_eq!(r.status(), 403, "nobody may not move an existing tag");
+    // Nor through the tags of a push by digest; a new tag that way is fine.
+    let other = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.empty.v1+json","digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","size":2},"layers":[],"annotations":{"x":"z"}}"#;
+    let d = sha256(other);
+    let r = sb
+        .put_manifest_raw(
+            "app",
+            &format!("{d}?tag=new1&tag=fresh"),
+            OCI_MANIFEST,
+            other,
+        )
+        .await;
+    assert_eq!(
+        r.status(),
+        403,
+        "a ?tag= naming an existing tag needs update"
+    );
+    let r = sb
+        .put_manifest_raw(
+            "app",
+            &format!("{d}?tag=new1&tag=new2"),
+            OCI_MANIFEST,
+            other,
+        )
+        .await;
+    assert_eq!(r.status(), 201);
 
     // The catalog lists only what the caller may read.
     let list = |c: reqwest::Client| {

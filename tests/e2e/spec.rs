@@ -342,6 +342,43 @@ async fn manifests_by_tag_and_digest() {
     // Push by digest.
     let r = sb.put_manifest_raw("img", &d, OCI_MANIFEST, &body).await;
     assert_eq!(r.status(), 201);
+    assert!(r.headers().get("oci-tag").is_none());
+    // Push by digest with tags: set together, each echoed as OCI-Tag.
+    let r = sb
+        .put_manifest_raw(
+            "img",
+            &format!("{d}?tag=t1&tag=t2&tag=t1"),
+            OCI_MANIFEST,
+            &body,
+        )
+        .await;
+    assert_eq!(r.status(), 201);
+    let echoed: Vec<&str> = r
+        .headers()
+        .get_all("oci-tag")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect();
+    assert_eq!(echoed, ["t1", "t2"]);
+    for t in ["t1", "t2"] {
+        let r = sb.get(&format!("/v2/img/manifests/{t}")).await;
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["docker-content-digest"], d.as_str());
+    }
+    // One bad tag sets none of them.
+    let r = sb
+        .put_manifest_raw("img", &format!("{d}?tag=t3&tag=-bad"), OCI_MANIFEST, &body)
+        .await;
+    assert_eq!(r.status(), 400);
+    assert_eq!(error_code(r).await, "TAG_INVALID");
+    assert_eq!(sb.get("/v2/img/manifests/t3").await.status(), 404);
+    // More tags than one request may carry.
+    let many: String = (0..47).map(|i| format!("tag=m{i}&")).collect();
+    let r = sb
+        .put_manifest_raw("img", &format!("{d}?{many}"), OCI_MANIFEST, &body)
+        .await;
+    assert_eq!(r.status(), 414);
+    assert_eq!(sb.get("/v2/img/manifests/m0").await.status(), 404);
     // Digest reference that does not match the body.
     let r = sb
         .put_manifest_raw("img", &sha256(b"x"), OCI_MANIFEST, &body)

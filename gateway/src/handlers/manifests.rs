@@ -11,6 +11,10 @@ use capstan_proto::sync::v1::SyncImageRequest;
 use pingora::protocols::http::ServerSession;
 use std::sync::Arc;
 
+/// Most `?tag=` parameters one push by digest may carry (zot's limit: what
+/// fits an 8 KiB request line; the spec asks for at least 10).
+pub const MAX_PUSH_TAGS: usize = 46;
+
 pub async fn put(
     gw: &Gateway,
     ctx: &Ctx,
@@ -18,6 +22,24 @@ pub async fn put(
     repo: &str,
     reference: &str,
 ) -> Result<Reply, ApiError> {
+    // A push by digest may name tags to set with it (`?tag=a&tag=b`); they
+    // are set in the same transaction and echoed as `OCI-Tag`.
+    let mut tags: Vec<String> = Vec::new();
+    if matches!(Reference::parse(reference), Ok(Reference::Digest(_))) {
+        for t in &ctx.tags {
+            if !tags.contains(t) {
+                tags.push(t.clone());
+            }
+        }
+    }
+    if tags.len() > MAX_PUSH_TAGS {
+        let mut e = ApiError::new(
+            ErrorCode::TagInvalid,
+            format!("more than {MAX_PUSH_TAGS} tag parameters"),
+        );
+        e.status = Some(414);
+        return Err(e);
+    }
     let content_type = session
         .req_header()
         .headers
@@ -40,6 +62,7 @@ pub async fn put(
             content_type,
             content,
             allow_missing_children: false,
+            tags: tags.clone(),
         }))
         .await?
         .into_inner();
@@ -50,6 +73,9 @@ pub async fn put(
         .header("Docker-Content-Digest", r.digest);
     if !r.subject.is_empty() {
         reply = reply.header("OCI-Subject", r.subject);
+    }
+    for tag in tags {
+        reply = reply.header("OCI-Tag", tag);
     }
     Ok(reply)
 }

@@ -135,6 +135,43 @@ async fn pushing_by_digest_stores_without_a_tag_and_is_idempotent() {
 }
 
 #[tokio::test]
+async fn a_push_by_digest_sets_its_tags_together_or_none() {
+    let (_dir, store) = temp_store().await;
+    let img = image("tagged-push");
+    link_blobs(&store, "r", &img).await;
+    let tags = |t: &[&str]| t.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let put = |t: Vec<String>| {
+        let (store, img) = (&store, &img);
+        async move {
+            store
+                .put_manifest_sparse("r", &by_digest(&img.digest), &t, "", &img.bytes, false)
+                .await
+        }
+    };
+    let e = put(tags(&["a", "..bad"])).await;
+    assert_eq!(code(e), ErrorCode::TagInvalid);
+    assert_eq!(
+        count(
+            &store,
+            "SELECT COUNT(*) FROM manifests WHERE repo = $1",
+            "r"
+        )
+        .await,
+        0,
+        "nothing stored"
+    );
+    put(tags(&["a", "b"])).await.unwrap();
+    assert_eq!(
+        store.list_tags("r", None, "").await.unwrap(),
+        page(&["a", "b"], false)
+    );
+    for t in ["a", "b"] {
+        let m = store.get_manifest("r", &tag(t), true).await.unwrap();
+        assert_eq!(m.digest, img.digest.to_string());
+    }
+}
+
+#[tokio::test]
 async fn retagging_moves_the_tag() {
     let (_dir, store) = temp_store().await;
     let (a, b) = (image("a"), image("b"));
@@ -339,7 +376,7 @@ async fn index_needs_its_children_in_the_repository() {
     assert_eq!(err.code(), ErrorCode::ManifestBlobUnknown);
     // A sparse index (svc-sync's platform filter) may name absent children.
     store
-        .put_manifest_sparse("r", &tag("sparse"), media::OCI_INDEX, &idx, true)
+        .put_manifest_sparse("r", &tag("sparse"), &[], media::OCI_INDEX, &idx, true)
         .await
         .unwrap();
 
