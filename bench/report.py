@@ -64,6 +64,7 @@ SCENARIOS = [
     ("pull", "pull {size} MiB blob, sha256-verified (MiB/s)", "mib_per_s", "pull"),
     ("pull/second", "… the same blob a second time (MiB/s)", "mib_per_s", "pull/second"),
     ("pull/third", "… and a third time (MiB/s)", "mib_per_s", "pull/third"),
+    ("pull/cold", "pull {size} MiB blob, not in the page cache (MiB/s)", "mib_per_s", "pull/cold"),
     ("small-images", "push {count} small images, c{conc} (images/s)", "images_per_s", "small-images"),
     ("small-images/post-put", "… same, Capstan also as POST + PUT (images/s)", "images_per_s", "small-images"),
     ("manifest-get", "manifest GET by tag, wrk -t2 -c64 (req/s)", "req_per_s", "manifest-get"),

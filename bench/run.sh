@@ -227,6 +227,27 @@ measure() {
     printf '  %-12s %s\n' "$target" "$line" >&2
 }
 
+# evict DIR: drop every file under DIR from the page cache (written back
+# first), so the next read of it comes from the disk.
+evict() {
+    python3 - "$1" <<'PY'
+import os, sys
+for root, _, files in os.walk(sys.argv[1]):
+    for name in files:
+        try:
+            fd = os.open(os.path.join(root, name), os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            os.fdatasync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+PY
+}
+
 field() { python3 -c 'import json,sys; v=json.loads(sys.argv[1]).get(sys.argv[2]); print("" if v is None else v)' "$1" "$2"; }
 
 SECONDS=0
@@ -237,7 +258,7 @@ T="--timeout-s 300"
 for ((rep = 1; rep <= REPS; rep++)); do
     if ((rep % 2)); then order=(capstan distribution); else order=(distribution capstan); fi
     log "run $rep/$REPS (order: ${order[*]})"
-    declare -A MONO_DIGEST=()
+    declare -A MONO_DIGEST=() CHUNKED_DIGEST=()
     for target in "${order[@]}"; do
         measure "$target" "$rep" push-mono "$BENCH" push-mono --url "${URL_OF[$target]}" $T \
             --size-mib "$SIZE_MIB" --seed $((rep * 10 + 1))
@@ -254,6 +275,7 @@ for ((rep = 1; rep <= REPS; rep++)); do
     for target in "${order[@]}"; do
         measure "$target" "$rep" push-chunked "$BENCH" push-chunked --url "${URL_OF[$target]}" $T \
             --size-mib "$SIZE_MIB" --chunk-mib "$CHUNK_MIB" --seed $((rep * 10 + 2))
+        CHUNKED_DIGEST[$target]=$(field "$LAST" digest)
         rss=$(field "$LAST" rss_max_kib)
         if ((rss > PUSH_RSS_MAX[$target])); then PUSH_RSS_MAX[$target]=$rss; fi
     done
@@ -276,6 +298,15 @@ for ((rep = 1; rep <= REPS; rep++)); do
             measure "$target" "$rep" "pull/$again" "$BENCH" pull --url "${URL_OF[$target]}" $T \
                 --repo bench --digest "$digest" --expect-size $((SIZE_MIB << 20))
         done
+    done
+    # Like for like from the disk: the chunked push's blob (not read yet),
+    # with both registries' files dropped from the page cache first.
+    for target in "${order[@]}"; do
+        digest=${CHUNKED_DIGEST[$target]}
+        [ -n "$digest" ] || continue
+        evict "$TMP/$target"
+        measure "$target" "$rep" pull/cold "$BENCH" pull --url "${URL_OF[$target]}" $T \
+            --repo bench --digest "$digest" --expect-size $((SIZE_MIB << 20))
     done
     for target in "${order[@]}"; do
         measure "$target" "$rep" small-images "$BENCH" small-images --url "${URL_OF[$target]}" $T \
