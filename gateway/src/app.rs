@@ -312,6 +312,29 @@ impl Gateway {
                 return (None, Err(e));
             }
             let mut body = self.metrics.render();
+            // Each svc-blob replica's read counters, from those that answer
+            // in time.
+            let asks = self.backends.blob_all().into_iter().map(|(uri, mut c)| {
+                let req = ctx.rpc(capstan_proto::blob::v1::BlobMetricsRequest {});
+                async move {
+                    let got =
+                        tokio::time::timeout(std::time::Duration::from_secs(2), c.metrics(req))
+                            .await;
+                    match got {
+                        Ok(Ok(r)) => {
+                            let r = r.into_inner();
+                            Some((uri, r.reads_direct, r.reads_cached))
+                        }
+                        _ => None,
+                    }
+                }
+            });
+            let replicas: Vec<_> = futures::future::join_all(asks)
+                .await
+                .into_iter()
+                .flatten()
+                .collect();
+            body.extend_from_slice(crate::metrics::render_blob_reads(&replicas).as_bytes());
             if let Some(mut sync) = self.sync_metrics.clone() {
                 // The sync service's own progress counters, when it answers
                 // in time.

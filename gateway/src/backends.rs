@@ -27,6 +27,8 @@ pub enum BackendError {
 #[derive(Debug)]
 struct Pool<C> {
     clients: Vec<C>,
+    /// The endpoint of each client.
+    uris: Vec<String>,
     next: AtomicUsize,
 }
 
@@ -58,6 +60,7 @@ fn pool<C>(
         .collect::<Result<Vec<_>, _>>()?;
     Ok(Pool {
         clients,
+        uris: uris.to_vec(),
         next: AtomicUsize::new(0),
     })
 }
@@ -97,6 +100,16 @@ impl Backends {
 
     pub fn meta(&self) -> MetaServiceClient<Transport> {
         self.meta.pick()
+    }
+
+    /// Every svc-blob replica with its endpoint (for their metrics).
+    pub fn blob_all(&self) -> Vec<(String, BlobClient<Transport>)> {
+        self.blob
+            .uris
+            .iter()
+            .cloned()
+            .zip(self.blob.clients.iter().cloned())
+            .collect()
     }
 
     pub fn blob(&self) -> BlobClient<Transport> {

@@ -138,6 +138,31 @@ impl Default for Metrics {
     }
 }
 
+/// The read counters of svc-blob replicas, `(endpoint, direct, cached)`, in
+/// the text format (the replicas' own numbers, so written out rather than
+/// kept in a registry).
+pub fn render_blob_reads(replicas: &[(String, u64, u64)]) -> String {
+    use std::fmt::Write as _;
+    if replicas.is_empty() {
+        return String::new();
+    }
+    let mut out = String::from(
+        "# HELP capstan_blob_reads_total Blob reads by svc-blob replica and path: \
+         direct I/O, or the page cache (hot blobs)\n\
+         # TYPE capstan_blob_reads_total counter\n",
+    );
+    for (replica, direct, cached) in replicas {
+        let replica = replica.replace('\\', "\\\\").replace('"', "\\\"");
+        for (path, n) in [("direct", direct), ("cached", cached)] {
+            let _ = writeln!(
+                out,
+                "capstan_blob_reads_total{{replica=\"{replica}\",path=\"{path}\"}} {n}"
+            );
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -170,5 +195,26 @@ mod tests {
             text.contains("zot_http_method_latency_seconds_bucket"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn blob_reads_are_labelled_by_replica_and_path() {
+        assert_eq!(render_blob_reads(&[]), "");
+        let text = render_blob_reads(&[
+            ("http://10.0.0.1:9001".into(), 3, 1),
+            ("http://10.0.0.2:9001".into(), 0, 7),
+        ]);
+        assert_eq!(
+            text.matches("# TYPE capstan_blob_reads_total counter")
+                .count(),
+            1
+        );
+        for line in [
+            r#"capstan_blob_reads_total{replica="http://10.0.0.1:9001",path="direct"} 3"#,
+            r#"capstan_blob_reads_total{replica="http://10.0.0.1:9001",path="cached"} 1"#,
+            r#"capstan_blob_reads_total{replica="http://10.0.0.2:9001",path="cached"} 7"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+        }
     }
 }

@@ -110,14 +110,6 @@ impl FsStore {
         })
     }
 
-    /// Blob reads so far: (with direct I/O, through the page cache).
-    pub fn read_paths(&self) -> (u64, u64) {
-        (
-            self.reads[0].load(Ordering::Relaxed),
-            self.reads[1].load(Ordering::Relaxed),
-        )
-    }
-
     /// Write blob bytes with direct I/O where the filesystem allows it (the
     /// default), or always through the page cache.
     pub fn with_direct_io(mut self, on: bool) -> Self {
@@ -615,6 +607,13 @@ fn expire_put_file(path: &Path, now: SystemTime, idle: Duration) -> Result<bool,
 
 #[async_trait]
 impl BlobStore for FsStore {
+    fn read_paths(&self) -> (u64, u64) {
+        (
+            self.reads[0].load(Ordering::Relaxed),
+            self.reads[1].load(Ordering::Relaxed),
+        )
+    }
+
     async fn stat(&self, digest: &Digest) -> Result<u64, BlobError> {
         let path = self.blob_path(digest);
         match tokio::fs::metadata(&path).await {

@@ -9,9 +9,9 @@ use capstan_oci::{Digest, ErrorCode};
 use capstan_proto::ServiceError;
 use capstan_proto::blob::v1::blob_service_server::{BlobService, BlobServiceServer};
 use capstan_proto::blob::v1::{
-    CancelUploadResponse, CommitResponse, CommitUploadRequest, DeleteRequest, DeleteResponse,
-    PutChunk, ReadChunk, ReadRequest, StartUploadRequest, StatRequest, StatResponse, UploadRef,
-    UploadState, WriteChunk,
+    BlobMetricsRequest, BlobMetricsResponse, CancelUploadResponse, CommitResponse,
+    CommitUploadRequest, DeleteRequest, DeleteResponse, PutChunk, ReadChunk, ReadRequest,
+    StartUploadRequest, StatRequest, StatResponse, UploadRef, UploadState, WriteChunk,
 };
 use capstan_proto::direct::{BlobStreams, MessageStream};
 use capstan_runtime::grpc::{self, MAX_MESSAGE_BYTES};
@@ -273,6 +273,17 @@ impl BlobService for BlobGrpc {
         };
         run.await.map_err(|e| reject("cancel_upload", e))?;
         Ok(Response::new(CancelUploadResponse {}))
+    }
+
+    async fn metrics(
+        &self,
+        _req: Request<BlobMetricsRequest>,
+    ) -> Result<Response<BlobMetricsResponse>, Status> {
+        let (reads_direct, reads_cached) = self.store.read_paths();
+        Ok(Response::new(BlobMetricsResponse {
+            reads_direct,
+            reads_cached,
+        }))
     }
 
     async fn delete(

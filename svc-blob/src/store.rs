@@ -100,6 +100,11 @@ pub trait BlobStore: Send + Sync + 'static {
     /// Remove upload sessions idle for at least `idle`, skipping any being
     /// written right now. Returns how many were removed.
     async fn expire_uploads(&self, idle: Duration) -> Result<usize, BlobError>;
+
+    /// Reads served so far: (with direct I/O, through the page cache).
+    fn read_paths(&self) -> (u64, u64) {
+        (0, 0)
+    }
 }
 
 #[cfg(test)]

@@ -805,4 +805,26 @@ async fn metrics_count_requests_and_manifest_traffic() {
         1,
         "{text}"
     );
+
+    // svc-blob's read counters: a blob read twice is read through the page
+    // cache the second time (the first is direct where the filesystem
+    // allows it).
+    let blob = vec![7u8; 100_000];
+    let d = sb.push_blob("observed", &blob).await;
+    for _ in 0..2 {
+        let r = sb.get(&format!("/v2/observed/blobs/{d}")).await;
+        assert_eq!(r.bytes().await.unwrap().as_ref(), &blob[..]);
+    }
+    let text = sb.get("/metrics").await.text().await.unwrap();
+    let reads = |path: &str| -> u64 {
+        text.lines()
+            .filter(|l| {
+                l.starts_with("capstan_blob_reads_total{")
+                    && l.contains(&format!("path=\"{path}\""))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    };
+    assert_eq!(reads("direct") + reads("cached"), 2, "{text}");
+    assert!(reads("cached") >= 1, "{text}");
 }
