@@ -112,7 +112,9 @@ async fn put_action(
         Ok(Reference::Digest(_)) => ctx.tags.iter().map(String::as_str).collect(),
         Err(_) => Vec::new(),
     };
-    if create == update || tags.is_empty() {
+    // Too many tags is refused (414) before anything is stored: no lookups.
+    let too_many = tags.len() > crate::handlers::MAX_PUSH_TAGS;
+    if create == update || tags.is_empty() || too_many {
         return Ok(Action::Create);
     }
     for tag in tags {

@@ -293,6 +293,12 @@ async fn every_action_boundary_of_zots_policy_example() {
         )
         .await;
     assert_eq!(r.status(), 201);
+    // Too many tags is refused as such, without looking each one up.
+    let many: String = (0..47).map(|i| format!("tag=fresh{i}&")).collect();
+    let r = sb
+        .put_manifest_raw("app", &format!("{d}?tag=fresh&{many}"), OCI_MANIFEST, other)
+        .await;
+    assert_eq!(r.status(), 414);
 
     // The catalog lists only what the caller may read.
     let list = |c: reqwest::Client| {

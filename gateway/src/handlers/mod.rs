@@ -4,6 +4,7 @@
 mod blobs;
 mod listing;
 mod manifests;
+pub use manifests::MAX_PUSH_TAGS;
 mod uploads;
 pub mod zot_auth;
 
