@@ -107,10 +107,9 @@ async fn put_action(
 ) -> Result<Action, ApiError> {
     let create = ctx.caller.can(repo, Action::Create);
     let update = ctx.caller.can(repo, Action::Update);
-    let tags: Vec<&str> = match Reference::parse(reference) {
-        Ok(Reference::Tag(_)) => vec![reference],
-        Ok(Reference::Digest(_)) => ctx.tags.iter().map(String::as_str).collect(),
-        Err(_) => Vec::new(),
+    let tags: Vec<String> = match Reference::parse(reference) {
+        Ok(Reference::Tag(_)) => vec![reference.to_string()],
+        _ => crate::handlers::push_tags(ctx, reference),
     };
     // Too many tags is refused (414) before anything is stored: no lookups.
     let too_many = tags.len() > crate::handlers::MAX_PUSH_TAGS;
@@ -123,7 +122,7 @@ async fn put_action(
             .meta()
             .get_manifest(ctx.rpc(GetManifestRequest {
                 repo: repo.into(),
-                reference: tag.into(),
+                reference: tag,
                 head: true,
             }))
             .await

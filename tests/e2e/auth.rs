@@ -293,6 +293,12 @@ async fn every_action_boundary_of_zots_policy_example() {
         )
         .await;
     assert_eq!(r.status(), 201);
+    // A tag repeated is one tag: it still needs update when it exists.
+    let repeated: String = (0..47).map(|_| "tag=fresh&").collect();
+    let r = sb
+        .put_manifest_raw("app", &format!("{d}?{repeated}"), OCI_MANIFEST, other)
+        .await;
+    assert_eq!(r.status(), 403, "a repeated existing tag needs update");
     // Too many tags is refused as such, without looking each one up.
     let many: String = (0..47).map(|i| format!("tag=fresh{i}&")).collect();
     let r = sb

@@ -15,15 +15,10 @@ use std::sync::Arc;
 /// fits an 8 KiB request line; the spec asks for at least 10).
 pub const MAX_PUSH_TAGS: usize = 46;
 
-pub async fn put(
-    gw: &Gateway,
-    ctx: &Ctx,
-    session: &mut ServerSession,
-    repo: &str,
-    reference: &str,
-) -> Result<Reply, ApiError> {
-    // A push by digest may name tags to set with it (`?tag=a&tag=b`); they
-    // are set in the same transaction and echoed as `OCI-Tag`.
+/// The tags a push by digest names to set with it (`?tag=a&tag=b`), each
+/// once, in order; none for a push by tag. Authorization and the push both
+/// go by this list.
+pub fn push_tags(ctx: &Ctx, reference: &str) -> Vec<String> {
     let mut tags: Vec<String> = Vec::new();
     if matches!(Reference::parse(reference), Ok(Reference::Digest(_))) {
         for t in &ctx.tags {
@@ -32,6 +27,18 @@ pub async fn put(
             }
         }
     }
+    tags
+}
+
+pub async fn put(
+    gw: &Gateway,
+    ctx: &Ctx,
+    session: &mut ServerSession,
+    repo: &str,
+    reference: &str,
+) -> Result<Reply, ApiError> {
+    // The tags are set in the manifest's transaction and echoed as `OCI-Tag`.
+    let tags = push_tags(ctx, reference);
     if tags.len() > MAX_PUSH_TAGS {
         let mut e = ApiError::new(
             ErrorCode::TagInvalid,

@@ -4,7 +4,7 @@
 mod blobs;
 mod listing;
 mod manifests;
-pub use manifests::MAX_PUSH_TAGS;
+pub use manifests::{MAX_PUSH_TAGS, push_tags};
 mod uploads;
 pub mod zot_auth;
 
