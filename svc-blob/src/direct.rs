@@ -18,7 +18,8 @@
 //! 0.55 s when not cached (filling the cache) and 0.12 s when cached, and the
 //! bytes of a blob written directly are not cached. A blob read again soon
 //! (`crate::hot`) is therefore read through the page cache: it then stays
-//! in memory for the reads after it.
+//! in memory for the reads after it. So is a freshly pushed blob, which the
+//! store reads into the cache in the background (`crate::warm`).
 
 use bytes::Bytes;
 use rustix::fs::{OFlags, fcntl_getfl, fcntl_setfl};

@@ -21,6 +21,7 @@
 use crate::direct::{BlobReader, BlobWriter, BufferPool};
 use crate::hot::RecentReads;
 use crate::store::{BlobStore, ByteStream, UploadId};
+use crate::warm::Warmer;
 use crate::{BlobError, resumable};
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -60,6 +61,8 @@ pub struct FsStore {
     recent: Arc<Mutex<RecentReads>>,
     /// Reads served with direct I/O, and through the page cache.
     reads: Arc<[AtomicU64; 2]>,
+    /// Reads blobs written directly into the page cache after their commit.
+    warmer: Option<Arc<Warmer>>,
 }
 
 /// Read buffers kept for reuse (2 MiB each). Three serve a pull as fast as
@@ -107,7 +110,38 @@ impl FsStore {
             stage_buffers: BufferPool::new(crate::direct::STAGE_BYTES, STAGE_BUFFERS_KEPT),
             recent: Arc::default(),
             reads: Arc::default(),
+            warmer: None,
         })
+    }
+
+    /// Read each blob written with direct I/O into the page cache once it is
+    /// committed, in the background (`crate::warm`); off by default.
+    pub fn with_warm_after_push(mut self, on: bool) -> Result<Self, BlobError> {
+        self.warmer = if on {
+            let warmer = Warmer::start(self.recent.clone())
+                .map_err(BlobError::io("start the warming thread", &self.root))?;
+            Some(Arc::new(warmer))
+        } else {
+            None
+        };
+        Ok(self)
+    }
+
+    /// How many blobs the warmer has finished with (`None` when off).
+    #[cfg(test)]
+    pub(crate) fn warmed(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        self.warmer.as_ref().map(|w| w.finished())
+    }
+
+    /// Offer a just-committed blob to the warmer when its bytes went to the
+    /// device directly; smaller blobs were written through the page cache.
+    fn warm(&self, digest: &Digest, size: u64) {
+        if let Some(warmer) = &self.warmer
+            && self.direct_io
+            && size > crate::direct::SMALL_BYTES as u64
+        {
+            warmer.offer(digest, &self.blob_path(digest));
+        }
     }
 
     /// Write blob bytes with direct I/O where the filesystem allows it (the
@@ -827,6 +861,7 @@ impl BlobStore for FsStore {
         })
         .await?;
         tracing::info!(upload_id = %id, digest = %digest, size, new = placed, "upload committed");
+        self.warm(digest, size);
         Ok(size)
     }
 
@@ -896,6 +931,7 @@ impl BlobStore for FsStore {
         })
         .await?;
         tracing::info!(digest = %digest, size, new = placed, "blob stored");
+        self.warm(digest, size);
         Ok(size)
     }
 

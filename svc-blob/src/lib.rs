@@ -18,6 +18,7 @@ mod service;
 mod store;
 #[cfg(test)]
 mod suite;
+mod warm;
 
 pub use error::BlobError;
 pub use fs::FsStore;
@@ -46,7 +47,8 @@ pub async fn serve(
         FsStore::new(root, storage.commit)
             .await
             .with_context(|| format!("cannot open blob storage at {}", root.display()))?
-            .with_direct_io(storage.direct_io),
+            .with_direct_io(storage.direct_io)
+            .with_warm_after_push(storage.warm_after_push)?,
     );
     let expiry = tokio::spawn(expire_uploads(
         store.clone(),

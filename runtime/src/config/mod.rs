@@ -70,6 +70,13 @@ pub struct StorageConfig {
     /// through the page cache (Capstan).
     #[serde(default = "yes")]
     pub direct_io: bool,
+    /// With `directIo`, read each pushed blob once through the page cache
+    /// right after its commit, in the background, so that the pulls that
+    /// usually follow a push are served from memory. Costs one more read of
+    /// every pushed byte from the device; a write-mostly registry (a backup
+    /// target) may turn it off (Capstan).
+    #[serde(default = "yes")]
+    pub warm_after_push: bool,
     /// Store each digest once (always true: blobs are content-addressed).
     #[serde(default = "yes")]
     pub dedupe: bool,
@@ -94,6 +101,7 @@ impl Default for StorageConfig {
             root_directory: default_root(),
             commit: false,
             direct_io: true,
+            warm_after_push: true,
             dedupe: true,
             gc: true,
             gc_delay: default_gc_delay(),
@@ -442,6 +450,8 @@ fn camel_case_guess(lower: &str) -> String {
         "rootDirectory",
         "gcDelay",
         "uploadExpiry",
+        "directIo",
+        "warmAfterPush",
         "externalUrl",
         "accessControl",
         "distSpecVersion",

@@ -302,3 +302,69 @@ async fn a_blob_read_again_goes_through_the_page_cache() {
     assert_eq!(direct_reads, if direct { 3 } else { 0 });
     assert_eq!(cached_reads, if direct { 3 } else { 6 });
 }
+
+/// Wait until the warmer of `s` has finished with `n` blobs in all.
+async fn warmed(s: &FsStore, n: u64) {
+    let mut finished = s.warmed().expect("warming is on");
+    tokio::time::timeout(Duration::from_secs(30), finished.wait_for(|k| *k >= n))
+        .await
+        .expect("the warmer finishes")
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_pushed_blob_is_warmed_and_its_first_read_is_cached() {
+    let (_dir, s) = store().await;
+    let data = pattern(2 * READ_CHUNK_BYTES + 100, 11);
+    // Whether this filesystem takes O_DIRECT (tmpfs does not): a first read
+    // without warming tells.
+    let probe = sha256(&data[2..]);
+    s.put(&probe, chunks(&[&data[2..]])).await.unwrap();
+    assert_eq!(read_all(&s, &probe).await, &data[2..]);
+    let direct = match s.read_paths() {
+        (1, 0) => true,
+        (0, 1) => false,
+        other => panic!("one read counted as {other:?}"),
+    };
+    let s = s.with_warm_after_push(true).unwrap();
+    // A monolithic put, and a chunked upload's commit, are each warmed.
+    let put = sha256(&data);
+    s.put(&put, chunks(&[&data])).await.unwrap();
+    let id = s.start_upload("r").await.unwrap();
+    s.append(&id, Some(0), chunks(&[&data[1..]])).await.unwrap();
+    let uploaded = sha256(&data[1..]);
+    s.commit(&id, &uploaded).await.unwrap();
+    warmed(&s, 2).await;
+    assert_eq!(read_all(&s, &put).await, data);
+    assert_eq!(read_all(&s, &uploaded).await, &data[1..]);
+    let (d0, c0) = (u64::from(direct), u64::from(!direct));
+    assert_eq!(
+        s.read_paths(),
+        (d0, c0 + 2),
+        "first reads through the page cache"
+    );
+    // A small blob was written through the page cache already: it is not
+    // warmed, so its first read is like any other first read.
+    let small = sha256(&data[..100]);
+    s.put(&small, chunks(&[&data[..100]])).await.unwrap();
+    assert_eq!(read_all(&s, &small).await, &data[..100]);
+    assert_eq!(s.read_paths(), (2 * d0, 2 * c0 + 2));
+    assert_eq!(*s.warmed().unwrap().borrow(), 2);
+}
+
+#[tokio::test]
+async fn without_warming_a_pushed_blob_is_read_directly_first() {
+    let (_dir, s) = store().await;
+    let s = s.with_warm_after_push(false).unwrap();
+    assert!(s.warmed().is_none());
+    let data = pattern(2 * READ_CHUNK_BYTES + 100, 12);
+    let d = sha256(&data);
+    s.put(&d, chunks(&[&data])).await.unwrap();
+    assert_eq!(read_all(&s, &d).await, data);
+    // (0, 1) where the filesystem refuses O_DIRECT (tmpfs).
+    assert!(
+        matches!(s.read_paths(), (1, 0) | (0, 1)),
+        "{:?}",
+        s.read_paths()
+    );
+}
