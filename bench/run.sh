@@ -7,7 +7,8 @@
 #
 # Knobs (environment): BENCH_REPS (3), BENCH_SIZE_MIB (256), BENCH_CHUNK_MIB (16),
 # BENCH_IMAGES (200), BENCH_CONCURRENCY (16), BENCH_WRK_DURATION (10s),
-# BENCH_SKIP_BUILD=1 to use the binaries already built.
+# BENCH_SKIP_BUILD=1 to use the binaries already built, BENCH_CAPSTAN_DIRECT_IO
+# (true|false) to set Capstan's storage.directIo for an A/B.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -84,8 +85,10 @@ wait_ready() {
 
 # ---------------------------------------------------------------- Capstan
 mkdir -p "$TMP/capstan"
+DIRECT_IO_KEY=
+[ -z "${BENCH_CAPSTAN_DIRECT_IO:-}" ] || DIRECT_IO_KEY=",\"directIo\":$BENCH_CAPSTAN_DIRECT_IO"
 cat >"$TMP/capstan.json" <<JSON
-{"storage":{"rootDirectory":"$TMP/capstan","commit":true},"http":{"address":"127.0.0.1","port":"0"},"log":{"level":"warn"}}
+{"storage":{"rootDirectory":"$TMP/capstan","commit":true$DIRECT_IO_KEY},"http":{"address":"127.0.0.1","port":"0"},"log":{"level":"warn"}}
 JSON
 "$CAPSTAN" serve -c "$TMP/capstan.json" >"$TMP/capstan.out" 2>"$TMP/capstan.log" &
 CAPSTAN_PID=$!
@@ -197,14 +200,36 @@ status_kib() { # status_kib PID FIELD -> kB value of VmRSS/VmHWM
     echo 0
 }
 
-# measure TARGET REP LABEL CMD...: run CMD in the background while sampling the
-# server's VmRSS, then append the JSON line it printed, annotated with LABEL
-# (the table row), to $RESULTS.
+# settle: wait until no server has used CPU for 3 polls in a row (50 ms
+# apart), so that work one server does after answering (Capstan reads a
+# pushed blob into the page cache) is not charged to the next scenario.
+# Bounded: 200 polls. Sets SETTLE_S, and SETTLE_CPU_S and SETTLE_CAPSTAN_CPU_S
+# (the CPU all servers, and Capstan alone, used meanwhile).
+SETTLE_S=0 SETTLE_CPU_S=0 SETTLE_CAPSTAN_CPU_S=0
+settle() {
+    local t0=$EPOCHREALTIME first now last quiet=0 i c0
+    c0=$(cpu_ticks "$CAPSTAN_PID")
+    first=$(servers_ticks) last=$first
+    for ((i = 0; i < 200 && quiet < 3; i++)); do
+        sleep 0.05
+        now=$(servers_ticks)
+        if ((now == last)); then quiet=$((quiet + 1)); else quiet=0; fi
+        last=$now
+    done
+    SETTLE_S=$(python3 -c "print(round($EPOCHREALTIME - $t0, 2))")
+    SETTLE_CPU_S=$(python3 -c "print(round(($last - $first) / 100, 2))")
+    SETTLE_CAPSTAN_CPU_S=$(python3 -c "print(round(($(cpu_ticks "$CAPSTAN_PID") - $c0) / 100, 2))")
+}
+
+# measure TARGET REP LABEL CMD...: once the servers are idle, run CMD in the
+# background while sampling the server's VmRSS, then append the JSON line it
+# printed, annotated with LABEL (the table row), to $RESULTS.
 LAST=
 measure() {
     local target=$1 rep=$2 scenario=$3; shift 3
     local pid=${PID_OF[$target]} out="$TMP/run.out" err="$TMP/run.err"
     local c0 c1 rss max=0 rc=0 line
+    settle
     c0=$(cpu_ticks "$pid")
     timeout 900 "$@" >"$out" 2>"$err" &
     local job=$!
@@ -222,7 +247,7 @@ measure() {
     if ! kill -0 "$pid" 2>/dev/null; then
         log "$target is no longer running"
     fi
-    LAST="{\"kind\":\"run\",\"label\":\"$scenario\",\"target\":\"$target\",\"rep\":$rep,\"server_cpu_s\":$(python3 -c "print(round(($c1-$c0)/100,2))"),\"rss_max_kib\":$max,${line#\{}"
+    LAST="{\"kind\":\"run\",\"label\":\"$scenario\",\"target\":\"$target\",\"rep\":$rep,\"server_cpu_s\":$(python3 -c "print(round(($c1-$c0)/100,2))"),\"rss_max_kib\":$max,\"settle_s\":$SETTLE_S,\"settle_server_cpu_s\":$SETTLE_CPU_S,\"settle_capstan_cpu_s\":$SETTLE_CAPSTAN_CPU_S,${line#\{}"
     echo "$LAST" >>"$RESULTS"
     printf '  %-12s %s\n' "$target" "$line" >&2
 }
