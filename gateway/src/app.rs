@@ -312,8 +312,8 @@ impl Gateway {
                 return (None, Err(e));
             }
             let mut body = self.metrics.render();
-            // Each svc-blob replica's read counters, from those that answer
-            // in time.
+            // Each svc-blob replica's read and warming counters, from those
+            // that answer in time.
             let asks = self.backends.blob_all().into_iter().map(|(uri, mut c)| {
                 let req = ctx.rpc(capstan_proto::blob::v1::BlobMetricsRequest {});
                 async move {
@@ -321,10 +321,7 @@ impl Gateway {
                         tokio::time::timeout(std::time::Duration::from_secs(2), c.metrics(req))
                             .await;
                     match got {
-                        Ok(Ok(r)) => {
-                            let r = r.into_inner();
-                            Some((uri, r.reads_direct, r.reads_cached))
-                        }
+                        Ok(Ok(r)) => Some((uri, r.into_inner())),
                         _ => None,
                     }
                 }

@@ -1,6 +1,7 @@
 //! Prometheus metrics of the gateway, served at `GET /metrics`, with zot's
 //! metric names where zot has one so existing dashboards keep working.
 
+use capstan_proto::blob::v1::BlobMetricsResponse;
 use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry};
 
 #[derive(Debug)]
@@ -138,26 +139,44 @@ impl Default for Metrics {
     }
 }
 
-/// The read counters of svc-blob replicas, `(endpoint, direct, cached)`, in
-/// the text format (the replicas' own numbers, so written out rather than
-/// kept in a registry).
-pub fn render_blob_reads(replicas: &[(String, u64, u64)]) -> String {
+/// The counters of svc-blob replicas, by endpoint, in the text format (the
+/// replicas' own numbers, so written out rather than kept in a registry):
+/// reads by path, and pushed blobs warmed or left cold.
+pub fn render_blob_reads(replicas: &[(String, BlobMetricsResponse)]) -> String {
     use std::fmt::Write as _;
     if replicas.is_empty() {
         return String::new();
     }
+    let label = |replica: &str| replica.replace('\\', "\\\\").replace('"', "\\\"");
     let mut out = String::from(
         "# HELP capstan_blob_reads_total Blob reads by svc-blob replica and path: \
          direct I/O, or the page cache (hot blobs)\n\
          # TYPE capstan_blob_reads_total counter\n",
     );
-    for (replica, direct, cached) in replicas {
-        let replica = replica.replace('\\', "\\\\").replace('"', "\\\"");
-        for (path, n) in [("direct", direct), ("cached", cached)] {
+    for (replica, m) in replicas {
+        let replica = label(replica);
+        for (path, n) in [("direct", m.reads_direct), ("cached", m.reads_cached)] {
             let _ = writeln!(
                 out,
                 "capstan_blob_reads_total{{replica=\"{replica}\",path=\"{path}\"}} {n}"
             );
+        }
+    }
+    for (name, help, value) in [
+        (
+            "capstan_blob_warmed_total",
+            "Pushed blobs read into the page cache after their commit, by svc-blob replica",
+            (|m: &BlobMetricsResponse| m.blobs_warmed) as fn(&BlobMetricsResponse) -> u64,
+        ),
+        (
+            "capstan_blob_warm_skipped_total",
+            "Pushed blobs left out of the page cache because the warming queue was full",
+            |m| m.warm_skipped,
+        ),
+    ] {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+        for (replica, m) in replicas {
+            let _ = writeln!(out, "{name}{{replica=\"{}\"}} {}", label(replica), value(m));
         }
     }
     out
@@ -200,9 +219,15 @@ mod tests {
     #[test]
     fn blob_reads_are_labelled_by_replica_and_path() {
         assert_eq!(render_blob_reads(&[]), "");
+        let replica = |reads_direct, reads_cached, blobs_warmed| BlobMetricsResponse {
+            reads_direct,
+            reads_cached,
+            blobs_warmed,
+            warm_skipped: 0,
+        };
         let text = render_blob_reads(&[
-            ("http://10.0.0.1:9001".into(), 3, 1),
-            ("http://10.0.0.2:9001".into(), 0, 7),
+            ("http://10.0.0.1:9001".into(), replica(3, 1, 2)),
+            ("http://10.0.0.2:9001".into(), replica(0, 7, 0)),
         ]);
         assert_eq!(
             text.matches("# TYPE capstan_blob_reads_total counter")
@@ -213,6 +238,9 @@ mod tests {
             r#"capstan_blob_reads_total{replica="http://10.0.0.1:9001",path="direct"} 3"#,
             r#"capstan_blob_reads_total{replica="http://10.0.0.1:9001",path="cached"} 1"#,
             r#"capstan_blob_reads_total{replica="http://10.0.0.2:9001",path="cached"} 7"#,
+            r#"capstan_blob_warmed_total{replica="http://10.0.0.1:9001"} 2"#,
+            r#"capstan_blob_warm_skipped_total{replica="http://10.0.0.2:9001"} 0"#,
+            "# TYPE capstan_blob_warmed_total counter",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
         }

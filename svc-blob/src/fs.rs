@@ -648,6 +648,10 @@ impl BlobStore for FsStore {
         )
     }
 
+    fn warm_counts(&self) -> (u64, u64) {
+        self.warmer.as_ref().map_or((0, 0), |w| w.counts())
+    }
+
     async fn stat(&self, digest: &Digest) -> Result<u64, BlobError> {
         let path = self.blob_path(digest);
         match tokio::fs::metadata(&path).await {

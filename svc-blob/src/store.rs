@@ -105,6 +105,12 @@ pub trait BlobStore: Send + Sync + 'static {
     fn read_paths(&self) -> (u64, u64) {
         (0, 0)
     }
+
+    /// Pushed blobs read into the page cache so far, and those left cold
+    /// because the warming queue was full (`storage.warmAfterPush`).
+    fn warm_counts(&self) -> (u64, u64) {
+        (0, 0)
+    }
 }
 
 #[cfg(test)]

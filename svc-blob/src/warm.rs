@@ -18,6 +18,7 @@ use capstan_oci::Digest;
 use std::fs::File;
 use std::io::{self, Read as _};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
@@ -40,6 +41,10 @@ struct Job {
 pub struct Warmer {
     jobs: SyncSender<Job>,
     recent: Arc<Mutex<RecentReads>>,
+    /// Blobs read to their end by the thread.
+    warmed: Arc<AtomicU64>,
+    /// Offers refused because the queue was full.
+    skipped: AtomicU64,
     /// Blobs the thread has finished with (read, or given up on).
     #[cfg(test)]
     finished: watch::Receiver<u64>,
@@ -56,6 +61,8 @@ impl Warmer {
     pub fn start(recent: Arc<Mutex<RecentReads>>) -> io::Result<Self> {
         let (jobs, queue) = mpsc::sync_channel::<Job>(QUEUED);
         let (finished_tx, _finished) = watch::channel(0u64);
+        let warmed = Arc::new(AtomicU64::new(0));
+        let counted = warmed.clone();
         std::thread::Builder::new()
             .name("blob-warm".into())
             .spawn(move || {
@@ -63,12 +70,15 @@ impl Warmer {
                 while let Ok(job) = queue.recv() {
                     let started = Instant::now();
                     match read_through(&job.path, &mut buf) {
-                        Ok(bytes) => tracing::debug!(
-                            digest = %job.digest,
-                            bytes,
-                            ms = started.elapsed().as_millis() as u64,
-                            "blob warmed"
-                        ),
+                        Ok(bytes) => {
+                            counted.fetch_add(1, Ordering::Relaxed);
+                            tracing::debug!(
+                                digest = %job.digest,
+                                bytes,
+                                ms = started.elapsed().as_millis() as u64,
+                                "blob warmed"
+                            );
+                        }
                         // Deleted meanwhile (garbage collection): nothing to warm.
                         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                         Err(e) => tracing::warn!(
@@ -83,6 +93,8 @@ impl Warmer {
         Ok(Self {
             jobs,
             recent,
+            warmed,
+            skipped: AtomicU64::new(0),
             #[cfg(test)]
             finished: _finished,
         })
@@ -107,12 +119,21 @@ impl Warmer {
                 true
             }
             Err(TrySendError::Full(job)) => {
+                self.skipped.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(digest = %job.digest, "warming queue full; blob left cold");
                 false
             }
             // The thread is gone (it never ends while a handle lives).
             Err(TrySendError::Disconnected(_)) => false,
         }
+    }
+
+    /// Blobs warmed so far, and offers refused because the queue was full.
+    pub fn counts(&self) -> (u64, u64) {
+        (
+            self.warmed.load(Ordering::Relaxed),
+            self.skipped.load(Ordering::Relaxed),
+        )
     }
 
     /// Blobs finished so far (read, or given up on), to wait on.
@@ -189,6 +210,7 @@ mod tests {
             .await
             .expect("both offers are finished")
             .unwrap();
+        assert_eq!(warmer.counts(), (1, 0), "only the blob that exists counts");
     }
 
     #[test]
@@ -219,6 +241,7 @@ mod tests {
         let refused = digest_of(b"refused");
         assert!(!warmer.offer(&refused, &fifo));
         assert!(!recent.lock().unwrap().is_hot(&refused, Instant::now()));
+        assert_eq!(warmer.counts().1, (QUEUED + 3 - accepted) as u64);
         // The thread then finishes the pipe and blocks opening the next one
         // (no writer); it ends with the test process.
         drop(writer);
