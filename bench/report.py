@@ -61,7 +61,7 @@ SCENARIOS = [
     ("push-mono", "push {size} MiB, one request body (MiB/s)", "mib_per_s", "push-mono"),
     ("push-mono/post-put", "… same, Capstan also as POST + PUT (MiB/s)", "mib_per_s", "push-mono"),
     ("push-chunked", "push {size} MiB, {chunk} MiB chunks (MiB/s)", "mib_per_s", "push-chunked"),
-    ("pull", "pull {size} MiB blob, sha256-verified (MiB/s)", "mib_per_s", "pull"),
+    ("pull", "pull {size} MiB blob, every byte verified (MiB/s)", "mib_per_s", "pull"),
     ("pull/second", "… the same blob a second time (MiB/s)", "mib_per_s", "pull/second"),
     ("pull/third", "… and a third time (MiB/s)", "mib_per_s", "pull/third"),
     ("pull/cold", "pull {size} MiB blob, not in the page cache (MiB/s)", "mib_per_s", "pull/cold"),

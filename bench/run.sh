@@ -7,8 +7,9 @@
 #
 # Knobs (environment): BENCH_REPS (3), BENCH_SIZE_MIB (256), BENCH_CHUNK_MIB (16),
 # BENCH_IMAGES (200), BENCH_CONCURRENCY (16), BENCH_WRK_DURATION (10s),
-# BENCH_SKIP_BUILD=1 to use the binaries already built, BENCH_CAPSTAN_DIRECT_IO
-# (true|false) to set Capstan's storage.directIo for an A/B.
+# BENCH_SKIP_BUILD=1 to use the binaries already built, BENCH_CAPSTAN_STORAGE
+# for more members of Capstan's storage config in an A/B (e.g.
+# '"warmAfterPush":false').
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -85,10 +86,9 @@ wait_ready() {
 
 # ---------------------------------------------------------------- Capstan
 mkdir -p "$TMP/capstan"
-DIRECT_IO_KEY=
-[ -z "${BENCH_CAPSTAN_DIRECT_IO:-}" ] || DIRECT_IO_KEY=",\"directIo\":$BENCH_CAPSTAN_DIRECT_IO"
+EXTRA_STORAGE=${BENCH_CAPSTAN_STORAGE:+,$BENCH_CAPSTAN_STORAGE}
 cat >"$TMP/capstan.json" <<JSON
-{"storage":{"rootDirectory":"$TMP/capstan","commit":true$DIRECT_IO_KEY},"http":{"address":"127.0.0.1","port":"0"},"log":{"level":"warn"}}
+{"storage":{"rootDirectory":"$TMP/capstan","commit":true$EXTRA_STORAGE},"http":{"address":"127.0.0.1","port":"0"},"log":{"level":"warn"}}
 JSON
 "$CAPSTAN" serve -c "$TMP/capstan.json" >"$TMP/capstan.out" 2>"$TMP/capstan.log" &
 CAPSTAN_PID=$!
@@ -312,7 +312,7 @@ for ((rep = 1; rep <= REPS; rep++)); do
             continue
         fi
         measure "$target" "$rep" pull "$BENCH" pull --url "${URL_OF[$target]}" $T \
-            --repo bench --digest "$digest" --expect-size $((SIZE_MIB << 20))
+            --repo bench --digest "$digest" --expect-size $((SIZE_MIB << 20)) --seed $((rep * 10 + 1))
     done
     # The same blob again, twice: a hot blob (Capstan reads it through the
     # page cache from its second read on; docker-registry always does).
@@ -321,7 +321,7 @@ for ((rep = 1; rep <= REPS; rep++)); do
             digest=${MONO_DIGEST[$target]}
             [ -n "$digest" ] || continue
             measure "$target" "$rep" "pull/$again" "$BENCH" pull --url "${URL_OF[$target]}" $T \
-                --repo bench --digest "$digest" --expect-size $((SIZE_MIB << 20))
+                --repo bench --digest "$digest" --expect-size $((SIZE_MIB << 20)) --seed $((rep * 10 + 1))
         done
     done
     # Like for like from the disk: the chunked push's blob (not read yet),
@@ -331,7 +331,7 @@ for ((rep = 1; rep <= REPS; rep++)); do
         [ -n "$digest" ] || continue
         evict "$TMP/$target"
         measure "$target" "$rep" pull/cold "$BENCH" pull --url "${URL_OF[$target]}" $T \
-            --repo bench --digest "$digest" --expect-size $((SIZE_MIB << 20))
+            --repo bench --digest "$digest" --expect-size $((SIZE_MIB << 20)) --seed $((rep * 10 + 2))
     done
     for target in "${order[@]}"; do
         measure "$target" "$rep" small-images "$BENCH" small-images --url "${URL_OF[$target]}" $T \

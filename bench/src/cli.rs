@@ -1,6 +1,6 @@
 //! Command line: one subcommand per scenario, dispatched to its module.
 
-use crate::{pull, push, registry::Registry, report, small};
+use crate::{content::Content, pull, push, registry::Registry, report, small};
 use clap::{Args, Parser, Subcommand};
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
@@ -79,6 +79,10 @@ pub enum Command {
         digest: String,
         #[arg(long)]
         expect_size: u64,
+        /// Seed the blob was pushed from (push-mono/push-chunked --seed):
+        /// verify with XXH3 of that content instead of SHA-256 inline.
+        #[arg(long)]
+        seed: Option<u64>,
     },
     /// Push many small images (config + one 4 KiB layer + manifest by tag); reports images/s.
     SmallImages {
@@ -160,8 +164,12 @@ pub async fn run(cli: Cli) -> ExitCode {
                 repo,
                 digest,
                 expect_size,
+                seed,
                 ..
-            } => pull::blob(&reg, &repo, &digest, expect_size).await,
+            } => {
+                let content = seed.map(|seed| Content::new(seed, expect_size));
+                pull::blob(&reg, &repo, &digest, expect_size, content).await
+            }
             Command::SmallImages {
                 count,
                 concurrency,

@@ -61,6 +61,19 @@ impl Content {
     }
 }
 
+impl Content {
+    /// XXH3-64 of the whole blob: a checksum a client can keep up with at
+    /// many GB/s, to verify every byte received without the client's CPU
+    /// bounding the transfer.
+    pub fn xxh3(self) -> u64 {
+        let mut h = xxhash_rust::xxh3::Xxh3::new();
+        for b in self.range(0, self.size) {
+            h.update(&b);
+        }
+        h.digest()
+    }
+}
+
 /// `sha256:<hex>` of a byte slice.
 pub fn digest_of(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
