@@ -162,19 +162,35 @@ pub fn render_blob_reads(replicas: &[(String, BlobMetricsResponse)]) -> String {
             );
         }
     }
-    for (name, help, value) in [
+    type Field = fn(&BlobMetricsResponse) -> u64;
+    let warming: [(&str, &str, &str, Field); 4] = [
         (
             "capstan_blob_warmed_total",
             "Pushed blobs read into the page cache after their commit, by svc-blob replica",
-            (|m: &BlobMetricsResponse| m.blobs_warmed) as fn(&BlobMetricsResponse) -> u64,
+            "counter",
+            |m| m.blobs_warmed,
         ),
         (
             "capstan_blob_warm_skipped_total",
             "Pushed blobs left out of the page cache because the warming queue was full",
+            "counter",
             |m| m.warm_skipped,
         ),
-    ] {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+        (
+            "capstan_blob_warm_failed_total",
+            "Pushed blobs the warming thread could not read (deleted meanwhile, or an I/O error)",
+            "counter",
+            |m| m.warm_failed,
+        ),
+        (
+            "capstan_blob_warm_pending",
+            "Pushed blobs waiting to be read into the page cache, or being read",
+            "gauge",
+            |m| m.warm_pending,
+        ),
+    ];
+    for (name, help, kind, value) in warming {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
         for (replica, m) in replicas {
             let _ = writeln!(out, "{name}{{replica=\"{}\"}} {}", label(replica), value(m));
         }
@@ -224,6 +240,8 @@ mod tests {
             reads_cached,
             blobs_warmed,
             warm_skipped: 0,
+            warm_failed: 0,
+            warm_pending: 1,
         };
         let text = render_blob_reads(&[
             ("http://10.0.0.1:9001".into(), replica(3, 1, 2)),
@@ -241,6 +259,8 @@ mod tests {
             r#"capstan_blob_warmed_total{replica="http://10.0.0.1:9001"} 2"#,
             r#"capstan_blob_warm_skipped_total{replica="http://10.0.0.2:9001"} 0"#,
             "# TYPE capstan_blob_warmed_total counter",
+            r#"capstan_blob_warm_pending{replica="http://10.0.0.1:9001"} 1"#,
+            "# TYPE capstan_blob_warm_pending gauge",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
         }

@@ -21,7 +21,7 @@
 use crate::direct::{BlobReader, BlobWriter, BufferPool};
 use crate::hot::RecentReads;
 use crate::store::{BlobStore, ByteStream, UploadId};
-use crate::warm::Warmer;
+use crate::warm::{WarmCounts, Warmer};
 use crate::{BlobError, resumable};
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -133,11 +133,24 @@ impl FsStore {
         self.warmer.as_ref().map(|w| w.finished())
     }
 
-    /// Offer a just-committed blob to the warmer when its bytes went to the
-    /// device directly; smaller blobs were written through the page cache.
-    fn warm(&self, digest: &Digest, size: u64) {
+    /// Whether `digest` counts as hot now (`crate::hot`).
+    #[cfg(test)]
+    pub(crate) fn is_hot(&self, digest: &Digest) -> bool {
+        self.recent
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_hot(digest, Instant::now())
+    }
+
+    /// Offer a blob this call has just placed to the warmer, when its bytes
+    /// went to the device directly. A blob already stored is left as it
+    /// is, and so is a small one: its bytes went through the page cache
+    /// (`direct::SMALL_BYTES`). For an upload, whose appends may each have
+    /// been written by another replica, `direct` is the store's setting.
+    fn warm(&self, digest: &Digest, size: u64, placed: bool, direct: bool) {
         if let Some(warmer) = &self.warmer
-            && self.direct_io
+            && placed
+            && direct
             && size > crate::direct::SMALL_BYTES as u64
         {
             warmer.offer(digest, &self.blob_path(digest));
@@ -648,8 +661,10 @@ impl BlobStore for FsStore {
         )
     }
 
-    fn warm_counts(&self) -> (u64, u64) {
-        self.warmer.as_ref().map_or((0, 0), |w| w.counts())
+    fn warm_counts(&self) -> WarmCounts {
+        self.warmer
+            .as_ref()
+            .map_or_else(WarmCounts::default, |w| w.counts())
     }
 
     async fn stat(&self, digest: &Digest) -> Result<u64, BlobError> {
@@ -865,7 +880,7 @@ impl BlobStore for FsStore {
         })
         .await?;
         tracing::info!(upload_id = %id, digest = %digest, size, new = placed, "upload committed");
-        self.warm(digest, size);
+        self.warm(digest, size, placed, self.direct_io);
         Ok(size)
     }
 
@@ -908,13 +923,14 @@ impl BlobStore for FsStore {
         let dst = self.blob_path(digest);
         let expected = digest.clone();
         let commit = self.commit;
-        let (size, placed) = blocking(move || {
+        let (size, placed, wrote_direct) = blocking(move || {
             let Sink {
                 out,
                 hasher,
                 written,
                 ..
             } = sink;
+            let wrote_direct = out.is_direct();
             let file = out.finish().map_err(BlobError::io("write", &tmp))?;
             let actual = hasher.finish();
             if actual != expected {
@@ -931,11 +947,11 @@ impl BlobStore for FsStore {
             } else {
                 drop(guard);
             }
-            Ok((written, placed))
+            Ok((written, placed, wrote_direct))
         })
         .await?;
         tracing::info!(digest = %digest, size, new = placed, "blob stored");
-        self.warm(digest, size);
+        self.warm(digest, size, placed, wrote_direct);
         Ok(size)
     }
 

@@ -1,13 +1,18 @@
-//! Which blobs are hot: read again soon after an earlier read.
+//! Which blobs are hot: read again soon after an earlier read, or just
+//! pushed.
 //!
 //! Blob bytes are read with direct I/O by default (see `direct`): a one-off
-//! read, the common case for a freshly pushed layer, then costs almost no
-//! CPU and leaves the page cache to others. A blob that is read again within
-//! [`HOT_WINDOW`] (a popular base layer, many CI jobs pulling one image) is
-//! read through the page cache instead, so it stays in memory and later
-//! reads are served from there rather than from the device. That is the
-//! "admit on second access" rule of scan-resistant caches: one pass over
-//! many blobs never pushes the hot ones out.
+//! read then costs almost no CPU and leaves the page cache to others. A blob
+//! that is read again within [`HOT_WINDOW`] (a popular base layer, many CI
+//! jobs pulling one image) is read through the page cache instead, so it
+//! stays in memory and later reads are served from there rather than from
+//! the device. That is the "admit on second access" rule of scan-resistant
+//! caches: one pass of reads over many blobs never pushes the hot ones out.
+//! A freshly pushed blob is recorded as read when it is offered to the
+//! warmer (`crate::warm`), since pulls usually follow a push; a push storm
+//! is bounded by the warmer's queue, and a registry that mostly stores
+//! (a mirror's or a backup's target) turns warming off
+//! (`storage.warmAfterPush`).
 
 use capstan_oci::Digest;
 use std::collections::HashMap;

@@ -24,6 +24,7 @@ pub use error::BlobError;
 pub use fs::FsStore;
 pub use service::{BlobGrpc, grpc_service};
 pub use store::{BlobStore, ByteStream, UploadId};
+pub use warm::WarmCounts;
 
 use anyhow::Context as _;
 use capstan_proto::blob::v1::blob_service_server::SERVICE_NAME;
@@ -48,7 +49,7 @@ pub async fn serve(
             .await
             .with_context(|| format!("cannot open blob storage at {}", root.display()))?
             .with_direct_io(storage.direct_io)
-            .with_warm_after_push(storage.warm_after_push)?,
+            .with_warm_after_push(storage.warm_after_push && storage.direct_io)?,
     );
     let expiry = tokio::spawn(expire_uploads(
         store.clone(),

@@ -280,12 +280,14 @@ impl BlobService for BlobGrpc {
         _req: Request<BlobMetricsRequest>,
     ) -> Result<Response<BlobMetricsResponse>, Status> {
         let (reads_direct, reads_cached) = self.store.read_paths();
-        let (blobs_warmed, warm_skipped) = self.store.warm_counts();
+        let warm = self.store.warm_counts();
         Ok(Response::new(BlobMetricsResponse {
             reads_direct,
             reads_cached,
-            blobs_warmed,
-            warm_skipped,
+            blobs_warmed: warm.warmed,
+            warm_skipped: warm.skipped,
+            warm_failed: warm.failed,
+            warm_pending: warm.pending,
         }))
     }
 

@@ -2,6 +2,7 @@
 //! later), and the upload id it is keyed by.
 
 use crate::BlobError;
+use crate::warm::WarmCounts;
 use async_trait::async_trait;
 use bytes::Bytes;
 use capstan_oci::Digest;
@@ -106,10 +107,10 @@ pub trait BlobStore: Send + Sync + 'static {
         (0, 0)
     }
 
-    /// Pushed blobs read into the page cache so far, and those left cold
-    /// because the warming queue was full (`storage.warmAfterPush`).
-    fn warm_counts(&self) -> (u64, u64) {
-        (0, 0)
+    /// What warming pushed blobs into the page cache has done so far
+    /// (`storage.warmAfterPush`).
+    fn warm_counts(&self) -> WarmCounts {
+        WarmCounts::default()
     }
 }
 

@@ -35,25 +35,43 @@ struct Job {
     path: PathBuf,
 }
 
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Job").field("digest", &self.digest).finish()
+    }
+}
+
+/// What the warmer has done so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WarmCounts {
+    /// Blobs read to their end into the page cache.
+    pub warmed: u64,
+    /// Offers refused because the queue was full (those blobs stay cold).
+    pub skipped: u64,
+    /// Blobs that could not be read (gone meanwhile, or an I/O error).
+    pub failed: u64,
+    /// Blobs accepted and not finished yet (queued or being read).
+    pub pending: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    accepted: AtomicU64,
+    warmed: AtomicU64,
+    skipped: AtomicU64,
+    failed: AtomicU64,
+}
+
 /// Reads committed blobs into the page cache, one at a time, on a thread of
 /// its own; the thread ends when the last handle is dropped.
 #[derive(Debug)]
 pub struct Warmer {
     jobs: SyncSender<Job>,
     recent: Arc<Mutex<RecentReads>>,
-    /// Blobs read to their end by the thread.
-    warmed: Arc<AtomicU64>,
-    /// Offers refused because the queue was full.
-    skipped: AtomicU64,
+    counters: Arc<Counters>,
     /// Blobs the thread has finished with (read, or given up on).
     #[cfg(test)]
     finished: watch::Receiver<u64>,
-}
-
-impl std::fmt::Debug for Job {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Job").field("digest", &self.digest).finish()
-    }
 }
 
 impl Warmer {
@@ -61,8 +79,8 @@ impl Warmer {
     pub fn start(recent: Arc<Mutex<RecentReads>>) -> io::Result<Self> {
         let (jobs, queue) = mpsc::sync_channel::<Job>(QUEUED);
         let (finished_tx, _finished) = watch::channel(0u64);
-        let warmed = Arc::new(AtomicU64::new(0));
-        let counted = warmed.clone();
+        let counters = Arc::new(Counters::default());
+        let counted = counters.clone();
         std::thread::Builder::new()
             .name("blob-warm".into())
             .spawn(move || {
@@ -71,7 +89,7 @@ impl Warmer {
                     let started = Instant::now();
                     match read_through(&job.path, &mut buf) {
                         Ok(bytes) => {
-                            counted.fetch_add(1, Ordering::Relaxed);
+                            counted.warmed.fetch_add(1, Ordering::Relaxed);
                             tracing::debug!(
                                 digest = %job.digest,
                                 bytes,
@@ -79,13 +97,15 @@ impl Warmer {
                                 "blob warmed"
                             );
                         }
-                        // Deleted meanwhile (garbage collection): nothing to warm.
-                        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                        Err(e) => tracing::warn!(
-                            digest = %job.digest,
-                            error = %e,
-                            "cannot warm blob"
-                        ),
+                        Err(e) => {
+                            counted.failed.fetch_add(1, Ordering::Relaxed);
+                            if e.kind() == io::ErrorKind::NotFound {
+                                // Deleted meanwhile (garbage collection).
+                                tracing::debug!(digest = %job.digest, "blob to warm is gone");
+                            } else {
+                                tracing::warn!(digest = %job.digest, error = %e, "cannot warm blob");
+                            }
+                        }
                     }
                     finished_tx.send_modify(|n| *n += 1);
                 }
@@ -93,8 +113,7 @@ impl Warmer {
         Ok(Self {
             jobs,
             recent,
-            warmed,
-            skipped: AtomicU64::new(0),
+            counters,
             #[cfg(test)]
             finished: _finished,
         })
@@ -108,6 +127,8 @@ impl Warmer {
             digest: digest.clone(),
             path: path.to_path_buf(),
         };
+        // Counted before the thread can finish it, so `pending` never wraps.
+        self.counters.accepted.fetch_add(1, Ordering::Relaxed);
         match self.jobs.try_send(job) {
             Ok(()) => {
                 // Hot before the thread gets to it: a pull that comes first
@@ -118,22 +139,39 @@ impl Warmer {
                     .record(digest, Instant::now());
                 true
             }
-            Err(TrySendError::Full(job)) => {
-                self.skipped.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(digest = %job.digest, "warming queue full; blob left cold");
+            Err(e) => {
+                self.counters.accepted.fetch_sub(1, Ordering::Relaxed);
+                self.counters.skipped.fetch_add(1, Ordering::Relaxed);
+                match e {
+                    TrySendError::Full(job) => {
+                        tracing::debug!(digest = %job.digest, "warming queue full; blob left cold")
+                    }
+                    // The thread is gone (it never ends while a handle lives).
+                    TrySendError::Disconnected(job) => {
+                        tracing::warn!(digest = %job.digest, "warming thread gone; blob left cold")
+                    }
+                }
                 false
             }
-            // The thread is gone (it never ends while a handle lives).
-            Err(TrySendError::Disconnected(_)) => false,
         }
     }
 
-    /// Blobs warmed so far, and offers refused because the queue was full.
-    pub fn counts(&self) -> (u64, u64) {
-        (
-            self.warmed.load(Ordering::Relaxed),
-            self.skipped.load(Ordering::Relaxed),
-        )
+    /// What the warmer has done so far.
+    pub fn counts(&self) -> WarmCounts {
+        let c = &self.counters;
+        // Finished ones are read first: `pending` may briefly over-count,
+        // never under-count.
+        let warmed = c.warmed.load(Ordering::Relaxed);
+        let failed = c.failed.load(Ordering::Relaxed);
+        WarmCounts {
+            warmed,
+            skipped: c.skipped.load(Ordering::Relaxed),
+            failed,
+            pending: c
+                .accepted
+                .load(Ordering::Relaxed)
+                .saturating_sub(warmed + failed),
+        }
     }
 
     /// Blobs finished so far (read, or given up on), to wait on.
@@ -172,6 +210,14 @@ mod tests {
         h.finish()
     }
 
+    async fn finished(warmer: &Warmer, n: u64) {
+        let mut finished = warmer.finished();
+        tokio::time::timeout(Duration::from_secs(30), finished.wait_for(|k| *k >= n))
+            .await
+            .expect("the warmer finishes")
+            .unwrap();
+    }
+
     #[tokio::test]
     async fn an_offered_blob_is_hot_and_read_once() {
         let dir = tempfile::tempdir().unwrap();
@@ -183,67 +229,73 @@ mod tests {
         std::fs::write(&path, &bytes).unwrap();
         assert!(!recent.lock().unwrap().is_hot(&digest, Instant::now()));
 
-        let mut finished = warmer.finished();
         assert!(warmer.offer(&digest, &path));
         assert!(recent.lock().unwrap().is_hot(&digest, Instant::now()));
-        tokio::time::timeout(Duration::from_secs(30), finished.wait_for(|n| *n >= 1))
-            .await
-            .expect("the blob is warmed")
-            .unwrap();
-        assert_eq!(
-            read_through(&path, &mut [0u8; 4096]).unwrap(),
-            bytes.len() as u64
-        );
+        finished(&warmer, 1).await;
+        let want = WarmCounts {
+            warmed: 1,
+            ..WarmCounts::default()
+        };
+        assert_eq!(warmer.counts(), want);
     }
 
     #[tokio::test]
-    async fn a_missing_blob_is_skipped_and_the_thread_goes_on() {
+    async fn a_missing_blob_fails_and_the_thread_goes_on() {
         let dir = tempfile::tempdir().unwrap();
         let warmer = Warmer::start(Arc::default()).unwrap();
-        let mut finished = warmer.finished();
         let gone = digest_of(b"gone");
         assert!(warmer.offer(&gone, &dir.path().join("gone")));
         let path = dir.path().join("here");
         std::fs::write(&path, b"here").unwrap();
         assert!(warmer.offer(&digest_of(b"here"), &path));
-        tokio::time::timeout(Duration::from_secs(30), finished.wait_for(|n| *n >= 2))
-            .await
-            .expect("both offers are finished")
-            .unwrap();
-        assert_eq!(warmer.counts(), (1, 0), "only the blob that exists counts");
+        finished(&warmer, 2).await;
+        let want = WarmCounts {
+            warmed: 1,
+            failed: 1,
+            ..WarmCounts::default()
+        };
+        assert_eq!(warmer.counts(), want);
     }
 
-    #[test]
-    fn offers_beyond_the_queue_are_refused_and_stay_cold() {
-        // The thread is kept busy on a pipe that never ends, so the queue fills.
+    #[tokio::test]
+    async fn offers_beyond_the_queue_are_refused_and_stay_cold() {
+        // The thread is held on a pipe until the test writes to it, so the
+        // queue fills behind it.
         let dir = tempfile::tempdir().unwrap();
         let fifo = dir.path().join("fifo");
-        let status = std::process::Command::new("mkfifo")
-            .arg(&fifo)
-            .status()
-            .unwrap();
-        assert!(status.success());
-        // Keep a writer open so the reader blocks instead of seeing the end.
-        let writer = {
-            let fifo = fifo.clone();
-            std::thread::spawn(move || std::fs::OpenOptions::new().write(true).open(fifo))
-        };
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &fifo,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::RUSR | rustix::fs::Mode::WUSR,
+            0,
+        )
+        .unwrap();
+        let file = dir.path().join("file");
+        std::fs::write(&file, b"bytes").unwrap();
         let recent = Arc::new(Mutex::new(RecentReads::default()));
         let warmer = Warmer::start(recent.clone()).unwrap();
         assert!(warmer.offer(&digest_of(b"fifo"), &fifo));
-        let writer = writer.join().unwrap().unwrap();
-        // The thread holds the first job; QUEUED more fit, then no more. The
-        // thread may not have taken the first job yet: allow one extra.
+        // Opening the pipe for writing waits for the thread to open it for
+        // reading: the thread now holds the first job.
+        let writer = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
         let accepted = (0..QUEUED + 2)
-            .filter(|i| warmer.offer(&digest_of(&i.to_le_bytes()), &fifo))
+            .filter(|i| warmer.offer(&digest_of(&i.to_le_bytes()), &file))
             .count();
-        assert!((QUEUED..=QUEUED + 1).contains(&accepted), "{accepted}");
+        assert_eq!(accepted, QUEUED);
         let refused = digest_of(b"refused");
-        assert!(!warmer.offer(&refused, &fifo));
+        assert!(!warmer.offer(&refused, &file));
         assert!(!recent.lock().unwrap().is_hot(&refused, Instant::now()));
-        assert_eq!(warmer.counts().1, (QUEUED + 3 - accepted) as u64);
-        // The thread then finishes the pipe and blocks opening the next one
-        // (no writer); it ends with the test process.
+        let counts = warmer.counts();
+        assert_eq!((counts.skipped, counts.pending), (3, QUEUED as u64 + 1));
+        // The pipe ends; the thread drains the queue.
         drop(writer);
+        finished(&warmer, QUEUED as u64 + 1).await;
+        let want = WarmCounts {
+            warmed: QUEUED as u64 + 1,
+            skipped: 3,
+            ..WarmCounts::default()
+        };
+        assert_eq!(warmer.counts(), want);
     }
 }

@@ -838,6 +838,12 @@ async fn metrics_count_requests_and_manifest_traffic() {
         0,
         "{text}"
     );
+    for gauge in [
+        "capstan_blob_warm_failed_total{",
+        "capstan_blob_warm_pending{",
+    ] {
+        assert_eq!(sum(&text, gauge, ""), 0, "{text}");
+    }
     let before = (reads(&text, "direct"), reads(&text, "cached"));
     for _ in 0..2 {
         let r = sb.get(&format!("/v2/observed/blobs/{d}")).await;
