@@ -65,6 +65,7 @@ SCENARIOS = [
     ("pull/second", "… the same blob a second time (MiB/s)", "mib_per_s", "pull/second"),
     ("pull/third", "… and a third time (MiB/s)", "mib_per_s", "pull/third"),
     ("pull/cold", "pull {size} MiB blob, not in the page cache (MiB/s)", "mib_per_s", "pull/cold"),
+    ("pull/at-once", "pull {size} MiB blob right after its push, no wait (MiB/s)", "mib_per_s", "pull/at-once"),
     ("small-images", "push {count} small images, c{conc} (images/s)", "images_per_s", "small-images"),
     ("small-images/post-put", "… same, Capstan also as POST + PUT (images/s)", "images_per_s", "small-images"),
     ("manifest-get", "manifest GET by tag, wrk -t2 -c64 (req/s)", "req_per_s", "manifest-get"),
@@ -159,6 +160,21 @@ def table(results_path, out_path):
                   f"else ≈ {other:.0f} s (the harness itself: digest passes, RSS sampling, "
                   f"python; plus any other load on the machine) — and {end.get('irq_s', '?')} s "
                   f"in interrupts (loopback networking).")
+    # What the servers did after answering: charged to no row, shown here.
+    waited = [r for r in runs if "settle_s" in r]
+    if waited:
+        capstan = sum(r.get("settle_capstan_cpu_s", 0) for r in waited)
+        big = sum(1 for r in runs if r.get("target") == "capstan" and r.get("ok")
+                  and r.get("label", "").startswith("push-") and r.get("bytes"))
+        timed_out = sum(1 for r in waited if r.get("settle_timed_out"))
+        md.append("")
+        md.append(f"Before each scenario the harness waits until the servers are idle and Capstan "
+                  f"has warmed every pushed blob ({sum(r['settle_s'] for r in waited):.0f} s in all"
+                  f"{f', {timed_out} waits hit the 200-poll bound' if timed_out else ''}). Meanwhile "
+                  f"Capstan used {capstan:.2f} s of CPU, mostly reading its {big} large pushed blobs "
+                  f"back into the page cache (≈ {capstan / big if big else 0:.2f} s each), work no "
+                  f"row includes. "
+                  f"docker-registry pays its page-cache copy inside its push rows.")
     md.append("")
     md.append("| memory (MiB) | Capstan | docker-registry |")
     md.append("|---|---:|---:|")
