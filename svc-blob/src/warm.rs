@@ -181,6 +181,19 @@ impl Warmer {
     }
 }
 
+/// Wait (at most 30 s) until `finished` counts `n` blobs.
+#[cfg(test)]
+pub(crate) async fn wait_finished(mut finished: watch::Receiver<u64>, n: u64) {
+    let waited = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        finished.wait_for(|k| *k >= n),
+    );
+    waited
+        .await
+        .expect("the warmer finishes")
+        .expect("the warming thread is alive");
+}
+
 /// Read `path` to its end through the page cache; the bytes read.
 fn read_through(path: &Path, buf: &mut [u8]) -> io::Result<u64> {
     let mut file = File::open(path)?;
@@ -202,7 +215,6 @@ fn read_through(path: &Path, buf: &mut [u8]) -> io::Result<u64> {
 mod tests {
     use super::*;
     use capstan_oci::{Algorithm, Hasher};
-    use std::time::Duration;
 
     fn digest_of(bytes: &[u8]) -> Digest {
         let mut h = Hasher::new(Algorithm::Sha256);
@@ -211,11 +223,7 @@ mod tests {
     }
 
     async fn finished(warmer: &Warmer, n: u64) {
-        let mut finished = warmer.finished();
-        tokio::time::timeout(Duration::from_secs(30), finished.wait_for(|k| *k >= n))
-            .await
-            .expect("the warmer finishes")
-            .unwrap();
+        wait_finished(warmer.finished(), n).await;
     }
 
     #[tokio::test]

@@ -305,11 +305,7 @@ async fn a_blob_read_again_goes_through_the_page_cache() {
 
 /// Wait until the warmer of `s` has finished with `n` blobs in all.
 async fn warmed(s: &FsStore, n: u64) {
-    let mut finished = s.warmed().expect("warming is on");
-    tokio::time::timeout(Duration::from_secs(30), finished.wait_for(|k| *k >= n))
-        .await
-        .expect("the warmer finishes")
-        .unwrap();
+    crate::warm::wait_finished(s.warmed().expect("warming is on"), n).await;
 }
 
 #[tokio::test]
