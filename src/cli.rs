@@ -68,6 +68,9 @@ impl Cli {
                     for k in &loaded.unknown_keys {
                         eprintln!("warning: unknown key `{k}` is ignored");
                     }
+                    for (k, why) in loaded.ignored_keys() {
+                        eprintln!("warning: `{k}` is ignored: {why}");
+                    }
                     for (k, v) in config::summary(&loaded.config) {
                         println!("{k}: {v}");
                     }
@@ -97,6 +100,9 @@ impl Cli {
                 }
                 for k in &loaded.unknown_keys {
                     tracing::warn!(key = %k, "unknown configuration key ignored");
+                }
+                for (k, why) in loaded.ignored_keys() {
+                    tracing::warn!(key = %k, reason = why, "configuration key ignored");
                 }
                 match roles::serve(loaded.config, role, listen).await {
                     Ok(()) => ExitCode::SUCCESS,

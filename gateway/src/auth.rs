@@ -6,10 +6,12 @@
 //! the web UI (only with the `X-ZOT-API-CLIENT: zot-ui` header, which a
 //! cross-site form cannot send). svc-auth answers with a principal and its
 //! grant; the answer is cached under a hash of the credential for the time
-//! svc-auth allows, and dropped at once when svc-auth's `Watch` feed
-//! announces that the credential was revoked. While that feed is down,
-//! cached answers live one second, so a revocation still takes effect
-//! within a second on every gateway.
+//! svc-auth allows (counted from when it was asked), and dropped at once
+//! when svc-auth's `Watch` feed announces that the credential was revoked.
+//! While that feed is down, cached answers live one second, so a revocation
+//! still takes effect within a second on every gateway. A session's answer
+//! lives at most a second in any case, and never past its stored record:
+//! sessions can end outside Capstan, where no feed hears of it.
 //!
 //! Without `http.auth` and `http.accessControl` the registry is open and this
 //! phase costs nothing.
@@ -274,11 +276,14 @@ impl Authn {
         Some(self.clients[i].clone())
     }
 
-    fn ttl(&self, granted: u32) -> Duration {
+    /// How long an answer of svc-auth may be reused: what it grants, and
+    /// no more than [`DEGRADED_TTL`] while a revocation feed is down.
+    fn ttl(&self, p: &Principal) -> Duration {
+        let granted = Duration::from_millis(u64::from(p.cache_millis));
         if self.live_feeds.load(Ordering::Acquire) < self.clients.len() {
-            DEGRADED_TTL.min(Duration::from_secs(granted as u64))
+            DEGRADED_TTL.min(granted)
         } else {
-            Duration::from_secs(granted as u64)
+            granted
         }
     }
 
@@ -409,6 +414,10 @@ impl Authn {
             return Ok(e.caller.clone());
         }
         let generation = self.generation.load(Ordering::Acquire);
+        // Reuse is counted from before the question: svc-auth read its
+        // stores after this instant, so an answer never outlives them by
+        // more than what it grants, however long it took to arrive.
+        let asked = Instant::now();
         let mut client = self.client().ok_or(AuthFailure::Unauthenticated)?;
         let principal = match client
             .authenticate(ctx.rpc(AuthenticateRequest {
@@ -425,11 +434,11 @@ impl Authn {
                 });
             }
         };
-        let ttl = self.ttl(principal.cache_seconds);
+        let expires = asked + self.ttl(&principal);
         let caller =
             Arc::new(Caller::from_principal(principal, login).map_err(AuthFailure::Backend)?);
         let mut cache = self.cache.write();
-        if self.generation.load(Ordering::Acquire) != generation {
+        if self.generation.load(Ordering::Acquire) != generation || expires <= Instant::now() {
             return Ok(caller);
         }
         if cache.len() >= MAX_CACHED {
@@ -439,7 +448,7 @@ impl Authn {
             key,
             Entry {
                 caller: caller.clone(),
-                expires: Instant::now() + ttl,
+                expires,
             },
         );
         Ok(caller)
@@ -451,18 +460,19 @@ impl Authn {
         {
             return Ok(e.caller.clone());
         }
+        let asked = Instant::now();
         let mut client = self.client().ok_or(AuthFailure::Unauthenticated)?;
         let p = client
             .anonymous(ctx.rpc(AnonymousRequest {}))
             .await
             .map_err(|s| AuthFailure::Backend(s.into()))?
             .into_inner();
-        let ttl = self.ttl(p.cache_seconds);
+        let expires = asked + self.ttl(&p);
         let caller =
             Arc::new(Caller::from_principal(p, Login::Anonymous).map_err(AuthFailure::Backend)?);
         *self.anonymous.write() = Some(Entry {
             caller: caller.clone(),
-            expires: Instant::now() + ttl,
+            expires,
         });
         Ok(caller)
     }

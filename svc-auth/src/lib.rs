@@ -12,6 +12,7 @@ pub mod htpasswd;
 pub mod ldap;
 pub mod oidc;
 pub mod policy;
+pub mod redis_conn;
 pub mod service;
 pub mod sessions;
 pub mod tokens;
@@ -72,12 +73,7 @@ pub fn check_config(config: &Config) -> Result<(), String> {
         match d.name.as_str() {
             "local" => {}
             "redis" => {
-                let url = d.url.as_deref().unwrap_or("");
-                if redis::Client::open(url).is_err() {
-                    return Err("http.auth.sessionDriver.url: the redis driver needs a \
-                                redis:// (or redis+unix://) URL"
-                        .into());
-                }
+                redis_conn::Options::from_config(d)?;
             }
             other => {
                 return Err(format!(
@@ -166,7 +162,7 @@ pub async fn core(config: &Config) -> anyhow::Result<AuthCore> {
     };
     let sessions = match &auth.session_driver {
         Some(d) if d.name == "redis" => sessions::Sessions::redis(
-            d.url.as_deref().unwrap_or_default(),
+            &redis_conn::Options::from_config(d).map_err(anyhow::Error::msg)?,
             d.keyprefix.as_deref().unwrap_or("zotsession"),
         )?,
         _ => sessions::Sessions::local(&dir.join("sessions"))?,

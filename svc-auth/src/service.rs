@@ -28,6 +28,12 @@ use tonic::{Request, Response, Status};
 /// How long a gateway may reuse an authenticated principal. Revocations
 /// reach it sooner through `Watch`.
 const PRINCIPAL_CACHE: Duration = Duration::from_secs(60);
+/// How long a gateway may reuse a session's principal: a session ends when
+/// its record leaves the store, which may happen outside Capstan (another
+/// registry sharing the Redis logs it out, an operator deletes the key or
+/// cuts its TTL, Redis is flushed), and so is heard of by no feed. This is
+/// the bound on how long such a session still works (the README states it).
+pub const SESSION_RECHECK: Duration = Duration::from_secs(1);
 /// How long a gateway may reuse the anonymous principal.
 const ANONYMOUS_CACHE: Duration = Duration::from_secs(30);
 
@@ -59,8 +65,9 @@ struct Identity {
     scopes: Vec<String>,
     handle: String,
     may_manage_keys: bool,
-    /// Unix seconds the credential ends at; 0 for no end.
-    expires_at: u64,
+    /// How long a gateway may reuse the answer: the credential's own end
+    /// or the cache limit of its kind, whichever comes first.
+    reuse: Duration,
     /// Where the user is known (Principal.source).
     source: String,
 }
@@ -70,6 +77,14 @@ fn now() -> u64 {
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
         .as_secs()
+}
+
+/// Time left until unix second `t`.
+fn until(t: u64) -> Duration {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    Duration::from_secs(t).saturating_sub(now)
 }
 
 impl AuthCore {
@@ -110,7 +125,10 @@ impl AuthCore {
                         scopes: k.scopes,
                         handle: format!("key:{}", k.id),
                         may_manage_keys: false,
-                        expires_at: k.expires_at.max(0) as u64,
+                        reuse: match k.expires_at {
+                            t if t > 0 => PRINCIPAL_CACHE.min(until(t as u64)),
+                            _ => PRINCIPAL_CACHE,
+                        },
                         source: k.source,
                     });
                 }
@@ -123,7 +141,7 @@ impl AuthCore {
                                 scopes: vec![],
                                 handle: String::new(),
                                 may_manage_keys: self.keys.is_some(),
-                                expires_at: 0,
+                                reuse: PRINCIPAL_CACHE,
                                 source: "ldap".into(),
                             });
                         }
@@ -147,16 +165,17 @@ impl AuthCore {
                     scopes: vec![],
                     handle: String::new(),
                     may_manage_keys: self.keys.is_some(),
-                    expires_at: 0,
+                    reuse: PRINCIPAL_CACHE,
                     source: "htpasswd".into(),
                 })
             }
             Credential::Session(id) => {
-                let s = self
+                let live = self
                     .sessions
                     .get(id)
                     .await?
                     .ok_or(AuthError::Unauthenticated("unknown or expired session"))?;
+                let s = live.session;
                 self.still_known(&s.username, &s.source)?;
                 Ok(Identity {
                     groups: self.groups(&s.username, &s.groups),
@@ -164,7 +183,7 @@ impl AuthCore {
                     scopes: vec![],
                     handle: format!("session:{}", session_hash(id)),
                     may_manage_keys: self.keys.is_some(),
-                    expires_at: s.expires_at,
+                    reuse: SESSION_RECHECK.min(live.remaining),
                     source: s.source,
                 })
             }
@@ -180,7 +199,7 @@ impl AuthCore {
                     scopes: vec![],
                     handle: String::new(),
                     may_manage_keys: self.keys.is_some(),
-                    expires_at: 0,
+                    reuse: PRINCIPAL_CACHE,
                     source: "certificate".into(),
                 })
             }
@@ -189,16 +208,12 @@ impl AuthCore {
 
     fn principal(&self, id: Identity) -> Principal {
         let rules = self.policy.rules(Some(&id.username), &id.groups);
-        // Never cached past the credential's own end.
-        let mut cache = PRINCIPAL_CACHE.as_secs();
-        if id.expires_at != 0 {
-            cache = cache.min(id.expires_at.saturating_sub(now()));
-        }
         Principal {
             grant: Some(Grant::from_rules(&rules, &id.scopes)),
             username: id.username,
             groups: id.groups,
-            cache_seconds: cache as u32,
+            cache_seconds: id.reuse.as_secs() as u32,
+            cache_millis: id.reuse.as_millis() as u32,
             handle: id.handle,
             may_manage_keys: id.may_manage_keys,
             source: id.source,
@@ -209,6 +224,7 @@ impl AuthCore {
         Principal {
             grant: Some(Grant::from_rules(&self.policy.rules(None, &[]), &[])),
             cache_seconds: ANONYMOUS_CACHE.as_secs() as u32,
+            cache_millis: ANONYMOUS_CACHE.as_millis() as u32,
             ..Default::default()
         }
     }

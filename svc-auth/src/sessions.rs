@@ -6,9 +6,15 @@
 //! keeps them in Redis with a TTL, so every auth service (and so every
 //! gateway) sharing that Redis accepts them. Only a SHA-256 of the id is
 //! stored: a copy of the store does not hand out live cookies.
+//!
+//! The store is the truth: a session is live exactly while its record is,
+//! whoever removes the record (a logout here or on another registry sharing
+//! the Redis, an operator's `DEL`, a shortened TTL, a flush). [`Sessions::get`]
+//! says how much longer the record lives, so that no answer built on it is
+//! reused past that.
 
 use crate::error::AuthError;
-use redis::AsyncCommands;
+use crate::redis_conn::{Options, RedisStore};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 use std::path::{Path, PathBuf};
@@ -29,6 +35,13 @@ pub struct Session {
     pub source: String,
 }
 
+/// A live session and how much longer its record lives in the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveSession {
+    pub session: Session,
+    pub remaining: Duration,
+}
+
 /// Hex SHA-256 of a session id: the storage key, and the handle gateways
 /// use to drop a cached session.
 pub fn session_hash(id: &str) -> String {
@@ -40,6 +53,18 @@ fn now() -> u64 {
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
         .as_secs()
+}
+
+fn now_millis() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis()
+}
+
+/// Time left until unix second `expires_at`.
+fn until(expires_at: u64) -> Duration {
+    Duration::from_millis((u128::from(expires_at) * 1000).saturating_sub(now_millis()) as u64)
 }
 
 fn new_id() -> String {
@@ -54,7 +79,7 @@ pub enum Sessions {
         dir: PathBuf,
     },
     Redis {
-        conn: redis::aio::ConnectionManager,
+        store: Box<RedisStore>,
         prefix: String,
     },
 }
@@ -69,21 +94,29 @@ impl Sessions {
         })
     }
 
-    /// Redis at `url`, connected on first use; a Redis that is down makes
-    /// every session call fail with `Unavailable` within about a second.
-    pub fn redis(url: &str, prefix: &str) -> Result<Self, AuthError> {
-        let client = redis::Client::open(url).map_err(AuthError::redis)?;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(1)))
-            .set_response_timeout(Some(Duration::from_secs(1)))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(200));
-        let conn = redis::aio::ConnectionManager::new_lazy_with_config(client, config)
-            .map_err(AuthError::redis)?;
+    /// Redis as `options` describe it (one server, a cluster, or a
+    /// Sentinel group), connected on first use; a Redis that is down makes
+    /// every session call fail with `Unavailable` within the configured
+    /// timeouts (about a second by default).
+    pub fn redis(options: &Options, prefix: &str) -> Result<Self, AuthError> {
         Ok(Sessions::Redis {
-            conn,
+            store: Box::new(RedisStore::new(options).map_err(AuthError::redis)?),
             prefix: prefix.to_string(),
         })
+    }
+
+    /// One Redis server at `url`.
+    pub fn redis_url(url: &str, prefix: &str) -> Result<Self, AuthError> {
+        let driver = capstan_runtime::config::auth::SessionDriverConfig {
+            name: "redis".into(),
+            url: Some(url.into()),
+            ..Default::default()
+        };
+        let options = Options::from_config(&driver).map_err(|message| AuthError::Unavailable {
+            what: "session store (redis)",
+            message,
+        })?;
+        Self::redis(&options, prefix)
     }
 
     fn redis_key(prefix: &str, id: &str) -> String {
@@ -112,35 +145,46 @@ impl Sessions {
                 tokio::fs::write(&tmp, value).await?;
                 tokio::fs::rename(&tmp, &path).await?;
             }
-            Sessions::Redis { conn, prefix } => {
-                let mut c = conn.clone();
-                let () = c
-                    .set_ex(Self::redis_key(prefix, &id), value, SESSION_TTL.as_secs())
-                    .await
-                    .map_err(AuthError::redis)?;
+            Sessions::Redis { store, prefix } => {
+                let mut cmd = redis::cmd("SET");
+                cmd.arg(Self::redis_key(prefix, &id))
+                    .arg(value)
+                    .arg("EX")
+                    .arg(SESSION_TTL.as_secs());
+                let () = store.query(&cmd).await.map_err(AuthError::redis)?;
             }
         }
         Ok(id)
     }
 
     /// The live session named `id`, or `None` when unknown or expired.
-    pub async fn get(&self, id: &str) -> Result<Option<Session>, AuthError> {
+    pub async fn get(&self, id: &str) -> Result<Option<LiveSession>, AuthError> {
         if id.len() != 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Ok(None);
         }
-        let text: Option<String> = match self {
+        // The record, and how long the store keeps it (None: no limit).
+        let (text, kept_for): (Option<String>, Option<Duration>) = match self {
             Sessions::Local { dir } => {
                 match tokio::fs::read_to_string(dir.join(session_hash(id))).await {
-                    Ok(t) => Some(t),
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                    Ok(t) => (Some(t), None),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => (None, None),
                     Err(e) => return Err(e.into()),
                 }
             }
-            Sessions::Redis { conn, prefix } => {
-                let mut c = conn.clone();
-                c.get(Self::redis_key(prefix, id))
-                    .await
-                    .map_err(AuthError::redis)?
+            Sessions::Redis { store, prefix } => {
+                // Two reads of one key, sent together. The key can only go
+                // away between them (ids are never reused), which PTTL
+                // then reports as -2.
+                let key = Self::redis_key(prefix, id);
+                let mut pipe = redis::pipe();
+                pipe.cmd("GET").arg(&key).cmd("PTTL").arg(&key);
+                let (text, pttl): (Option<String>, i64) =
+                    store.query_pipe(&pipe).await.map_err(AuthError::redis)?;
+                match pttl {
+                    -2 => (None, None),
+                    -1 => (text, None),
+                    ms => (text, Some(Duration::from_millis(ms.max(0) as u64))),
+                }
             }
         };
         let Some(s) = text.and_then(|t| serde_json::from_str::<Session>(&t).ok()) else {
@@ -150,7 +194,15 @@ impl Sessions {
             self.delete(id).await?;
             return Ok(None);
         }
-        Ok(Some(s))
+        let own = until(s.expires_at);
+        let remaining = kept_for.map_or(own, |k| k.min(own));
+        if remaining.is_zero() {
+            return Ok(None);
+        }
+        Ok(Some(LiveSession {
+            session: s,
+            remaining,
+        }))
     }
 
     /// End the session (no error when it does not exist).
@@ -163,12 +215,10 @@ impl Sessions {
                     Err(e) => Err(e.into()),
                 }
             }
-            Sessions::Redis { conn, prefix } => {
-                let mut c = conn.clone();
-                let _: usize = c
-                    .del(Self::redis_key(prefix, id))
-                    .await
-                    .map_err(AuthError::redis)?;
+            Sessions::Redis { store, prefix } => {
+                let mut cmd = redis::cmd("DEL");
+                cmd.arg(Self::redis_key(prefix, id));
+                let _: usize = store.query(&cmd).await.map_err(AuthError::redis)?;
                 Ok(())
             }
         }
@@ -187,12 +237,13 @@ impl Sessions {
                 tokio::fs::write(&tmp, record.to_string()).await?;
                 tokio::fs::rename(&tmp, &path).await?;
             }
-            Sessions::Redis { conn, prefix } => {
-                let mut c = conn.clone();
-                let () = c
-                    .set_ex(format!("{prefix}:{key}"), value, ttl.as_secs().max(1))
-                    .await
-                    .map_err(AuthError::redis)?;
+            Sessions::Redis { store, prefix } => {
+                let mut cmd = redis::cmd("SET");
+                cmd.arg(format!("{prefix}:{key}"))
+                    .arg(value)
+                    .arg("EX")
+                    .arg(ttl.as_secs().max(1));
+                let () = store.query(&cmd).await.map_err(AuthError::redis)?;
             }
         }
         Ok(())
@@ -222,11 +273,10 @@ impl Sessions {
                 }
                 Ok(v["value"].as_str().map(str::to_string))
             }
-            Sessions::Redis { conn, prefix } => {
-                let mut c = conn.clone();
-                c.get_del(format!("{prefix}:{key}"))
-                    .await
-                    .map_err(AuthError::redis)
+            Sessions::Redis { store, prefix } => {
+                let mut cmd = redis::cmd("GETDEL");
+                cmd.arg(format!("{prefix}:{key}"));
+                store.query(&cmd).await.map_err(AuthError::redis)
             }
         }
     }
@@ -274,7 +324,9 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(id.len(), 64);
-        let got = s.get(&id).await.unwrap().unwrap();
+        let live = s.get(&id).await.unwrap().unwrap();
+        assert!(live.remaining > Duration::from_secs(7000), "{live:?}");
+        let got = live.session;
         assert_eq!(got.username, "alice");
         assert_eq!(got.groups, vec!["dev"]);
         assert!(got.expires_at > now() + 7000);
@@ -305,7 +357,10 @@ mod tests {
         behaves_as_a_session_store(&s).await;
         let id = s.create("bob", &[], "htpasswd").await.unwrap();
         let again = Sessions::local(&dir.path().join("sessions")).unwrap();
-        assert_eq!(again.get(&id).await.unwrap().unwrap().username, "bob");
+        assert_eq!(
+            again.get(&id).await.unwrap().unwrap().session.username,
+            "bob"
+        );
         // Stored under the hash, never the id itself.
         let names: Vec<String> = std::fs::read_dir(dir.path().join("sessions"))
             .unwrap()
@@ -338,21 +393,85 @@ mod tests {
     #[tokio::test]
     async fn redis_sessions_carry_a_ttl_and_a_prefix() {
         let redis = Redis::start();
-        let s = Sessions::redis(&redis.url(), "zotsession").unwrap();
+        let s = Sessions::redis_url(&redis.url(), "zotsession").unwrap();
         behaves_as_a_session_store(&s).await;
         let id = s.create("carol", &[], "htpasswd").await.unwrap();
         let key = format!("zotsession:{}", session_hash(&id));
         let ttl: i64 = redis.cli(&["TTL", &key]).parse().unwrap();
         assert!((7100..=7200).contains(&ttl), "ttl {ttl}");
-        // Expiry is Redis's: once the key is gone, so is the session.
+        // Expiry is Redis's: a shortened TTL shortens what the session
+        // reports, and once the key is gone, so is the session.
+        assert_eq!(redis.cli(&["PEXPIRE", &key, "60000"]), "1");
+        let left = s.get(&id).await.unwrap().unwrap().remaining;
+        assert!(
+            left <= Duration::from_secs(60) && left > Duration::from_secs(50),
+            "{left:?}"
+        );
+        assert_eq!(redis.cli(&["PERSIST", &key]), "1");
+        let left = s.get(&id).await.unwrap().unwrap().remaining;
+        assert!(left > Duration::from_secs(7000), "{left:?}");
         assert_eq!(redis.cli(&["DEL", &key]), "1");
         assert!(s.get(&id).await.unwrap().is_none());
+    }
+
+    fn driver(v: serde_json::Value) -> Options {
+        let d: capstan_runtime::config::auth::SessionDriverConfig =
+            serde_json::from_value(v).unwrap();
+        Options::from_config(&d).unwrap()
+    }
+
+    #[tokio::test]
+    async fn sessions_live_in_a_redis_cluster() {
+        let cluster = tokio::task::spawn_blocking(capstan_testkit::RedisCluster::start)
+            .await
+            .unwrap();
+        let s = Sessions::redis(
+            &driver(serde_json::json!({"name": "redis", "addr": cluster.addrs()})),
+            "zotsession",
+        )
+        .unwrap();
+        behaves_as_a_session_store(&s).await;
+        // Spread over the masters by key, and each found again.
+        let ids: Vec<String> = create_many(&s, 12).await;
+        let holding = cluster
+            .nodes
+            .iter()
+            .filter(|n| n.cli(&["DBSIZE"]) != "0")
+            .count();
+        assert!(holding >= 2, "12 sessions on {holding} of 3 masters");
+        for id in &ids {
+            let key = format!("zotsession:{}", session_hash(id));
+            assert!(s.get(id).await.unwrap().is_some());
+            assert_eq!(cluster.cli(&["DEL", &key]), "1");
+            assert!(s.get(id).await.unwrap().is_none());
+        }
+        // zot's cluster URL names the same cluster.
+        let mut url = format!("redis://{}", cluster.addrs()[0]);
+        for (i, a) in cluster.addrs()[1..].iter().enumerate() {
+            url.push(if i == 0 { '?' } else { '&' });
+            url.push_str(&format!("addr={a}"));
+        }
+        let by_url = Sessions::redis(
+            &driver(serde_json::json!({"name": "redis", "url": url})),
+            "zotsession",
+        )
+        .unwrap();
+        let id = by_url.create("erin", &[], "htpasswd").await.unwrap();
+        assert_eq!(s.get(&id).await.unwrap().unwrap().session.username, "erin");
+    }
+
+    async fn create_many(s: &Sessions, n: usize) -> Vec<String> {
+        let mut ids = Vec::new();
+        for _ in 0..n {
+            ids.push(s.create("frank", &[], "htpasswd").await.unwrap());
+        }
+        ids
     }
 
     #[tokio::test]
     async fn a_dead_redis_is_unavailable_not_anonymous() {
         let mut redis = Redis::start();
-        let s = Sessions::redis(&redis.url(), "p").unwrap();
+        let s = Sessions::redis_url(&redis.url(), "p").unwrap();
         let id = s.create("dave", &[], "htpasswd").await.unwrap();
         redis.kill();
         let started = std::time::Instant::now();

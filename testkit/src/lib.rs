@@ -1,8 +1,10 @@
-//! Real servers for Capstan's tests: Redis, Postgres and OpenLDAP's slapd,
-//! each started in its own temporary directory, waited for until it answers,
-//! and stopped and removed on drop. Redis and Postgres listen only on a Unix
-//! socket there (no port to collide with a parallel test or with a server
-//! already on the machine); slapd listens on a loopback port of its own.
+//! Real servers for Capstan's tests: Redis (alone, as a Sentinel group or
+//! as a Cluster), Postgres and OpenLDAP's slapd, each started in its own
+//! temporary directory, waited for until it answers, and stopped and removed
+//! on drop. A lone Redis and Postgres listen only on a Unix socket there (no
+//! port to collide with a parallel test or with a server already on the
+//! machine); Sentinel and Cluster members, which name one another by
+//! address, and slapd listen on loopback ports of their own.
 //!
 //! Only tests depend on this crate.
 
@@ -89,6 +91,286 @@ impl Redis {
 impl Drop for Redis {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// A `redis-server` on a loopback TCP port of its own: Sentinel and Cluster
+/// name their members by address, so these cannot use a socket.
+pub struct RedisNode {
+    child: Option<Child>,
+    /// Its working directory, removed on drop.
+    _dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl RedisNode {
+    /// Start a data node without persistence; `extra` are more
+    /// `redis-server` arguments (`--replicaof`, `--cluster-enabled`, …).
+    pub fn start(extra: &[&str]) -> RedisNode {
+        Self::spawn(|dir, port| {
+            let mut c = Command::new("redis-server");
+            c.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--save", "", "--appendonly", "no"])
+                .arg("--dir")
+                .arg(dir)
+                .args(extra);
+            c
+        })
+    }
+
+    /// Start a sentinel watching the master `name` at `master_port` with a
+    /// quorum of `quorum`; it declares the master down after one second.
+    pub fn sentinel(name: &str, master_port: u16, quorum: u32) -> RedisNode {
+        Self::spawn(|dir, port| {
+            // A sentinel rewrites its configuration file, so it gets one.
+            let conf = dir.join("sentinel.conf");
+            std::fs::write(
+                &conf,
+                format!(
+                    "port {port}\nbind 127.0.0.1\ndir {dir}\n\
+                     sentinel monitor {name} 127.0.0.1 {master_port} {quorum}\n\
+                     sentinel down-after-milliseconds {name} 1000\n\
+                     sentinel failover-timeout {name} 10000\n\
+                     sentinel parallel-syncs {name} 1\n",
+                    dir = dir.display()
+                ),
+            )
+            .expect("sentinel.conf");
+            let mut c = Command::new("redis-server");
+            c.arg(&conf).arg("--sentinel");
+            c
+        })
+    }
+
+    /// Try free ports until a server comes up on one (another process may
+    /// take a port between the probe and the bind).
+    fn spawn(command: impl Fn(&Path, u16) -> Command) -> RedisNode {
+        for _ in 0..10 {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let port = free_port();
+            let child = command(dir.path(), port)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn redis-server (apt install redis-server)");
+            let mut node = RedisNode {
+                child: Some(child),
+                _dir: dir,
+                port,
+            };
+            let deadline = Instant::now() + READY_LIMIT;
+            loop {
+                if node.answers_ping() {
+                    return node;
+                }
+                let exited = node
+                    .child
+                    .as_mut()
+                    .is_some_and(|c| matches!(c.try_wait(), Ok(Some(_))));
+                if exited || Instant::now() > deadline {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            node.kill();
+        }
+        panic!("redis-server did not start on any of 10 ports");
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `127.0.0.1:<port>`.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn answers_ping(&self) -> bool {
+        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+        let mut buf = [0u8; 7];
+        s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
+    }
+
+    /// Run one command through `redis-cli` and return its output.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// Whether the process still runs.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// Kill the server (SIGKILL) and wait for it to be gone.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for RedisNode {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// One field of `INFO`-style `key:value` lines.
+fn info_field(info: &str, key: &str) -> Option<String> {
+    info.lines()
+        .find_map(|l| l.trim().strip_prefix(key)?.strip_prefix(':'))
+        .map(str::to_string)
+}
+
+/// Poll `ready` every 20 ms until it holds; panic with `what` after
+/// [`READY_LIMIT`] (or `limit`).
+pub fn wait_until(what: &str, limit: Duration, mut ready: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !ready() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A Redis Sentinel group: a master, one replica and three sentinels
+/// (quorum 2) on loopback ports, ready once every sentinel knows the
+/// replica and the other sentinels.
+pub struct RedisSentinelGroup {
+    pub master: RedisNode,
+    pub replica: RedisNode,
+    pub sentinels: Vec<RedisNode>,
+    pub name: String,
+}
+
+impl RedisSentinelGroup {
+    pub fn start(name: &str) -> RedisSentinelGroup {
+        let master = RedisNode::start(&[]);
+        let replica = RedisNode::start(&["--replicaof", "127.0.0.1", &master.port().to_string()]);
+        wait_until("the replica to sync", READY_LIMIT, || {
+            info_field(&replica.cli(&["INFO", "replication"]), "master_link_status").as_deref()
+                == Some("up")
+        });
+        let sentinels: Vec<RedisNode> = (0..3)
+            .map(|_| RedisNode::sentinel(name, master.port(), 2))
+            .collect();
+        let g = RedisSentinelGroup {
+            master,
+            replica,
+            sentinels,
+            name: name.to_string(),
+        };
+        // Sentinels find the replica through the master's INFO and one
+        // another through hello messages (every 2 s).
+        wait_until(
+            "the sentinels to see each other",
+            Duration::from_secs(60),
+            || {
+                g.sentinels.iter().all(|s| {
+                    let m = s.cli(&["SENTINEL", "master", name]);
+                    let field = |k: &str| {
+                        let lines: Vec<&str> = m.lines().collect();
+                        lines
+                            .iter()
+                            .position(|l| *l == k)
+                            .and_then(|i| lines.get(i + 1))
+                            .map(|v| v.to_string())
+                    };
+                    field("num-slaves").as_deref() == Some("1")
+                        && field("num-other-sentinels").as_deref() == Some("2")
+                })
+            },
+        );
+        g
+    }
+
+    /// `host:port` of every sentinel.
+    pub fn sentinel_addrs(&self) -> Vec<String> {
+        self.sentinels.iter().map(RedisNode::addr).collect()
+    }
+
+    /// The port the first live sentinel names as the master's.
+    pub fn master_port(&mut self) -> Option<u16> {
+        let name = self.name.clone();
+        self.sentinels.iter_mut().find_map(|s| {
+            if !s.is_running() {
+                return None;
+            }
+            s.cli(&["SENTINEL", "get-master-addr-by-name", &name])
+                .lines()
+                .nth(1)?
+                .trim()
+                .parse()
+                .ok()
+        })
+    }
+}
+
+/// A Redis Cluster of three masters on loopback ports, all slots covered.
+pub struct RedisCluster {
+    pub nodes: Vec<RedisNode>,
+}
+
+impl RedisCluster {
+    pub fn start() -> RedisCluster {
+        let nodes: Vec<RedisNode> = (0..3)
+            .map(|_| {
+                RedisNode::start(&["--cluster-enabled", "yes", "--cluster-node-timeout", "5000"])
+            })
+            .collect();
+        let mut create = Command::new("redis-cli");
+        create.arg("--cluster").arg("create");
+        for n in &nodes {
+            create.arg(n.addr());
+        }
+        let out = create
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli --cluster create");
+        assert!(
+            out.status.success(),
+            "cluster create: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        wait_until("the cluster to be ok", Duration::from_secs(60), || {
+            nodes.iter().all(|n| {
+                info_field(&n.cli(&["CLUSTER", "INFO"]), "cluster_state").as_deref() == Some("ok")
+            })
+        });
+        RedisCluster { nodes }
+    }
+
+    /// `host:port` of every node.
+    pub fn addrs(&self) -> Vec<String> {
+        self.nodes.iter().map(RedisNode::addr).collect()
+    }
+
+    /// Run one command through `redis-cli -c` (following redirections).
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args([
+                "-c",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.nodes[0].port().to_string(),
+            ])
+            .args(args)
+            .output()
+            .expect("redis-cli");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 }
 
@@ -348,6 +630,41 @@ mod tests {
         assert_eq!(r.cli(&["GET", "k"]), "v");
         r.kill();
         assert!(!r.answers_ping());
+    }
+
+    #[test]
+    fn a_sentinel_group_fails_over_to_its_replica() {
+        let mut g = RedisSentinelGroup::start("t");
+        assert_eq!(g.master.cli(&["SET", "k", "v"]), "OK");
+        assert_eq!(g.master_port(), Some(g.master.port()));
+        g.master.kill();
+        let replica = g.replica.port();
+        wait_until("the failover", Duration::from_secs(60), || {
+            g.master_port() == Some(replica)
+        });
+        wait_until(
+            "the replica to become master",
+            Duration::from_secs(30),
+            || {
+                info_field(&g.replica.cli(&["INFO", "replication"]), "role").as_deref()
+                    == Some("master")
+            },
+        );
+        assert_eq!(g.replica.cli(&["GET", "k"]), "v");
+    }
+
+    #[test]
+    fn a_cluster_covers_every_slot() {
+        let c = RedisCluster::start();
+        for k in ["a", "b", "c", "d"] {
+            assert_eq!(c.cli(&["SET", k, "1"]), "OK");
+        }
+        let keys: usize = c
+            .nodes
+            .iter()
+            .map(|n| n.cli(&["DBSIZE"]).parse::<usize>().unwrap())
+            .sum();
+        assert_eq!(keys, 4);
     }
 
     #[test]

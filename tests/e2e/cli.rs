@@ -70,6 +70,52 @@ fn verify_accepts_a_zot_config_and_names_bad_keys() {
     assert!(ok);
     assert!(stderr.contains("unknown key `http.prot`"), "{stderr}");
 
+    // zot's Redis options (its examples/config-redis-all-options.json, as a
+    // session driver): those that apply are read, go-redis's pool settings
+    // are named as ignored, and nothing is unknown.
+    let (ok, _, stderr) = verify(&json!({"http": {"auth": {
+        "htpasswd": {"path": "/etc/htpasswd"},
+        "sessionDriver": {"name": "redis", "keyprefix": "zot",
+            "addr": ["host1:6379", "host2:6379", "host3:6379"], "client_name": "client",
+            "db": 1, "protocol": 3, "username": "user1", "password": "pass1",
+            "sentinel_username": "user2", "sentinel_password": "pass2", "max_retries": 3,
+            "min_retry_backoff": "5s", "max_retry_backoff": "5s", "dial_timeout": "5s",
+            "read_timeout": "5s", "write_timeout": "5s", "context_timeout_enabled": false,
+            "pool_fifo": false, "pool_size": 3, "pool_timeout": "5s", "min_idle_conns": 1,
+            "max_idle_conns": 3, "max_active_conns": 3, "conn_max_idle_time": "5s",
+            "conn_max_lifetime": "5s", "max_redirects": 3, "read_only": false,
+            "route_by_latency": false, "route_randomly": false, "master_name": "zotmeta",
+            "disable_identity": false, "identity_suffix": "zotmeta", "unstable_resp3": false}}}}));
+    assert!(ok, "{stderr}");
+    assert!(!stderr.contains("unknown key"), "{stderr}");
+    for k in ["pool_size", "client_name", "read_only", "unstable_resp3"] {
+        assert!(
+            stderr.contains(&format!("`http.auth.sessionDriver.{k}` is ignored")),
+            "{k}: {stderr}"
+        );
+    }
+    for k in ["addr", "master_name", "db", "password", "dial_timeout"] {
+        assert!(
+            !stderr.contains(&format!("sessionDriver.{k}`")),
+            "{k}: {stderr}"
+        );
+    }
+    let (ok, _, stderr) = verify(&json!({"http": {"auth": {
+        "htpasswd": {"path": "/etc/htpasswd"},
+        "sessionDriver": {"name": "redis", "addr": ["h1:1", "h2:2"], "db": 2}}}}));
+    assert!(!ok);
+    assert!(stderr.contains("http.auth.sessionDriver.db"), "{stderr}");
+    let (ok, _, stderr) = verify(&json!({"http": {"auth": {
+        "htpasswd": {"path": "/etc/htpasswd"},
+        "sessionDriver": {"name": "redis", "url": "redis://h:1?addr=h2:2&dial_timeout=3",
+            "db": 2}}}}));
+    assert!(ok, "{stderr}");
+    assert!(
+        stderr.contains("`http.auth.sessionDriver.db` is ignored")
+            && stderr.contains("`http.auth.sessionDriver.url?dial_timeout` is ignored"),
+        "{stderr}"
+    );
+
     let out = Command::new(BIN)
         .args(["verify", "/nonexistent/c.json"])
         .output()

@@ -8,5 +8,6 @@ mod federation;
 mod layout;
 mod oci;
 mod sandbox;
+mod sessions;
 mod spec;
 mod sync;

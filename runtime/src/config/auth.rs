@@ -196,16 +196,256 @@ pub struct BearerConfig {
     pub cert: Option<PathBuf>,
 }
 
+/// `http.auth.sessionDriver`: where login sessions live. zot's keys: `name`
+/// and, for `redis`, the options of zot's Redis client (go-redis's
+/// `UniversalOptions`), so a zot file reads unchanged.
+///
+/// Which Redis is used follows zot: a `url` names one server (or, with
+/// `addr=` query parameters, a cluster); otherwise `master_name` selects
+/// Redis Sentinel with `addr` listing the sentinels, and without it one
+/// `addr` is one server and several are a cluster. Options that only tune
+/// go-redis's connection pool have no counterpart here and are reported as
+/// ignored ([`SessionDriverConfig::ignored`]).
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 pub struct SessionDriverConfig {
     /// `local` or `redis`.
     pub name: String,
-    /// Redis URL (`redis://host:port/db`), for `redis`.
+    /// Redis URL: `redis://[user:password@]host:port[/db]` or
+    /// `redis+unix:///path[?db=N]`, `?protocol=3` for RESP3;
+    /// `?addr=host:port` parameters (zot's cluster URL) add cluster nodes.
+    /// As in zot, when `url` is set the other connection keys are not read.
     #[serde(default)]
     pub url: Option<String>,
     /// Prefix of session keys in Redis (default `zotsession`).
     #[serde(default)]
     pub keyprefix: Option<String>,
+    /// `host:port` of the server, of cluster nodes, or (with
+    /// `master_name`) of the sentinels; one string or a list.
+    #[serde(default)]
+    pub addr: Option<OneOrMany>,
+    /// Database number (not with a cluster, which has only 0).
+    #[serde(default)]
+    pub db: Option<i64>,
+    /// ACL user name of the Redis servers.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Password of the Redis servers.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// RESP version: 2 or 3.
+    #[serde(default)]
+    pub protocol: Option<u8>,
+    /// go-redis's `CLIENT SETNAME` (reported as ignored: the Rust client
+    /// cannot name the connections it re-opens).
+    #[serde(default)]
+    pub client_name: Option<serde_json::Value>,
+    /// Redis Sentinel: the monitored master's name; `addr` then lists the
+    /// sentinels, and the master they name is followed across failovers.
+    #[serde(default)]
+    pub master_name: Option<String>,
+    /// ACL user name of the sentinels.
+    #[serde(default)]
+    pub sentinel_username: Option<String>,
+    /// Password of the sentinels.
+    #[serde(default)]
+    pub sentinel_password: Option<String>,
+    /// Reconnection attempts before a call fails (one server).
+    #[serde(default)]
+    pub max_retries: Option<u32>,
+    /// Least pause between reconnection attempts.
+    #[serde(default, with = "super::opt_duration")]
+    pub min_retry_backoff: Option<std::time::Duration>,
+    /// Longest pause between reconnection attempts.
+    #[serde(default, with = "super::opt_duration")]
+    pub max_retry_backoff: Option<std::time::Duration>,
+    /// Longest time a connection may take to open (default 1 s).
+    #[serde(default, with = "super::opt_duration")]
+    pub dial_timeout: Option<std::time::Duration>,
+    /// Longest wait for an answer (default 1 s). The Rust client has one
+    /// timeout per command, so the larger of this and `write_timeout` is it.
+    #[serde(default, with = "super::opt_duration")]
+    pub read_timeout: Option<std::time::Duration>,
+    /// See `read_timeout`.
+    #[serde(default, with = "super::opt_duration")]
+    pub write_timeout: Option<std::time::Duration>,
+    /// Cluster: how many MOVED/ASK redirections a call may follow.
+    #[serde(default)]
+    pub max_redirects: Option<u32>,
+    /// go-redis only (reported as ignored).
+    #[serde(default)]
+    pub context_timeout_enabled: Option<serde_json::Value>,
+    /// go-redis's pool (reported as ignored: one multiplexed connection
+    /// per server carries every call here).
+    #[serde(default)]
+    pub pool_fifo: Option<serde_json::Value>,
+    /// See `pool_fifo`.
+    #[serde(default)]
+    pub pool_size: Option<serde_json::Value>,
+    /// See `pool_fifo`.
+    #[serde(default)]
+    pub pool_timeout: Option<serde_json::Value>,
+    /// See `pool_fifo`.
+    #[serde(default)]
+    pub min_idle_conns: Option<serde_json::Value>,
+    /// See `pool_fifo`.
+    #[serde(default)]
+    pub max_idle_conns: Option<serde_json::Value>,
+    /// See `pool_fifo`.
+    #[serde(default)]
+    pub max_active_conns: Option<serde_json::Value>,
+    /// See `pool_fifo`.
+    #[serde(default)]
+    pub conn_max_idle_time: Option<serde_json::Value>,
+    /// See `pool_fifo`.
+    #[serde(default)]
+    pub conn_max_lifetime: Option<serde_json::Value>,
+    /// Reads from replicas (reported as ignored: sessions are read from
+    /// masters, so that a logout is seen at once).
+    #[serde(default)]
+    pub read_only: Option<serde_json::Value>,
+    /// See `read_only`.
+    #[serde(default)]
+    pub route_by_latency: Option<serde_json::Value>,
+    /// See `read_only`.
+    #[serde(default)]
+    pub route_randomly: Option<serde_json::Value>,
+    /// go-redis's `CLIENT SETINFO` (reported as ignored).
+    #[serde(default)]
+    pub disable_identity: Option<serde_json::Value>,
+    /// See `disable_identity`.
+    #[serde(default)]
+    pub identity_suffix: Option<serde_json::Value>,
+    /// go-redis only (reported as ignored; use `protocol`).
+    #[serde(default)]
+    pub unstable_resp3: Option<serde_json::Value>,
+}
+
+/// One string or a list of them (zot accepts both for `addr`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    /// The entries; a single string may hold several separated by spaces
+    /// or commas.
+    pub fn to_vec(&self) -> Vec<String> {
+        match self {
+            OneOrMany::One(s) => s
+                .split(|c: char| c == ',' || c.is_whitespace())
+                .filter(|p| !p.is_empty())
+                .map(str::to_string)
+                .collect(),
+            OneOrMany::Many(v) => v.clone(),
+        }
+    }
+}
+
+impl SessionDriverConfig {
+    /// Keys that are set but have no effect, each with the reason, as
+    /// paths under `http.auth.sessionDriver`.
+    pub fn ignored(&self) -> Vec<(String, &'static str)> {
+        const POOL: &str = "go-redis connection pool setting; Capstan keeps one \
+                            multiplexed connection per Redis server";
+        const REPLICA: &str = "sessions are always read from masters, so that a logout \
+                               or a deleted key is seen at once";
+        const GO: &str = "go-redis client setting with no counterpart here";
+        let keys: [(&str, bool, &'static str); 15] = [
+            ("client_name", self.client_name.is_some(), GO),
+            (
+                "context_timeout_enabled",
+                self.context_timeout_enabled.is_some(),
+                GO,
+            ),
+            ("pool_fifo", self.pool_fifo.is_some(), POOL),
+            ("pool_size", self.pool_size.is_some(), POOL),
+            ("pool_timeout", self.pool_timeout.is_some(), POOL),
+            ("min_idle_conns", self.min_idle_conns.is_some(), POOL),
+            ("max_idle_conns", self.max_idle_conns.is_some(), POOL),
+            ("max_active_conns", self.max_active_conns.is_some(), POOL),
+            (
+                "conn_max_idle_time",
+                self.conn_max_idle_time.is_some(),
+                POOL,
+            ),
+            ("conn_max_lifetime", self.conn_max_lifetime.is_some(), POOL),
+            ("read_only", self.read_only.is_some(), REPLICA),
+            ("route_by_latency", self.route_by_latency.is_some(), REPLICA),
+            ("route_randomly", self.route_randomly.is_some(), REPLICA),
+            ("disable_identity", self.disable_identity.is_some(), GO),
+            ("identity_suffix", self.identity_suffix.is_some(), GO),
+        ];
+        let mut out: Vec<(String, &'static str)> = keys
+            .into_iter()
+            .filter(|(_, set, _)| *set)
+            .map(|(k, _, why)| (format!("http.auth.sessionDriver.{k}"), why))
+            .collect();
+        if self.unstable_resp3.is_some() {
+            out.push((
+                "http.auth.sessionDriver.unstable_resp3".into(),
+                "go-redis client setting; `protocol: 3` selects RESP3",
+            ));
+        }
+        if let Some(url) = &self.url {
+            // zot reads nothing else when a URL is given.
+            for (k, set) in [
+                ("addr", self.addr.is_some()),
+                ("db", self.db.is_some()),
+                ("username", self.username.is_some()),
+                ("password", self.password.is_some()),
+                ("protocol", self.protocol.is_some()),
+                ("master_name", self.master_name.is_some()),
+                ("sentinel_username", self.sentinel_username.is_some()),
+                ("sentinel_password", self.sentinel_password.is_some()),
+                ("max_retries", self.max_retries.is_some()),
+                ("min_retry_backoff", self.min_retry_backoff.is_some()),
+                ("max_retry_backoff", self.max_retry_backoff.is_some()),
+                ("dial_timeout", self.dial_timeout.is_some()),
+                ("read_timeout", self.read_timeout.is_some()),
+                ("write_timeout", self.write_timeout.is_some()),
+                ("max_redirects", self.max_redirects.is_some()),
+            ] {
+                if set {
+                    out.push((
+                        format!("http.auth.sessionDriver.{k}"),
+                        "`url` is set, and as in zot the URL alone says how to connect",
+                    ));
+                }
+            }
+            // go-redis reads many options from the URL's query; the Rust
+            // client reads `protocol` and (for sockets) `db`, `user`, `pass`.
+            if let Some((_, query)) = url.split_once('?') {
+                for pair in query.split('&').filter(|p| !p.is_empty()) {
+                    let key = pair.split_once('=').map_or(pair, |(k, _)| k);
+                    if !matches!(key, "addr" | "protocol" | "db" | "user" | "pass") {
+                        out.push((
+                            format!("http.auth.sessionDriver.url?{key}"),
+                            "go-redis URL option with no counterpart here",
+                        ));
+                    }
+                }
+            }
+        }
+        if self.name != "redis" {
+            // A local driver reads none of the Redis keys.
+            for (k, set) in [
+                ("url", self.url.is_some()),
+                ("keyprefix", self.keyprefix.is_some()),
+                ("addr", self.addr.is_some()),
+                ("master_name", self.master_name.is_some()),
+            ] {
+                if set {
+                    out.push((
+                        format!("http.auth.sessionDriver.{k}"),
+                        "only the redis session driver reads it",
+                    ));
+                }
+            }
+        }
+        out
+    }
 }
 
 /// Who may do what (`http.accessControl`), exactly zot's layout.

@@ -293,12 +293,49 @@ mod duration_str {
     }
 }
 
+/// [`duration_str`] for an optional value.
+mod opt_duration {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => super::duration_str::serialize(d, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        #[derive(Deserialize)]
+        struct W(#[serde(with = "super::duration_str")] Duration);
+        Ok(Option::<W>::deserialize(d)?.map(|w| w.0))
+    }
+}
+
 /// A parsed configuration plus the keys it did not recognise.
 #[derive(Debug)]
 pub struct Loaded {
     pub config: Config,
     /// Dotted paths of keys that no part of Capstan reads.
     pub unknown_keys: Vec<String>,
+}
+
+impl Loaded {
+    /// Keys that are understood but have no effect here, with the reason
+    /// (zot settings of its Go libraries, for instance).
+    pub fn ignored_keys(&self) -> Vec<(String, &'static str)> {
+        let mut out = Vec::new();
+        if let Some(d) = self
+            .config
+            .http
+            .auth
+            .as_ref()
+            .and_then(|a| a.session_driver.as_ref())
+        {
+            out.extend(d.ignored());
+        }
+        out
+    }
 }
 
 impl Config {
