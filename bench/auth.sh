@@ -2,11 +2,14 @@
 # What authentication costs a pull: manifest GET by tag (wrk -t2 -c64) on
 # Capstan and on Debian's docker-registry (CNCF distribution 2.8), each once
 # open and anonymous and once with htpasswd and Basic credentials on every
-# request; Capstan also with anonymous reads allowed by policy. Runs the five
-# alternately, BENCH_REPS times (3), and writes bench/results-auth-latest.md.
-# Everything it started is stopped and its temp dir removed on exit.
+# request; Capstan also with anonymous reads allowed by policy, and with the
+# web UI's session cookie kept in Redis (a redis-server of its own). Runs
+# the six alternately, BENCH_REPS times (3), and writes
+# bench/results-auth-latest.md. Everything it started is stopped and its
+# temp dir removed on exit.
 #
-# Knobs: BENCH_REPS (3), BENCH_WRK_DURATION (10s), BENCH_SKIP_BUILD=1.
+# Knobs: BENCH_REPS (3), BENCH_WRK_DURATION (10s), BENCH_SKIP_BUILD=1,
+# BENCH_CAPSTAN_BIN (another capstan binary, for A/B runs).
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -21,6 +24,7 @@ missing=()
 command -v wrk >/dev/null || missing+=(wrk)
 [ -x /usr/bin/docker-registry ] || missing+=(docker-registry)
 command -v curl >/dev/null || missing+=(curl)
+command -v redis-server >/dev/null || missing+=(redis-server)
 if [ ${#missing[@]} -gt 0 ]; then
     log "installing ${missing[*]}"
     SUDO=; [ "$(id -u)" -eq 0 ] || SUDO=sudo
@@ -35,7 +39,7 @@ if [ "${BENCH_SKIP_BUILD:-0}" != 1 ]; then
     log "building capstan and capstan-bench (release)"
     (cd "$ROOT" && cargo build --release -j2 -p capstan --bin capstan -p capstan-bench --bin capstan-bench)
 fi
-CAPSTAN="$CARGO_TARGET_DIR/release/capstan"
+CAPSTAN="${BENCH_CAPSTAN_BIN:-$CARGO_TARGET_DIR/release/capstan}"
 BENCH="$CARGO_TARGET_DIR/release/capstan-bench"
 
 TMP=$(mktemp -d /tmp/capstan-auth-bench.XXXXXX)
@@ -102,33 +106,56 @@ POLICY=',"accessControl":{"repositories":{"**":{"defaultPolicy":["read","create"
 declare -A URL_OF CREDS_OF
 URL_OF[capstan-open]=$(start_capstan capstan-open "")
 URL_OF[capstan-basic]=$(start_capstan capstan-basic ",\"auth\":{\"htpasswd\":{\"path\":\"$TMP/htpasswd\"}}$POLICY")
+# Sessions in a Redis of its own, on a socket in the temp dir.
+redis-server --port 0 --unixsocket "$TMP/redis.sock" --save '' --appendonly no --dir "$TMP" \
+    >"$TMP/redis.log" 2>&1 &
+PIDS+=($!)
+for ((i = 0; i < 600; i++)); do
+    [ "$(redis-cli -s "$TMP/redis.sock" PING 2>/dev/null)" = PONG ] && break
+    sleep 0.05
+done
+SESSION_DRIVER=",\"sessionDriver\":{\"name\":\"redis\",\"url\":\"redis+unix://$TMP/redis.sock\"}"
+URL_OF[capstan-session]=$(start_capstan capstan-session ",\"auth\":{\"htpasswd\":{\"path\":\"$TMP/htpasswd\"}$SESSION_DRIVER}$POLICY")
 URL_OF[distribution-open]=$(start_distribution distribution-open "")
 URL_OF[distribution-basic]=$(start_distribution distribution-basic "$(printf 'auth:\n  htpasswd:\n    realm: bench\n    path: %s\n' "$TMP/htpasswd")")
 CREDS_OF[capstan-open]=""
 CREDS_OF[capstan-basic]="$USER_PW"
+CREDS_OF[capstan-session]="$USER_PW"
 CREDS_OF[distribution-open]=""
 CREDS_OF[distribution-basic]="$USER_PW"
-for t in capstan-open capstan-basic distribution-open distribution-basic; do
+for t in capstan-open capstan-basic capstan-session distribution-open distribution-basic; do
     args=(seed-manifest --url "${URL_OF[$t]}" --out "$TMP/manifest.$t")
     [ -n "${CREDS_OF[$t]}" ] && args+=(--basic "${CREDS_OF[$t]}")
     "$BENCH" "${args[@]}" >/dev/null
 done
 
-# Runs: label, target, Authorization header or "".
+# The web UI's login: Basic credentials with its header start a session.
+SESSION=$(curl -s -o /dev/null -D - -u "$USER_PW" -H 'X-ZOT-API-CLIENT: zot-ui' \
+    "${URL_OF[capstan-session]}/v2/" | sed -n 's/^[Ss]et-[Cc]ookie: session=\([0-9a-f]*\);.*/\1/p')
+[ -n "$SESSION" ] || { log "no session cookie from capstan-session"; exit 1; }
+
+# Runs: label, target, request headers ("" for none, several split by "|").
 RUNS=(
     "capstan open, anonymous|capstan-open|"
-    "capstan htpasswd, Basic|capstan-basic|Basic $B64"
+    "capstan htpasswd, Basic|capstan-basic|Authorization: Basic $B64"
     "capstan htpasswd, anonymous by policy|capstan-basic|"
+    "capstan htpasswd, session cookie (Redis)|capstan-session|Cookie: session=$SESSION|X-ZOT-API-CLIENT: zot-ui"
     "docker-registry open, anonymous|distribution-open|"
-    "docker-registry htpasswd, Basic|distribution-basic|Basic $B64"
+    "docker-registry htpasswd, Basic|distribution-basic|Authorization: Basic $B64"
 )
 RESULTS="$TMP/results.jsonl"
 for ((rep = 1; rep <= REPS; rep++)); do
     for run in "${RUNS[@]}"; do
-        IFS='|' read -r label target auth <<<"$run"
+        label=${run%%|*}
+        rest=${run#*|}
+        target=${rest%%|*}
+        headers=${rest#*|}
         url="${URL_OF[$target]}/v2/bench/small/manifests/latest"
         hdr=()
-        [ -n "$auth" ] && hdr=(-H "Authorization: $auth")
+        while [ -n "$headers" ]; do
+            hdr+=(-H "${headers%%|*}")
+            [[ $headers == *"|"* ]] && headers=${headers#*|} || headers=""
+        done
         out=$(wrk -t2 -c64 -d"$WRK_DURATION" -H 'Accept: application/vnd.oci.image.manifest.v1+json' "${hdr[@]}" "$url")
         rps=$(sed -n 's/^Requests\/sec:[[:space:]]*\([0-9.]*\).*/\1/p' <<<"$out")
         bad=$(sed -n 's/^[[:space:]]*Non-2xx or 3xx responses:[[:space:]]*\([0-9]*\).*/\1/p' <<<"$out")
@@ -160,6 +187,7 @@ lines += [
     "|---|---:|",
     f"| Capstan Basic / Capstan anonymous | {ratio('capstan htpasswd, Basic', 'capstan open, anonymous')} |",
     f"| Capstan anonymous by policy / open | {ratio('capstan htpasswd, anonymous by policy', 'capstan open, anonymous')} |",
+    f"| Capstan session cookie / Capstan Basic | {ratio('capstan htpasswd, session cookie (Redis)', 'capstan htpasswd, Basic')} |",
     f"| docker-registry Basic / anonymous | {ratio('docker-registry htpasswd, Basic', 'docker-registry open, anonymous')} |",
     f"| Capstan Basic / docker-registry Basic | {ratio('capstan htpasswd, Basic', 'docker-registry htpasswd, Basic')} |",
 ]
