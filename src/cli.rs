@@ -57,6 +57,7 @@ fn load(path: Option<&Path>) -> Result<Loaded, LoadError> {
     };
     capstan_auth::check_config(&loaded.config).map_err(LoadError::Role)?;
     capstan_sync::check_config(&loaded.config).map_err(LoadError::Role)?;
+    capstan_meta::check_config(&loaded.config).map_err(LoadError::Role)?;
     Ok(loaded)
 }
 

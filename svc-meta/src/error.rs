@@ -30,7 +30,7 @@ pub enum MetaError {
     BlobUnknown,
     #[error("blob size {0} is out of range")]
     SizeInvalid(u64),
-    #[error("unsupported database url scheme {0:?} (only sqlite is supported)")]
+    #[error("unsupported database url scheme {0:?} (sqlite: or postgres://)")]
     UnsupportedDatabase(String),
     #[error("cannot create database directory: {0}")]
     Io(#[from] std::io::Error),

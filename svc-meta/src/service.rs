@@ -22,28 +22,13 @@ use tonic::{Request, Response, Status};
 #[derive(Debug, Clone)]
 pub struct MetaGrpc {
     store: Store,
-    /// Repositories whose manifests or tags changed, for `Watch`.
-    changes: broadcast::Sender<String>,
     /// Ends `Watch` streams so a graceful stop is not held up by them.
     shutdown: Shutdown,
 }
 
-/// Changes buffered per subscriber before it counts as fallen behind.
-const WATCH_BUFFER: usize = 1024;
-
 impl MetaGrpc {
     pub fn new(store: Store, shutdown: Shutdown) -> Self {
-        Self {
-            store,
-            changes: broadcast::channel(WATCH_BUFFER).0,
-            shutdown,
-        }
-    }
-
-    /// Tell subscribers that `repo` changed (after the change committed).
-    fn changed(&self, repo: &str) {
-        // No subscriber is not an error.
-        let _ = self.changes.send(repo.to_string());
+        Self { store, shutdown }
     }
 }
 
@@ -90,7 +75,6 @@ impl MetaService for MetaGrpc {
                     r.allow_missing_children,
                 )
                 .await?;
-            self.changed(&r.repo);
             Ok(PutManifestResponse {
                 digest: out.digest.to_string(),
                 subject: out.subject.map(|s| s.to_string()).unwrap_or_default(),
@@ -127,7 +111,6 @@ impl MetaService for MetaGrpc {
             self.store
                 .delete_manifest(&r.repo, &reference, r.detect_collision)
                 .await?;
-            self.changed(&r.repo);
             Ok(DeleteManifestResponse {})
         })
         .await
@@ -251,7 +234,7 @@ impl MetaService for MetaGrpc {
     ) -> Result<Response<Self::WatchStream>, Status> {
         // Subscribe before answering, so nothing committed after the answer
         // can be missed.
-        let mut rx = self.changes.subscribe();
+        let mut rx = self.store.subscribe();
         let (tx, out) = tokio::sync::mpsc::channel(16);
         let shutdown = self.shutdown.clone();
         tokio::spawn(async move {

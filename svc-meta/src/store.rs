@@ -1,36 +1,119 @@
-//! The sqlx layer: every read and write of the namespace.
+//! The sqlx layer: every read and write of the namespace, on SQLite (the
+//! default, one file under the storage root) or Postgres (shared by any
+//! number of svc-meta replicas). Both run the same SQL through sqlx's `Any`
+//! driver; the schemas (`migrations/` and `migrations-postgres/`) are kept
+//! in step, and the few differences are in [`Backend`].
 //!
-//! Writes that must be atomic run in one transaction started with
-//! `BEGIN IMMEDIATE`, so SQLite takes the write lock up front (waiting up to
-//! the busy timeout) instead of failing a read-to-write upgrade; checks made
-//! inside such a transaction (is this blob linked?) hold until it commits.
+//! Writes that must be atomic run in one transaction. On SQLite it starts
+//! with `BEGIN IMMEDIATE`, so SQLite takes the write lock up front (waiting
+//! up to the busy timeout) instead of failing a read-to-write upgrade, and
+//! the writers of this process take turns in FIFO order. On Postgres the
+//! rows a write depends on (the blob links and child manifests a manifest
+//! names, the link a mount copies) are read `FOR SHARE`, so no other
+//! replica can remove them before the write commits, and tags are written
+//! in sorted order so that two pushes never wait on each other's rows.
+//!
+//! Committed manifest and tag changes are published on [`Store::subscribe`]:
+//! on SQLite by the writing process, on Postgres through `NOTIFY` inside
+//! the transaction, so every replica hears every replica's changes, and a
+//! replica that loses its listening connection tells its subscribers to
+//! drop everything.
 
 use crate::error::MetaError;
 use capstan_oci::manifest::MAX_MANIFEST_BYTES;
 use capstan_oci::{Algorithm, Digest, ParsedManifest, Reference, validate_repository};
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
+use sqlx::AnyPool;
+use sqlx::any::AnyPoolOptions;
 use std::collections::{BTreeMap, BTreeSet};
-use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::broadcast;
 
 /// How long a statement waits for a locked database before UNAVAILABLE.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
-/// Connections in the pool (SQLite in WAL mode: readers run in parallel,
-/// writers take turns).
-const MAX_CONNECTIONS: u32 = 8;
+/// Connections in the pool on SQLite (in WAL mode: readers run in
+/// parallel, writers take turns).
+const SQLITE_CONNECTIONS: u32 = 8;
+/// Connections in the pool on Postgres.
+const POSTGRES_CONNECTIONS: u32 = 16;
+/// The Postgres channel that carries the names of changed repositories.
+const CHANGES_CHANNEL: &str = "capstan_meta_changes";
+/// Changes buffered per subscriber before it counts as fallen behind.
+const CHANGES_BUFFER: usize = 1024;
+
+static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations-postgres");
+
+/// Which database holds the namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    /// The backend of a database URL, or UNSUPPORTED with the scheme.
+    pub fn of(url: &str) -> Result<Backend, MetaError> {
+        match url.split(':').next().unwrap_or_default() {
+            "sqlite" => Ok(Backend::Sqlite),
+            "postgres" | "postgresql" => Ok(Backend::Postgres),
+            other => Err(MetaError::UnsupportedDatabase(other.to_string())),
+        }
+    }
+
+    /// Reads inside a write that must hold their rows until it commits:
+    /// on SQLite the write lock taken by `BEGIN IMMEDIATE` holds
+    /// everything, on Postgres the rows are read `FOR SHARE`.
+    fn held(self, read: HeldRead) -> &'static str {
+        match (self, read) {
+            (Backend::Sqlite, HeldRead::Link) => {
+                "SELECT digest FROM blob_links WHERE repo = $1 AND digest = $2"
+            }
+            (Backend::Postgres, HeldRead::Link) => {
+                "SELECT digest FROM blob_links WHERE repo = $1 AND digest = $2 FOR SHARE"
+            }
+            (Backend::Sqlite, HeldRead::Manifest) => {
+                "SELECT digest FROM manifests WHERE repo = $1 AND digest = $2"
+            }
+            (Backend::Postgres, HeldRead::Manifest) => {
+                "SELECT digest FROM manifests WHERE repo = $1 AND digest = $2 FOR SHARE"
+            }
+            (Backend::Sqlite, HeldRead::LinkSize) => {
+                "SELECT size FROM blob_links WHERE repo = $1 AND digest = $2"
+            }
+            (Backend::Postgres, HeldRead::LinkSize) => {
+                "SELECT size FROM blob_links WHERE repo = $1 AND digest = $2 FOR SHARE"
+            }
+        }
+    }
+}
+
+/// The reads [`Backend::held`] knows.
+#[derive(Debug, Clone, Copy)]
+enum HeldRead {
+    /// Is a blob linked to a repository.
+    Link,
+    /// Is a manifest stored in a repository.
+    Manifest,
+    /// The size of a blob linked to a repository.
+    LinkSize,
+}
 
 /// Handle on the metadata database; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Store {
     /// Blob links waiting to be written together (group commit).
     links: tokio::sync::mpsc::UnboundedSender<PendingLink>,
-    pool: SqlitePool,
-    /// Write transactions of this process take turns here, in FIFO order,
-    /// instead of in SQLite's busy handler (which sleeps and retries with
-    /// growing pauses, giving concurrent pushes a long latency tail).
+    pool: AnyPool,
+    backend: Backend,
+    /// SQLite: write transactions of this process take turns here, in FIFO
+    /// order, instead of in SQLite's busy handler (which sleeps and retries
+    /// with growing pauses, giving concurrent pushes a long latency tail).
     writer: std::sync::Arc<tokio::sync::Mutex<()>>,
+    /// Repositories whose manifests or tags changed; `""` means anything
+    /// may have changed.
+    changes: broadcast::Sender<String>,
+    /// Ends the Postgres listener when the last handle is gone.
+    _alive: std::sync::Arc<tokio::sync::mpsc::Sender<()>>,
 }
 
 /// Result of a stored manifest push.
@@ -109,8 +192,8 @@ fn into_page(mut items: Vec<String>, n: Option<u32>) -> Page {
 }
 
 impl Store {
-    /// Open (creating when missing) the database at `url` and apply the
-    /// migrations. Only `sqlite:` URLs are supported for now.
+    /// Open (creating when missing) the database at `url` (`sqlite:…` or
+    /// `postgres://…`) and apply the migrations.
     pub async fn open(url: &str) -> Result<Store, MetaError> {
         Self::open_with_timeout(url, BUSY_TIMEOUT).await
     }
@@ -119,53 +202,90 @@ impl Store {
         url: &str,
         busy_timeout: Duration,
     ) -> Result<Store, MetaError> {
-        let scheme = url.split(':').next().unwrap_or_default();
-        if scheme != "sqlite" {
-            return Err(MetaError::UnsupportedDatabase(scheme.to_string()));
-        }
-        let options = SqliteConnectOptions::from_str(url)?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Full)
-            .busy_timeout(busy_timeout)
-            .foreign_keys(true);
-        let file = options.get_filename().to_path_buf();
-        if let Some(dir) = file.parent()
-            && !dir.as_os_str().is_empty()
-            && file.as_os_str() != ":memory:"
-        {
-            tokio::fs::create_dir_all(dir).await?;
-        }
-        let pool = SqlitePoolOptions::new()
-            .max_connections(MAX_CONNECTIONS)
-            .connect_with(options)
-            .await?;
-        sqlx::migrate!().run(&pool).await?;
-        tracing::info!(file = %file.display(), "metadata database open");
+        sqlx::any::install_default_drivers();
+        let backend = Backend::of(url)?;
+        let pool = match backend {
+            Backend::Sqlite => open_sqlite(url, busy_timeout).await?,
+            Backend::Postgres => {
+                let pool = AnyPoolOptions::new()
+                    .max_connections(POSTGRES_CONNECTIONS)
+                    .acquire_timeout(busy_timeout)
+                    .connect(url)
+                    .await?;
+                POSTGRES_MIGRATIONS.run(&pool).await?;
+                tracing::info!("metadata database open (postgres)");
+                pool
+            }
+        };
         let writer: std::sync::Arc<tokio::sync::Mutex<()>> = Default::default();
         let (links, pending) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(write_links(pool.clone(), writer.clone(), pending));
+        tokio::spawn(write_links(pool.clone(), backend, writer.clone(), pending));
+        let changes = broadcast::channel(CHANGES_BUFFER).0;
+        let (alive, gone) = tokio::sync::mpsc::channel(1);
+        if backend == Backend::Postgres {
+            let listener = listen(url).await?;
+            tokio::spawn(follow_notifications(listener, changes.clone(), gone));
+        }
         Ok(Store {
             links,
             pool,
+            backend,
             writer,
+            changes,
+            _alive: std::sync::Arc::new(alive),
         })
     }
 
-    /// Start a write transaction: wait for this process's turn, then take
-    /// SQLite's write lock up front. Keep the guard until the commit.
+    /// The database this store runs on.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Names of repositories whose manifests or tags change from now on
+    /// (on every replica sharing the database); `""` when the subscriber
+    /// must assume anything changed (it fell behind, or a replica's feed
+    /// broke).
+    pub fn subscribe(&self) -> broadcast::Receiver<String> {
+        self.changes.subscribe()
+    }
+
+    /// Start a write transaction (on SQLite: wait for this process's turn,
+    /// then take the write lock up front). Keep the guard until the commit.
     async fn begin_write(
         &self,
     ) -> Result<
         (
-            tokio::sync::OwnedMutexGuard<()>,
-            sqlx::Transaction<'static, sqlx::Sqlite>,
+            Option<tokio::sync::OwnedMutexGuard<()>>,
+            sqlx::Transaction<'static, sqlx::Any>,
         ),
         sqlx::Error,
     > {
-        let turn = self.writer.clone().lock_owned().await;
-        let tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        Ok((turn, tx))
+        begin_write(&self.pool, self.backend, &self.writer).await
+    }
+
+    /// Inside `tx`: tell every replica that `repo` changed once `tx`
+    /// commits (Postgres; SQLite publishes after the commit).
+    async fn notify(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        repo: &str,
+    ) -> Result<(), sqlx::Error> {
+        if self.backend == Backend::Postgres {
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(CHANGES_CHANNEL)
+                .bind(repo)
+                .execute(&mut **tx)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// After a commit: publish the change of `repo` (SQLite).
+    fn committed(&self, repo: &str) {
+        if self.backend == Backend::Sqlite {
+            // No subscriber is not an error.
+            let _ = self.changes.send(repo.to_string());
+        }
     }
 
     /// Close every connection (waits for those in use).
@@ -236,11 +356,11 @@ impl Store {
         for (set, sql) in [
             (
                 if sparse { &no_children } else { &blobs },
-                "SELECT digest FROM blob_links WHERE repo = $1 AND digest = $2",
+                self.backend.held(HeldRead::Link),
             ),
             (
                 if sparse { &no_children } else { &children },
-                "SELECT digest FROM manifests WHERE repo = $1 AND digest = $2",
+                self.backend.held(HeldRead::Manifest),
             ),
         ] {
             for target in set {
@@ -300,7 +420,13 @@ impl Store {
             Reference::Tag(tag) => Some(tag.as_str()),
             Reference::Digest(_) => None,
         };
-        for tag in named.into_iter().chain(tags.iter().map(String::as_str)) {
+        // In one order for every push, so that two pushes of overlapping
+        // tags never hold each other's rows (Postgres).
+        let all_tags: BTreeSet<&str> = named
+            .into_iter()
+            .chain(tags.iter().map(String::as_str))
+            .collect();
+        for tag in all_tags {
             sqlx::query(
                 "INSERT INTO tags (repo, name, digest, updated_at) VALUES ($1, $2, $3, $4) \
                  ON CONFLICT (repo, name) DO UPDATE \
@@ -313,7 +439,9 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         }
+        self.notify(&mut tx, repo).await?;
         tx.commit().await?;
+        self.committed(repo);
         tracing::info!(
             repo,
             digest = %digest_s,
@@ -393,15 +521,19 @@ impl Store {
         check_repo(repo)?;
         match reference {
             Reference::Tag(tag) => {
+                let (_turn, mut tx) = self.begin_write().await?;
                 let gone = sqlx::query("DELETE FROM tags WHERE repo = $1 AND name = $2")
                     .bind(repo)
                     .bind(tag)
-                    .execute(&self.pool)
+                    .execute(&mut *tx)
                     .await?
                     .rows_affected();
                 if gone == 0 {
                     return Err(MetaError::ManifestUnknown);
                 }
+                self.notify(&mut tx, repo).await?;
+                tx.commit().await?;
+                self.committed(repo);
                 tracing::info!(repo, tag = %tag, "tag deleted");
             }
             Reference::Digest(d) => {
@@ -442,7 +574,9 @@ impl Store {
                 if gone == 0 {
                     return Err(MetaError::ManifestUnknown);
                 }
+                self.notify(&mut tx, repo).await?;
                 tx.commit().await?;
+                self.committed(repo);
                 tracing::info!(repo, digest = %digest, tags, "manifest deleted");
             }
         }
@@ -581,12 +715,11 @@ impl Store {
         check_repo(from)?;
         let digest_s = digest.to_string();
         let (_turn, mut tx) = self.begin_write().await?;
-        let size: Option<i64> =
-            sqlx::query_scalar("SELECT size FROM blob_links WHERE repo = $1 AND digest = $2")
-                .bind(from)
-                .bind(&digest_s)
-                .fetch_optional(&mut *tx)
-                .await?;
+        let size: Option<i64> = sqlx::query_scalar(self.backend.held(HeldRead::LinkSize))
+            .bind(from)
+            .bind(&digest_s)
+            .fetch_optional(&mut *tx)
+            .await?;
         let Some(size) = size else {
             return Ok(None);
         };
@@ -616,15 +749,18 @@ const MAX_LINKS_PER_COMMIT: usize = 256;
 /// each link is retried alone so every caller gets its own answer. Ends when
 /// every `Store` handle is gone.
 async fn write_links(
-    pool: SqlitePool,
+    pool: AnyPool,
+    backend: Backend,
     writer: std::sync::Arc<tokio::sync::Mutex<()>>,
     mut pending: tokio::sync::mpsc::UnboundedReceiver<PendingLink>,
 ) {
     let mut batch = Vec::new();
     while pending.recv_many(&mut batch, MAX_LINKS_PER_COMMIT).await > 0 {
-        let turn = writer.clone().lock_owned().await;
+        // Postgres: one order for every batch, so that two replicas'
+        // batches never wait on each other's rows.
+        batch.sort_by(|a, b| (&a.repo, &a.digest).cmp(&(&b.repo, &b.digest)));
         let together = async {
-            let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+            let (_turn, mut tx) = begin_write(&pool, backend, &writer).await?;
             for l in &batch {
                 link(&mut tx, &l.repo, &l.digest, l.size).await?;
             }
@@ -638,7 +774,7 @@ async fn write_links(
         } else {
             for l in batch.drain(..) {
                 let alone = async {
-                    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+                    let (_turn, mut tx) = begin_write(&pool, backend, &writer).await?;
                     link(&mut tx, &l.repo, &l.digest, l.size).await?;
                     tx.commit().await?;
                     Ok(())
@@ -646,12 +782,133 @@ async fn write_links(
                 let _ = l.done.send(alone.await);
             }
         }
-        drop(turn);
+    }
+}
+
+/// Start a write transaction on `backend`; on SQLite after this process's
+/// turn, which the returned guard holds until it is dropped.
+async fn begin_write(
+    pool: &AnyPool,
+    backend: Backend,
+    writer: &std::sync::Arc<tokio::sync::Mutex<()>>,
+) -> Result<
+    (
+        Option<tokio::sync::OwnedMutexGuard<()>>,
+        sqlx::Transaction<'static, sqlx::Any>,
+    ),
+    sqlx::Error,
+> {
+    match backend {
+        Backend::Sqlite => {
+            let turn = writer.clone().lock_owned().await;
+            let tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+            Ok((Some(turn), tx))
+        }
+        Backend::Postgres => Ok((None, pool.begin().await?)),
+    }
+}
+
+/// Open the SQLite database at `url` (creating it and its directory) in WAL
+/// mode with full fsync and foreign keys, and apply the migrations.
+async fn open_sqlite(url: &str, busy_timeout: Duration) -> Result<AnyPool, MetaError> {
+    use sqlx::sqlite::SqliteConnectOptions;
+    use std::str::FromStr as _;
+    let options = SqliteConnectOptions::from_str(url)?;
+    let file = options.get_filename().to_path_buf();
+    let anonymous = matches!(
+        url.trim_start_matches("sqlite:").trim_start_matches("//"),
+        ":memory:"
+    );
+    let in_memory = anonymous || url.contains("mode=memory");
+    // Every connection of the pool opens the URL again: an in-memory
+    // database needs one shared name to be one database.
+    let url = if anonymous {
+        format!(
+            "sqlite:file:capstan-meta-{}?mode=memory&cache=shared",
+            uuid::Uuid::new_v4().simple()
+        )
+    } else {
+        if let Some(dir) = file.parent()
+            && !dir.as_os_str().is_empty()
+        {
+            tokio::fs::create_dir_all(dir).await?;
+        }
+        if url.contains('?') {
+            url.to_string()
+        } else {
+            format!("{url}?mode=rwc")
+        }
+    };
+    let busy_ms = busy_timeout.as_millis();
+    let pool = AnyPoolOptions::new()
+        .max_connections(SQLITE_CONNECTIONS)
+        // An in-memory database lives while one connection does.
+        .min_connections(u32::from(in_memory))
+        .idle_timeout(None)
+        .after_connect(move |conn, _| {
+            Box::pin(async move {
+                use sqlx::Executor as _;
+                conn.execute(sqlx::AssertSqlSafe(format!(
+                    "PRAGMA busy_timeout = {busy_ms}; PRAGMA journal_mode = WAL; \
+                     PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;"
+                )))
+                .await?;
+                Ok(())
+            })
+        })
+        .connect(&url)
+        .await?;
+    SQLITE_MIGRATIONS.run(&pool).await?;
+    tracing::info!(file = %file.display(), "metadata database open (sqlite)");
+    Ok(pool)
+}
+
+/// A connection listening on the change channel.
+async fn listen(url: &str) -> Result<sqlx::postgres::PgListener, MetaError> {
+    let mut l = sqlx::postgres::PgListener::connect(url).await?;
+    l.listen(CHANGES_CHANNEL).await?;
+    Ok(l)
+}
+
+/// Publish every change any replica commits, until `gone` closes (the last
+/// `Store` handle went). A lost connection is re-established, and since
+/// changes may have been missed meanwhile, subscribers are told to drop
+/// everything (`""`).
+async fn follow_notifications(
+    mut listener: sqlx::postgres::PgListener,
+    changes: broadcast::Sender<String>,
+    mut gone: tokio::sync::mpsc::Receiver<()>,
+) {
+    let mut pause = Duration::from_millis(100);
+    loop {
+        let got = tokio::select! {
+            _ = gone.recv() => return,
+            got = listener.try_recv() => got,
+        };
+        match got {
+            Ok(Some(n)) => {
+                pause = Duration::from_millis(100);
+                let _ = changes.send(n.payload().to_string());
+            }
+            Ok(None) => {
+                tracing::warn!("metadata change feed lost; reconnecting");
+                let _ = changes.send(String::new());
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "metadata change feed unavailable; retrying");
+                let _ = changes.send(String::new());
+                tokio::select! {
+                    _ = gone.recv() => return,
+                    _ = tokio::time::sleep(pause) => {}
+                }
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+        }
     }
 }
 
 async fn link(
-    tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
     repo: &str,
     digest: &str,
     size: i64,

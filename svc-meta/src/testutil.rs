@@ -1,6 +1,6 @@
 //! Manifests and stores for the tests.
 
-use crate::store::Store;
+use crate::store::{Backend, Store};
 use capstan_oci::{Algorithm, Digest, media};
 use serde_json::{Value, json};
 
@@ -95,6 +95,42 @@ pub async fn temp_store() -> (tempfile::TempDir, Store) {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&sqlite_url(&dir)).await.unwrap();
     (dir, store)
+}
+
+/// What holds a test's database; dropping it removes the database.
+#[allow(dead_code)] // held for its Drop
+pub enum TestDb {
+    Sqlite(tempfile::TempDir),
+    Postgres(capstan_testkit::Postgres),
+}
+
+/// A new, empty store on `backend`: a SQLite file in a temp dir, or a
+/// database in a Postgres server of its own.
+pub async fn temp_store_on(backend: Backend) -> (TestDb, Store) {
+    match backend {
+        Backend::Sqlite => {
+            let (dir, store) = temp_store().await;
+            (TestDb::Sqlite(dir), store)
+        }
+        Backend::Postgres => {
+            let (pg, url) = postgres_db().await;
+            let store = Store::open(&url).await.unwrap();
+            (TestDb::Postgres(pg), store)
+        }
+    }
+}
+
+/// A Postgres server of its own and the URL of a new database in it,
+/// with a linguistic default collation (byte order must come from the
+/// schema).
+pub async fn postgres_db() -> (capstan_testkit::Postgres, String) {
+    tokio::task::spawn_blocking(|| {
+        let pg = capstan_testkit::Postgres::start();
+        let url = pg.create_database_icu("meta");
+        (pg, url)
+    })
+    .await
+    .unwrap()
 }
 
 /// Link every blob of `image` to `repo`.

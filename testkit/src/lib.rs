@@ -483,6 +483,27 @@ impl Postgres {
         self.url_for(name)
     }
 
+    /// Create database `name` whose default collation is ICU's `en-US`
+    /// (linguistic: `a` before `B`), and return its URL. Schemas that
+    /// promise byte order must then ask for it themselves.
+    pub fn create_database_icu(&self, name: &str) -> String {
+        self.run(
+            "createdb",
+            &[
+                "-h",
+                path_str(self.dir.path()),
+                "-U",
+                "capstan",
+                "-T",
+                "template0",
+                "--locale-provider=icu",
+                "--icu-locale=en-US",
+                name,
+            ],
+        );
+        self.url_for(name)
+    }
+
     fn url_for(&self, db: &str) -> String {
         format!(
             "postgres://capstan@localhost/{db}?host={}",

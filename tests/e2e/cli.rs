@@ -66,6 +66,25 @@ fn verify_accepts_a_zot_config_and_names_bad_keys() {
     assert!(!ok);
     assert!(stderr.contains("http.auth.ldap.baseDN"), "{stderr}");
 
+    // The metadata database: SQLite or Postgres URLs the driver reads;
+    // passwords never printed.
+    let (ok, stdout, stderr) =
+        verify(&json!({"storage": {"database": "postgres://meta:hunter2@db:5432/meta"}}));
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains("postgres://meta:***@db:5432/meta") && !stdout.contains("hunter2"),
+        "{stdout}"
+    );
+    for bad in [
+        "mysql://db/meta",
+        "postgres://db:port/meta",
+        "sqlite://x?mode=bogus",
+    ] {
+        let (ok, _, stderr) = verify(&json!({"storage": {"database": bad}}));
+        assert!(!ok, "{bad}");
+        assert!(stderr.contains("storage.database"), "{bad}: {stderr}");
+    }
+
     let (ok, _, stderr) = verify(&json!({"http": {"prot": 1}}));
     assert!(ok);
     assert!(stderr.contains("unknown key `http.prot`"), "{stderr}");

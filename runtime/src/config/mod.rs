@@ -511,14 +511,47 @@ pub fn summary(config: &Config) -> BTreeMap<&'static str, String> {
     );
     m.insert("tls", config.http.tls.is_some().to_string());
     m.insert("root", config.storage.root_directory.display().to_string());
-    m.insert("database", config.database_url());
+    m.insert("database", redact_password(&config.database_url()));
     m
+}
+
+/// `url` with the password of its user part (`user:password@`) replaced by
+/// `***`, for printing.
+pub fn redact_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((user, host)) if user.contains(':') => {
+            let name = user.split(':').next().unwrap_or_default();
+            format!("{scheme}://{name}:***@{host}{tail}")
+        }
+        _ => url.to_string(),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn printed_database_urls_hide_passwords() {
+        assert_eq!(
+            redact_password("postgres://meta:s3cr@t@db:5432/meta?sslmode=require"),
+            "postgres://meta:***@db:5432/meta?sslmode=require"
+        );
+        assert_eq!(
+            redact_password("postgres://meta@db/meta"),
+            "postgres://meta@db/meta"
+        );
+        assert_eq!(
+            redact_password("sqlite:///var/lib/capstan/meta.db?mode=rwc"),
+            "sqlite:///var/lib/capstan/meta.db?mode=rwc"
+        );
+    }
 
     fn load(v: serde_json::Value) -> Result<Loaded, ConfigError> {
         Config::from_value(v, Vec::<(String, String)>::new())

@@ -1,6 +1,6 @@
 use super::*;
 use crate::testutil::{
-    descriptor, image, image_with, index, link_blobs, sha256, sqlite_url, temp_store,
+    descriptor, image, image_with, index, link_blobs, sha256, sqlite_url, temp_store_on,
 };
 use capstan_oci::{ErrorCode, media};
 use capstan_proto::ServiceError;
@@ -33,9 +33,8 @@ async fn count(store: &Store, sql: &'static str, repo: &str) -> i64 {
         .unwrap()
 }
 
-#[tokio::test]
-async fn put_then_get_and_head_by_tag_and_digest() {
-    let (_dir, store) = temp_store().await;
+async fn put_then_get_and_head_by_tag_and_digest(backend: Backend) {
+    let (_db, store) = temp_store_on(backend).await;
     let img = image("one");
     link_blobs(&store, "lib/app", &img).await;
     let out = store
@@ -94,9 +93,8 @@ async fn put_then_get_and_head_by_tag_and_digest() {
     );
 }
 
-#[tokio::test]
-async fn pushing_by_digest_stores_without_a_tag_and_is_idempotent() {
-    let (_dir, store) = temp_store().await;
+async fn pushing_by_digest_stores_without_a_tag_and_is_idempotent(backend: Backend) {
+    let (_db, store) = temp_store_on(backend).await;
     let img = image("by-digest");
     link_blobs(&store, "r", &img).await;
     for _ in 0..2 {
@@ -134,9 +132,8 @@ async fn pushing_by_digest_stores_without_a_tag_and_is_idempotent() {
     );
 }
 
-#[tokio::test]
-async fn a_push_by_digest_sets_its_tags_together_or_none() {
-    let (_dir, store) = temp_store().await;
+async fn a_push_by_digest_sets_its_tags_together_or_none(backend: Backend) {
+    let (_db, store) = temp_store_on(backend).await;
     let img = image("tagged-push");
     link_blobs(&store, "r", &img).await;
     let tags = |t: &[&str]| t.iter().map(|s| s.to_string()).collect::<Vec<_>>();
@@ -171,9 +168,8 @@ async fn a_push_by_digest_sets_its_tags_together_or_none() {
     }
 }
 
-#[tokio::test]
-async fn retagging_moves_the_tag() {
-    let (_dir, store) = temp_store().await;
+async fn retagging_moves_the_tag(backend: Backend) {
+    let (_db, store) = temp_store_on(backend).await;
     let (a, b) = (image("a"), image("b"));
     link_blobs(&store, "r", &a).await;
     link_blobs(&store, "r", &b).await;
@@ -200,9 +196,8 @@ async fn retagging_moves_the_tag() {
     );
 }
 
-#[tokio::test]
-async fn delete_by_tag_keeps_the_manifest() {
-    let (_dir, store) = temp_store().await;
+async fn delete_by_tag_keeps_the_manifest(backend: Backend) {
+    let (_db, store) = temp_store_on(backend).await;
     let img = image("del-tag");
     link_blobs(&store, "r", &img).await;
     store
@@ -232,9 +227,8 @@ async fn delete_by_tag_keeps_the_manifest() {
     );
 }
 
-#[tokio::test]
-async fn delete_by_digest_removes_manifest_tags_and_references() {
-    let (_dir, store) = temp_store().await;
+async fn delete_by_digest_removes_manifest_tags_and_references(backend: Backend) {
+    let (_db, store) = temp_store_on(backend).await;
     let (img, other) = (image("del-digest"), image("kept"));
     link_blobs(&store, "r", &img).await;
     link_blobs(&store, "r", &other).await;
@@ -307,9 +301,8 @@ async fn delete_by_digest_removes_manifest_tags_and_references() {
     );
 }
 
-#[tokio::test]
-async fn manifest_with_an_unlinked_blob_is_rejected_with_the_digest() {
-    let (_dir, store) = temp_store().await;
+async fn manifest_with_an_unlinked_blob_is_rejected_with_the_digest(backend: Backend) {
+    let (_db, store) = temp_store_on(backend).await;
     let img = image("unlinked");
     // Only the config is linked, the layer is not.
     let (config, size) = &img.blobs[0];
@@ -353,9 +346,8 @@ async fn manifest_with_an_unlinked_blob_is_rejected_with_the_digest() {
     );
 }
 
-#[tokio::test]
-async fn index_needs_its_children_in_the_repository() {
-    let (_dir, store) = temp_store().await;
+async fn index_needs_its_children_in_the_repository(backend: Backend) {
+    let (_db, store) = temp_store_on(backend).await;
     let (amd, arm) = (image("amd64"), image("arm64"));
     link_blobs(&store, "r", &amd).await;
     link_blobs(&store, "r", &arm).await;
@@ -402,9 +394,8 @@ async fn index_needs_its_children_in_the_repository() {
     assert_eq!(children, 2);
 }
 
-#[tokio::test]
-async fn digest_reference_must_match_the_content() {
-    let (_dir, store) = temp_store().await;
+async fn digest_reference_must_match_the_content(backend: Backend) {
+    let (_db, store) = temp_store_on(backend).await;
     let img = image("mismatch");
     link_blobs(&store, "r", &img).await;
     let wrong = sha256(b"something else");
@@ -435,9 +426,8 @@ async fn digest_reference_must_match_the_content() {
     );
 }
 
-#[tokio::test]
-async fn bad_input_gets_the_right_code() {
-    let (_dir, store) = temp_store().await;
+async fn bad_input_gets_the_right_code(backend: Backend) {
+    let (_db, store) = temp_store_on(backend).await;
     let img = image("bad");
     link_blobs(&store, "r", &img).await;
     assert_eq!(
@@ -479,9 +469,8 @@ async fn bad_input_gets_the_right_code() {
     );
 }
 
-#[tokio::test]
-async fn tags_are_paginated_in_byte_order() {
-    let (_dir, store) = temp_store().await;
+async fn tags_are_paginated_in_byte_order(backend: Backend) {
+    let (_db, store) = temp_store_on(backend).await;
     let img = image("tags");
     link_blobs(&store, "r", &img).await;
     for t in ["d", "b", "B", "e", "a", "c"] {
@@ -521,9 +510,8 @@ async fn tags_are_paginated_in_byte_order() {
     );
 }
 
-#[tokio::test]
-async fn catalog_is_paginated() {
-    let (_dir, store) = temp_store().await;
+async fn catalog_is_paginated(backend: Backend) {
+    let (_db, store) = temp_store_on(backend).await;
     assert_eq!(store.catalog(None, "").await.unwrap(), Page::default());
     for repo in ["zeta", "alpha/one", "alpha", "mid"] {
         store
@@ -544,9 +532,8 @@ async fn catalog_is_paginated() {
     assert_eq!((p.items.len(), p.more), (0, true));
 }
 
-#[tokio::test]
-async fn referrers_with_and_without_artifact_type_filter() {
-    let (_dir, store) = temp_store().await;
+async fn referrers_with_and_without_artifact_type_filter(backend: Backend) {
+    let (_db, store) = temp_store_on(backend).await;
     let subject = image("subject");
     link_blobs(&store, "r", &subject).await;
     store
@@ -638,9 +625,8 @@ async fn referrers_with_and_without_artifact_type_filter() {
     );
 }
 
-#[tokio::test]
-async fn link_stat_unlink_and_mount() {
-    let (_dir, store) = temp_store().await;
+async fn link_stat_unlink_and_mount(backend: Backend) {
+    let (_db, store) = temp_store_on(backend).await;
     let d = sha256(b"blob");
     assert_eq!(code(store.stat_blob("a", &d).await), ErrorCode::BlobUnknown);
     store.link_blob("a", &d, 4).await.unwrap();
@@ -666,9 +652,8 @@ async fn link_stat_unlink_and_mount() {
     assert_eq!(store.mount_blob("a", "a", &d).await.unwrap(), None);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn concurrent_pushes_to_one_tag_leave_one_consistent_winner() {
-    let (_dir, store) = temp_store().await;
+async fn concurrent_pushes_to_one_tag_leave_one_consistent_winner(backend: Backend) {
+    let (_db, store) = temp_store_on(backend).await;
     let images: Vec<_> = (0..20).map(|i| image(&format!("racer-{i}"))).collect();
     for img in &images {
         link_blobs(&store, "race", img).await;
@@ -762,9 +747,11 @@ async fn a_locked_database_is_unavailable() {
 }
 
 #[tokio::test]
-async fn only_sqlite_urls_are_accepted() {
-    let err = Store::open("postgres://localhost/meta").await.unwrap_err();
-    assert!(matches!(err, MetaError::UnsupportedDatabase(s) if s == "postgres"));
+async fn only_sqlite_and_postgres_urls_are_accepted() {
+    let err = Store::open("mysql://localhost/meta").await.unwrap_err();
+    assert!(matches!(err, MetaError::UnsupportedDatabase(s) if s == "mysql"));
+    assert_eq!(Backend::of("postgresql://h/db").unwrap(), Backend::Postgres);
+    assert_eq!(Backend::of("sqlite::memory:").unwrap(), Backend::Sqlite);
 }
 
 #[tokio::test]
@@ -788,9 +775,8 @@ async fn an_in_memory_database_is_shared_by_the_pool() {
     }
 }
 
-#[tokio::test]
-async fn concurrent_links_all_land_through_group_commit() {
-    let (_dir, store) = temp_store().await;
+async fn concurrent_links_all_land_through_group_commit(backend: Backend) {
+    let (_db, store) = temp_store_on(backend).await;
     let mut tasks = Vec::new();
     for i in 0..64 {
         let store = store.clone();
@@ -818,4 +804,174 @@ async fn concurrent_links_all_land_through_group_commit() {
         .await
         .unwrap_err();
     assert_eq!(bad.code(), ErrorCode::NameInvalid);
+}
+
+/// Each test above runs once on SQLite and once on a Postgres of its own.
+macro_rules! on_every_backend {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    super::$name(super::Backend::Sqlite).await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    super::$name(super::Backend::Postgres).await
+                }
+            )*
+        }
+    };
+}
+
+on_every_backend!(
+    put_then_get_and_head_by_tag_and_digest,
+    pushing_by_digest_stores_without_a_tag_and_is_idempotent,
+    a_push_by_digest_sets_its_tags_together_or_none,
+    retagging_moves_the_tag,
+    delete_by_tag_keeps_the_manifest,
+    delete_by_digest_removes_manifest_tags_and_references,
+    manifest_with_an_unlinked_blob_is_rejected_with_the_digest,
+    index_needs_its_children_in_the_repository,
+    digest_reference_must_match_the_content,
+    bad_input_gets_the_right_code,
+    tags_are_paginated_in_byte_order,
+    catalog_is_paginated,
+    referrers_with_and_without_artifact_type_filter,
+    link_stat_unlink_and_mount,
+    concurrent_pushes_to_one_tag_leave_one_consistent_winner,
+    concurrent_links_all_land_through_group_commit,
+);
+
+/// The next change `rx` hears, within a generous limit.
+async fn next_change(rx: &mut tokio::sync::broadcast::Receiver<String>) -> String {
+    tokio::time::timeout(Duration::from_secs(60), rx.recv())
+        .await
+        .expect("a change within a minute")
+        .expect("an open feed")
+}
+
+/// Two svc-meta replicas on one Postgres: each sees the other's writes at
+/// once, hears of them on its change feed, and concurrent tag moves from
+/// both leave one consistent winner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_replicas_share_one_postgres() {
+    let (_pg, url) = crate::testutil::postgres_db().await;
+    let a = Store::open(&url).await.unwrap();
+    let b = Store::open(&url).await.unwrap();
+    let mut heard_by_b = b.subscribe();
+    let mut heard_by_a = a.subscribe();
+    let img = image("replicated");
+    link_blobs(&a, "shared", &img).await;
+    // A link is visible to the other replica (no feed needed: no cache).
+    assert_eq!(
+        b.stat_blob("shared", &img.blobs[0].0).await.unwrap(),
+        img.blobs[0].1
+    );
+    a.put_manifest("shared", &tag("v1"), "", &img.bytes)
+        .await
+        .unwrap();
+    assert_eq!(next_change(&mut heard_by_b).await, "shared");
+    assert_eq!(next_change(&mut heard_by_a).await, "shared");
+    let got = b.get_manifest("shared", &tag("v1"), false).await.unwrap();
+    assert_eq!(got.digest, img.digest.to_string());
+
+    // Tag moves from both replicas at once: one winner, every manifest
+    // stored, and the feed reports each commit.
+    let images: Vec<_> = (0..16).map(|i| image(&format!("mover-{i}"))).collect();
+    for img in &images {
+        link_blobs(&a, "shared", img).await;
+    }
+    let tasks: Vec<_> = images
+        .iter()
+        .enumerate()
+        .map(|(i, img)| {
+            let store = if i % 2 == 0 { a.clone() } else { b.clone() };
+            let bytes = img.bytes.clone();
+            tokio::spawn(async move {
+                store
+                    .put_manifest_sparse(
+                        "shared",
+                        &Reference::Tag("latest".into()),
+                        &["stable".to_string(), format!("t{i}")],
+                        "",
+                        &bytes,
+                        false,
+                    )
+                    .await
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    for _ in 0..16 {
+        assert_eq!(next_change(&mut heard_by_b).await, "shared");
+    }
+    let latest = a
+        .get_manifest("shared", &tag("latest"), true)
+        .await
+        .unwrap();
+    let stable = b
+        .get_manifest("shared", &tag("stable"), true)
+        .await
+        .unwrap();
+    assert_eq!(latest.digest, stable.digest, "both tags moved together");
+    let tags = b.list_tags("shared", None, "").await.unwrap();
+    assert_eq!(tags.items.len(), 16 + 3, "{:?}", tags.items);
+
+    // A delete on one replica is seen and heard on the other.
+    b.delete_manifest("shared", &tag("v1"), false)
+        .await
+        .unwrap();
+    assert_eq!(next_change(&mut heard_by_a).await, "shared");
+    assert_eq!(
+        code(a.get_manifest("shared", &tag("v1"), true).await),
+        ErrorCode::ManifestUnknown
+    );
+}
+
+/// A replica whose listening connection is cut tells its subscribers to
+/// drop everything, then hears changes again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_change_feed_says_so_and_comes_back() {
+    let (_pg, url) = crate::testutil::postgres_db().await;
+    let a = Store::open(&url).await.unwrap();
+    let b = Store::open(&url).await.unwrap();
+    let mut heard = b.subscribe();
+    let cut: Vec<i32> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid)::int FROM pg_stat_activity \
+         WHERE query LIKE 'LISTEN %' AND pid <> pg_backend_pid()",
+    )
+    .fetch_all(&a.pool)
+    .await
+    .unwrap();
+    assert_eq!(cut.len(), 2, "each replica listens on one connection");
+    assert_eq!(next_change(&mut heard).await, "", "told to drop everything");
+    // Changes committed after the listener is back are heard. The listener
+    // reconnects on its own; keep writing until a change comes through.
+    let img = image("after the cut");
+    link_blobs(&a, "back", &img).await;
+    let limit = std::time::Instant::now() + Duration::from_secs(60);
+    let mut n = 0;
+    loop {
+        n += 1;
+        a.put_manifest("back", &tag(&format!("t{n}")), "", &img.bytes)
+            .await
+            .unwrap();
+        let got = tokio::time::timeout(Duration::from_millis(500), heard.recv()).await;
+        if let Ok(Ok(repo)) = got
+            && repo == "back"
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < limit,
+            "the feed never came back"
+        );
+    }
 }
