@@ -18,6 +18,32 @@ fn verify(config: &serde_json::Value) -> (bool, String, String) {
     )
 }
 
+/// zot reads keys whatever their case, and its YAML examples write them in
+/// lower case; a new user's `verify` of such a file stopped at
+/// "missing field `baseDN`".
+#[test]
+fn verify_reads_zot_yaml_keys_in_lower_case() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("zot.yaml");
+    std::fs::write(
+        &path,
+        "storage:\n  rootdirectory: /tmp/zot\n  gcdelay: 2h\n\
+         http:\n  address: 127.0.0.1\n  port: 8080\n  realm: zot\n  auth:\n\
+         \x20   ldap:\n      address: ldap.example.org\n      port: 389\n\
+         \x20     basedn: ou=users,dc=example,dc=org\n      userattribute: uid\n\
+         \x20     subtreesearch: true\n      insecure: true\n\
+         \x20   faildelay: 5\n\
+         \x20 accesscontrol:\n    repositories:\n      \"**\":\n\
+         \x20       defaultpolicy: [read]\n\
+         log:\n  level: debug\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN).arg("verify").arg(&path).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stderr.contains("unknown key"), "{stderr}");
+}
+
 #[test]
 fn verify_accepts_a_zot_config_and_names_bad_keys() {
     let (ok, stdout, stderr) = verify(&json!({

@@ -2,11 +2,14 @@
 //! `extensions`, `scheduler`) so a zot user can bring their file, plus a
 //! `services` section for distributed deployments.
 //!
-//! JSON and YAML are both read. `CAPSTAN_<SECTION>_<KEY>…` environment
-//! variables override single values (`CAPSTAN_HTTP_PORT=5000`). Unknown keys
-//! are reported as warnings; an invalid value is an error naming its key.
+//! JSON and YAML are both read, and keys match whatever their case, as in
+//! zot (`rootdirectory` is `rootDirectory`). `CAPSTAN_<SECTION>_<KEY>…`
+//! environment variables override single values (`CAPSTAN_HTTP_PORT=5000`).
+//! Unknown keys are reported as warnings; an invalid value is an error
+//! naming its key.
 
 pub mod auth;
+mod casefold;
 pub mod extensions;
 
 pub use auth::{AccessControlConfig, AuthConfig};
@@ -372,8 +375,11 @@ impl Config {
             }
         }
         let mut unknown_keys = Vec::new();
-        let mut on_ignored = |path: serde_ignored::Path<'_>| unknown_keys.push(path.to_string());
-        let de = serde_ignored::Deserializer::new(&value, &mut on_ignored);
+        // serde_ignored writes `?` for the inside of an Option.
+        let mut on_ignored =
+            |path: serde_ignored::Path<'_>| unknown_keys.push(path.to_string().replace("?.", ""));
+        // zot matches keys without regard to case; so does Capstan.
+        let de = serde_ignored::Deserializer::new(casefold::Folded(value), &mut on_ignored);
         let config: Config =
             serde_path_to_error::deserialize(de).map_err(|e| ConfigError::Invalid {
                 key: e.path().to_string(),
@@ -663,10 +669,32 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_reported() {
-        let l = load(json!({"http": {"prot": 1}, "bogus": true})).unwrap();
+        let l = load(
+            json!({"http": {"prot": 1, "auth": {"htpasswd": {"path": "/p", "x": 1}}},
+            "bogus": true}),
+        )
+        .unwrap();
         let mut keys = l.unknown_keys.clone();
         keys.sort();
-        assert_eq!(keys, vec!["bogus".to_string(), "http.prot".to_string()]);
+        assert_eq!(keys, ["bogus", "http.auth.htpasswd.x", "http.prot"]);
+    }
+
+    #[test]
+    fn keys_match_whatever_their_case_as_in_zot() {
+        // zot's YAML example writes LDAP keys in lower case.
+        let l = load(
+            json!({"Storage": {"rootdirectory": "/srv/r", "GCDelay": "2h"},
+            "http": {"auth": {"ldap": {"address": "ldap", "basedn": "dc=x",
+                "subtreesearch": true, "userattribute": "uid"}}}}),
+        )
+        .unwrap();
+        assert!(l.unknown_keys.is_empty(), "{:?}", l.unknown_keys);
+        assert_eq!(l.config.storage.root_directory, PathBuf::from("/srv/r"));
+        assert_eq!(l.config.storage.gc_delay, Duration::from_secs(7200));
+        let ldap = l.config.http.auth.unwrap().ldap.unwrap();
+        assert_eq!(ldap.base_dn, "dc=x");
+        assert!(ldap.subtree_search);
+        assert_eq!(ldap.user_attribute.as_deref(), Some("uid"));
     }
 
     #[test]
