@@ -212,11 +212,27 @@ fn session_io(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> BlobEr
     }
 }
 
+/// How long a write waits for the upload's lock before UPLOAD_BUSY. A
+/// write whose client went away releases the lock only once its blocking
+/// stage sees the end of its stream, so a client's immediate retry may find
+/// it still held for a moment, longer on a busy machine.
+const UPLOAD_LOCK_WAIT: Duration = Duration::from_secs(5);
+
+/// Take the upload's exclusive lock (on a blocking thread), waiting up to
+/// [`UPLOAD_LOCK_WAIT`] for a previous writer to let go.
 fn lock(file: &File, path: &Path) -> Result<(), BlobError> {
-    match file.try_lock() {
-        Ok(()) => Ok(()),
-        Err(TryLockError::WouldBlock) => Err(BlobError::UploadBusy),
-        Err(TryLockError::Error(e)) => Err(BlobError::io("lock", path)(e)),
+    let deadline = Instant::now() + UPLOAD_LOCK_WAIT;
+    let mut pause = Duration::from_millis(1);
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(()),
+            Err(TryLockError::WouldBlock) if Instant::now() < deadline => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(50));
+            }
+            Err(TryLockError::WouldBlock) => return Err(BlobError::UploadBusy),
+            Err(TryLockError::Error(e)) => return Err(BlobError::io("lock", path)(e)),
+        }
     }
 }
 

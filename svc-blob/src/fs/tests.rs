@@ -190,6 +190,23 @@ async fn a_busy_upload_is_neither_written_nor_expired() {
     assert_eq!(s.commit(&id, &sha256(b"abcd")).await.unwrap(), 4);
 }
 
+/// A client retrying at once after its write was cut finds the lock still
+/// held by the dying write for a moment: the retry waits for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_waits_for_a_lock_about_to_be_let_go() {
+    let (_dir, s) = store().await;
+    let id = s.start_upload("repo").await.unwrap();
+    s.append(&id, None, chunks(&[b"abc"])).await.unwrap();
+    let holder = File::open(s.session_dir(&id).join(DATA)).unwrap();
+    holder.lock().unwrap();
+    let retry = {
+        let s = s.clone();
+        tokio::spawn(async move { s.append(&id, Some(3), chunks(&[b"d"])).await })
+    };
+    drop(holder);
+    assert_eq!(retry.await.unwrap().unwrap(), 4);
+}
+
 #[tokio::test]
 async fn failed_puts_leave_no_temp_file() {
     let (dir, s) = store().await;
