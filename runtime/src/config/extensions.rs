@@ -1,5 +1,6 @@
 //! `extensions`: zot's optional features. `sync` is typed (svc-sync reads
-//! it); the others are accepted so a zot file loads, and are not run.
+//! it); the others are accepted so a zot file loads, are not run, and are
+//! reported as ignored (`Loaded::ignored_keys`).
 
 use serde::{Deserialize, Deserializer, Serialize};
 use std::path::PathBuf;
@@ -11,28 +12,29 @@ pub struct Extensions {
     /// Mirroring and pull-through from upstream registries.
     #[serde(default)]
     pub sync: Option<SyncConfig>,
-    /// zot's search extension; accepted, not run.
+    /// zot's search extension; reported as ignored.
     #[serde(default)]
     pub search: Option<serde_json::Value>,
-    /// zot's scrub extension; accepted, not run.
+    /// zot's scrub extension; reported as ignored.
     #[serde(default)]
     pub scrub: Option<serde_json::Value>,
-    /// zot's metrics extension; Capstan always serves `/metrics`.
+    /// zot's metrics extension; Capstan always serves `/metrics`, so its
+    /// settings are reported as ignored.
     #[serde(default)]
     pub metrics: Option<serde_json::Value>,
-    /// zot's web UI; accepted, not served.
+    /// zot's web UI; reported as ignored.
     #[serde(default)]
     pub ui: Option<serde_json::Value>,
-    /// zot's lint extension; accepted, not run.
+    /// zot's lint extension; reported as ignored.
     #[serde(default)]
     pub lint: Option<serde_json::Value>,
-    /// zot's signature verification; accepted, not run.
+    /// zot's signature verification; reported as ignored.
     #[serde(default)]
     pub trust: Option<serde_json::Value>,
-    /// zot's management API; accepted, not served.
+    /// zot's management API; reported as ignored.
     #[serde(default)]
     pub mgmt: Option<serde_json::Value>,
-    /// zot's user preferences; accepted, not served.
+    /// zot's user preferences; reported as ignored.
     #[serde(default)]
     pub userprefs: Option<serde_json::Value>,
 }

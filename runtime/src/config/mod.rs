@@ -80,15 +80,40 @@ pub struct StorageConfig {
     /// target) may turn it off (Capstan).
     #[serde(default = "yes")]
     pub warm_after_push: bool,
-    /// Store each digest once (always true: blobs are content-addressed).
-    #[serde(default = "yes")]
-    pub dedupe: bool,
-    /// Run garbage collection.
-    #[serde(default = "yes")]
-    pub gc: bool,
-    /// Minimum age of an unreferenced blob before GC may remove it.
-    #[serde(default = "default_gc_delay", with = "duration_str")]
-    pub gc_delay: Duration,
+    /// zot's `dedupe`: Capstan always stores each digest once (blobs are
+    /// content-addressed), so `false` is reported as ignored.
+    #[serde(default)]
+    pub dedupe: Option<bool>,
+    /// zot's `gc` (default true). Garbage collection is not implemented
+    /// yet: set, it is reported as ignored.
+    #[serde(default)]
+    pub gc: Option<bool>,
+    /// zot's `gcDelay` (default 1h): minimum age of an unreferenced blob
+    /// before GC may remove it. Reported as ignored until GC exists.
+    #[serde(default, with = "opt_duration")]
+    pub gc_delay: Option<Duration>,
+    /// zot's `gcInterval`. Reported as ignored until GC exists.
+    #[serde(default, with = "opt_duration")]
+    pub gc_interval: Option<Duration>,
+    /// zot's `storageDriver` (S3 and others). Not implemented yet:
+    /// reported as ignored; blobs stay under `rootDirectory`.
+    #[serde(default)]
+    pub storage_driver: Option<serde_json::Value>,
+    /// zot's `cacheDriver` (its dedupe cache). Capstan keeps what it needs
+    /// in its own database: reported as ignored.
+    #[serde(default)]
+    pub cache_driver: Option<serde_json::Value>,
+    /// zot's `remoteCache`: see `cacheDriver`.
+    #[serde(default)]
+    pub remote_cache: Option<serde_json::Value>,
+    /// zot's `retention` policies. Not implemented yet: reported as
+    /// ignored; nothing is deleted.
+    #[serde(default)]
+    pub retention: Option<serde_json::Value>,
+    /// zot's `subPaths`. Not implemented yet: reported as ignored; every
+    /// repository lives under `rootDirectory`.
+    #[serde(default)]
+    pub sub_paths: Option<serde_json::Value>,
     /// Age after which an abandoned upload session is removed (Capstan).
     #[serde(default = "default_upload_expiry", with = "duration_str")]
     pub upload_expiry: Duration,
@@ -105,9 +130,15 @@ impl Default for StorageConfig {
             commit: false,
             direct_io: true,
             warm_after_push: true,
-            dedupe: true,
-            gc: true,
-            gc_delay: default_gc_delay(),
+            dedupe: None,
+            gc: None,
+            gc_delay: None,
+            gc_interval: None,
+            storage_driver: None,
+            cache_driver: None,
+            remote_cache: None,
+            retention: None,
+            sub_paths: None,
             upload_expiry: default_upload_expiry(),
             database: None,
         }
@@ -236,9 +267,6 @@ fn default_port() -> u16 {
 fn default_level() -> String {
     "info".into()
 }
-fn default_gc_delay() -> Duration {
-    Duration::from_secs(3600)
-}
 fn default_upload_expiry() -> Duration {
     Duration::from_secs(24 * 3600)
 }
@@ -327,7 +355,98 @@ impl Loaded {
     /// Keys that are understood but have no effect here, with the reason
     /// (zot settings of its Go libraries, for instance).
     pub fn ignored_keys(&self) -> Vec<(String, &'static str)> {
-        let mut out = Vec::new();
+        let mut out: Vec<(String, &'static str)> = Vec::new();
+        let st = &self.config.storage;
+        let not_yet_gc = "garbage collection is not implemented yet; nothing is deleted";
+        for (key, set, why) in [
+            ("storage.gc", st.gc.is_some(), not_yet_gc),
+            ("storage.gcDelay", st.gc_delay.is_some(), not_yet_gc),
+            ("storage.gcInterval", st.gc_interval.is_some(), not_yet_gc),
+            (
+                "storage.dedupe",
+                st.dedupe == Some(false),
+                "blobs are content-addressed: each digest is always stored once",
+            ),
+            (
+                "storage.storageDriver",
+                st.storage_driver.is_some(),
+                "storage drivers (S3 and others) are not implemented yet; \
+                 blobs stay on the filesystem under rootDirectory",
+            ),
+            (
+                "storage.cacheDriver",
+                st.cache_driver.is_some(),
+                "zot's dedupe cache; Capstan keeps what it needs in its own database",
+            ),
+            (
+                "storage.remoteCache",
+                st.remote_cache.is_some(),
+                "zot's dedupe cache; Capstan keeps what it needs in its own database",
+            ),
+            (
+                "storage.retention",
+                st.retention.is_some(),
+                "retention policies are not implemented yet; nothing is deleted",
+            ),
+            (
+                "storage.subPaths",
+                st.sub_paths.is_some(),
+                "subPaths are not implemented yet; every repository lives under rootDirectory",
+            ),
+            (
+                "scheduler",
+                self.config.scheduler.is_some(),
+                "zot's task scheduler settings have no counterpart here",
+            ),
+        ] {
+            if set {
+                out.push((key.to_string(), why));
+            }
+        }
+        if let Some(e) = &self.config.extensions {
+            for (key, set, why) in [
+                (
+                    "search",
+                    e.search.is_some(),
+                    "zot's search extension is not implemented yet",
+                ),
+                (
+                    "scrub",
+                    e.scrub.is_some(),
+                    "zot's scrub extension is not implemented yet",
+                ),
+                ("ui", e.ui.is_some(), "zot's web UI is not implemented yet"),
+                (
+                    "lint",
+                    e.lint.is_some(),
+                    "zot's lint extension is not implemented",
+                ),
+                (
+                    "trust",
+                    e.trust.is_some(),
+                    "zot's signature verification (trust) is not implemented",
+                ),
+                (
+                    "mgmt",
+                    e.mgmt.is_some(),
+                    "zot's management extension is not implemented yet",
+                ),
+                (
+                    "userprefs",
+                    e.userprefs.is_some(),
+                    "zot's user preferences (stars, bookmarks) are not implemented yet",
+                ),
+                (
+                    "metrics",
+                    e.metrics.is_some(),
+                    "the gateway always serves /metrics; this section's settings are not read",
+                ),
+            ] {
+                if set {
+                    out.push((format!("extensions.{key}"), why));
+                }
+            }
+        }
         if let Some(d) = self
             .config
             .http
@@ -575,7 +694,7 @@ mod tests {
         assert_eq!(l.config.http.port, 5000);
         assert_eq!(l.config.http.address, "0.0.0.0");
         assert!(l.config.storage.commit);
-        assert_eq!(l.config.storage.gc_delay, Duration::from_secs(7200));
+        assert_eq!(l.config.storage.gc_delay, Some(Duration::from_secs(7200)));
         assert_eq!(l.config.storage.root_directory, PathBuf::from("/tmp/zot"));
         assert!(l.unknown_keys.is_empty(), "{:?}", l.unknown_keys);
     }
@@ -680,6 +799,39 @@ mod tests {
     }
 
     #[test]
+    fn zot_keys_without_effect_are_reported_as_ignored() {
+        let l = load(
+            json!({"storage": {"gc": true, "gcDelay": "2h", "gcInterval": "1h",
+            "dedupe": true, "retention": {"policies": []}, "subPaths": {"/a": {}},
+            "storageDriver": {"name": "s3"}},
+            "extensions": {"search": {"enable": true}, "ui": {"enable": true},
+                "sync": {"enable": false}},
+            "scheduler": {"NumWorkers": 3}}),
+        )
+        .unwrap();
+        assert!(l.unknown_keys.is_empty(), "{:?}", l.unknown_keys);
+        let keys: Vec<String> = l.ignored_keys().into_iter().map(|(k, _)| k).collect();
+        assert_eq!(
+            keys,
+            [
+                "storage.gc",
+                "storage.gcDelay",
+                "storage.gcInterval",
+                "storage.storageDriver",
+                "storage.retention",
+                "storage.subPaths",
+                "scheduler",
+                "extensions.search",
+                "extensions.ui",
+            ]
+        );
+        // dedupe: true is what Capstan does anyway; false is not.
+        let l = load(json!({"storage": {"dedupe": false}})).unwrap();
+        assert_eq!(l.ignored_keys()[0].0, "storage.dedupe");
+        assert!(load(json!({})).unwrap().ignored_keys().is_empty());
+    }
+
+    #[test]
     fn keys_match_whatever_their_case_as_in_zot() {
         // zot's YAML example writes LDAP keys in lower case.
         let l = load(
@@ -690,7 +842,7 @@ mod tests {
         .unwrap();
         assert!(l.unknown_keys.is_empty(), "{:?}", l.unknown_keys);
         assert_eq!(l.config.storage.root_directory, PathBuf::from("/srv/r"));
-        assert_eq!(l.config.storage.gc_delay, Duration::from_secs(7200));
+        assert_eq!(l.config.storage.gc_delay, Some(Duration::from_secs(7200)));
         let ldap = l.config.http.auth.unwrap().ldap.unwrap();
         assert_eq!(ldap.base_dn, "dc=x");
         assert!(ldap.subtree_search);
