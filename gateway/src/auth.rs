@@ -279,7 +279,11 @@ impl Authn {
     /// How long an answer of svc-auth may be reused: what it grants, and
     /// no more than [`DEGRADED_TTL`] while a revocation feed is down.
     fn ttl(&self, p: &Principal) -> Duration {
-        let granted = Duration::from_millis(u64::from(p.cache_millis));
+        // An svc-auth older than `cache_millis` sends only whole seconds.
+        let granted = match (p.cache_millis, p.cache_seconds) {
+            (0, secs) => Duration::from_secs(u64::from(secs)),
+            (ms, _) => Duration::from_millis(u64::from(ms)),
+        };
         if self.live_feeds.load(Ordering::Acquire) < self.clients.len() {
             DEGRADED_TTL.min(granted)
         } else {

@@ -3,10 +3,13 @@
 //! of a Redis Sentinel group, followed across failovers.
 //!
 //! Every kind connects on first use, so the auth service starts while Redis
-//! is down, and every call is bounded by the configured timeouts: a Redis
-//! that cannot be reached makes calls fail (and sessions unavailable), never
-//! hang. Sessions are read from masters only, so a deleted key is seen at
-//! once.
+//! is down, and calls are bounded by the configured timeouts (a few of
+//! them at most, as a cluster retries or a Sentinel group is asked for its
+//! master again): a Redis that cannot be reached makes calls fail, and
+//! sessions unavailable, rather than hang. Sessions are read from masters
+//! only, so a deleted key is seen at once. (Replication is asynchronous: a
+//! write a master acknowledged but had not passed on when it failed over is
+//! lost, so is a logout, which then lasts only until the session's TTL.)
 
 use capstan_runtime::config::auth::SessionDriverConfig;
 use redis::aio::{ConnectionLike, ConnectionManager, MultiplexedConnection};
@@ -23,6 +26,8 @@ use std::time::Duration;
 const DIAL_TIMEOUT: Duration = Duration::from_secs(1);
 /// Default time to wait for an answer (zot's `read_timeout`).
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Default retries of a cluster call (redirections and failed nodes).
+const CLUSTER_RETRIES: u32 = 2;
 
 /// Which Redis the options describe, before anything is connected.
 #[derive(Debug, Clone)]
@@ -279,21 +284,23 @@ impl ConnectionLike for Conn {
 /// reaches has become a replica (`READONLY`).
 struct SentinelMaster {
     sentinel: tokio::sync::Mutex<SentinelClient>,
-    current: parking_lot::Mutex<Option<MultiplexedConnection>>,
+    /// The connection to the master, and a number that changes with each
+    /// new connection (so a failed call forgets only the one it used).
+    current: parking_lot::Mutex<(Option<MultiplexedConnection>, u64)>,
     config: redis::AsyncConnectionConfig,
     /// Bound on finding the master and connecting to it.
     connect_limit: Duration,
 }
 
 impl SentinelMaster {
-    async fn connection(&self) -> RedisResult<MultiplexedConnection> {
-        if let Some(c) = self.current.lock().clone() {
-            return Ok(c);
+    async fn connection(&self) -> RedisResult<(MultiplexedConnection, u64)> {
+        if let (Some(c), n) = &*self.current.lock() {
+            return Ok((c.clone(), *n));
         }
         let mut sentinel = self.sentinel.lock().await;
         // Another call may have connected while this one waited.
-        if let Some(c) = self.current.lock().clone() {
-            return Ok(c);
+        if let (Some(c), n) = &*self.current.lock() {
+            return Ok((c.clone(), *n));
         }
         let connect = async {
             let client = sentinel.async_get_client().await?;
@@ -309,13 +316,19 @@ impl SentinelMaster {
                     "no Redis master found through the sentinels in time",
                 ))
             })??;
-        *self.current.lock() = Some(c.clone());
+        let mut current = self.current.lock();
+        current.1 += 1;
+        current.0 = Some(c.clone());
         tracing::debug!("connected to the Redis master named by the sentinels");
-        Ok(c)
+        Ok((c, current.1))
     }
 
-    fn forget(&self) {
-        self.current.lock().take();
+    /// Drop connection number `n`, unless a newer one replaced it.
+    fn forget(&self, n: u64) {
+        let mut current = self.current.lock();
+        if current.1 == n {
+            current.0 = None;
+        }
     }
 }
 
@@ -384,10 +397,11 @@ impl RedisStore {
                 if let Some(p) = first.password() {
                     b = b.password(p);
                 }
-                b = b.use_protocol(first.protocol());
-                if let Some(n) = o.max_redirects {
-                    b = b.retries(n);
-                }
+                // redis-rs retries a failed call 16 times by default, over
+                // tens of seconds; a session check must fail fast.
+                b = b
+                    .use_protocol(first.protocol())
+                    .retries(o.max_redirects.unwrap_or(CLUSTER_RETRIES));
                 Kind::Cluster {
                     client: b.build()?,
                     conn: tokio::sync::OnceCell::new(),
@@ -409,7 +423,7 @@ impl RedisStore {
                 )?;
                 Kind::Sentinel(SentinelMaster {
                     sentinel: tokio::sync::Mutex::new(client),
-                    current: parking_lot::Mutex::new(None),
+                    current: parking_lot::Mutex::new((None, 0)),
                     config: redis::AsyncConnectionConfig::new()
                         .set_connection_timeout(Some(o.dial_timeout))
                         .set_response_timeout(Some(o.response_timeout)),
@@ -420,9 +434,10 @@ impl RedisStore {
         Ok(RedisStore { kind })
     }
 
-    async fn conn(&self) -> RedisResult<Conn> {
+    /// A connection, and for Sentinel the number of the master connection.
+    async fn conn(&self) -> RedisResult<(Conn, u64)> {
         match &self.kind {
-            Kind::Single(c) => Ok(Conn::Single(c.clone())),
+            Kind::Single(c) => Ok((Conn::Single(c.clone()), 0)),
             Kind::Cluster {
                 client,
                 conn,
@@ -440,46 +455,62 @@ impl RedisStore {
                             })?
                     })
                     .await?;
-                Ok(Conn::Cluster(c.clone()))
+                Ok((Conn::Cluster(c.clone()), 0))
             }
-            Kind::Sentinel(s) => Ok(Conn::Node(s.connection().await?)),
+            Kind::Sentinel(s) => {
+                let (c, n) = s.connection().await?;
+                Ok((Conn::Node(c), n))
+            }
         }
     }
 
-    /// Run one command.
+    /// Run one command that may safely run twice (see [`RedisStore::run`]).
     pub async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> RedisResult<T> {
-        self.run(|mut c| async move { cmd.query_async(&mut c).await })
+        self.run(true, |mut c| async move { cmd.query_async(&mut c).await })
             .await
     }
 
-    /// Run a pipeline.
+    /// Run one command that must not run twice (`GETDEL`): never retried.
+    pub async fn query_once<T: FromRedisValue>(&self, cmd: &Cmd) -> RedisResult<T> {
+        self.run(false, |mut c| async move { cmd.query_async(&mut c).await })
+            .await
+    }
+
+    /// Run a pipeline of commands that may safely run twice.
     pub async fn query_pipe<T: FromRedisValue>(&self, pipe: &Pipeline) -> RedisResult<T> {
-        self.run(|mut c| async move { pipe.query_async(&mut c).await })
+        self.run(true, |mut c| async move { pipe.query_async(&mut c).await })
             .await
     }
 
-    /// Call `op` on a connection; with Sentinel, once more on the master
-    /// the sentinels name now when the first attempt found no usable one.
-    async fn run<T, F, Fut>(&self, op: F) -> RedisResult<T>
+    /// Call `op` on a connection. With Sentinel, a call whose connection
+    /// turned out dead or read-only forgets it, so the next call asks the
+    /// sentinels again; a call that may `retry` is then made once more on
+    /// the master they name now.
+    async fn run<T, F, Fut>(&self, retry: bool, op: F) -> RedisResult<T>
     where
         F: Fn(Conn) -> Fut,
         Fut: std::future::Future<Output = RedisResult<T>>,
     {
-        let first = match self.conn().await {
-            Ok(c) => op(c).await,
-            Err(e) => Err(e),
+        let (c, n) = self.conn().await?;
+        let first = op(c).await;
+        let Kind::Sentinel(s) = &self.kind else {
+            return first;
         };
-        match (&self.kind, first) {
-            (Kind::Sentinel(s), Err(e)) if needs_new_master(&e) => {
+        match first {
+            Err(e) if needs_new_master(&e) => {
                 tracing::debug!(error = %e, "redis master lost; asking the sentinels again");
-                s.forget();
-                let r = op(self.conn().await?).await;
+                s.forget(n);
+                if !retry {
+                    return Err(e);
+                }
+                let (c, n) = self.conn().await?;
+                let r = op(c).await;
                 if r.as_ref().is_err_and(needs_new_master) {
-                    s.forget();
+                    s.forget(n);
                 }
                 r
             }
-            (_, r) => r,
+            r => r,
         }
     }
 }

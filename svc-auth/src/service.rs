@@ -5,7 +5,7 @@ use crate::apikeys::{ApiKeys, NewKey};
 use crate::error::AuthError;
 use crate::htpasswd::Htpasswd;
 use crate::policy::Policy;
-use crate::sessions::{SESSION_TTL, Sessions, session_hash};
+use crate::sessions::{SESSION_TTL, Sessions, session_hash, until};
 use crate::tokens::Signer;
 use capstan_oci::access::{Action, Pattern};
 use capstan_proto::access::{Scope, TokenAccess, TokenClaims};
@@ -77,14 +77,6 @@ fn now() -> u64 {
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
         .as_secs()
-}
-
-/// Time left until unix second `t`.
-fn until(t: u64) -> Duration {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    Duration::from_secs(t).saturating_sub(now)
 }
 
 impl AuthCore {

@@ -63,7 +63,7 @@ fn now_millis() -> u128 {
 }
 
 /// Time left until unix second `expires_at`.
-fn until(expires_at: u64) -> Duration {
+pub(crate) fn until(expires_at: u64) -> Duration {
     Duration::from_millis((u128::from(expires_at) * 1000).saturating_sub(now_millis()) as u64)
 }
 
@@ -106,6 +106,7 @@ impl Sessions {
     }
 
     /// One Redis server at `url`.
+    #[cfg(test)]
     pub fn redis_url(url: &str, prefix: &str) -> Result<Self, AuthError> {
         let driver = capstan_runtime::config::auth::SessionDriverConfig {
             name: "redis".into(),
@@ -276,7 +277,7 @@ impl Sessions {
             Sessions::Redis { store, prefix } => {
                 let mut cmd = redis::cmd("GETDEL");
                 cmd.arg(format!("{prefix}:{key}"));
-                store.query(&cmd).await.map_err(AuthError::redis)
+                store.query_once(&cmd).await.map_err(AuthError::redis)
             }
         }
     }

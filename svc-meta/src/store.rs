@@ -9,9 +9,12 @@
 //! up to the busy timeout) instead of failing a read-to-write upgrade, and
 //! the writers of this process take turns in FIFO order. On Postgres the
 //! rows a write depends on (the blob links and child manifests a manifest
-//! names, the link a mount copies) are read `FOR SHARE`, so no other
-//! replica can remove them before the write commits, and tags are written
-//! in sorted order so that two pushes never wait on each other's rows.
+//! names, the link a mount copies, a manifest pushed again) are read
+//! `FOR SHARE`, so no other replica can remove them before the write
+//! commits; a delete takes its manifest `FOR UPDATE` before its tags; tags
+//! and batched links are written in sorted order, so that concurrent
+//! writes wait for one another in one order rather than deadlock. A lock
+//! waited on longer than [`BUSY_TIMEOUT`] makes the call UNAVAILABLE.
 //!
 //! Committed manifest and tag changes are published on [`Store::subscribe`]:
 //! on SQLite by the writing process, on Postgres through `NOTIFY` inside
@@ -207,9 +210,21 @@ impl Store {
         let pool = match backend {
             Backend::Sqlite => open_sqlite(url, busy_timeout).await?,
             Backend::Postgres => {
+                let lock_ms = busy_timeout.as_millis();
                 let pool = AnyPoolOptions::new()
                     .max_connections(POSTGRES_CONNECTIONS)
                     .acquire_timeout(busy_timeout)
+                    // A row lock waited on longer is UNAVAILABLE (55P03).
+                    .after_connect(move |conn, _| {
+                        Box::pin(async move {
+                            use sqlx::Executor as _;
+                            conn.execute(sqlx::AssertSqlSafe(format!(
+                                "SET lock_timeout = {lock_ms}"
+                            )))
+                            .await?;
+                            Ok(())
+                        })
+                    })
                     .connect(url)
                     .await?;
                 POSTGRES_MIGRATIONS.run(&pool).await?;
@@ -224,7 +239,12 @@ impl Store {
         let (alive, gone) = tokio::sync::mpsc::channel(1);
         if backend == Backend::Postgres {
             let listener = listen(url).await?;
-            tokio::spawn(follow_notifications(listener, changes.clone(), gone));
+            tokio::spawn(follow_notifications(
+                url.to_string(),
+                listener,
+                changes.clone(),
+                gone,
+            ));
         }
         Ok(Store {
             links,
@@ -384,7 +404,8 @@ impl Store {
         .bind(at)
         .execute(&mut *tx)
         .await?;
-        let inserted = sqlx::query(
+        let insert = || {
+            sqlx::query(
             "INSERT INTO manifests \
              (repo, digest, media_type, artifact_type, content, size, subject, annotations, created_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
@@ -399,9 +420,21 @@ impl Store {
         .bind(subject.as_deref())
         .bind(&annotations)
         .bind(at)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
+        };
+        let mut inserted = insert().execute(&mut *tx).await?.rows_affected();
+        if inserted == 0 && self.backend == Backend::Postgres {
+            // Already stored: hold the row, so that a delete of it by
+            // another replica waits for this push (and if one just
+            // removed it, store it again).
+            let held: Option<String> = sqlx::query_scalar(self.backend.held(HeldRead::Manifest))
+                .bind(repo)
+                .bind(&digest_s)
+                .fetch_optional(&mut *tx)
+                .await?;
+            if held.is_none() {
+                inserted = insert().execute(&mut *tx).await?.rows_affected();
+            }
+        }
         for (kind, set) in [("blob", &blobs), ("manifest", &children)] {
             for target in set {
                 sqlx::query(
@@ -539,6 +572,21 @@ impl Store {
             Reference::Digest(d) => {
                 let digest = d.to_string();
                 let (_turn, mut tx) = self.begin_write().await?;
+                if self.backend == Backend::Postgres {
+                    // The manifest first: a push of it (which holds it FOR
+                    // SHARE) finishes before, and tags added to it are
+                    // counted below.
+                    let found: Option<String> = sqlx::query_scalar(
+                        "SELECT digest FROM manifests WHERE repo = $1 AND digest = $2 FOR UPDATE",
+                    )
+                    .bind(repo)
+                    .bind(&digest)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    if found.is_none() {
+                        return Err(MetaError::ManifestUnknown);
+                    }
+                }
                 if detect_collision {
                     let named: i64 = sqlx::query_scalar(
                         "SELECT COUNT(*) FROM tags WHERE repo = $1 AND digest = $2",
@@ -833,18 +881,27 @@ async fn open_sqlite(url: &str, busy_timeout: Duration) -> Result<AnyPool, MetaE
         {
             tokio::fs::create_dir_all(dir).await?;
         }
-        if url.contains('?') {
-            url.to_string()
-        } else {
-            format!("{url}?mode=rwc")
+        // Created when missing, unless the URL says otherwise.
+        match url.split_once('?') {
+            Some((_, query)) if query.split('&').any(|kv| kv.starts_with("mode=")) => {
+                url.to_string()
+            }
+            Some(_) => format!("{url}&mode=rwc"),
+            None => format!("{url}?mode=rwc"),
         }
     };
     let busy_ms = busy_timeout.as_millis();
     let pool = AnyPoolOptions::new()
         .max_connections(SQLITE_CONNECTIONS)
-        // An in-memory database lives while one connection does.
+        // An in-memory database lives while one connection does: keep one,
+        // for good.
         .min_connections(u32::from(in_memory))
         .idle_timeout(None)
+        .max_lifetime(if in_memory {
+            None
+        } else {
+            Some(Duration::from_secs(30 * 60))
+        })
         .after_connect(move |conn, _| {
             Box::pin(async move {
                 use sqlx::Executor as _;
@@ -871,15 +928,16 @@ async fn listen(url: &str) -> Result<sqlx::postgres::PgListener, MetaError> {
 }
 
 /// Publish every change any replica commits, until `gone` closes (the last
-/// `Store` handle went). A lost connection is re-established, and since
-/// changes may have been missed meanwhile, subscribers are told to drop
-/// everything (`""`).
+/// `Store` handle went). Whenever the listening connection is lost,
+/// changes committed meanwhile are missed, so once it listens again
+/// subscribers are told to drop everything (`""`) — only then, so that
+/// nothing committed between that word and the new `LISTEN` goes unheard.
 async fn follow_notifications(
+    url: String,
     mut listener: sqlx::postgres::PgListener,
     changes: broadcast::Sender<String>,
     mut gone: tokio::sync::mpsc::Receiver<()>,
 ) {
-    let mut pause = Duration::from_millis(100);
     loop {
         let got = tokio::select! {
             _ = gone.recv() => return,
@@ -887,21 +945,32 @@ async fn follow_notifications(
         };
         match got {
             Ok(Some(n)) => {
-                pause = Duration::from_millis(100);
                 let _ = changes.send(n.payload().to_string());
             }
+            // sqlx has already reconnected and listens again.
             Ok(None) => {
-                tracing::warn!("metadata change feed lost; reconnecting");
+                tracing::warn!("metadata change feed lost and re-established");
                 let _ = changes.send(String::new());
             }
             Err(e) => {
-                tracing::warn!(error = %e, "metadata change feed unavailable; retrying");
+                tracing::warn!(error = %e, "metadata change feed lost; reconnecting");
+                // A fresh listener: sqlx keeps some dead connections.
+                let mut pause = Duration::from_millis(100);
+                listener = loop {
+                    tokio::select! {
+                        _ = gone.recv() => return,
+                        _ = tokio::time::sleep(pause) => {}
+                    }
+                    match listen(&url).await {
+                        Ok(l) => break l,
+                        Err(e) => {
+                            tracing::debug!(error = %e, "metadata change feed still down");
+                            pause = (pause * 2).min(Duration::from_secs(5));
+                        }
+                    }
+                };
+                tracing::info!("metadata change feed re-established");
                 let _ = changes.send(String::new());
-                tokio::select! {
-                    _ = gone.recv() => return,
-                    _ = tokio::time::sleep(pause) => {}
-                }
-                pause = (pause * 2).min(Duration::from_secs(5));
             }
         }
     }

@@ -658,6 +658,10 @@ mod tests {
         let mut g = RedisSentinelGroup::start("t");
         assert_eq!(g.master.cli(&["SET", "k", "v"]), "OK");
         assert_eq!(g.master_port(), Some(g.master.port()));
+        // Replication is asynchronous: the replica has it before the kill.
+        wait_until("the replica to have k", READY_LIMIT, || {
+            g.replica.cli(&["GET", "k"]) == "v"
+        });
         g.master.kill();
         let replica = g.replica.port();
         wait_until("the failover", Duration::from_secs(60), || {

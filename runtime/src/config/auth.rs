@@ -268,7 +268,8 @@ pub struct SessionDriverConfig {
     /// See `read_timeout`.
     #[serde(default, with = "super::opt_duration")]
     pub write_timeout: Option<std::time::Duration>,
-    /// Cluster: how many MOVED/ASK redirections a call may follow.
+    /// Cluster: how many times a call is retried after a redirection or a
+    /// failed node (default 2).
     #[serde(default)]
     pub max_redirects: Option<u32>,
     /// go-redis only (reported as ignored).

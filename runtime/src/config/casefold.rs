@@ -5,9 +5,12 @@
 //!
 //! [`Folded`] is a deserializer over a JSON value that, whenever a struct is
 //! asked for, renames each key that matches one of the struct's field names
-//! only when case is ignored to that field name, and does so at every depth.
-//! Keys of maps (repository globs, group names, annotations) are data and
-//! stay as written; an exact match always wins over a case-folded one.
+//! only when case is ignored to that field name, at every depth reached
+//! through structs, options, sequences and maps. Keys of maps (repository
+//! globs, group names, annotations) are data and stay as written; an exact
+//! match always wins over a case-folded one. Structs inside untagged enums
+//! or `#[serde(flatten)]` fields are buffered by serde and not folded (the
+//! configuration has none today).
 
 use serde::de::{
     self, DeserializeSeed, Deserializer, IntoDeserializer, MapAccess, SeqAccess, Visitor,

@@ -640,21 +640,35 @@ pub fn summary(config: &Config) -> BTreeMap<&'static str, String> {
     m
 }
 
-/// `url` with the password of its user part (`user:password@`) replaced by
-/// `***`, for printing.
+/// `url` with its password (in `user:password@`, or a `password=` query
+/// parameter) replaced by `***`, for printing.
 pub fn redact_password(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_string();
     };
     let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
     let (authority, tail) = rest.split_at(authority_end);
-    match authority.rsplit_once('@') {
+    let authority = match authority.rsplit_once('@') {
         Some((user, host)) if user.contains(':') => {
             let name = user.split(':').next().unwrap_or_default();
-            format!("{scheme}://{name}:***@{host}{tail}")
+            format!("{name}:***@{host}")
         }
-        _ => url.to_string(),
-    }
+        _ => authority.to_string(),
+    };
+    let tail = match tail.split_once('?') {
+        Some((path, query)) => {
+            let query: Vec<String> = query
+                .split('&')
+                .map(|kv| match kv.split_once('=') {
+                    Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+                    _ => kv.to_string(),
+                })
+                .collect();
+            format!("{path}?{}", query.join("&"))
+        }
+        None => tail.to_string(),
+    };
+    format!("{scheme}://{authority}{tail}")
 }
 
 #[cfg(test)]
@@ -671,6 +685,10 @@ mod tests {
         assert_eq!(
             redact_password("postgres://meta@db/meta"),
             "postgres://meta@db/meta"
+        );
+        assert_eq!(
+            redact_password("postgres://db/meta?user=m&password=pw&sslmode=require"),
+            "postgres://db/meta?user=m&password=***&sslmode=require"
         );
         assert_eq!(
             redact_password("sqlite:///var/lib/capstan/meta.db?mode=rwc"),

@@ -199,12 +199,14 @@ async fn a_write_waits_for_a_lock_about_to_be_let_go() {
     s.append(&id, None, chunks(&[b"abc"])).await.unwrap();
     let holder = File::open(s.session_dir(&id).join(DATA)).unwrap();
     holder.lock().unwrap();
-    let retry = {
-        let s = s.clone();
-        tokio::spawn(async move { s.append(&id, Some(3), chunks(&[b"d"])).await })
-    };
-    drop(holder);
-    assert_eq!(retry.await.unwrap().unwrap(), 4);
+    // The dying write lets go a moment after the retry arrives. (This
+    // holds the lock for a while; it waits on nothing.)
+    let releaser = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        drop(holder);
+    });
+    assert_eq!(s.append(&id, Some(3), chunks(&[b"d"])).await.unwrap(), 4);
+    releaser.join().unwrap();
 }
 
 #[tokio::test]

@@ -747,6 +747,17 @@ async fn a_locked_database_is_unavailable() {
 }
 
 #[tokio::test]
+async fn a_sqlite_url_with_parameters_still_creates_the_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("new").join("meta.db");
+    let store = Store::open(&format!("sqlite://{}?cache=private", file.display()))
+        .await
+        .unwrap();
+    store.link_blob("r", &sha256(b"x"), 1).await.unwrap();
+    assert!(file.exists());
+}
+
+#[tokio::test]
 async fn only_sqlite_and_postgres_urls_are_accepted() {
     let err = Store::open("mysql://localhost/meta").await.unwrap_err();
     assert!(matches!(err, MetaError::UnsupportedDatabase(s) if s == "mysql"));
@@ -973,5 +984,58 @@ async fn a_lost_change_feed_says_so_and_comes_back() {
             std::time::Instant::now() < limit,
             "the feed never came back"
         );
+    }
+}
+
+/// A replica whose listener cannot reconnect for a while (the database
+/// refuses new connections) tells its subscribers to drop everything once
+/// it listens again — after the changes it missed, not before them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_feed_down_for_a_while_says_so_when_it_is_back() {
+    let (pg, url) = crate::testutil::postgres_db().await;
+    let admin = sqlx::PgPool::connect(&pg.url()).await.unwrap();
+    let a = Store::open(&url).await.unwrap();
+    let b = Store::open(&url).await.unwrap();
+    let mut heard = b.subscribe();
+    let img = image("missed");
+    link_blobs(&a, "missed", &img).await;
+    sqlx::query("ALTER DATABASE meta ALLOW_CONNECTIONS false")
+        .execute(&admin)
+        .await
+        .unwrap();
+    let cut: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = 'meta' AND query LIKE 'LISTEN %'",
+    )
+    .fetch_all(&admin)
+    .await
+    .unwrap();
+    assert_eq!(cut.len(), 2, "each replica listens on one connection");
+    // A commits on a connection it already had; B cannot hear it.
+    a.put_manifest("missed", &tag("x"), "", &img.bytes)
+        .await
+        .unwrap();
+    while let Ok(stale) = heard.try_recv() {
+        assert_ne!(stale, "missed", "B's listener was cut before the change");
+    }
+    sqlx::query("ALTER DATABASE meta ALLOW_CONNECTIONS true")
+        .execute(&admin)
+        .await
+        .unwrap();
+    assert_eq!(
+        next_change(&mut heard).await,
+        "",
+        "told to drop everything once listening again"
+    );
+    // And it hears the next change.
+    a.put_manifest("missed", &tag("y"), "", &img.bytes)
+        .await
+        .unwrap();
+    loop {
+        match next_change(&mut heard).await.as_str() {
+            "missed" => break,
+            "" => {}
+            other => panic!("unexpected change {other}"),
+        }
     }
 }
