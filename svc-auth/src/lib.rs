@@ -84,6 +84,14 @@ pub fn check_config(config: &Config) -> Result<(), String> {
         }
     }
     if let Some(b) = &auth.bearer {
+        if b.oidc.is_some() {
+            return Err(
+                "http.auth.bearer.oidc: zot's OIDC workload-identity tokens are not \
+                 supported yet (Capstan accepts its own tokens, or an issuer's with \
+                 bearer.cert)"
+                    .into(),
+            );
+        }
         if b.cert.is_some() && b.realm.is_none() {
             return Err(
                 "http.auth.bearer.realm: an external token issuer (bearer.cert) \

@@ -111,6 +111,32 @@ fn verify_accepts_a_zot_config_and_names_bad_keys() {
         assert!(stderr.contains("storage.database"), "{bad}: {stderr}");
     }
 
+    // zot features Capstan lacks are named: refused where running without
+    // them would change who may do what, reported as ignored otherwise.
+    let (ok, _, stderr) = verify(&json!({"http": {"auth": {"bearer": {"realm": "zot",
+        "service": "zot", "oidc": {"issuer": "https://k8s", "audiences": ["zot"]}}}}}));
+    assert!(!ok);
+    assert!(stderr.contains("http.auth.bearer.oidc"), "{stderr}");
+    let (ok, _, stderr) = verify(&json!({"http": {"ReadOnly": true}}));
+    assert!(!ok);
+    assert!(stderr.contains("http.ReadOnly"), "{stderr}");
+    let (ok, _, stderr) = verify(&json!({"http": {"ReadOnly": false,
+        "Ratelimit": {"Rate": 10}}, "cluster": {"members": ["a:1"]},
+        "extensions": {"sync": {"enable": false, "registries": [{"urls": ["https://r"],
+            "credentialHelper": "ecr"}]}}}));
+    assert!(ok, "{stderr}");
+    for k in [
+        "http.Ratelimit",
+        "cluster",
+        "extensions.sync.registries.0.credentialHelper",
+    ] {
+        assert!(
+            stderr.contains(&format!("`{k}` is ignored")),
+            "{k}: {stderr}"
+        );
+    }
+    assert!(!stderr.contains("unknown key"), "{stderr}");
+
     let (ok, _, stderr) = verify(&json!({"http": {"prot": 1}}));
     assert!(ok);
     assert!(stderr.contains("unknown key `http.prot`"), "{stderr}");

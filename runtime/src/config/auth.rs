@@ -47,6 +47,10 @@ pub struct AuthConfig {
     /// default `auth.db` (SQLite) under the storage root.
     #[serde(default)]
     pub database: Option<String>,
+    /// zot's `mtls` identity settings: reported as ignored (the client
+    /// certificate's CommonName names the user).
+    #[serde(default)]
+    pub mtls: Option<serde_json::Value>,
     /// Capstan: seconds an issued token stays valid (default 300).
     #[serde(default = "default_token_ttl")]
     pub token_ttl: u64,
@@ -104,7 +108,11 @@ pub struct LdapConfig {
     #[serde(default, rename = "bindPassword")]
     pub bind_password: Option<String>,
     /// JSON file `{"bindDN": …, "bindPassword": …}` instead of the two keys.
-    #[serde(default, rename = "credentialsFile")]
+    #[serde(
+        default,
+        deserialize_with = "super::empty_path_is_none",
+        rename = "credentialsFile"
+    )]
     pub credentials_file: Option<PathBuf>,
     /// Seconds a connection or query may take (default 5).
     #[serde(default, rename = "queryTimeout")]
@@ -140,7 +148,11 @@ pub struct OpenIdProvider {
     #[serde(default)]
     pub clientsecret: Option<String>,
     /// JSON file `{"clientid": …, "clientsecret": …}` instead of the two keys.
-    #[serde(default, rename = "credentialsFile")]
+    #[serde(
+        default,
+        deserialize_with = "super::empty_path_is_none",
+        rename = "credentialsFile"
+    )]
     pub credentials_file: Option<PathBuf>,
     /// Scopes to ask for (default `openid`, `profile`, `email`, `groups`).
     #[serde(default)]
@@ -189,6 +201,11 @@ pub struct BearerConfig {
     /// The `service` (token audience) clients ask tokens for.
     #[serde(default)]
     pub service: Option<String>,
+    /// zot's OIDC workload-identity tokens (`issuer`, `audiences`,
+    /// `claimMapping`): not supported yet, so a configuration with it is
+    /// refused rather than run without the identities it expects.
+    #[serde(default)]
+    pub oidc: Option<serde_json::Value>,
     /// PEM certificate (or public key) of an external token issuer. Absent:
     /// tokens come from Capstan's auth service and are checked against the
     /// keys it publishes.

@@ -37,6 +37,15 @@ pub struct Extensions {
     /// zot's user preferences; reported as ignored.
     #[serde(default)]
     pub userprefs: Option<serde_json::Value>,
+    /// zot's configuration API; reported as ignored.
+    #[serde(default)]
+    pub sysconfig: Option<serde_json::Value>,
+    /// zot's signing; reported as ignored.
+    #[serde(default)]
+    pub sign: Option<serde_json::Value>,
+    /// zot's event sinks; reported as ignored.
+    #[serde(default)]
+    pub events: Option<serde_json::Value>,
 }
 
 /// `extensions.sync`, exactly zot's keys.
@@ -47,7 +56,7 @@ pub struct SyncConfig {
     #[serde(default)]
     pub enable: Option<bool>,
     /// JSON file `{"host:port": {"username": …, "password": …}}`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::empty_path_is_none")]
     pub credentials_file: Option<PathBuf>,
     /// zot's staging directory; accepted (Capstan streams into svc-blob).
     #[serde(default)]
@@ -55,6 +64,16 @@ pub struct SyncConfig {
     /// The upstream registries.
     #[serde(default)]
     pub registries: Vec<SyncRegistry>,
+    /// zot's streaming sync switches: reported as ignored (Capstan's
+    /// pull-through always streams).
+    #[serde(default)]
+    pub enable_streaming: Option<serde_json::Value>,
+    /// See `enableStreaming`.
+    #[serde(default)]
+    pub enable_stream: Option<serde_json::Value>,
+    /// zot's `asyncManifest`: reported as ignored.
+    #[serde(default)]
+    pub async_manifest: Option<serde_json::Value>,
 }
 
 impl SyncConfig {
@@ -103,6 +122,86 @@ pub struct SyncRegistry {
     /// images; empty: all.
     #[serde(default)]
     pub platforms: Vec<String>,
+    /// zot's `syncTimeout`: reported as ignored.
+    #[serde(default)]
+    pub sync_timeout: Option<serde_json::Value>,
+    /// zot's credential helpers (`ecr`, …): reported as ignored; give
+    /// credentials in `credentialsFile`.
+    #[serde(default)]
+    pub credential_helper: Option<serde_json::Value>,
+    /// See `credentialHelper`.
+    #[serde(default)]
+    pub credential_helper_config: Option<serde_json::Value>,
+    /// zot's OAuth2 credential helper: reported as ignored.
+    #[serde(default)]
+    pub oauth2_credential_helper: Option<serde_json::Value>,
+    /// zot's streaming settings: reported as ignored (pull-through always
+    /// streams).
+    #[serde(default)]
+    pub stream: Option<serde_json::Value>,
+    /// See `stream`.
+    #[serde(default)]
+    pub stream_cache: Option<serde_json::Value>,
+    /// See `stream`.
+    #[serde(default)]
+    pub max_concurrent_streams: Option<serde_json::Value>,
+}
+
+impl SyncConfig {
+    /// Keys set but without effect, with the reason.
+    pub fn ignored(&self) -> Vec<(String, &'static str)> {
+        const STREAM: &str = "Capstan's pull-through always streams";
+        let mut out = Vec::new();
+        for (key, set, why) in [
+            ("enableStreaming", self.enable_streaming.is_some(), STREAM),
+            ("enableStream", self.enable_stream.is_some(), STREAM),
+            (
+                "asyncManifest",
+                self.async_manifest.is_some(),
+                "zot's asynchronous manifest sync has no counterpart here",
+            ),
+        ] {
+            if set {
+                out.push((format!("extensions.sync.{key}"), why));
+            }
+        }
+        for (i, r) in self.registries.iter().enumerate() {
+            for (key, set, why) in [
+                (
+                    "syncTimeout",
+                    r.sync_timeout.is_some(),
+                    "no counterpart here",
+                ),
+                (
+                    "credentialHelper",
+                    r.credential_helper.is_some(),
+                    "credential helpers are not implemented; use credentialsFile",
+                ),
+                (
+                    "credentialHelperConfig",
+                    r.credential_helper_config.is_some(),
+                    "credential helpers are not implemented; use credentialsFile",
+                ),
+                (
+                    "oauth2CredentialHelper",
+                    r.oauth2_credential_helper.is_some(),
+                    "OAuth2 credential helpers are not implemented; use credentialsFile",
+                ),
+                ("stream", r.stream.is_some(), STREAM),
+                ("streamCache", r.stream_cache.is_some(), STREAM),
+                (
+                    "maxConcurrentStreams",
+                    r.max_concurrent_streams.is_some(),
+                    STREAM,
+                ),
+            ] {
+                if set {
+                    out.push((format!("extensions.sync.registries.{i}.{key}"), why));
+                }
+            }
+        }
+        out
+    }
 }
 
 impl SyncRegistry {

@@ -57,6 +57,14 @@ pub struct Config {
     /// Addresses of the roles (Capstan; absent in embedded mode).
     #[serde(default)]
     pub services: ServicesConfig,
+    /// zot's scale-out `cluster` (members, hashKey): reported as ignored;
+    /// Capstan scales by running more replicas of each role.
+    #[serde(default)]
+    pub cluster: Option<serde_json::Value>,
+    /// Old zot configurations' `version` (now `distSpecVersion`):
+    /// informational, reported as ignored.
+    #[serde(default)]
+    pub version: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -114,6 +122,9 @@ pub struct StorageConfig {
     /// repository lives under `rootDirectory`.
     #[serde(default)]
     pub sub_paths: Option<serde_json::Value>,
+    /// zot's `hydrateBlobOnRead`: reported as ignored.
+    #[serde(default)]
+    pub hydrate_blob_on_read: Option<serde_json::Value>,
     /// Age after which an abandoned upload session is removed (Capstan).
     #[serde(default = "default_upload_expiry", with = "duration_str")]
     pub upload_expiry: Duration,
@@ -139,6 +150,7 @@ impl Default for StorageConfig {
             remote_cache: None,
             retention: None,
             sub_paths: None,
+            hydrate_blob_on_read: None,
             upload_expiry: default_upload_expiry(),
             database: None,
         }
@@ -169,6 +181,16 @@ pub struct HttpConfig {
     /// Authorization policies.
     #[serde(default)]
     pub access_control: Option<AccessControlConfig>,
+    /// zot 1.x's `ReadOnly`. `true` is refused (Capstan has no read-only
+    /// mode: grant no create/update/delete in `accessControl` instead).
+    #[serde(default)]
+    pub read_only: Option<bool>,
+    /// zot's `Ratelimit`: reported as ignored (no rate limiting yet).
+    #[serde(default)]
+    pub ratelimit: Option<serde_json::Value>,
+    /// zot's `writeTimeout`: reported as ignored.
+    #[serde(default)]
+    pub write_timeout: Option<serde_json::Value>,
     /// zot compatibility switches (e.g. `docker2s2`); accepted, informational.
     #[serde(default)]
     pub compat: Option<serde_json::Value>,
@@ -185,6 +207,9 @@ impl Default for HttpConfig {
             auth: None,
             access_control: None,
             compat: None,
+            read_only: None,
+            ratelimit: None,
+            write_timeout: None,
         }
     }
 }
@@ -324,6 +349,14 @@ mod duration_str {
     }
 }
 
+/// An optional path where `""` means none (zot writes
+/// `"credentialsFile": ""` for "no file").
+pub(crate) fn empty_path_is_none<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<PathBuf>, D::Error> {
+    Ok(Option::<PathBuf>::deserialize(d)?.filter(|p| !p.as_os_str().is_empty()))
+}
+
 /// [`duration_str`] for an optional value.
 mod opt_duration {
     use serde::{Deserialize, Deserializer, Serializer};
@@ -398,10 +431,49 @@ impl Loaded {
                 self.config.scheduler.is_some(),
                 "zot's task scheduler settings have no counterpart here",
             ),
+            (
+                "storage.hydrateBlobOnRead",
+                st.hydrate_blob_on_read.is_some(),
+                "zot's lazy blob hydration has no counterpart here",
+            ),
+            (
+                "cluster",
+                self.config.cluster.is_some(),
+                "zot's scale-out cluster; Capstan scales by running more replicas of \
+                 each role behind its gateways (services)",
+            ),
+            (
+                "version",
+                self.config.version.is_some(),
+                "informational (the old name of distSpecVersion)",
+            ),
+            (
+                "http.Ratelimit",
+                self.config.http.ratelimit.is_some(),
+                "zot's rate limiting is not implemented yet",
+            ),
+            (
+                "http.writeTimeout",
+                self.config.http.write_timeout.is_some(),
+                "no counterpart here; uploads have no fixed timeout",
+            ),
         ] {
             if set {
                 out.push((key.to_string(), why));
             }
+        }
+        if self
+            .config
+            .http
+            .auth
+            .as_ref()
+            .is_some_and(|a| a.mtls.is_some())
+        {
+            out.push((
+                "http.auth.mtls".into(),
+                "zot's certificate identity settings; Capstan takes the certificate's \
+                 CommonName",
+            ));
         }
         if let Some(e) = &self.config.extensions {
             for (key, set, why) in [
@@ -441,10 +513,28 @@ impl Loaded {
                     e.metrics.is_some(),
                     "the gateway always serves /metrics; this section's settings are not read",
                 ),
+                (
+                    "sysconfig",
+                    e.sysconfig.is_some(),
+                    "zot's configuration API is not implemented",
+                ),
+                (
+                    "sign",
+                    e.sign.is_some(),
+                    "zot's signing extension is not implemented",
+                ),
+                (
+                    "events",
+                    e.events.is_some(),
+                    "zot's event sinks are not implemented",
+                ),
             ] {
                 if set {
                     out.push((format!("extensions.{key}"), why));
                 }
+            }
+            if let Some(sync) = &e.sync {
+                out.extend(sync.ignored());
             }
         }
         if let Some(d) = self
@@ -493,6 +583,7 @@ impl Config {
                 apply_override(&mut value, rest, &v);
             }
         }
+        legacy_access_control(&mut value);
         let mut unknown_keys = Vec::new();
         // serde_ignored writes `?` for the inside of an Option.
         let mut on_ignored =
@@ -553,6 +644,13 @@ impl Config {
                 ));
             }
         }
+        if self.http.read_only == Some(true) {
+            return Err(invalid(
+                "http.ReadOnly",
+                "a read-only registry is not supported; grant no create, update or \
+                 delete in http.accessControl instead",
+            ));
+        }
         if matches!(self.log.format.as_deref(), Some(f) if f != "text" && f != "json") {
             return Err(invalid("log.format", "must be \"text\" or \"json\""));
         }
@@ -567,6 +665,62 @@ impl Config {
                 self.storage.root_directory.join("meta.db").display()
             )
         })
+    }
+}
+
+/// zot's older layout of `http.accessControl` puts the repository globs
+/// beside `adminPolicy` instead of under `repositories` (its examples still
+/// do): move them there, so their policies apply rather than being dropped
+/// as unknown keys.
+fn legacy_access_control(root: &mut serde_json::Value) {
+    fn field<'a>(
+        v: &'a mut serde_json::Value,
+        name: &str,
+    ) -> Option<&'a mut serde_json::Map<String, serde_json::Value>> {
+        let map = v.as_object_mut()?;
+        let key = map.keys().find(|k| k.eq_ignore_ascii_case(name))?.clone();
+        map.get_mut(&key)?.as_object_mut()
+    }
+    let Some(http) = field(root, "http") else {
+        return;
+    };
+    let key = http
+        .keys()
+        .find(|k| k.eq_ignore_ascii_case("accessControl"))
+        .cloned();
+    let Some(ac) = key
+        .and_then(|k| http.get_mut(&k))
+        .and_then(|v| v.as_object_mut())
+    else {
+        return;
+    };
+    const KNOWN: [&str; 4] = ["groups", "repositories", "adminPolicy", "metrics"];
+    let globs: Vec<String> = ac
+        .keys()
+        .filter(|k| !KNOWN.iter().any(|known| known.eq_ignore_ascii_case(k)))
+        .cloned()
+        .collect();
+    if globs.is_empty() {
+        return;
+    }
+    let repos_key = ac
+        .keys()
+        .find(|k| k.eq_ignore_ascii_case("repositories"))
+        .cloned()
+        .unwrap_or_else(|| "repositories".to_string());
+    let mut moved = serde_json::Map::new();
+    for g in globs {
+        if let Some(v) = ac.remove(&g) {
+            moved.insert(g, v);
+        }
+    }
+    let repos = ac
+        .entry(repos_key)
+        .or_insert_with(|| serde_json::Value::Object(Default::default()));
+    if let Some(repos) = repos.as_object_mut() {
+        for (g, v) in moved {
+            repos.entry(g).or_insert(v);
+        }
     }
 }
 
@@ -847,6 +1001,21 @@ mod tests {
         let l = load(json!({"storage": {"dedupe": false}})).unwrap();
         assert_eq!(l.ignored_keys()[0].0, "storage.dedupe");
         assert!(load(json!({})).unwrap().ignored_keys().is_empty());
+    }
+
+    #[test]
+    fn zots_older_access_control_layout_is_read() {
+        let l = load(json!({"http": {"accessControl": {
+            "**": {"anonymousPolicy": ["read"]},
+            "infra/**": {"defaultPolicy": ["read"]},
+            "repositories": {"team/**": {"defaultPolicy": ["read", "create"]}},
+            "adminPolicy": {"users": ["admin"], "actions": ["read"]}}}}))
+        .unwrap();
+        assert!(l.unknown_keys.is_empty(), "{:?}", l.unknown_keys);
+        let ac = l.config.http.access_control.unwrap();
+        let globs: Vec<&str> = ac.repositories.keys().map(String::as_str).collect();
+        assert_eq!(globs, ["**", "infra/**", "team/**"]);
+        assert_eq!(ac.admin_policy.unwrap().users, ["admin"]);
     }
 
     #[test]
