@@ -60,12 +60,10 @@ impl Redis {
     }
 
     fn answers_ping(&self) -> bool {
-        let Ok(mut s) = UnixStream::connect(self.socket()) else {
-            return false;
-        };
-        let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
-        let mut buf = [0u8; 7];
-        s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
+        UnixStream::connect(self.socket()).is_ok_and(|mut s| {
+            let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+            pongs(&mut s)
+        })
     }
 
     /// Run one command through `redis-cli` and return its output.
@@ -187,12 +185,10 @@ impl RedisNode {
     }
 
     fn answers_ping(&self) -> bool {
-        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else {
-            return false;
-        };
-        let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
-        let mut buf = [0u8; 7];
-        s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
+        std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok_and(|mut s| {
+            let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+            pongs(&mut s)
+        })
     }
 
     /// Run one command through `redis-cli` and return its output.
@@ -225,6 +221,12 @@ impl Drop for RedisNode {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Whether a Redis server (or sentinel) on `s` answers `PING`.
+fn pongs(s: &mut (impl Read + Write)) -> bool {
+    let mut buf = [0u8; 7];
+    s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
 }
 
 /// One field of `INFO`-style `key:value` lines.

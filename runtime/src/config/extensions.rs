@@ -2,7 +2,7 @@
 //! it); the others are accepted so a zot file loads, are not run, and are
 //! reported as ignored (`Loaded::ignored_keys`).
 
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -93,7 +93,7 @@ pub struct SyncRegistry {
     #[serde(default)]
     pub on_demand: bool,
     /// Mirror `content` periodically at this interval (absent: never).
-    #[serde(default, deserialize_with = "opt_duration")]
+    #[serde(default, with = "super::opt_duration")]
     pub poll_interval: Option<Duration>,
     /// Verify the upstream's TLS certificate (default true).
     #[serde(default)]
@@ -105,7 +105,7 @@ pub struct SyncRegistry {
     #[serde(default)]
     pub max_retries: Option<u32>,
     /// Pause between attempts (default 5s).
-    #[serde(default, deserialize_with = "opt_duration")]
+    #[serde(default, with = "super::opt_duration")]
     pub retry_delay: Option<Duration>,
     /// Only sync images that carry a signature (a Notary or cosign
     /// referrer, or cosign's `sha256-<hex>.sig` tag).
@@ -248,20 +248,4 @@ pub struct SyncTags {
     /// Keep only semantic-version tags.
     #[serde(default)]
     pub semver: bool,
-}
-
-fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum V {
-        Secs(u64),
-        S(String),
-    }
-    match Option::<V>::deserialize(d)? {
-        None => Ok(None),
-        Some(V::Secs(n)) => Ok(Some(Duration::from_secs(n))),
-        Some(V::S(s)) => humantime::parse_duration(&s)
-            .map(Some)
-            .map_err(|e| serde::de::Error::custom(format!("duration {s:?}: {e}"))),
-    }
 }
