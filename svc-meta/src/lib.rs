@@ -21,7 +21,9 @@ mod testutil;
 
 pub use error::MetaError;
 pub use service::{MetaGrpc, grpc_service};
-pub use store::{BUSY_TIMEOUT, Backend, Page, PutOutcome, Referrer, Store, StoredManifest};
+pub use store::{
+    BUSY_TIMEOUT, Backend, CollectedLink, Page, PutOutcome, Referrer, Store, StoredManifest,
+};
 
 use anyhow::Context as _;
 use capstan_proto::meta::v1::meta_service_server::SERVICE_NAME;

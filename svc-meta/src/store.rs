@@ -144,6 +144,15 @@ pub struct Page {
     pub more: bool,
 }
 
+/// A repository's link to a blob that garbage collection removed (or, in
+/// a dry run, would remove).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CollectedLink {
+    pub repo: String,
+    pub digest: String,
+    pub size: u64,
+}
+
 /// A manifest whose `subject` is the queried digest.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Referrer {
@@ -751,6 +760,103 @@ impl Store {
         Ok(())
     }
 
+    /// Garbage collection's mark, first half: the links last made before
+    /// `cutoff` (Unix seconds) that no manifest of their repository
+    /// references, at most `limit` of them in (repository, digest) order,
+    /// are removed and returned; with `dry_run` they are only returned.
+    ///
+    /// A link is removed in a transaction that first takes it (on
+    /// Postgres `FOR UPDATE`: a push holding it `FOR SHARE` finishes
+    /// first) and then checks the references afresh, so a manifest that
+    /// names the blob is never left without its link.
+    pub async fn collect_links(
+        &self,
+        cutoff: i64,
+        limit: u32,
+        dry_run: bool,
+    ) -> Result<Vec<CollectedLink>, MetaError> {
+        let candidates: Vec<(String, String, i64)> = sqlx::query_as(
+            "SELECT l.repo, l.digest, l.size FROM blob_links l \
+             WHERE l.created_at < $1 AND NOT EXISTS (SELECT 1 FROM manifest_refs r \
+                 WHERE r.repo = l.repo AND r.kind = 'blob' AND r.target = l.digest) \
+             ORDER BY l.repo, l.digest LIMIT $2",
+        )
+        .bind(cutoff)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = Vec::with_capacity(candidates.len());
+        if dry_run {
+            for (repo, digest, size) in candidates {
+                out.push(CollectedLink {
+                    repo,
+                    digest,
+                    size: to_u64(size)?,
+                });
+            }
+            return Ok(out);
+        }
+        let (_turn, mut tx) = self.begin_write().await?;
+        for (repo, digest, size) in candidates {
+            if self.backend == Backend::Postgres {
+                let held: Option<i64> = sqlx::query_scalar(
+                    "SELECT size FROM blob_links WHERE repo = $1 AND digest = $2 FOR UPDATE",
+                )
+                .bind(&repo)
+                .bind(&digest)
+                .fetch_optional(&mut *tx)
+                .await?;
+                if held.is_none() {
+                    continue;
+                }
+            }
+            let gone = sqlx::query(
+                "DELETE FROM blob_links WHERE repo = $1 AND digest = $2 AND created_at < $3 \
+                 AND NOT EXISTS (SELECT 1 FROM manifest_refs r \
+                     WHERE r.repo = $1 AND r.kind = 'blob' AND r.target = $2)",
+            )
+            .bind(&repo)
+            .bind(&digest)
+            .bind(cutoff)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if gone > 0 {
+                tracing::info!(repo, digest, size, "unreferenced blob link collected");
+                out.push(CollectedLink {
+                    repo,
+                    digest,
+                    size: to_u64(size)?,
+                });
+            }
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    /// Garbage collection's mark, second half: those of `digests` that no
+    /// repository links and no manifest references, whose bytes svc-blob
+    /// may remove. A read only: the sweep must still make sure that no
+    /// push relinked a blob meanwhile.
+    pub async fn unreferenced(&self, digests: &[Digest]) -> Result<Vec<Digest>, MetaError> {
+        let mut out = Vec::new();
+        for d in digests {
+            let used: Option<String> = sqlx::query_scalar(
+                "SELECT digest FROM blob_links WHERE digest = $1 \
+                 UNION ALL \
+                 SELECT target FROM manifest_refs WHERE kind = 'blob' AND target = $1 \
+                 LIMIT 1",
+            )
+            .bind(d.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+            if used.is_none() {
+                out.push(d.clone());
+            }
+        }
+        Ok(out)
+    }
+
     /// Link `digest` into `repo` when `from` may serve it: `Some(size)` when
     /// mounted, `None` when `from` does not hold it (nothing changes then).
     pub async fn mount_blob(
@@ -991,9 +1097,13 @@ async fn link(
     .bind(at)
     .execute(&mut **tx)
     .await?;
+    // `created_at` is when the link was last made: linking again (a push
+    // of a blob the repository has, a mount) renews it, so garbage
+    // collection, which spares links younger than `gcDelay`, leaves a blob
+    // alone while a push that relies on it is under way.
     sqlx::query(
         "INSERT INTO blob_links (repo, digest, size, created_at) VALUES ($1, $2, $3, $4) \
-         ON CONFLICT (repo, digest) DO NOTHING",
+         ON CONFLICT (repo, digest) DO UPDATE SET created_at = excluded.created_at",
     )
     .bind(repo)
     .bind(digest)

@@ -817,6 +817,117 @@ async fn concurrent_links_all_land_through_group_commit(backend: Backend) {
     assert_eq!(bad.code(), ErrorCode::NameInvalid);
 }
 
+/// Garbage collection's mark: a blob shared by two repositories keeps the
+/// link a manifest needs when the other repository's goes; young links and
+/// relinked ones are spared; a dry run changes nothing and lists exactly
+/// what the real run then removes; once nothing references a blob, its
+/// bytes may go.
+async fn collection_takes_only_unreferenced_old_links(backend: Backend) {
+    let (_db, store) = temp_store_on(backend).await;
+    let img = image("shared");
+    let (config, layer) = (img.blobs[0].0.clone(), img.blobs[1].0.clone());
+    link_blobs(&store, "one", &img).await;
+    link_blobs(&store, "two", &img).await;
+    store
+        .put_manifest("one", &tag("v1"), "", &img.bytes)
+        .await
+        .unwrap();
+    let orphan = sha256(b"never linked");
+    // Everything was linked within the last hour: nothing is old enough.
+    let hour_ago = super::now() - 3600;
+    assert!(
+        store
+            .collect_links(hour_ago, 100, false)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // With a cutoff in the future every link is old: only `two`'s go,
+    // since `one`'s manifest references both blobs.
+    let later = super::now() + 10;
+    let planned = store.collect_links(later, 100, true).await.unwrap();
+    let names: Vec<(&str, String)> = planned
+        .iter()
+        .map(|c| (c.repo.as_str(), c.digest.clone()))
+        .collect();
+    let mut expected = vec![("two", config.to_string()), ("two", layer.to_string())];
+    expected.sort();
+    assert_eq!(names, expected);
+    // The dry run changed nothing; the real run removes what it listed.
+    assert_eq!(
+        store.stat_blob("two", &layer).await.unwrap(),
+        img.blobs[1].1
+    );
+    assert_eq!(
+        store.collect_links(later, 100, false).await.unwrap(),
+        planned
+    );
+    assert_eq!(
+        code(store.stat_blob("two", &layer).await),
+        ErrorCode::BlobUnknown
+    );
+    assert_eq!(
+        store.stat_blob("one", &layer).await.unwrap(),
+        img.blobs[1].1
+    );
+    assert_eq!(
+        store
+            .get_manifest("one", &tag("v1"), false)
+            .await
+            .unwrap()
+            .digest,
+        img.digest.to_string()
+    );
+    // Still referenced through `one`: only the orphan's bytes may go.
+    assert_eq!(
+        store
+            .unreferenced(&[config.clone(), layer.clone(), orphan.clone()])
+            .await
+            .unwrap(),
+        vec![orphan.clone()]
+    );
+    // A link made again is young again.
+    sqlx::query("UPDATE blob_links SET created_at = 0 WHERE repo = $1")
+        .bind("one")
+        .execute(&store.pool)
+        .await
+        .unwrap();
+    store
+        .delete_manifest("one", &by_digest(&img.digest), false)
+        .await
+        .unwrap();
+    store
+        .link_blob("one", &config, img.blobs[0].1)
+        .await
+        .unwrap();
+    let taken = store.collect_links(hour_ago, 100, false).await.unwrap();
+    assert_eq!(
+        taken,
+        vec![CollectedLink {
+            repo: "one".into(),
+            digest: layer.to_string(),
+            size: img.blobs[1].1,
+        }]
+    );
+    assert_eq!(
+        store
+            .unreferenced(&[config.clone(), layer.clone()])
+            .await
+            .unwrap(),
+        vec![layer.clone()]
+    );
+    // The limit bounds one call.
+    assert_eq!(store.collect_links(later, 0, false).await.unwrap(), vec![]);
+    assert_eq!(store.collect_links(later, 1, false).await.unwrap().len(), 1);
+    assert_eq!(
+        store
+            .unreferenced(std::slice::from_ref(&config))
+            .await
+            .unwrap(),
+        vec![config]
+    );
+}
+
 /// Each test above runs once on SQLite and once on a Postgres of its own.
 macro_rules! on_every_backend {
     ($($name:ident),* $(,)?) => {
@@ -856,6 +967,7 @@ on_every_backend!(
     link_stat_unlink_and_mount,
     concurrent_pushes_to_one_tag_leave_one_consistent_winner,
     concurrent_links_all_land_through_group_commit,
+    collection_takes_only_unreferenced_old_links,
 );
 
 /// The next change `rx` hears, within a generous limit.
