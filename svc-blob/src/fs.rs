@@ -95,11 +95,12 @@ impl FsStore {
         let root = root.into();
         let blobs = root.join("blobs");
         let uploads = root.join("uploads");
-        for dir in [&blobs, &uploads] {
+        for dir in [&blobs, &uploads, &root.join(TRASH)] {
             tokio::fs::create_dir_all(dir)
                 .await
                 .map_err(BlobError::io("create directory", dir))?;
         }
+        restore_trash(&root.join(TRASH), &blobs)?;
         Ok(Self {
             root,
             blobs,
@@ -180,6 +181,44 @@ impl FsStore {
     fn session_dir(&self, id: &UploadId) -> PathBuf {
         self.uploads.join(id.to_string())
     }
+}
+
+/// Where garbage collection moves a blob before it checks, one last time,
+/// that nobody used it meanwhile (under the root, so a rename).
+const TRASH: &str = "trash";
+
+/// Put back every blob a garbage collection moved to the trash and did
+/// not get to remove (the process stopped in between): a push may have
+/// relied on it, and the next collection will find it again if not.
+fn restore_trash(trash: &Path, blobs: &Path) -> Result<(), BlobError> {
+    for entry in fs::read_dir(trash).map_err(BlobError::io("list trash", trash))? {
+        let entry = entry.map_err(BlobError::io("list trash", trash))?;
+        let path = entry.path();
+        let name = entry.file_name();
+        let hex = name
+            .to_str()
+            .and_then(|n| n.split('-').next())
+            .unwrap_or("");
+        let alg = match hex.len() {
+            64 => Algorithm::Sha256,
+            128 => Algorithm::Sha512,
+            _ => continue,
+        };
+        let Ok(digest) = Digest::parse(&format!("{}:{hex}", alg.as_str())) else {
+            continue;
+        };
+        let dst = blobs.join(alg.as_str()).join(&hex[..2]).join(hex);
+        if fs::symlink_metadata(&dst).is_ok() {
+            fs::remove_file(&path).map_err(BlobError::io("remove trash", &path))?;
+        } else {
+            if let Some(parent) = dst.parent() {
+                fs::create_dir_all(parent).map_err(BlobError::io("create directory", parent))?;
+            }
+            fs::rename(&path, &dst).map_err(BlobError::io("restore blob", &dst))?;
+            tracing::info!(digest = %digest, "blob put back from the trash");
+        }
+    }
+    Ok(())
 }
 
 /// Run blocking file work off the async threads.
@@ -564,7 +603,14 @@ fn publish(src: &Path, dst: &Path, commit: bool) -> Result<bool, BlobError> {
         }
     }
     if fs::symlink_metadata(dst).is_ok() {
-        return Ok(false);
+        // The blob is stored already: mark it used now, so a garbage
+        // collection that found it stale leaves it (or, if it was just
+        // taken away, this copy takes its place).
+        match File::open(dst).and_then(|f| f.set_modified(SystemTime::now())) {
+            Ok(()) => return Ok(false),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(BlobError::io("mark blob used", dst)(e)),
+        }
     }
     fs::rename(src, dst).map_err(BlobError::io("rename into place", dst))?;
     if commit {
@@ -984,6 +1030,97 @@ impl BlobStore for FsStore {
             tracing::debug!(digest = %digest, "blob to delete was absent");
         }
         Ok(deleted)
+    }
+
+    async fn stale_blobs(
+        &self,
+        cutoff: SystemTime,
+        limit: usize,
+    ) -> Result<Vec<(Digest, u64)>, BlobError> {
+        let blobs = self.blobs.clone();
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        blocking(move || {
+            let mut out = Vec::new();
+            for alg in [Algorithm::Sha256, Algorithm::Sha512] {
+                let dir = blobs.join(alg.as_str());
+                let Ok(prefixes) = fs::read_dir(&dir) else {
+                    continue;
+                };
+                for prefix in prefixes {
+                    let prefix = prefix.map_err(BlobError::io("list blobs", &dir))?;
+                    let Ok(files) = fs::read_dir(prefix.path()) else {
+                        continue;
+                    };
+                    for f in files {
+                        let f = f.map_err(BlobError::io("list blobs", &dir))?;
+                        let Some(name) = f.file_name().to_str().map(str::to_string) else {
+                            continue;
+                        };
+                        let Ok(digest) = Digest::parse(&format!("{}:{name}", alg.as_str())) else {
+                            continue;
+                        };
+                        let Ok(meta) = f.metadata() else { continue };
+                        if meta.modified().is_ok_and(|m| m < cutoff) {
+                            out.push((digest, meta.len()));
+                            if out.len() >= limit {
+                                return Ok(out);
+                            }
+                        }
+                    }
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn remove_stale(&self, digest: &Digest, cutoff: SystemTime) -> Result<bool, BlobError> {
+        let path = self.blob_path(digest);
+        let trash = self.root.join(TRASH).join(format!(
+            "{}-{}",
+            digest.hex(),
+            uuid::Uuid::new_v4().simple()
+        ));
+        let commit = self.commit;
+        let removed = blocking(move || {
+            let used_since = |p: &Path| -> Result<bool, BlobError> {
+                let m = fs::metadata(p).map_err(BlobError::io("stat blob", p))?;
+                Ok(m.modified().map_or(true, |t| t >= cutoff))
+            };
+            match fs::metadata(&path) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+                Err(e) => return Err(BlobError::io("stat blob", &path)(e)),
+                Ok(_) if used_since(&path)? => return Ok(false),
+                Ok(_) => {}
+            }
+            match fs::rename(&path, &trash) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+                r => r.map_err(BlobError::io("move blob to trash", &path))?,
+            }
+            // A put of this digest that found the blob before the move has
+            // marked it used; give it back (unless that put, finding it
+            // gone, has placed its own copy already).
+            if used_since(&trash)? {
+                if fs::symlink_metadata(&path).is_err() {
+                    fs::rename(&trash, &path).map_err(BlobError::io("restore blob", &path))?;
+                } else {
+                    fs::remove_file(&trash).map_err(BlobError::io("remove trash", &trash))?;
+                }
+                return Ok(false);
+            }
+            fs::remove_file(&trash).map_err(BlobError::io("remove trash", &trash))?;
+            if commit && let Some(parent) = path.parent() {
+                sync_dir(parent)?;
+            }
+            Ok(true)
+        })
+        .await?;
+        if removed {
+            tracing::info!(digest = %digest, "stale blob removed");
+        }
+        Ok(removed)
     }
 
     async fn expire_uploads(&self, idle: Duration) -> Result<usize, BlobError> {

@@ -98,6 +98,24 @@ pub trait BlobStore: Send + Sync + 'static {
     /// Remove a committed blob; `false` when it was absent.
     async fn delete(&self, digest: &Digest) -> Result<bool, BlobError>;
 
+    /// Garbage collection: committed blobs neither written nor stored again
+    /// since `cutoff`, with their sizes, at most `limit` of them.
+    async fn stale_blobs(
+        &self,
+        cutoff: std::time::SystemTime,
+        limit: usize,
+    ) -> Result<Vec<(Digest, u64)>, BlobError>;
+
+    /// Garbage collection: remove `digest` unless it was written or stored
+    /// again since `cutoff`. A put or commit of the same digest racing with
+    /// this either keeps the blob or stores it anew; nothing is lost.
+    /// `false` when it was absent or used since.
+    async fn remove_stale(
+        &self,
+        digest: &Digest,
+        cutoff: std::time::SystemTime,
+    ) -> Result<bool, BlobError>;
+
     /// Remove upload sessions idle for at least `idle`, skipping any being
     /// written right now. Returns how many were removed.
     async fn expire_uploads(&self, idle: Duration) -> Result<usize, BlobError>;

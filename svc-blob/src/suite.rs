@@ -406,6 +406,30 @@ pub(crate) async fn uploads_remember_their_owner(a: &dyn BlobStore, b: &dyn Blob
     assert_eq!(a.upload_owner(&id).await.unwrap(), "team/app");
 }
 
+/// Garbage collection's sweep: a blob unused since the cutoff is listed and
+/// removed; one stored again since (a push of a layer the store has) is
+/// neither.
+pub(crate) async fn stale_blobs_swept_reused_kept(a: &dyn BlobStore, b: &dyn BlobStore) {
+    let (x, y) = (b"stale one".to_vec(), b"reused one".to_vec());
+    let (dx, dy) = (sha256(&x), sha256(&y));
+    a.put(&dx, chunks(&[&x])).await.unwrap();
+    a.put(&dy, chunks(&[&y])).await.unwrap();
+    let cutoff = std::time::SystemTime::now();
+    // Stored again on the other replica after the cutoff.
+    b.put(&dy, chunks(&[&y])).await.unwrap();
+    let stale = b.stale_blobs(cutoff, 100).await.unwrap();
+    assert_eq!(stale, vec![(dx.clone(), x.len() as u64)]);
+    assert!(b.stale_blobs(cutoff, 0).await.unwrap().is_empty());
+    assert!(!a.remove_stale(&dy, cutoff).await.unwrap());
+    assert_eq!(read_all(a, &dy).await, y);
+    assert!(b.remove_stale(&dx, cutoff).await.unwrap());
+    assert!(matches!(err(a.stat(&dx).await), BlobError::BlobUnknown(_)));
+    assert!(!a.remove_stale(&dx, cutoff).await.unwrap());
+    // Pushed again after it went: stored anew.
+    a.put(&dx, chunks(&[&x])).await.unwrap();
+    assert_eq!(read_all(b, &dx).await, x);
+}
+
 /// One `#[tokio::test]` per suite case, each on fresh storage from `$open`.
 macro_rules! blob_store_suite {
     ($open:expr) => {
@@ -425,6 +449,7 @@ macro_rules! blob_store_suite {
             empty_blob,
             same_blob_committed_twice,
             uploads_remember_their_owner,
+            stale_blobs_swept_reused_kept,
         );
     };
     (@cases $open:expr; $($case:ident),* $(,)?) => {

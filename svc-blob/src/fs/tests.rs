@@ -393,3 +393,20 @@ async fn without_warming_a_pushed_blob_is_read_directly_first() {
         s.read_paths()
     );
 }
+
+/// A blob left in the trash by a collection that stopped half-way is put
+/// back when the store opens (a push may have relied on it).
+#[tokio::test]
+async fn a_blob_left_in_the_trash_is_put_back() {
+    let (dir, s) = store().await;
+    let data = b"half-collected".to_vec();
+    let d = sha256(&data);
+    s.put(&d, chunks(&[&data])).await.unwrap();
+    let path = s.blob_path(&d);
+    let trash = dir.path().join(TRASH).join(format!("{}-x", d.hex()));
+    fs::rename(&path, &trash).unwrap();
+    drop(s);
+    let s = FsStore::new(dir.path(), false).await.unwrap();
+    assert_eq!(read_all(&s, &d).await, data);
+    assert_eq!(fs::read_dir(dir.path().join(TRASH)).unwrap().count(), 0);
+}
