@@ -188,6 +188,9 @@ pub struct Authn {
     pub secure_cookies: bool,
     /// `http.externalUrl`: the registry's public URL behind a proxy.
     external_url: Option<String>,
+    /// `accessControl.metrics.anonymousPolicy` holds `read`: callers
+    /// without credentials may read `/metrics`.
+    metrics_anonymous: bool,
     /// `accessControl.metrics.users`: who may read `/metrics`.
     metrics_users: Option<Vec<String>>,
 }
@@ -242,6 +245,12 @@ impl Authn {
                 .external_url
                 .as_ref()
                 .map(|u| u.trim_end_matches('/').to_string()),
+            metrics_anonymous: config
+                .http
+                .access_control
+                .as_ref()
+                .and_then(|a| a.metrics.as_ref())
+                .is_some_and(|m| m.anonymous_policy.iter().any(|a| a == "read")),
             // With access control, only the listed users (zot: none when
             // the list is absent); without it, any authenticated user.
             metrics_users: config.http.access_control.as_ref().map(|a| {
@@ -260,6 +269,7 @@ impl Authn {
     /// Whether `caller` may read `/metrics`.
     pub fn may_read_metrics(&self, caller: &Caller) -> bool {
         caller.login == Login::Open
+            || (caller.is_anonymous() && self.metrics_anonymous)
             || (!caller.is_anonymous()
                 && self
                     .metrics_users

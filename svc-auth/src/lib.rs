@@ -59,6 +59,18 @@ pub fn check_config(config: &Config) -> Result<(), String> {
                 .into(),
         );
     }
+    if let Some(bad) = config
+        .http
+        .access_control
+        .as_ref()
+        .and_then(|a| a.metrics.as_ref())
+        .and_then(|m| m.anonymous_policy.iter().find(|a| *a != "read"))
+    {
+        return Err(format!(
+            "http.accessControl.metrics.anonymousPolicy: {bad:?} is not an action on \
+             metrics (only \"read\")"
+        ));
+    }
     if let Some(o) = &auth.openid {
         oidc::Oidc::new(o)?;
     }

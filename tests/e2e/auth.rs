@@ -918,3 +918,43 @@ async fn ldap_logins_against_slapd_carry_directory_groups() {
     );
     assert!(!sb.proc.log_text().contains("alice-ldap-pw"));
 }
+
+/// zot's `metrics.anonymousPolicy: ["read"]`: callers without credentials
+/// read `/metrics`; a user who is not listed still does not.
+#[tokio::test]
+async fn anonymous_metrics_readers_as_zot_allows() {
+    let (_dir, mut sb) = with_users(
+        &[("admin", "pw"), ("alice", "pw")],
+        json!({"accessControl": {
+            "repositories": {"**": {"defaultPolicy": ["read"]}},
+            "metrics": {"users": ["admin"], "anonymousPolicy": ["read"]}}}),
+    )
+    .await;
+    sb.logout();
+    assert_eq!(sb.get("/metrics").await.status(), 200);
+    sb.login("admin", "pw");
+    assert_eq!(sb.get("/metrics").await.status(), 200);
+    sb.login("alice", "pw");
+    assert_eq!(sb.get("/metrics").await.status(), 403);
+    // Anything but read is refused by name.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.json");
+    std::fs::write(
+        &path,
+        serde_json::to_vec(&json!({"http": {"auth": {"htpasswd": {"path": "/p"}},
+            "accessControl": {"metrics": {"anonymousPolicy": ["delete"]}}}}))
+        .unwrap(),
+    )
+    .unwrap();
+    let out = std::process::Command::new(crate::sandbox::BIN)
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("metrics.anonymousPolicy"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -479,10 +479,10 @@ pub struct AccessControlConfig {
     /// Actions some users or groups hold on every repository.
     #[serde(default)]
     pub admin_policy: Option<Policy>,
-    /// Who may read `/metrics` when authentication is on: `{"users": […]}`;
-    /// absent, any authenticated user.
+    /// Who may read `/metrics` when authentication is on: `{"users": […]}`,
+    /// and `"anonymousPolicy": ["read"]` for callers without credentials.
     #[serde(default)]
-    pub metrics: Option<GroupConfig>,
+    pub metrics: Option<MetricsAccess>,
 }
 
 impl AccessControlConfig {
@@ -499,6 +499,18 @@ pub struct GroupConfig {
     /// Members of the group.
     #[serde(default)]
     pub users: Vec<String>,
+}
+
+/// `http.accessControl.metrics`: who reads `/metrics`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MetricsAccess {
+    /// Users who may read them.
+    #[serde(default)]
+    pub users: Vec<String>,
+    /// `["read"]`: callers without credentials may read them too (zot).
+    #[serde(default)]
+    pub anonymous_policy: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
