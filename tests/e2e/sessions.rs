@@ -66,6 +66,17 @@ async fn use_on(sb: &Sandbox, s: &str) -> u16 {
         .as_u16()
 }
 
+/// End session `s` through `sb`'s logout.
+async fn logout(sb: &Sandbox, s: &str) {
+    let r = reqwest::Client::new()
+        .post(sb.url("/zot/auth/logout"))
+        .header("Cookie", format!("session={s}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
 /// The Redis key of session `s`.
 fn key_of(prefix: &str, s: &str) -> String {
     format!(
@@ -126,13 +137,7 @@ async fn redis_sessions_work_across_registries_and_fail_closed_when_redis_dies()
     assert_eq!(redis.cli(&["EXISTS", &format!("capstan-test:{s}")]), "0");
     // Logout on B ends it on A (used there just before).
     assert_eq!(use_on(&a, &s).await, 200);
-    let r = reqwest::Client::new()
-        .post(b.url("/zot/auth/logout"))
-        .header("Cookie", format!("session={s}"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    logout(&b, &s).await;
     refused_by(&a, &s, Instant::now() + RECHECK).await;
     // Redis dies: a session B never saw is refused with 503, not served
     // as anonymous; requests without a cookie are unaffected.
@@ -251,13 +256,7 @@ async fn sessions_follow_a_sentinel_failover_and_never_fall_back_to_anonymous() 
     let s2 = login(&b).await;
     assert_eq!(use_on(&a, &s2).await, 200);
     assert_eq!(group.replica.cli(&["EXISTS", &key_of("sso", &s2)]), "1");
-    let r = reqwest::Client::new()
-        .post(a.url("/zot/auth/logout"))
-        .header("Cookie", format!("session={s2}"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    logout(&a, &s2).await;
     refused_by(&b, &s2, Instant::now() + RECHECK).await;
     assert_eq!(use_on(&b, &s).await, 200, "the first session survived");
 }
