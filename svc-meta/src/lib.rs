@@ -22,7 +22,8 @@ mod testutil;
 pub use error::MetaError;
 pub use service::{MetaGrpc, grpc_service};
 pub use store::{
-    BUSY_TIMEOUT, Backend, CollectedLink, Page, PutOutcome, Referrer, Store, StoredManifest,
+    BUSY_TIMEOUT, Backend, CollectedLink, Collection, Garbage, Page, PutOutcome, RENEW_AFTER,
+    Referrer, Store, StoredManifest,
 };
 
 use anyhow::Context as _;
@@ -62,7 +63,8 @@ pub async fn serve(
         .with_context(|| format!("cannot create storage.rootDirectory {}", root.display()))?;
     let store = Store::open(&config.database_url())
         .await
-        .context("cannot open the metadata database")?;
+        .context("cannot open the metadata database")?
+        .with_gc_delay(config.storage.gc_delay());
     let health = grpc::health_service(&[SERVICE_NAME]).await;
     let routes = tonic::service::Routes::new(health)
         .add_service(grpc_service(store.clone(), shutdown.clone()));

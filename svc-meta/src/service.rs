@@ -11,6 +11,10 @@ use capstan_proto::meta::v1::{
     PutManifestResponse, ReferrersRequest, ReferrersResponse, StatBlobRequest, StatBlobResponse,
     UnlinkBlobRequest, UnlinkBlobResponse, WatchRequest,
 };
+use capstan_proto::meta::v1::{
+    CollectGarbageRequest, CollectGarbageResponse, CollectedLink, ForgetGarbageRequest,
+    ForgetGarbageResponse, GarbageEntry, UnreferencedRequest, UnreferencedResponse,
+};
 use capstan_runtime::Shutdown;
 use capstan_runtime::grpc::MAX_MESSAGE_BYTES;
 use std::future::Future;
@@ -221,6 +225,75 @@ impl MetaService for MetaGrpc {
             Ok(MountBlobResponse {
                 mounted: size.is_some(),
                 size: size.unwrap_or(0),
+            })
+        })
+        .await
+    }
+
+    async fn collect_garbage(
+        &self,
+        request: Request<CollectGarbageRequest>,
+    ) -> Result<Response<CollectGarbageResponse>, Status> {
+        call("collect_garbage", &request, async {
+            let r = request.get_ref();
+            let c = self.store.collect(r.cutoff, r.limit, r.dry_run).await?;
+            Ok(CollectGarbageResponse {
+                links: c
+                    .links
+                    .into_iter()
+                    .map(|l| CollectedLink {
+                        repo: l.repo,
+                        digest: l.digest,
+                        size: l.size,
+                    })
+                    .collect(),
+                garbage: c
+                    .garbage
+                    .into_iter()
+                    .map(|g| GarbageEntry {
+                        digest: g.digest,
+                        since: g.since,
+                    })
+                    .collect(),
+            })
+        })
+        .await
+    }
+
+    async fn forget_garbage(
+        &self,
+        request: Request<ForgetGarbageRequest>,
+    ) -> Result<Response<ForgetGarbageResponse>, Status> {
+        call("forget_garbage", &request, async {
+            let entries: Vec<crate::Garbage> = request
+                .get_ref()
+                .garbage
+                .iter()
+                .map(|g| crate::Garbage {
+                    digest: g.digest.clone(),
+                    since: g.since,
+                })
+                .collect();
+            self.store.forget_garbage(&entries).await?;
+            Ok(ForgetGarbageResponse {})
+        })
+        .await
+    }
+
+    async fn unreferenced(
+        &self,
+        request: Request<UnreferencedRequest>,
+    ) -> Result<Response<UnreferencedResponse>, Status> {
+        call("unreferenced", &request, async {
+            let digests = request
+                .get_ref()
+                .digests
+                .iter()
+                .map(|d| MetaError::digest(d))
+                .collect::<Result<Vec<_>, _>>()?;
+            let unused = self.store.unreferenced(&digests).await?;
+            Ok(UnreferencedResponse {
+                digests: unused.iter().map(ToString::to_string).collect(),
             })
         })
         .await

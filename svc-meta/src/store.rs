@@ -42,6 +42,9 @@ const POSTGRES_CONNECTIONS: u32 = 16;
 const CHANGES_CHANNEL: &str = "capstan_meta_changes";
 /// Changes buffered per subscriber before it counts as fallen behind.
 const CHANGES_BUFFER: usize = 1024;
+/// The longest an unreferenced link goes without renewal while lookups
+/// find it (see [`Store::with_gc_delay`]).
+pub const RENEW_AFTER: Duration = Duration::from_secs(60);
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations-postgres");
@@ -117,6 +120,9 @@ pub struct Store {
     changes: broadcast::Sender<String>,
     /// Ends the Postgres listener when the last handle is gone.
     _alive: std::sync::Arc<tokio::sync::mpsc::Sender<()>>,
+    /// A lookup of a link older than this that no manifest references
+    /// makes it young again ([`Store::stat_blob`]).
+    renew_after: Duration,
 }
 
 /// Result of a stored manifest push.
@@ -151,6 +157,24 @@ pub struct CollectedLink {
     pub repo: String,
     pub digest: String,
     pub size: u64,
+}
+
+/// A digest that nothing links or references any more: svc-blob may
+/// remove its bytes, then [`Store::forget_garbage`] drops the entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Garbage {
+    pub digest: String,
+    /// When its last link went (Unix seconds); identifies this entry.
+    pub since: i64,
+}
+
+/// What one step of garbage collection's mark found.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Collection {
+    /// Links removed (or, in a dry run, that would be).
+    pub links: Vec<CollectedLink>,
+    /// Digests whose bytes may go.
+    pub garbage: Vec<Garbage>,
 }
 
 /// A manifest whose `subject` is the queried digest.
@@ -262,7 +286,18 @@ impl Store {
             writer,
             changes,
             _alive: std::sync::Arc::new(alive),
+            renew_after: RENEW_AFTER,
         })
+    }
+
+    /// Tell the store garbage collection's `gcDelay`: a blob lookup
+    /// renews an unreferenced link once a quarter of it has passed (at
+    /// most every [`RENEW_AFTER`]), so that a push which found the blob
+    /// present and skipped its upload still finds it linked when its
+    /// manifest arrives.
+    pub fn with_gc_delay(mut self, delay: Duration) -> Store {
+        self.renew_after = (delay / 4).min(RENEW_AFTER);
+        self
     }
 
     /// The database this store runs on.
@@ -617,6 +652,18 @@ impl Store {
                     .execute(&mut *tx)
                     .await?
                     .rows_affected();
+                // The links this manifest kept may be garbage now.
+                sqlx::query(
+                    "INSERT INTO gc_links (repo, digest, queued_at) \
+                     SELECT repo, target, $3 FROM manifest_refs \
+                     WHERE repo = $1 AND digest = $2 AND kind = 'blob' ORDER BY target \
+                     ON CONFLICT (repo, digest) DO UPDATE SET queued_at = excluded.queued_at",
+                )
+                .bind(repo)
+                .bind(&digest)
+                .bind(now())
+                .execute(&mut *tx)
+                .await?;
                 sqlx::query("DELETE FROM manifest_refs WHERE repo = $1 AND digest = $2")
                     .bind(repo)
                     .bind(&digest)
@@ -733,124 +780,231 @@ impl Store {
     }
 
     /// Size of `digest` if it is linked to `repo`, else BLOB_UNKNOWN.
+    ///
+    /// A push asks this before it skips uploading a blob the repository
+    /// has; if no manifest references the link and it is older than
+    /// [`Store::with_gc_delay`] allows, the lookup makes it young again, so
+    /// that garbage collection leaves it to the manifest that follows
+    /// (distribution#3045). A link collected meanwhile is BLOB_UNKNOWN.
     pub async fn stat_blob(&self, repo: &str, digest: &Digest) -> Result<u64, MetaError> {
         check_repo(repo)?;
-        let size: Option<i64> =
-            sqlx::query_scalar("SELECT size FROM blob_links WHERE repo = $1 AND digest = $2")
-                .bind(repo)
-                .bind(digest.to_string())
-                .fetch_optional(&self.pool)
-                .await?;
-        to_u64(size.ok_or(MetaError::BlobUnknown)?)
+        let digest = digest.to_string();
+        let row: Option<(i64, i64, i64)> = sqlx::query_as(
+            "SELECT l.size, l.created_at, (SELECT COUNT(*) FROM manifest_refs r \
+                 WHERE r.repo = l.repo AND r.kind = 'blob' AND r.target = l.digest) \
+             FROM blob_links l WHERE l.repo = $1 AND l.digest = $2",
+        )
+        .bind(repo)
+        .bind(&digest)
+        .fetch_optional(&self.pool)
+        .await?;
+        let (size, created_at, references) = row.ok_or(MetaError::BlobUnknown)?;
+        let at = now();
+        let renew_after = i64::try_from(self.renew_after.as_secs()).unwrap_or(i64::MAX);
+        if references == 0 && created_at < at.saturating_sub(renew_after) {
+            let renewed = sqlx::query(
+                "UPDATE blob_links SET created_at = $3 WHERE repo = $1 AND digest = $2",
+            )
+            .bind(repo)
+            .bind(&digest)
+            .bind(at)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+            if renewed == 0 {
+                return Err(MetaError::BlobUnknown);
+            }
+            tracing::debug!(repo, digest, "unreferenced blob link renewed");
+        }
+        to_u64(size)
     }
 
     /// Remove the link of `digest` to `repo`; BLOB_UNKNOWN when absent.
+    /// Its bytes go at the next garbage collection unless something else
+    /// links or references them.
     pub async fn unlink_blob(&self, repo: &str, digest: &Digest) -> Result<(), MetaError> {
         check_repo(repo)?;
+        let digest = digest.to_string();
+        let (_turn, mut tx) = self.begin_write().await?;
         let gone = sqlx::query("DELETE FROM blob_links WHERE repo = $1 AND digest = $2")
             .bind(repo)
-            .bind(digest.to_string())
-            .execute(&self.pool)
+            .bind(&digest)
+            .execute(&mut *tx)
             .await?
             .rows_affected();
         if gone == 0 {
             return Err(MetaError::BlobUnknown);
         }
-        tracing::info!(repo, digest = %digest, "blob unlinked");
+        sqlx::query("DELETE FROM gc_links WHERE repo = $1 AND digest = $2")
+            .bind(repo)
+            .bind(&digest)
+            .execute(&mut *tx)
+            .await?;
+        queue_garbage(&mut tx, &digest, now()).await?;
+        tx.commit().await?;
+        tracing::info!(repo, digest, "blob unlinked");
         Ok(())
     }
 
-    /// Garbage collection's mark, first half: the links last made before
-    /// `cutoff` (Unix seconds) that no manifest of their repository
-    /// references, at most `limit` of them in (repository, digest) order,
-    /// are removed and returned; with `dry_run` they are only returned.
+    /// Garbage collection's mark, one step of at most `limit` of each kind:
     ///
-    /// A link is removed in a transaction that first takes it (on
-    /// Postgres `FOR UPDATE`: a push holding it `FOR SHARE` finishes
-    /// first) and then checks the references afresh, so a manifest that
-    /// names the blob is never left without its link.
-    pub async fn collect_links(
+    /// - the queued links (made, or left by a deleted manifest, before
+    ///   `cutoff`, Unix seconds) that were last made before `cutoff` and that
+    ///   no manifest of their repository references are removed;
+    /// - the digests that lost their last link, in this step or earlier,
+    ///   and that nothing links or references now are returned as garbage
+    ///   (they stay queued until [`Store::forget_garbage`]).
+    ///
+    /// Only the queues are read, so the work follows the garbage, not the
+    /// size of the registry. With `dry_run` everything happens in a
+    /// transaction that is rolled back: the answer is what a real step
+    /// would do now. On Postgres rows that a push holds are skipped, never
+    /// waited for (the next step sees them); a push never waits on this
+    /// step for longer than the step takes.
+    pub async fn collect(
         &self,
         cutoff: i64,
         limit: u32,
         dry_run: bool,
-    ) -> Result<Vec<CollectedLink>, MetaError> {
-        let candidates: Vec<(String, String, i64)> = sqlx::query_as(
-            "SELECT l.repo, l.digest, l.size FROM blob_links l \
-             WHERE l.created_at < $1 AND NOT EXISTS (SELECT 1 FROM manifest_refs r \
-                 WHERE r.repo = l.repo AND r.kind = 'blob' AND r.target = l.digest) \
-             ORDER BY l.repo, l.digest LIMIT $2",
-        )
+    ) -> Result<Collection, MetaError> {
+        let pg = self.backend == Backend::Postgres;
+        let at = now();
+        let (_turn, mut tx) = self.begin_write().await?;
+        let queued: Vec<(String, String)> = sqlx::query_as(if pg {
+            "SELECT repo, digest FROM gc_links WHERE queued_at < $1 \
+             ORDER BY queued_at, repo, digest LIMIT $2 FOR UPDATE SKIP LOCKED"
+        } else {
+            "SELECT repo, digest FROM gc_links WHERE queued_at < $1 \
+             ORDER BY queued_at, repo, digest LIMIT $2"
+        })
         .bind(cutoff)
         .bind(i64::from(limit))
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *tx)
         .await?;
-        let mut out = Vec::with_capacity(candidates.len());
-        if dry_run {
-            for (repo, digest, size) in candidates {
-                out.push(CollectedLink {
-                    repo,
-                    digest,
-                    size: to_u64(size)?,
-                });
-            }
-            return Ok(out);
-        }
-        let (_turn, mut tx) = self.begin_write().await?;
-        for (repo, digest, size) in candidates {
-            if self.backend == Backend::Postgres {
-                let held: Option<i64> = sqlx::query_scalar(
-                    "SELECT size FROM blob_links WHERE repo = $1 AND digest = $2 FOR UPDATE",
-                )
-                .bind(&repo)
-                .bind(&digest)
-                .fetch_optional(&mut *tx)
-                .await?;
-                if held.is_none() {
-                    continue;
+        let mut out = Collection::default();
+        for (repo, digest) in queued {
+            let link: Option<(i64, i64)> = sqlx::query_as(if pg {
+                "SELECT size, created_at FROM blob_links WHERE repo = $1 AND digest = $2 \
+                 FOR UPDATE SKIP LOCKED"
+            } else {
+                "SELECT size, created_at FROM blob_links WHERE repo = $1 AND digest = $2"
+            })
+            .bind(&repo)
+            .bind(&digest)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let unqueue = || {
+                sqlx::query("DELETE FROM gc_links WHERE repo = $1 AND digest = $2")
+                    .bind(&repo)
+                    .bind(&digest)
+            };
+            let Some((size, created_at)) = link else {
+                let busy: Option<i64> = if pg {
+                    sqlx::query_scalar(
+                        "SELECT size FROM blob_links WHERE repo = $1 AND digest = $2",
+                    )
+                    .bind(&repo)
+                    .bind(&digest)
+                    .fetch_optional(&mut *tx)
+                    .await?
+                } else {
+                    None
+                };
+                if busy.is_none() {
+                    unqueue().execute(&mut *tx).await?;
                 }
-            }
-            let gone = sqlx::query(
-                "DELETE FROM blob_links WHERE repo = $1 AND digest = $2 AND created_at < $3 \
-                 AND NOT EXISTS (SELECT 1 FROM manifest_refs r \
-                     WHERE r.repo = $1 AND r.kind = 'blob' AND r.target = $2)",
+                continue;
+            };
+            let referenced: Option<String> = sqlx::query_scalar(
+                "SELECT target FROM manifest_refs \
+                 WHERE repo = $1 AND kind = 'blob' AND target = $2 LIMIT 1",
             )
             .bind(&repo)
             .bind(&digest)
-            .bind(cutoff)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            if gone > 0 {
+            .fetch_optional(&mut *tx)
+            .await?;
+            if referenced.is_some() {
+                // Queued again if that manifest is deleted.
+                unqueue().execute(&mut *tx).await?;
+                continue;
+            }
+            if created_at >= cutoff {
+                // Made again since it was queued: look again when it is old.
+                sqlx::query("UPDATE gc_links SET queued_at = $3 WHERE repo = $1 AND digest = $2")
+                    .bind(&repo)
+                    .bind(&digest)
+                    .bind(created_at)
+                    .execute(&mut *tx)
+                    .await?;
+                continue;
+            }
+            sqlx::query("DELETE FROM blob_links WHERE repo = $1 AND digest = $2")
+                .bind(&repo)
+                .bind(&digest)
+                .execute(&mut *tx)
+                .await?;
+            unqueue().execute(&mut *tx).await?;
+            queue_garbage(&mut tx, &digest, at).await?;
+            if !dry_run {
                 tracing::info!(repo, digest, size, "unreferenced blob link collected");
-                out.push(CollectedLink {
-                    repo,
-                    digest,
-                    size: to_u64(size)?,
-                });
+            }
+            out.links.push(CollectedLink {
+                repo,
+                digest,
+                size: to_u64(size)?,
+            });
+        }
+        let queued: Vec<(String, i64)> =
+            sqlx::query_as("SELECT digest, since FROM gc_blobs ORDER BY since, digest LIMIT $1")
+                .bind(i64::from(limit))
+                .fetch_all(&mut *tx)
+                .await?;
+        for (digest, since) in queued {
+            if used(&mut *tx, &digest).await? {
+                sqlx::query("DELETE FROM gc_blobs WHERE digest = $1 AND since = $2")
+                    .bind(&digest)
+                    .bind(since)
+                    .execute(&mut *tx)
+                    .await?;
+            } else {
+                out.garbage.push(Garbage { digest, since });
             }
         }
-        tx.commit().await?;
+        if dry_run {
+            tx.rollback().await?;
+        } else {
+            tx.commit().await?;
+        }
         Ok(out)
     }
 
-    /// Garbage collection's mark, second half: those of `digests` that no
-    /// repository links and no manifest references, whose bytes svc-blob
-    /// may remove. A read only: the sweep must still make sure that no
-    /// push relinked a blob meanwhile.
+    /// svc-blob has dealt with these entries of [`Store::collect`]'s
+    /// garbage (removed the bytes, or found them in use again): drop them.
+    /// An entry queued again since (another `since`) stays.
+    pub async fn forget_garbage(&self, garbage: &[Garbage]) -> Result<(), MetaError> {
+        if garbage.is_empty() {
+            return Ok(());
+        }
+        let (_turn, mut tx) = self.begin_write().await?;
+        for g in garbage {
+            sqlx::query("DELETE FROM gc_blobs WHERE digest = $1 AND since = $2")
+                .bind(&g.digest)
+                .bind(g.since)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Those of `digests` that no repository links and no manifest
+    /// references, whose bytes svc-blob may remove. A read only: the sweep
+    /// must still make sure that no push stored a blob again meanwhile.
     pub async fn unreferenced(&self, digests: &[Digest]) -> Result<Vec<Digest>, MetaError> {
         let mut out = Vec::new();
+        let mut conn = self.pool.acquire().await?;
         for d in digests {
-            let used: Option<String> = sqlx::query_scalar(
-                "SELECT digest FROM blob_links WHERE digest = $1 \
-                 UNION ALL \
-                 SELECT target FROM manifest_refs WHERE kind = 'blob' AND target = $1 \
-                 LIMIT 1",
-            )
-            .bind(d.to_string())
-            .fetch_optional(&self.pool)
-            .await?;
-            if used.is_none() {
+            if !used(&mut *conn, &d.to_string()).await? {
                 out.push(d.clone());
             }
         }
@@ -1082,6 +1236,38 @@ async fn follow_notifications(
     }
 }
 
+/// Queue `digest` for svc-blob: its last link may be gone.
+async fn queue_garbage(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    digest: &str,
+    at: i64,
+) -> Result<(), MetaError> {
+    sqlx::query(
+        "INSERT INTO gc_blobs (digest, since) VALUES ($1, $2) \
+         ON CONFLICT (digest) DO UPDATE SET since = excluded.since",
+    )
+    .bind(digest)
+    .bind(at)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Whether any repository links `digest` or any manifest references it as
+/// a blob.
+async fn used(conn: &mut sqlx::AnyConnection, digest: &str) -> Result<bool, MetaError> {
+    let found: Option<String> = sqlx::query_scalar(
+        "SELECT digest FROM blob_links WHERE digest = $1 \
+         UNION ALL \
+         SELECT target FROM manifest_refs WHERE kind = 'blob' AND target = $1 \
+         LIMIT 1",
+    )
+    .bind(digest)
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok(found.is_some())
+}
+
 async fn link(
     tx: &mut sqlx::Transaction<'static, sqlx::Any>,
     repo: &str,
@@ -1094,6 +1280,18 @@ async fn link(
          ON CONFLICT (name) DO NOTHING",
     )
     .bind(repo)
+    .bind(at)
+    .execute(&mut **tx)
+    .await?;
+    // Queued for garbage collection, which drops the entry once a manifest
+    // references the blob. The queue's row first: a collection takes it
+    // before the link, and so must every writer (Postgres lock order).
+    sqlx::query(
+        "INSERT INTO gc_links (repo, digest, queued_at) VALUES ($1, $2, $3) \
+         ON CONFLICT (repo, digest) DO UPDATE SET queued_at = excluded.queued_at",
+    )
+    .bind(repo)
+    .bind(digest)
     .bind(at)
     .execute(&mut **tx)
     .await?;

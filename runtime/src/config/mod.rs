@@ -92,15 +92,19 @@ pub struct StorageConfig {
     /// content-addressed), so `false` is reported as ignored.
     #[serde(default)]
     pub dedupe: Option<bool>,
-    /// zot's `gc` (default true). Garbage collection is not implemented
-    /// yet: set, it is reported as ignored.
+    /// zot's `gc` (default true): run garbage collection, which removes
+    /// blob links that no manifest references and then the bytes of blobs
+    /// that nothing links (see [`StorageConfig::gc_enabled`]).
     #[serde(default)]
     pub gc: Option<bool>,
-    /// zot's `gcDelay` (default 1h): minimum age of an unreferenced blob
-    /// before GC may remove it. Reported as ignored until GC exists.
+    /// zot's `gcDelay` (default 1h): how long an unreferenced blob link,
+    /// or a blob stored but never linked, is kept before garbage
+    /// collection may remove it. A push must send its manifest within this
+    /// time of its last blob upload or blob check.
     #[serde(default, with = "opt_duration")]
     pub gc_delay: Option<Duration>,
-    /// zot's `gcInterval`. Reported as ignored until GC exists.
+    /// zot's `gcInterval` (default 1h): time between garbage collections;
+    /// `0` runs none on a schedule (`capstan gc` still does).
     #[serde(default, with = "opt_duration")]
     pub gc_interval: Option<Duration>,
     /// zot's `storageDriver` (S3 and others). Not implemented yet:
@@ -132,6 +136,28 @@ pub struct StorageConfig {
     /// `meta.db` (SQLite) under `rootDirectory`.
     #[serde(default)]
     pub database: Option<String>,
+}
+
+/// zot's default `gcDelay`.
+pub const DEFAULT_GC_DELAY: Duration = Duration::from_secs(3600);
+/// zot's default `gcInterval`.
+pub const DEFAULT_GC_INTERVAL: Duration = Duration::from_secs(3600);
+
+impl StorageConfig {
+    /// `gc`, defaulting to true as in zot.
+    pub fn gc_enabled(&self) -> bool {
+        self.gc.unwrap_or(true)
+    }
+
+    /// `gcDelay` or its default.
+    pub fn gc_delay(&self) -> Duration {
+        self.gc_delay.unwrap_or(DEFAULT_GC_DELAY)
+    }
+
+    /// `gcInterval` or its default; zero means no scheduled runs.
+    pub fn gc_interval(&self) -> Duration {
+        self.gc_interval.unwrap_or(DEFAULT_GC_INTERVAL)
+    }
 }
 
 impl Default for StorageConfig {
@@ -390,11 +416,7 @@ impl Loaded {
     pub fn ignored_keys(&self) -> Vec<(String, &'static str)> {
         let mut out: Vec<(String, &'static str)> = Vec::new();
         let st = &self.config.storage;
-        let not_yet_gc = "garbage collection is not implemented yet; nothing is deleted";
         for (key, set, why) in [
-            ("storage.gc", st.gc.is_some(), not_yet_gc),
-            ("storage.gcDelay", st.gc_delay.is_some(), not_yet_gc),
-            ("storage.gcInterval", st.gc_interval.is_some(), not_yet_gc),
             (
                 "storage.dedupe",
                 st.dedupe == Some(false),
@@ -791,6 +813,24 @@ pub fn summary(config: &Config) -> BTreeMap<&'static str, String> {
     m.insert("tls", config.http.tls.is_some().to_string());
     m.insert("root", config.storage.root_directory.display().to_string());
     m.insert("database", redact_password(&config.database_url()));
+    let st = &config.storage;
+    m.insert(
+        "gc",
+        if !st.gc_enabled() {
+            "off".to_string()
+        } else if st.gc_interval().is_zero() {
+            format!(
+                "on demand (capstan gc), delay {}",
+                humantime::format_duration(st.gc_delay())
+            )
+        } else {
+            format!(
+                "every {}, delay {}",
+                humantime::format_duration(st.gc_interval()),
+                humantime::format_duration(st.gc_delay())
+            )
+        },
+    );
     m
 }
 
@@ -986,9 +1026,6 @@ mod tests {
         assert_eq!(
             keys,
             [
-                "storage.gc",
-                "storage.gcDelay",
-                "storage.gcInterval",
                 "storage.storageDriver",
                 "storage.retention",
                 "storage.subPaths",

@@ -820,8 +820,8 @@ async fn concurrent_links_all_land_through_group_commit(backend: Backend) {
 /// Garbage collection's mark: a blob shared by two repositories keeps the
 /// link a manifest needs when the other repository's goes; young links and
 /// relinked ones are spared; a dry run changes nothing and lists exactly
-/// what the real run then removes; once nothing references a blob, its
-/// bytes may go.
+/// what the real run then removes; once nothing links a blob, its digest
+/// is garbage until svc-blob says it dealt with it.
 async fn collection_takes_only_unreferenced_old_links(backend: Backend) {
     let (_db, store) = temp_store_on(backend).await;
     let img = image("shared");
@@ -832,36 +832,32 @@ async fn collection_takes_only_unreferenced_old_links(backend: Backend) {
         .put_manifest("one", &tag("v1"), "", &img.bytes)
         .await
         .unwrap();
-    let orphan = sha256(b"never linked");
     // Everything was linked within the last hour: nothing is old enough.
     let hour_ago = super::now() - 3600;
-    assert!(
-        store
-            .collect_links(hour_ago, 100, false)
-            .await
-            .unwrap()
-            .is_empty()
+    assert_eq!(
+        store.collect(hour_ago, 100, false).await.unwrap(),
+        Collection::default()
     );
     // With a cutoff in the future every link is old: only `two`'s go,
     // since `one`'s manifest references both blobs.
     let later = super::now() + 10;
-    let planned = store.collect_links(later, 100, true).await.unwrap();
-    let names: Vec<(&str, String)> = planned
+    let planned = store.collect(later, 100, true).await.unwrap();
+    let mut names: Vec<(&str, String)> = planned
+        .links
         .iter()
         .map(|c| (c.repo.as_str(), c.digest.clone()))
         .collect();
+    names.sort();
     let mut expected = vec![("two", config.to_string()), ("two", layer.to_string())];
     expected.sort();
     assert_eq!(names, expected);
+    assert!(planned.garbage.is_empty(), "{planned:?}");
     // The dry run changed nothing; the real run removes what it listed.
     assert_eq!(
         store.stat_blob("two", &layer).await.unwrap(),
         img.blobs[1].1
     );
-    assert_eq!(
-        store.collect_links(later, 100, false).await.unwrap(),
-        planned
-    );
+    assert_eq!(store.collect(later, 100, false).await.unwrap(), planned);
     assert_eq!(
         code(store.stat_blob("two", &layer).await),
         ErrorCode::BlobUnknown
@@ -870,15 +866,12 @@ async fn collection_takes_only_unreferenced_old_links(backend: Backend) {
         store.stat_blob("one", &layer).await.unwrap(),
         img.blobs[1].1
     );
+    // Referenced links left the queue: a second run finds nothing.
     assert_eq!(
-        store
-            .get_manifest("one", &tag("v1"), false)
-            .await
-            .unwrap()
-            .digest,
-        img.digest.to_string()
+        store.collect(later, 100, false).await.unwrap(),
+        Collection::default()
     );
-    // Still referenced through `one`: only the orphan's bytes may go.
+    let orphan = sha256(b"never linked");
     assert_eq!(
         store
             .unreferenced(&[config.clone(), layer.clone(), orphan.clone()])
@@ -886,23 +879,26 @@ async fn collection_takes_only_unreferenced_old_links(backend: Backend) {
             .unwrap(),
         vec![orphan.clone()]
     );
-    // A link made again is young again.
-    sqlx::query("UPDATE blob_links SET created_at = 0 WHERE repo = $1")
-        .bind("one")
-        .execute(&store.pool)
-        .await
-        .unwrap();
+    // Deleting the manifest queues its links again; one made again since
+    // is young and stays.
     store
         .delete_manifest("one", &by_digest(&img.digest), false)
         .await
         .unwrap();
+    for backdate in [
+        "UPDATE blob_links SET created_at = 0",
+        "UPDATE gc_links SET queued_at = 0",
+    ] {
+        sqlx::query(backdate).execute(&store.pool).await.unwrap();
+    }
     store
         .link_blob("one", &config, img.blobs[0].1)
         .await
         .unwrap();
-    let taken = store.collect_links(hour_ago, 100, false).await.unwrap();
+    let just_now = super::now() - 1;
+    let taken = store.collect(just_now, 100, false).await.unwrap();
     assert_eq!(
-        taken,
+        taken.links,
         vec![CollectedLink {
             repo: "one".into(),
             digest: layer.to_string(),
@@ -910,22 +906,99 @@ async fn collection_takes_only_unreferenced_old_links(backend: Backend) {
         }]
     );
     assert_eq!(
-        store
-            .unreferenced(&[config.clone(), layer.clone()])
-            .await
-            .unwrap(),
-        vec![layer.clone()]
+        taken
+            .garbage
+            .iter()
+            .map(|g| g.digest.as_str())
+            .collect::<Vec<_>>(),
+        [layer.to_string()]
     );
-    // The limit bounds one call.
-    assert_eq!(store.collect_links(later, 0, false).await.unwrap(), vec![]);
-    assert_eq!(store.collect_links(later, 1, false).await.unwrap().len(), 1);
+    // Garbage stays listed until svc-blob is done with it.
     assert_eq!(
+        store.collect(just_now, 100, false).await.unwrap().garbage,
+        taken.garbage
+    );
+    store.forget_garbage(&taken.garbage).await.unwrap();
+    assert_eq!(
+        store.collect(just_now, 100, false).await.unwrap(),
+        Collection::default()
+    );
+    // The limit bounds one step.
+    assert_eq!(
+        store.collect(later, 0, false).await.unwrap(),
+        Collection::default()
+    );
+    let one = store.collect(later, 1, false).await.unwrap();
+    assert_eq!((one.links.len(), one.garbage.len()), (1, 1));
+    assert_eq!(one.garbage[0].digest, config.to_string());
+    // A linked-again digest is no garbage: its entry goes unreported.
+    store
+        .link_blob("three", &config, img.blobs[0].1)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.collect(hour_ago, 100, false).await.unwrap(),
+        Collection::default()
+    );
+    assert!(
         store
             .unreferenced(std::slice::from_ref(&config))
             .await
-            .unwrap(),
-        vec![config]
+            .unwrap()
+            .is_empty()
     );
+    // Unlinking queues the digest at once.
+    store.unlink_blob("three", &config).await.unwrap();
+    let unlinked = store.collect(hour_ago, 100, false).await.unwrap();
+    assert!(unlinked.links.is_empty());
+    assert_eq!(unlinked.garbage.len(), 1);
+    assert_eq!(unlinked.garbage[0].digest, config.to_string());
+}
+
+/// A lookup of an old unreferenced link (a push checking for a blob it
+/// will not upload again) makes it young, so that garbage collection
+/// leaves it to the manifest that follows (distribution#3045); a
+/// referenced link is left as it is.
+async fn a_blob_lookup_renews_an_old_unreferenced_link(backend: Backend) {
+    let (_db, store) = temp_store_on(backend).await;
+    let store = store.with_gc_delay(Duration::from_secs(4));
+    let img = image("renew");
+    link_blobs(&store, "r", &img).await;
+    link_blobs(&store, "kept", &img).await;
+    store
+        .put_manifest("kept", &tag("v1"), "", &img.bytes)
+        .await
+        .unwrap();
+    for backdate in [
+        "UPDATE blob_links SET created_at = 0",
+        "UPDATE gc_links SET queued_at = 0",
+    ] {
+        sqlx::query(backdate).execute(&store.pool).await.unwrap();
+    }
+    let layer = &img.blobs[1].0;
+    for repo in ["r", "kept"] {
+        assert_eq!(store.stat_blob(repo, layer).await.unwrap(), img.blobs[1].1);
+    }
+    let created = |repo: &'static str| {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT created_at FROM blob_links WHERE repo = $1 AND digest = $2",
+        )
+        .bind(repo)
+        .bind(layer.to_string())
+        .fetch_one(&store.pool)
+    };
+    assert!(created("r").await.unwrap() >= super::now() - 60);
+    assert_eq!(created("kept").await.unwrap(), 0);
+    let taken = store.collect(super::now() - 1, 100, false).await.unwrap();
+    assert_eq!(
+        taken
+            .links
+            .iter()
+            .map(|l| (l.repo.as_str(), l.digest.clone()))
+            .collect::<Vec<_>>(),
+        [("r", img.blobs[0].0.to_string())]
+    );
+    assert_eq!(store.stat_blob("r", layer).await.unwrap(), img.blobs[1].1);
 }
 
 /// Each test above runs once on SQLite and once on a Postgres of its own.
@@ -968,6 +1041,7 @@ on_every_backend!(
     concurrent_pushes_to_one_tag_leave_one_consistent_winner,
     concurrent_links_all_land_through_group_commit,
     collection_takes_only_unreferenced_old_links,
+    a_blob_lookup_renews_an_old_unreferenced_link,
 );
 
 /// The next change `rx` hears, within a generous limit.
