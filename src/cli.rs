@@ -37,6 +37,19 @@ enum Command {
         /// The file to check.
         file: PathBuf,
     },
+    /// Collect garbage now: remove repository links that no manifest
+    /// references and blobs that nothing links, older than `gcDelay`.
+    Gc {
+        /// zot-style JSON or YAML configuration file.
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+        /// Change nothing; list what would be removed and the bytes freed.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Why a configuration cannot be used.
@@ -83,6 +96,30 @@ impl Cli {
                     ExitCode::FAILURE
                 }
             },
+            Command::Gc {
+                config,
+                dry_run,
+                json,
+            } => {
+                let loaded = match load(config.as_deref()) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                };
+                if let Err(e) = capstan_runtime::logging::init(&loaded.config.log) {
+                    eprintln!("error: log.output: {e}");
+                    return ExitCode::FAILURE;
+                }
+                match crate::gc::run(loaded.config, dry_run, json).await {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => {
+                        eprintln!("error: {e:#}");
+                        ExitCode::FAILURE
+                    }
+                }
+            }
             Command::Serve {
                 config,
                 role,

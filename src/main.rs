@@ -1,7 +1,9 @@
 //! `capstan`: the registry's single binary. `serve` runs every role in one
-//! process (embedded mode) or one role (`--role`); `verify` checks a config.
+//! process (embedded mode) or one role (`--role`); `verify` checks a config;
+//! `gc` collects garbage now or says what it would remove.
 
 mod cli;
+mod gc;
 mod roles;
 
 use clap::Parser;

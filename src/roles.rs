@@ -72,7 +72,11 @@ pub async fn serve(config: Config, role: Role, listen: Option<SocketAddr>) -> an
                 let mut role_config = config.clone();
                 match r {
                     Role::Meta => upstreams.meta.push(url(addr)),
-                    Role::Blob => upstreams.blob.push(url(addr)),
+                    Role::Blob => {
+                        // Its garbage collection asks the embedded meta.
+                        upstreams.blob.push(url(addr));
+                        role_config.services.meta.endpoints = upstreams.meta.clone();
+                    }
                     Role::Auth => upstreams.auth.push(url(addr)),
                     Role::Sync => {
                         // svc-sync stores through the embedded meta and blob.

@@ -20,7 +20,7 @@
 
 use crate::direct::{BlobReader, BlobWriter, BufferPool};
 use crate::hot::RecentReads;
-use crate::store::{BlobStore, ByteStream, UploadId};
+use crate::store::{BlobStore, ByteStream, StoredMark, UploadId};
 use crate::warm::{WarmCounts, Warmer};
 use crate::{BlobError, resumable};
 use async_trait::async_trait;
@@ -92,6 +92,15 @@ impl FsStore {
     /// A store rooted at `root` (creating `blobs/` and `uploads/`); with
     /// `commit`, writes are fsynced before they are acknowledged.
     pub async fn new(root: impl Into<PathBuf>, commit: bool) -> Result<Self, BlobError> {
+        let store = Self::beside_running(root, commit).await?;
+        restore_trash(&store.root.join(TRASH), &store.blobs)?;
+        Ok(store)
+    }
+
+    /// [`FsStore::new`] for a process that works beside a running svc-blob
+    /// (`capstan gc`): what a collection left in the trash is the running
+    /// role's to put back, not this one's.
+    pub async fn beside_running(root: impl Into<PathBuf>, commit: bool) -> Result<Self, BlobError> {
         let root = root.into();
         let blobs = root.join("blobs");
         let uploads = root.join("uploads");
@@ -100,7 +109,6 @@ impl FsStore {
                 .await
                 .map_err(BlobError::io("create directory", dir))?;
         }
-        restore_trash(&root.join(TRASH), &blobs)?;
         Ok(Self {
             root,
             blobs,
@@ -186,6 +194,86 @@ impl FsStore {
 /// Where garbage collection moves a blob before it checks, one last time,
 /// that nobody used it meanwhile (under the root, so a rename).
 const TRASH: &str = "trash";
+
+/// Where storing a blob leaves a mark for garbage collection:
+/// `gc/stored/<second>/<algorithm>-<hex>`, one directory per second of
+/// Unix time, so that a collection lists only the seconds older than its
+/// cutoff, however many blobs are younger or stored.
+const STORED: &str = "gc/stored";
+
+/// Leave the mark of storing `digest` now (see [`STORED`]). Not fsynced:
+/// lost in a power cut, it costs at most the space of a blob stored in
+/// the last moments whose link never came.
+fn mark_stored(stored: &Path, digest: &Digest) -> Result<(), BlobError> {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let bucket = stored.join(secs.to_string());
+    let mark = bucket.join(format!("{}-{}", digest.algorithm().as_str(), digest.hex()));
+    match File::create(&mark) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            // A new second (or a collection just removed the empty bucket).
+            fs::create_dir_all(&bucket).map_err(BlobError::io("create directory", &bucket))?;
+            File::create(&mark)
+                .map(drop)
+                .map_err(BlobError::io("mark blob stored", &mark))
+        }
+        Err(e) => Err(BlobError::io("mark blob stored", &mark)(e)),
+    }
+}
+
+/// The marks under `stored` from whole seconds before `cutoff`, oldest
+/// first, at most `limit`; empty old buckets are removed on the way.
+fn stored_marks(
+    stored: &Path,
+    cutoff: SystemTime,
+    limit: usize,
+) -> Result<Vec<StoredMark>, BlobError> {
+    let cutoff = cutoff.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let mut buckets: Vec<u64> = match fs::read_dir(stored) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(BlobError::io("list stored marks", stored)(e)),
+        Ok(entries) => entries
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .filter(|&b: &u64| b < cutoff)
+            .collect(),
+    };
+    buckets.sort_unstable();
+    let mut out = Vec::new();
+    for b in buckets {
+        if out.len() >= limit {
+            break;
+        }
+        let dir = stored.join(b.to_string());
+        let Ok(entries) = fs::read_dir(&dir) else {
+            continue;
+        };
+        let before = out.len();
+        for entry in entries {
+            let entry = entry.map_err(BlobError::io("list stored marks", &dir))?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            let parsed = name
+                .split_once('-')
+                .and_then(|(alg, hex)| Digest::parse(&format!("{alg}:{hex}")).ok());
+            let key = format!("{b}/{name}");
+            match parsed {
+                Some(digest) => out.push(StoredMark { digest, key }),
+                None => {
+                    let _ = fs::remove_file(entry.path());
+                }
+            }
+            if out.len() >= limit {
+                break;
+            }
+        }
+        if out.len() == before {
+            let _ = fs::remove_dir(&dir);
+        }
+    }
+    Ok(out)
+}
 
 /// Put back every blob a garbage collection moved to the trash and did
 /// not get to remove (the process stopped in between): a push may have
@@ -913,6 +1001,7 @@ impl BlobStore for FsStore {
         let expected = digest.clone();
         let id = *id;
         let commit = self.commit;
+        let stored = self.root.join(STORED);
         let (size, placed) = blocking(move || {
             let mut s = Session::open(dir)?;
             let actual = match expected.algorithm() {
@@ -934,6 +1023,7 @@ impl BlobStore for FsStore {
                     .sync_data()
                     .map_err(BlobError::io("sync upload data", &s.data_path))?;
             }
+            mark_stored(&stored, &expected)?;
             let placed = publish(&s.data_path, &dst, commit)?;
             if let Err(e) = remove_session(&s.dir) {
                 tracing::warn!(upload_id = %id, error = %e, "cannot remove committed upload");
@@ -985,6 +1075,7 @@ impl BlobStore for FsStore {
         let dst = self.blob_path(digest);
         let expected = digest.clone();
         let commit = self.commit;
+        let stored = self.root.join(STORED);
         let (size, placed, wrote_direct) = blocking(move || {
             let Sink {
                 out,
@@ -1003,6 +1094,7 @@ impl BlobStore for FsStore {
                 file.sync_data()
                     .map_err(BlobError::io("sync temp file", &tmp))?;
             }
+            mark_stored(&stored, &expected)?;
             let placed = publish(&tmp, &dst, commit)?;
             if placed {
                 guard.disarm();
@@ -1032,51 +1124,83 @@ impl BlobStore for FsStore {
         Ok(deleted)
     }
 
-    async fn stale_blobs(
-        &self,
-        cutoff: SystemTime,
-        limit: usize,
-    ) -> Result<Vec<(Digest, u64)>, BlobError> {
-        let blobs = self.blobs.clone();
-        if limit == 0 {
-            return Ok(Vec::new());
-        }
+    async fn keep(&self, digest: &Digest) -> Result<u64, BlobError> {
+        let path = self.blob_path(digest);
+        let stored = self.root.join(STORED);
+        let d = digest.clone();
         blocking(move || {
-            let mut out = Vec::new();
-            for alg in [Algorithm::Sha256, Algorithm::Sha512] {
-                let dir = blobs.join(alg.as_str());
-                let Ok(prefixes) = fs::read_dir(&dir) else {
-                    continue;
-                };
-                for prefix in prefixes {
-                    let prefix = prefix.map_err(BlobError::io("list blobs", &dir))?;
-                    let Ok(files) = fs::read_dir(prefix.path()) else {
-                        continue;
-                    };
-                    for f in files {
-                        let f = f.map_err(BlobError::io("list blobs", &dir))?;
-                        let Some(name) = f.file_name().to_str().map(str::to_string) else {
-                            continue;
-                        };
-                        let Ok(digest) = Digest::parse(&format!("{}:{name}", alg.as_str())) else {
-                            continue;
-                        };
-                        let Ok(meta) = f.metadata() else { continue };
-                        if meta.modified().is_ok_and(|m| m < cutoff) {
-                            out.push((digest, meta.len()));
-                            if out.len() >= limit {
-                                return Ok(out);
-                            }
-                        }
-                    }
+            mark_stored(&stored, &d)?;
+            let f = match File::open(&path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    return Err(BlobError::BlobUnknown(d));
                 }
-            }
-            Ok(out)
+                Err(e) => return Err(BlobError::io("open blob", &path)(e)),
+            };
+            f.set_modified(SystemTime::now())
+                .map_err(BlobError::io("mark blob used", &path))?;
+            f.metadata()
+                .map(|m| m.len())
+                .map_err(BlobError::io("stat blob", &path))
         })
         .await
     }
 
-    async fn remove_stale(&self, digest: &Digest, cutoff: SystemTime) -> Result<bool, BlobError> {
+    async fn stored_before(
+        &self,
+        cutoff: SystemTime,
+        limit: usize,
+    ) -> Result<Vec<StoredMark>, BlobError> {
+        let stored = self.root.join(STORED);
+        blocking(move || stored_marks(&stored, cutoff, limit)).await
+    }
+
+    async fn forget_stored(&self, marks: &[StoredMark]) -> Result<(), BlobError> {
+        let stored = self.root.join(STORED);
+        let keys: Vec<String> = marks.iter().map(|m| m.key.clone()).collect();
+        blocking(move || {
+            let mut buckets = std::collections::BTreeSet::new();
+            for key in keys {
+                let path = stored.join(&key);
+                match fs::remove_file(&path) {
+                    Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                        return Err(BlobError::io("remove stored mark", &path)(e));
+                    }
+                    _ => {}
+                }
+                if let Some((bucket, _)) = key.split_once('/') {
+                    buckets.insert(bucket.to_string());
+                }
+            }
+            for b in buckets {
+                // Only when empty; a store may be adding a mark right now.
+                let _ = fs::remove_dir(stored.join(b));
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn stale_size(
+        &self,
+        digest: &Digest,
+        cutoff: SystemTime,
+    ) -> Result<Option<u64>, BlobError> {
+        let path = self.blob_path(digest);
+        blocking(move || match fs::metadata(&path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(BlobError::io("stat blob", &path)(e)),
+            Ok(m) if m.modified().map_or(true, |t| t >= cutoff) => Ok(None),
+            Ok(m) => Ok(Some(m.len())),
+        })
+        .await
+    }
+
+    async fn remove_stale(
+        &self,
+        digest: &Digest,
+        cutoff: SystemTime,
+    ) -> Result<Option<u64>, BlobError> {
         let path = self.blob_path(digest);
         let trash = self.root.join(TRASH).join(format!(
             "{}-{}",
@@ -1085,40 +1209,38 @@ impl BlobStore for FsStore {
         ));
         let commit = self.commit;
         let removed = blocking(move || {
-            let used_since = |p: &Path| -> Result<bool, BlobError> {
-                let m = fs::metadata(p).map_err(BlobError::io("stat blob", p))?;
-                Ok(m.modified().map_or(true, |t| t >= cutoff))
-            };
+            let used_since = |m: &fs::Metadata| m.modified().map_or(true, |t| t >= cutoff);
             match fs::metadata(&path) {
-                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
                 Err(e) => return Err(BlobError::io("stat blob", &path)(e)),
-                Ok(_) if used_since(&path)? => return Ok(false),
+                Ok(m) if used_since(&m) => return Ok(None),
                 Ok(_) => {}
             }
             match fs::rename(&path, &trash) {
-                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
                 r => r.map_err(BlobError::io("move blob to trash", &path))?,
             }
-            // A put of this digest that found the blob before the move has
-            // marked it used; give it back (unless that put, finding it
+            // A store of this digest that found the blob before the move has
+            // marked it used; give it back (unless that store, finding it
             // gone, has placed its own copy already).
-            if used_since(&trash)? {
+            let moved = fs::metadata(&trash).map_err(BlobError::io("stat blob", &trash))?;
+            if used_since(&moved) {
                 if fs::symlink_metadata(&path).is_err() {
                     fs::rename(&trash, &path).map_err(BlobError::io("restore blob", &path))?;
                 } else {
                     fs::remove_file(&trash).map_err(BlobError::io("remove trash", &trash))?;
                 }
-                return Ok(false);
+                return Ok(None);
             }
             fs::remove_file(&trash).map_err(BlobError::io("remove trash", &trash))?;
             if commit && let Some(parent) = path.parent() {
                 sync_dir(parent)?;
             }
-            Ok(true)
+            Ok(Some(moved.len()))
         })
         .await?;
-        if removed {
-            tracing::info!(digest = %digest, "stale blob removed");
+        if let Some(size) = removed {
+            tracing::info!(digest = %digest, size, "unreferenced blob removed");
         }
         Ok(removed)
     }

@@ -6,12 +6,14 @@
 //! the narrow [`BlobStore`] trait; [`FsStore`] keeps blobs and upload state
 //! under `storage.rootDirectory`, entirely on disk, so that consecutive calls
 //! of one upload may be served by different replicas sharing that directory.
-//! The crate serves the `capstan.blob.v1.BlobService` gRPC contract and
-//! removes upload sessions left idle for longer than `storage.uploadExpiry`.
+//! The crate serves the `capstan.blob.v1.BlobService` gRPC contract, removes
+//! upload sessions left idle for longer than `storage.uploadExpiry`, and runs
+//! garbage collection's sweep ([`gc`]), asking svc-meta what is unused.
 
 mod direct;
 mod error;
 mod fs;
+pub mod gc;
 mod hot;
 mod resumable;
 mod service;
@@ -23,7 +25,7 @@ mod warm;
 pub use error::BlobError;
 pub use fs::FsStore;
 pub use service::{BlobGrpc, grpc_service};
-pub use store::{BlobStore, ByteStream, UploadId};
+pub use store::{BlobStore, ByteStream, StoredMark, UploadId};
 pub use warm::WarmCounts;
 
 use anyhow::Context as _;
@@ -44,18 +46,18 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let storage = &config.storage;
     let root = &storage.root_directory;
-    let store: Arc<dyn BlobStore> = Arc::new(
-        FsStore::new(root, storage.commit)
-            .await
-            .with_context(|| format!("cannot open blob storage at {}", root.display()))?
-            .with_direct_io(storage.direct_io)
-            .with_warm_after_push(storage.warm_after_push && storage.direct_io)?,
-    );
+    let store = open_store(config, true).await?;
     let expiry = tokio::spawn(expire_uploads(
         store.clone(),
         storage.upload_expiry,
         shutdown.clone(),
     ));
+    let gc = match collector(config, store.clone())? {
+        Some(c) if !storage.gc_interval().is_zero() => Some(tokio::spawn(
+            gc::collect_periodically(c, storage.gc_interval(), shutdown.clone()),
+        )),
+        _ => None,
+    };
     let health = grpc::health_service(&[SERVICE_NAME]).await;
     let routes = tonic::service::Routes::new(health).add_service(grpc_service(store.clone()));
     // Embedded mode: the byte-carrying calls skip encoding (grpc::local).
@@ -64,11 +66,60 @@ pub async fn serve(
     tracing::info!(addr = %listener.local_addr()?, root = %root.display(), "blob service listening");
     let served = grpc::serve(routes, listener, shutdown).await;
     // Normally already stopped by the shutdown; not so if the server failed.
-    expiry.abort();
-    let _ = expiry.await;
+    for task in [Some(expiry), gc].into_iter().flatten() {
+        task.abort();
+        let _ = task.await;
+    }
     served.context("blob grpc server failed")?;
     tracing::info!("blob service stopped");
     Ok(())
+}
+
+/// The blob store the configuration names (`storage.rootDirectory`).
+/// `recover` puts back what a collection interrupted by a crash left in
+/// the trash: for the role itself, not for a tool that runs beside it.
+pub async fn open_store(config: &Config, recover: bool) -> anyhow::Result<Arc<dyn BlobStore>> {
+    let storage = &config.storage;
+    let root = &storage.root_directory;
+    let fs = if recover {
+        FsStore::new(root, storage.commit).await
+    } else {
+        FsStore::beside_running(root, storage.commit).await
+    };
+    Ok(Arc::new(
+        fs.with_context(|| format!("cannot open blob storage at {}", root.display()))?
+            .with_direct_io(storage.direct_io)
+            .with_warm_after_push(recover && storage.warm_after_push && storage.direct_io)?,
+    ))
+}
+
+/// The garbage collector for `store`, if `storage.gc` is on: it needs
+/// svc-meta (`services.meta.endpoints`; set by the binary in embedded
+/// mode). `None`, with a warning, when GC is on but svc-meta is not known.
+pub fn collector(
+    config: &Config,
+    store: Arc<dyn BlobStore>,
+) -> anyhow::Result<Option<gc::Collector>> {
+    if !config.storage.gc_enabled() {
+        return Ok(None);
+    }
+    let Some(meta) = config.services.meta.endpoints.first() else {
+        tracing::warn!(
+            "storage.gc is on but services.meta.endpoints is empty: \
+             this blob role cannot collect garbage"
+        );
+        return Ok(None);
+    };
+    let meta = capstan_proto::meta::v1::meta_service_client::MetaServiceClient::new(
+        grpc::connect(meta).context("services.meta.endpoints")?,
+    )
+    .max_decoding_message_size(grpc::MAX_MESSAGE_BYTES)
+    .max_encoding_message_size(grpc::MAX_MESSAGE_BYTES);
+    Ok(Some(gc::Collector::new(
+        store,
+        meta,
+        config.storage.gc_delay(),
+    )))
 }
 
 /// How often stale uploads are looked for, given the expiry age.

@@ -176,8 +176,13 @@ impl BlobGrpc {
 impl BlobService for BlobGrpc {
     async fn stat(&self, req: Request<StatRequest>) -> Result<Response<StatResponse>, Status> {
         let run = async {
-            let d = parse_digest(&req.get_ref().digest)?;
-            self.store.stat(&d).await
+            let r = req.get_ref();
+            let d = parse_digest(&r.digest)?;
+            if r.keep {
+                self.store.keep(&d).await
+            } else {
+                self.store.stat(&d).await
+            }
         };
         let size = run.await.map_err(|e| reject("stat", e))?;
         Ok(Response::new(StatResponse { size }))

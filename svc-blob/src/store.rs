@@ -45,6 +45,15 @@ impl fmt::Display for UploadId {
     }
 }
 
+/// A mark left by storing a blob, for garbage collection to check that
+/// something links it ([`BlobStore::stored_before`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredMark {
+    pub digest: Digest,
+    /// Where the backend keeps the mark.
+    pub(crate) key: String,
+}
+
 /// Content-addressed blob storage with resumable uploads.
 ///
 /// Upload state lives in the backend only, so consecutive calls for one
@@ -98,23 +107,44 @@ pub trait BlobStore: Send + Sync + 'static {
     /// Remove a committed blob; `false` when it was absent.
     async fn delete(&self, digest: &Digest) -> Result<bool, BlobError>;
 
-    /// Garbage collection: committed blobs neither written nor stored again
-    /// since `cutoff`, with their sizes, at most `limit` of them.
-    async fn stale_blobs(
+    /// The caller is about to link `digest` without storing it again (it
+    /// found the blob here): count it as stored now, so that a garbage
+    /// collection under way keeps it. Returns its size; BLOB_UNKNOWN when
+    /// it is gone.
+    async fn keep(&self, digest: &Digest) -> Result<u64, BlobError>;
+
+    /// Garbage collection: the marks that storing a blob (a put, a commit,
+    /// a [`BlobStore::keep`]) left before `cutoff`, oldest first, at most
+    /// `limit`. Each names a blob that svc-meta may not know of (the link
+    /// that should follow the store never came); once svc-meta has been
+    /// asked, [`BlobStore::forget_stored`] drops them.
+    async fn stored_before(
         &self,
         cutoff: std::time::SystemTime,
         limit: usize,
-    ) -> Result<Vec<(Digest, u64)>, BlobError>;
+    ) -> Result<Vec<StoredMark>, BlobError>;
 
-    /// Garbage collection: remove `digest` unless it was written or stored
-    /// again since `cutoff`. A put or commit of the same digest racing with
-    /// this either keeps the blob or stores it anew; nothing is lost.
-    /// `false` when it was absent or used since.
+    /// Drop marks returned by [`BlobStore::stored_before`].
+    async fn forget_stored(&self, marks: &[StoredMark]) -> Result<(), BlobError>;
+
+    /// Garbage collection: the size of `digest` if it is here and was not
+    /// stored again since `cutoff` (what [`BlobStore::remove_stale`] would
+    /// remove), else `None`.
+    async fn stale_size(
+        &self,
+        digest: &Digest,
+        cutoff: std::time::SystemTime,
+    ) -> Result<Option<u64>, BlobError>;
+
+    /// Garbage collection: remove `digest` unless it was stored again since
+    /// `cutoff`, and return the bytes freed. A put, commit or keep of the
+    /// same digest racing with this either keeps the blob or stores it
+    /// anew; nothing is lost. `None` when it was absent or used since.
     async fn remove_stale(
         &self,
         digest: &Digest,
         cutoff: std::time::SystemTime,
-    ) -> Result<bool, BlobError>;
+    ) -> Result<Option<u64>, BlobError>;
 
     /// Remove upload sessions idle for at least `idle`, skipping any being
     /// written right now. Returns how many were removed.

@@ -406,28 +406,80 @@ pub(crate) async fn uploads_remember_their_owner(a: &dyn BlobStore, b: &dyn Blob
     assert_eq!(a.upload_owner(&id).await.unwrap(), "team/app");
 }
 
-/// Garbage collection's sweep: a blob unused since the cutoff is listed and
-/// removed; one stored again since (a push of a layer the store has) is
-/// neither.
-pub(crate) async fn stale_blobs_swept_reused_kept(a: &dyn BlobStore, b: &dyn BlobStore) {
+/// The first whole second after now (a cutoff that every mark and every
+/// store made so far lies before).
+async fn next_second() -> std::time::SystemTime {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    let secs = |t: SystemTime| t.duration_since(UNIX_EPOCH).unwrap().as_secs();
+    let start = secs(SystemTime::now());
+    loop {
+        let t = SystemTime::now();
+        if secs(t) > start {
+            return UNIX_EPOCH + Duration::from_secs(secs(t));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn digests_of(marks: &[crate::StoredMark]) -> Vec<Digest> {
+    let mut d: Vec<Digest> = marks.iter().map(|m| m.digest.clone()).collect();
+    d.sort_by_key(ToString::to_string);
+    d.dedup();
+    d
+}
+
+/// Garbage collection's sweep: every store leaves a mark that a later
+/// collection lists; a blob unused since the cutoff is removed, one stored
+/// again since (a push of a layer the store has) or kept (a link made
+/// without storing it) is not.
+pub(crate) async fn garbage_swept_reused_kept(a: &dyn BlobStore, b: &dyn BlobStore) {
     let (x, y) = (b"stale one".to_vec(), b"reused one".to_vec());
     let (dx, dy) = (sha256(&x), sha256(&y));
     a.put(&dx, chunks(&[&x])).await.unwrap();
-    a.put(&dy, chunks(&[&y])).await.unwrap();
-    let cutoff = std::time::SystemTime::now();
+    let id = a.start_upload("r").await.unwrap();
+    a.append(&id, None, chunks(&[&y])).await.unwrap();
+    a.commit(&id, &dy).await.unwrap();
+    let cutoff = next_second().await;
     // Stored again on the other replica after the cutoff.
     b.put(&dy, chunks(&[&y])).await.unwrap();
-    let stale = b.stale_blobs(cutoff, 100).await.unwrap();
-    assert_eq!(stale, vec![(dx.clone(), x.len() as u64)]);
-    assert!(b.stale_blobs(cutoff, 0).await.unwrap().is_empty());
-    assert!(!a.remove_stale(&dy, cutoff).await.unwrap());
+    let marks = b.stored_before(cutoff, 100).await.unwrap();
+    let mut both = vec![dx.clone(), dy.clone()];
+    both.sort_by_key(ToString::to_string);
+    assert_eq!(digests_of(&marks), both);
+    assert!(b.stored_before(cutoff, 0).await.unwrap().is_empty());
+    assert_eq!(b.stored_before(cutoff, 1).await.unwrap().len(), 1);
+    assert_eq!(
+        b.stale_size(&dx, cutoff).await.unwrap(),
+        Some(x.len() as u64)
+    );
+    assert_eq!(b.stale_size(&dy, cutoff).await.unwrap(), None);
+    assert_eq!(a.remove_stale(&dy, cutoff).await.unwrap(), None);
     assert_eq!(read_all(a, &dy).await, y);
-    assert!(b.remove_stale(&dx, cutoff).await.unwrap());
+    assert_eq!(
+        b.remove_stale(&dx, cutoff).await.unwrap(),
+        Some(x.len() as u64)
+    );
     assert!(matches!(err(a.stat(&dx).await), BlobError::BlobUnknown(_)));
-    assert!(!a.remove_stale(&dx, cutoff).await.unwrap());
-    // Pushed again after it went: stored anew.
+    assert_eq!(a.remove_stale(&dx, cutoff).await.unwrap(), None);
+    assert_eq!(b.stale_size(&dx, cutoff).await.unwrap(), None);
+    b.forget_stored(&marks).await.unwrap();
+    assert!(b.stored_before(cutoff, 100).await.unwrap().is_empty());
+    // A blob that is gone cannot be kept; stored again, it is back.
+    assert!(matches!(err(a.keep(&dx).await), BlobError::BlobUnknown(_)));
     a.put(&dx, chunks(&[&x])).await.unwrap();
     assert_eq!(read_all(b, &dx).await, x);
+    // Keeping renews a blob and leaves a mark like a store.
+    let second = next_second().await;
+    assert_eq!(
+        b.stale_size(&dy, second).await.unwrap(),
+        Some(y.len() as u64)
+    );
+    assert_eq!(a.keep(&dy).await.unwrap(), y.len() as u64);
+    assert_eq!(b.stale_size(&dy, second).await.unwrap(), None);
+    assert_eq!(b.remove_stale(&dy, second).await.unwrap(), None);
+    let third = next_second().await;
+    let later = b.stored_before(third, 100).await.unwrap();
+    assert!(digests_of(&later).contains(&dy), "{later:?}");
 }
 
 /// One `#[tokio::test]` per suite case, each on fresh storage from `$open`.
@@ -449,7 +501,7 @@ macro_rules! blob_store_suite {
             empty_blob,
             same_blob_committed_twice,
             uploads_remember_their_owner,
-            stale_blobs_swept_reused_kept,
+            garbage_swept_reused_kept,
         );
     };
     (@cases $open:expr; $($case:ident),* $(,)?) => {

@@ -263,7 +263,10 @@ async fn a_64_mib_put_reads_back_identically_by(path: Path) {
     let total = CHUNKS * CHUNK_BYTES as u64;
     assert_eq!((r.digest.as_str(), r.size), (d.as_str(), total));
     let size = c
-        .stat(StatRequest { digest: d.clone() })
+        .stat(StatRequest {
+            digest: d.clone(),
+            keep: false,
+        })
         .await
         .unwrap()
         .into_inner()
@@ -319,6 +322,7 @@ async fn errors_reach_the_client_as_codes(path: Path) {
     let e = c
         .stat(StatRequest {
             digest: "sha256:nope".into(),
+            keep: false,
         })
         .await
         .unwrap_err();
@@ -326,6 +330,7 @@ async fn errors_reach_the_client_as_codes(path: Path) {
     let e = c
         .stat(StatRequest {
             digest: absent.clone(),
+            keep: false,
         })
         .await
         .unwrap_err();
@@ -444,6 +449,7 @@ async fn errors_reach_the_client_as_codes(path: Path) {
     let e = c
         .stat(StatRequest {
             digest: absent.clone(),
+            keep: false,
         })
         .await
         .unwrap_err();

@@ -960,7 +960,7 @@ impl Store {
                 .fetch_all(&mut *tx)
                 .await?;
         for (digest, since) in queued {
-            if used(&mut *tx, &digest).await? {
+            if used(&mut tx, &digest).await? {
                 sqlx::query("DELETE FROM gc_blobs WHERE digest = $1 AND since = $2")
                     .bind(&digest)
                     .bind(since)
@@ -1004,7 +1004,7 @@ impl Store {
         let mut out = Vec::new();
         let mut conn = self.pool.acquire().await?;
         for d in digests {
-            if !used(&mut *conn, &d.to_string()).await? {
+            if !used(&mut conn, &d.to_string()).await? {
                 out.push(d.clone());
             }
         }

@@ -316,7 +316,11 @@ async fn ensure_blob(
     let size = match stores
         .blob
         .clone()
-        .stat(StatRequest { digest: d.clone() })
+        .stat(StatRequest {
+            digest: d.clone(),
+            // Linked next without a store: a collection under way keeps it.
+            keep: true,
+        })
         .await
     {
         Ok(r) => r.into_inner().size,

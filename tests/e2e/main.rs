@@ -5,6 +5,7 @@ mod cli;
 mod clients;
 mod distributed;
 mod federation;
+mod gc;
 mod layout;
 mod oci;
 mod sandbox;

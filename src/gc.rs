@@ -1,0 +1,59 @@
+//! `capstan gc`: one garbage collection now, or (`--dry-run`) what it would
+//! remove, on the storage a configuration names. svc-meta is the one in
+//! `services.meta.endpoints` when the file names one (a running
+//! deployment), otherwise the configuration's database, opened in this
+//! process; blobs are read where the configuration keeps them.
+
+use anyhow::Context as _;
+use capstan_blob::gc::GcReport;
+use capstan_runtime::{Config, Shutdown};
+use tokio::net::TcpListener;
+
+/// Run one collection and print its report (as JSON with `json`).
+pub async fn run(mut config: Config, dry_run: bool, json: bool) -> anyhow::Result<()> {
+    // svc-meta in this process when no running one is named.
+    capstan_runtime::grpc::local::enable();
+    let shutdown = Shutdown::new();
+    let mut meta_task = None;
+    if config.services.meta.endpoints.is_empty() {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        config.services.meta.endpoints = vec![capstan_runtime::grpc::listener_url(&listener)?];
+        let (c, s) = (config.clone(), shutdown.clone());
+        meta_task = Some(tokio::spawn(async move {
+            capstan_meta::serve(&c, listener, s).await
+        }));
+    }
+    // Forced on: `storage.gc: false` stops scheduled runs, not this one.
+    config.storage.gc = Some(true);
+    let store = capstan_blob::open_store(&config, false).await?;
+    let collector = capstan_blob::collector(&config, store)?
+        .context("no svc-meta to ask (services.meta.endpoints)")?;
+    let report = collector.run(dry_run).await;
+    shutdown.trigger();
+    if let Some(task) = meta_task {
+        task.await.context("svc-meta task")??;
+    }
+    let report = report.context("garbage collection")?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_report(&report);
+    }
+    Ok(())
+}
+
+fn print_report(r: &GcReport) {
+    for l in &r.links {
+        println!("link\t{}\t{}\t{}", l.repo, l.digest, l.size);
+    }
+    for b in &r.blobs {
+        println!("blob\t{}\t{}", b.digest, b.size);
+    }
+    let verb = if r.dry_run { "would remove" } else { "removed" };
+    println!(
+        "{verb} {} repository links and {} blobs, freeing {} bytes",
+        r.links.len(),
+        r.blobs.len(),
+        r.bytes_freed
+    );
+}

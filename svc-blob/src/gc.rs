@@ -1,0 +1,261 @@
+//! Garbage collection (zot's `storage.gc`, `gcDelay`, `gcInterval`): svc-meta
+//! marks, svc-blob sweeps, and neither takes a global lock.
+//!
+//! A collection reads two queues, never the whole registry, so its work
+//! follows the garbage:
+//!
+//! 1. svc-meta's (`CollectGarbage`): it removes the queued repository links
+//!    older than the cutoff that no manifest of their repository references,
+//!    and lists the digests that nothing links or references any more; the
+//!    sweep removes their bytes and tells svc-meta (`ForgetGarbage`).
+//! 2. the store's marks ([`BlobStore::stored_before`]): every store of a blob
+//!    leaves one, so a blob whose link never came (the gateway stopped
+//!    between the commit and the link) is found too, once svc-meta confirms
+//!    that nothing uses it (`Unreferenced`).
+//!
+//! A blob goes only if it was not stored again since the cutoff
+//! ([`BlobStore::remove_stale`]): a push that uploads a blob the sweep is
+//! about to remove either keeps it or stores it anew, and a link made
+//! without an upload (a blob check, a mount, svc-sync finding the bytes
+//! present) renews what it relies on first. So a push that sends its
+//! manifest within `gcDelay` of its last blob never loses a blob.
+
+use crate::{BlobError, BlobStore};
+use capstan_oci::Digest;
+use capstan_proto::meta::v1::meta_service_client::MetaServiceClient;
+use capstan_proto::meta::v1::{CollectGarbageRequest, ForgetGarbageRequest, UnreferencedRequest};
+use capstan_runtime::Shutdown;
+use capstan_runtime::grpc::Transport;
+use serde::Serialize;
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// svc-meta, as the collector calls it.
+pub type MetaClient = MetaServiceClient<Transport>;
+
+/// Entries of each queue handled per step: bounds how long one step holds
+/// svc-meta's rows (and, on SQLite, its write lock).
+const BATCH: u32 = 256;
+/// Digests per `Unreferenced` call.
+const ASK_AT_ONCE: usize = 1024;
+/// After a failed collection, the next attempt comes this soon (or at the
+/// interval, if shorter).
+const RETRY_AFTER: Duration = Duration::from_secs(30);
+/// The first scheduled collection runs this long after start-up.
+const FIRST_RUN_AFTER: Duration = Duration::from_secs(5);
+
+/// Why a collection stopped early (it resumes where it stopped next time).
+#[derive(Debug, thiserror::Error)]
+pub enum GcError {
+    #[error("svc-meta: {0}")]
+    Meta(#[from] tonic::Status),
+    #[error(transparent)]
+    Blob(#[from] BlobError),
+}
+
+/// A repository's link that a collection removed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RemovedLink {
+    pub repo: String,
+    pub digest: String,
+    pub size: u64,
+}
+
+/// A blob whose bytes a collection removed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RemovedBlob {
+    pub digest: String,
+    pub size: u64,
+}
+
+/// What one collection did (or, in a dry run, would do).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct GcReport {
+    pub dry_run: bool,
+    /// Links removed from repositories.
+    pub links: Vec<RemovedLink>,
+    /// Blobs removed from storage.
+    pub blobs: Vec<RemovedBlob>,
+    /// Bytes freed: the sum of the removed blobs' sizes.
+    pub bytes_freed: u64,
+}
+
+/// Runs collections over one blob store, asking svc-meta.
+#[derive(Clone)]
+pub struct Collector {
+    store: Arc<dyn BlobStore>,
+    meta: MetaClient,
+    delay: Duration,
+}
+
+impl std::fmt::Debug for Collector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Collector")
+            .field("delay", &self.delay)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Collector {
+    /// Collect from `store`, sparing anything younger than `delay`
+    /// (`gcDelay`).
+    pub fn new(store: Arc<dyn BlobStore>, meta: MetaClient, delay: Duration) -> Self {
+        Self { store, meta, delay }
+    }
+
+    /// One collection. With `dry_run` nothing changes and the report says
+    /// what a real collection would remove now.
+    pub async fn run(&self, dry_run: bool) -> Result<GcReport, GcError> {
+        let cutoff = SystemTime::now()
+            .checked_sub(self.delay)
+            .unwrap_or(UNIX_EPOCH);
+        let cutoff_secs = cutoff
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        let mut run = Run {
+            store: self.store.as_ref(),
+            cutoff,
+            dry_run,
+            seen: HashSet::new(),
+            report: GcReport {
+                dry_run,
+                ..GcReport::default()
+            },
+        };
+        // A dry run changes nothing, so it cannot go step by step: it asks
+        // for everything at once (svc-meta rolls its step back).
+        let limit = if dry_run { u32::MAX } else { BATCH };
+        let mut meta = self.meta.clone();
+        loop {
+            let step = meta
+                .collect_garbage(CollectGarbageRequest {
+                    cutoff: cutoff_secs,
+                    limit,
+                    dry_run,
+                })
+                .await?
+                .into_inner();
+            run.report
+                .links
+                .extend(step.links.iter().map(|l| RemovedLink {
+                    repo: l.repo.clone(),
+                    digest: l.digest.clone(),
+                    size: l.size,
+                }));
+            for g in &step.garbage {
+                match Digest::parse(&g.digest) {
+                    Ok(d) => run.sweep(&d).await?,
+                    Err(e) => tracing::warn!(digest = g.digest, error = %e, "not a digest"),
+                }
+            }
+            if dry_run {
+                break;
+            }
+            if !step.garbage.is_empty() {
+                meta.forget_garbage(ForgetGarbageRequest {
+                    garbage: step.garbage.clone(),
+                })
+                .await?;
+            }
+            if step.links.len() < BATCH as usize && step.garbage.len() < BATCH as usize {
+                break;
+            }
+        }
+        let batch = if dry_run { usize::MAX } else { BATCH as usize };
+        loop {
+            let marks = self.store.stored_before(cutoff, batch).await?;
+            if marks.is_empty() {
+                break;
+            }
+            let mut asked: Vec<String> = marks.iter().map(|m| m.digest.to_string()).collect();
+            asked.sort_unstable();
+            asked.dedup();
+            for chunk in asked.chunks(ASK_AT_ONCE) {
+                let unused = meta
+                    .unreferenced(UnreferencedRequest {
+                        digests: chunk.to_vec(),
+                    })
+                    .await?
+                    .into_inner()
+                    .digests;
+                for d in unused {
+                    match Digest::parse(&d) {
+                        Ok(d) => run.sweep(&d).await?,
+                        Err(e) => tracing::warn!(digest = d, error = %e, "not a digest"),
+                    }
+                }
+            }
+            if dry_run {
+                break;
+            }
+            self.store.forget_stored(&marks).await?;
+            if marks.len() < batch {
+                break;
+            }
+        }
+        Ok(run.report)
+    }
+}
+
+/// The state of one collection.
+struct Run<'a> {
+    store: &'a dyn BlobStore,
+    cutoff: SystemTime,
+    dry_run: bool,
+    /// Digests already swept (both queues may name one).
+    seen: HashSet<Digest>,
+    report: GcReport,
+}
+
+impl Run<'_> {
+    /// Remove (dry run: measure) the bytes of `digest`, which nothing
+    /// links, unless stored again since the cutoff.
+    async fn sweep(&mut self, digest: &Digest) -> Result<(), GcError> {
+        if !self.seen.insert(digest.clone()) {
+            return Ok(());
+        }
+        let freed = if self.dry_run {
+            self.store.stale_size(digest, self.cutoff).await?
+        } else {
+            self.store.remove_stale(digest, self.cutoff).await?
+        };
+        if let Some(size) = freed {
+            self.report.blobs.push(RemovedBlob {
+                digest: digest.to_string(),
+                size,
+            });
+            self.report.bytes_freed += size;
+        }
+        Ok(())
+    }
+}
+
+/// Collect every `interval` until `shutdown` (the first time shortly after
+/// start-up; sooner again after a failure, e.g. svc-meta not up yet).
+pub async fn collect_periodically(collector: Collector, interval: Duration, shutdown: Shutdown) {
+    let mut wait = FIRST_RUN_AFTER.min(interval);
+    loop {
+        tokio::select! {
+            _ = shutdown.wait() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        let started = std::time::Instant::now();
+        wait = match collector.run(false).await {
+            Ok(r) => {
+                tracing::info!(
+                    links = r.links.len(),
+                    blobs = r.blobs.len(),
+                    bytes_freed = r.bytes_freed,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "garbage collection done"
+                );
+                interval
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "garbage collection failed; will retry");
+                RETRY_AFTER.min(interval)
+            }
+        };
+    }
+}
