@@ -74,6 +74,20 @@ fn load(path: Option<&Path>) -> Result<Loaded, LoadError> {
     Ok(loaded)
 }
 
+/// [`load`], then start logging as the configuration says; a failure is
+/// printed and becomes the exit code.
+fn load_and_log(path: Option<&Path>) -> Result<Loaded, ExitCode> {
+    let loaded = load(path).map_err(|e| {
+        eprintln!("error: {e}");
+        ExitCode::FAILURE
+    })?;
+    capstan_runtime::logging::init(&loaded.config.log).map_err(|e| {
+        eprintln!("error: log.output: {e}");
+        ExitCode::FAILURE
+    })?;
+    Ok(loaded)
+}
+
 impl Cli {
     pub async fn run(self) -> ExitCode {
         match self.command {
@@ -101,17 +115,10 @@ impl Cli {
                 dry_run,
                 json,
             } => {
-                let loaded = match load(config.as_deref()) {
+                let loaded = match load_and_log(config.as_deref()) {
                     Ok(l) => l,
-                    Err(e) => {
-                        eprintln!("error: {e}");
-                        return ExitCode::FAILURE;
-                    }
+                    Err(code) => return code,
                 };
-                if let Err(e) = capstan_runtime::logging::init(&loaded.config.log) {
-                    eprintln!("error: log.output: {e}");
-                    return ExitCode::FAILURE;
-                }
                 match crate::gc::run(loaded.config, dry_run, json).await {
                     Ok(()) => ExitCode::SUCCESS,
                     Err(e) => {
@@ -125,17 +132,10 @@ impl Cli {
                 role,
                 listen,
             } => {
-                let loaded = match load(config.as_deref()) {
+                let loaded = match load_and_log(config.as_deref()) {
                     Ok(l) => l,
-                    Err(e) => {
-                        eprintln!("error: {e}");
-                        return ExitCode::FAILURE;
-                    }
+                    Err(code) => return code,
                 };
-                if let Err(e) = capstan_runtime::logging::init(&loaded.config.log) {
-                    eprintln!("error: log.output: {e}");
-                    return ExitCode::FAILURE;
-                }
                 for k in &loaded.unknown_keys {
                     tracing::warn!(key = %k, "unknown configuration key ignored");
                 }

@@ -817,6 +817,17 @@ async fn concurrent_links_all_land_through_group_commit(backend: Backend) {
     assert_eq!(bad.code(), ErrorCode::NameInvalid);
 }
 
+/// As if every blob link, and its garbage collection entry, were made at
+/// the Unix epoch.
+async fn make_every_link_old(store: &Store) {
+    for backdate in [
+        "UPDATE blob_links SET created_at = 0",
+        "UPDATE gc_links SET queued_at = 0",
+    ] {
+        sqlx::query(backdate).execute(&store.pool).await.unwrap();
+    }
+}
+
 /// Garbage collection's mark: a blob shared by two repositories keeps the
 /// link a manifest needs when the other repository's goes; young links and
 /// relinked ones are spared; a dry run changes nothing and lists exactly
@@ -885,12 +896,7 @@ async fn collection_takes_only_unreferenced_old_links(backend: Backend) {
         .delete_manifest("one", &by_digest(&img.digest), false)
         .await
         .unwrap();
-    for backdate in [
-        "UPDATE blob_links SET created_at = 0",
-        "UPDATE gc_links SET queued_at = 0",
-    ] {
-        sqlx::query(backdate).execute(&store.pool).await.unwrap();
-    }
+    make_every_link_old(&store).await;
     store
         .link_blob("one", &config, img.blobs[0].1)
         .await
@@ -969,12 +975,7 @@ async fn a_blob_lookup_renews_an_old_unreferenced_link(backend: Backend) {
         .put_manifest("kept", &tag("v1"), "", &img.bytes)
         .await
         .unwrap();
-    for backdate in [
-        "UPDATE blob_links SET created_at = 0",
-        "UPDATE gc_links SET queued_at = 0",
-    ] {
-        sqlx::query(backdate).execute(&store.pool).await.unwrap();
-    }
+    make_every_link_old(&store).await;
     let layer = &img.blobs[1].0;
     for repo in ["r", "kept"] {
         assert_eq!(store.stat_blob(repo, layer).await.unwrap(), img.blobs[1].1);
