@@ -51,9 +51,14 @@ fn print_report(r: &GcReport) {
     }
     let verb = if r.dry_run { "would remove" } else { "removed" };
     println!(
-        "{verb} {} repository links and {} blobs, freeing {} bytes",
+        "{verb} {} repository links and {} blobs, freeing {} bytes{}",
         r.links.len(),
         r.blobs.len(),
-        r.bytes_freed
+        r.bytes_freed,
+        if r.truncated {
+            " (at least: the dry run stopped at its limit)"
+        } else {
+            ""
+        }
     );
 }

@@ -97,6 +97,18 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = UploadMethod::Auto)]
         method: UploadMethod,
     },
+    /// Push many small distinct blobs that no manifest references (garbage
+    /// for a collection to reclaim); reports blobs/s.
+    Orphans {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long, default_value_t = 100_000)]
+        count: usize,
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+        #[arg(long, default_value = "bench/orphans")]
+        repo: String,
+    },
     /// Push one deterministic small image as bench/small:latest; print its digest
     /// and write the manifest bytes to --out.
     SeedManifest {
@@ -119,6 +131,7 @@ impl Command {
             Command::Pull { .. } => "pull",
             Command::SmallImages { .. } => "small-images",
             Command::SeedManifest { .. } => "seed-manifest",
+            Command::Orphans { .. } => "orphans",
         }
     }
 
@@ -128,7 +141,8 @@ impl Command {
             | Command::PushChunked { target, .. }
             | Command::Pull { target, .. }
             | Command::SmallImages { target, .. }
-            | Command::SeedManifest { target, .. } => target,
+            | Command::SeedManifest { target, .. }
+            | Command::Orphans { target, .. } => target,
         }
     }
 }
@@ -180,6 +194,12 @@ pub async fn run(cli: Cli) -> ExitCode {
             Command::SeedManifest { repo, tag, out, .. } => {
                 small::seed(&reg, &repo, &tag, out.as_deref()).await
             }
+            Command::Orphans {
+                count,
+                concurrency,
+                repo,
+                ..
+            } => small::orphans(&reg, &repo, count, concurrency).await,
         }
     }
     .await;

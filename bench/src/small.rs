@@ -145,6 +145,46 @@ pub async fn images(
     Ok(f)
 }
 
+/// Push `count` distinct 64-byte blobs to `repo` and reference none of them.
+pub async fn orphans(
+    reg: &Registry,
+    repo: &str,
+    count: usize,
+    concurrency: usize,
+) -> Result<Figures> {
+    let method = reg.resolve_method(repo, UploadMethod::Auto).await?;
+    let nonce: u64 = rand::random();
+    let meter = Meter::start();
+    let failures = futures::stream::iter(0..count)
+        .map(|i| async move {
+            let blob = format!("capstan-bench orphan {nonce:016x} {i:012}").into_bytes();
+            let digest = digest_of(&blob);
+            reg.upload(repo, &digest, blob.len() as u64, method, || {
+                bytes_body(&blob)
+            })
+            .await
+        })
+        .buffer_unordered(concurrency.max(1))
+        .filter_map(|r| async move { r.err() })
+        .collect::<Vec<_>>()
+        .await;
+    let m = meter.stop();
+    if let Some(first) = failures.first() {
+        bail!(
+            "{} of {count} blobs failed; first: {first:#}",
+            failures.len()
+        );
+    }
+    let mut f = report::measured(m);
+    f.insert("blobs".into(), json!(count));
+    f.insert("concurrency".into(), json!(concurrency));
+    f.insert(
+        "blobs_per_s".into(),
+        json!(round(count as f64 / m.seconds.max(1e-9), 1)),
+    );
+    Ok(f)
+}
+
 pub async fn seed(reg: &Registry, repo: &str, tag: &str, out: Option<&Path>) -> Result<Figures> {
     let image = Image::new("capstan-bench seed", &mut SmallRng::seed_from_u64(42));
     let method = reg.resolve_method(repo, UploadMethod::Auto).await?;

@@ -694,17 +694,42 @@ fn publish(src: &Path, dst: &Path, commit: bool) -> Result<bool, BlobError> {
         // The blob is stored already: mark it used now, so a garbage
         // collection that found it stale leaves it (or, if it was just
         // taken away, this copy takes its place).
-        match File::open(dst).and_then(|f| f.set_modified(SystemTime::now())) {
-            Ok(()) => return Ok(false),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        match touch_in_place(dst) {
+            Ok(true) => return Ok(false),
+            Ok(false) => {}
             Err(e) => return Err(BlobError::io("mark blob used", dst)(e)),
         }
     }
+    // Its mtime is its last write, maybe long ago (a chunked upload's last
+    // PATCH): a collection must see it as stored now.
+    File::open(src)
+        .and_then(|f| f.set_modified(SystemTime::now()))
+        .map_err(BlobError::io("mark blob stored", src))?;
     fs::rename(src, dst).map_err(BlobError::io("rename into place", dst))?;
     if commit {
         sync_dir(parent)?;
     }
     Ok(true)
+}
+
+/// Set the mtime of the blob at `path` to now, and say whether that blob is
+/// still the one at `path` afterwards: a garbage collection may have moved
+/// it to the trash (and deleted it) between the open and the update, in
+/// which case the update reached a file nobody will read (`false`).
+fn touch_in_place(path: &Path) -> io::Result<bool> {
+    use std::os::unix::fs::MetadataExt as _;
+    let f = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    f.set_modified(SystemTime::now())?;
+    let touched = f.metadata()?;
+    Ok(match fs::metadata(path) {
+        Ok(now) => now.dev() == touched.dev() && now.ino() == touched.ino(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => false,
+        Err(e) => return Err(e),
+    })
 }
 
 /// Reads of one blob in flight at once: the device gets the next request
@@ -1130,16 +1155,10 @@ impl BlobStore for FsStore {
         let d = digest.clone();
         blocking(move || {
             mark_stored(&stored, &d)?;
-            let f = match File::open(&path) {
-                Ok(f) => f,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    return Err(BlobError::BlobUnknown(d));
-                }
-                Err(e) => return Err(BlobError::io("open blob", &path)(e)),
-            };
-            f.set_modified(SystemTime::now())
-                .map_err(BlobError::io("mark blob used", &path))?;
-            f.metadata()
+            if !touch_in_place(&path).map_err(BlobError::io("mark blob used", &path))? {
+                return Err(BlobError::BlobUnknown(d));
+            }
+            fs::metadata(&path)
                 .map(|m| m.len())
                 .map_err(BlobError::io("stat blob", &path))
         })
@@ -1207,7 +1226,6 @@ impl BlobStore for FsStore {
             digest.hex(),
             uuid::Uuid::new_v4().simple()
         ));
-        let commit = self.commit;
         let removed = blocking(move || {
             let used_since = |m: &fs::Metadata| m.modified().map_or(true, |t| t >= cutoff);
             match fs::metadata(&path) {
@@ -1232,10 +1250,11 @@ impl BlobStore for FsStore {
                 }
                 return Ok(None);
             }
+            // Not fsynced, even with `commit`: a removal that a power cut
+            // undoes leaves a blob that nothing names (space, not data),
+            // and one fsync per blob would bound a collection to the
+            // device's flush rate.
             fs::remove_file(&trash).map_err(BlobError::io("remove trash", &trash))?;
-            if commit && let Some(parent) = path.parent() {
-                sync_dir(parent)?;
-            }
             Ok(Some(moved.len()))
         })
         .await?;

@@ -37,6 +37,10 @@ pub type MetaClient = MetaServiceClient<Transport>;
 /// Entries of each queue handled per step: bounds how long one step holds
 /// svc-meta's rows (and, on SQLite, its write lock).
 const BATCH: u32 = 256;
+/// A dry run looks at most this many entries of each queue (it holds
+/// svc-meta's rows for its whole length, and its answer must fit one
+/// message): beyond, it under-reports, and says so (`truncated`).
+const DRY_RUN_LIMIT: u32 = 20_000;
 /// Digests per `Unreferenced` call.
 const ASK_AT_ONCE: usize = 1024;
 /// After a failed collection, the next attempt comes this soon (or at the
@@ -79,6 +83,8 @@ pub struct GcReport {
     pub blobs: Vec<RemovedBlob>,
     /// Bytes freed: the sum of the removed blobs' sizes.
     pub bytes_freed: u64,
+    /// A dry run that stopped at its limit: a real run would remove more.
+    pub truncated: bool,
 }
 
 /// Runs collections over one blob store, asking svc-meta.
@@ -124,8 +130,9 @@ impl Collector {
             },
         };
         // A dry run changes nothing, so it cannot go step by step: it asks
-        // for everything at once (svc-meta rolls its step back).
-        let limit = if dry_run { u32::MAX } else { BATCH };
+        // for everything at once, up to a bound (svc-meta rolls its step
+        // back).
+        let limit = if dry_run { DRY_RUN_LIMIT } else { BATCH };
         let mut meta = self.meta.clone();
         loop {
             let step = meta
@@ -143,31 +150,49 @@ impl Collector {
                     digest: l.digest.clone(),
                     size: l.size,
                 }));
+            let mut done = Vec::new();
             for g in &step.garbage {
-                match Digest::parse(&g.digest) {
-                    Ok(d) => run.sweep(&d).await?,
-                    Err(e) => tracing::warn!(digest = g.digest, error = %e, "not a digest"),
+                let swept = match Digest::parse(&g.digest) {
+                    Ok(d) => run.sweep(&d).await,
+                    Err(e) => {
+                        tracing::warn!(digest = g.digest, error = %e, "not a digest");
+                        true
+                    }
+                };
+                // A blob that could not be removed stays queued.
+                if swept {
+                    done.push(g.clone());
                 }
             }
             if dry_run {
+                run.report.truncated |=
+                    step.links.len() >= limit as usize || step.garbage.len() >= limit as usize;
                 break;
             }
-            if !step.garbage.is_empty() {
+            if !done.is_empty() {
                 meta.forget_garbage(ForgetGarbageRequest {
-                    garbage: step.garbage.clone(),
+                    garbage: done.clone(),
                 })
                 .await?;
             }
-            if step.links.len() < BATCH as usize && step.garbage.len() < BATCH as usize {
+            let full = step.links.len() >= BATCH as usize || step.garbage.len() >= BATCH as usize;
+            // Stop when the queues are drained, or when a step made no
+            // progress (every blob it named failed: next run).
+            if !full || (step.links.is_empty() && done.is_empty()) {
                 break;
             }
         }
-        let batch = if dry_run { usize::MAX } else { BATCH as usize };
+        let batch = if dry_run {
+            DRY_RUN_LIMIT as usize
+        } else {
+            BATCH as usize
+        };
         loop {
             let marks = self.store.stored_before(cutoff, batch).await?;
             if marks.is_empty() {
                 break;
             }
+            let mut failed = HashSet::new();
             let mut asked: Vec<String> = marks.iter().map(|m| m.digest.to_string()).collect();
             asked.sort_unstable();
             asked.dedup();
@@ -180,17 +205,25 @@ impl Collector {
                     .into_inner()
                     .digests;
                 for d in unused {
-                    match Digest::parse(&d) {
-                        Ok(d) => run.sweep(&d).await?,
-                        Err(e) => tracing::warn!(digest = d, error = %e, "not a digest"),
+                    if let Ok(digest) = Digest::parse(&d)
+                        && !run.sweep(&digest).await
+                    {
+                        failed.insert(d);
                     }
                 }
             }
             if dry_run {
+                run.report.truncated |= marks.len() >= batch;
                 break;
             }
-            self.store.forget_stored(&marks).await?;
-            if marks.len() < batch {
+            // The marks of a blob that could not be removed stay.
+            let done: Vec<_> = marks
+                .iter()
+                .filter(|m| !failed.contains(&m.digest.to_string()))
+                .cloned()
+                .collect();
+            self.store.forget_stored(&done).await?;
+            if marks.len() < batch || done.is_empty() {
                 break;
             }
         }
@@ -210,24 +243,33 @@ struct Run<'a> {
 
 impl Run<'_> {
     /// Remove (dry run: measure) the bytes of `digest`, which nothing
-    /// links, unless stored again since the cutoff.
-    async fn sweep(&mut self, digest: &Digest) -> Result<(), GcError> {
+    /// links, unless stored again since the cutoff. `false` when the store
+    /// failed (logged; the blob is tried again at the next collection).
+    async fn sweep(&mut self, digest: &Digest) -> bool {
         if !self.seen.insert(digest.clone()) {
-            return Ok(());
+            return true;
         }
         let freed = if self.dry_run {
-            self.store.stale_size(digest, self.cutoff).await?
+            self.store.stale_size(digest, self.cutoff).await
         } else {
-            self.store.remove_stale(digest, self.cutoff).await?
+            self.store.remove_stale(digest, self.cutoff).await
         };
-        if let Some(size) = freed {
-            self.report.blobs.push(RemovedBlob {
-                digest: digest.to_string(),
-                size,
-            });
-            self.report.bytes_freed += size;
+        match freed {
+            Ok(Some(size)) => {
+                self.report.blobs.push(RemovedBlob {
+                    digest: digest.to_string(),
+                    size,
+                });
+                self.report.bytes_freed += size;
+                true
+            }
+            Ok(None) => true,
+            Err(e) => {
+                tracing::warn!(digest = %digest, error = %e, "cannot remove an unreferenced blob");
+                self.seen.remove(digest);
+                false
+            }
         }
-        Ok(())
     }
 }
 

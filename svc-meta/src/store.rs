@@ -42,6 +42,8 @@ const POSTGRES_CONNECTIONS: u32 = 16;
 const CHANGES_CHANNEL: &str = "capstan_meta_changes";
 /// Changes buffered per subscriber before it counts as fallen behind.
 const CHANGES_BUFFER: usize = 1024;
+/// Postgres advisory lock key that serializes garbage collection steps.
+const GC_LOCK: i64 = 0x6361_7073_7461_6e01;
 /// The longest an unreferenced link goes without renewal while lookups
 /// find it (see [`Store::with_gc_delay`]).
 pub const RENEW_AFTER: Duration = Duration::from_secs(60);
@@ -826,6 +828,13 @@ impl Store {
         check_repo(repo)?;
         let digest = digest.to_string();
         let (_turn, mut tx) = self.begin_write().await?;
+        // The queue's row before the link, as every writer (Postgres lock
+        // order, see `link`).
+        sqlx::query("DELETE FROM gc_links WHERE repo = $1 AND digest = $2")
+            .bind(repo)
+            .bind(&digest)
+            .execute(&mut *tx)
+            .await?;
         let gone = sqlx::query("DELETE FROM blob_links WHERE repo = $1 AND digest = $2")
             .bind(repo)
             .bind(&digest)
@@ -835,11 +844,6 @@ impl Store {
         if gone == 0 {
             return Err(MetaError::BlobUnknown);
         }
-        sqlx::query("DELETE FROM gc_links WHERE repo = $1 AND digest = $2")
-            .bind(repo)
-            .bind(&digest)
-            .execute(&mut *tx)
-            .await?;
         queue_garbage(&mut tx, &digest, now()).await?;
         tx.commit().await?;
         tracing::info!(repo, digest, "blob unlinked");
@@ -870,6 +874,18 @@ impl Store {
         let pg = self.backend == Backend::Postgres;
         let at = now();
         let (_turn, mut tx) = self.begin_write().await?;
+        if pg {
+            // One step at a time across replicas (several svc-blob replicas
+            // collect, each through some svc-meta): steps of two
+            // collectors would take the same garbage rows in other orders.
+            let mine: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
+                .bind(GC_LOCK)
+                .fetch_one(&mut *tx)
+                .await?;
+            if !mine {
+                return Ok(Collection::default());
+            }
+        }
         let queued: Vec<(String, String)> = sqlx::query_as(if pg {
             "SELECT repo, digest FROM gc_links WHERE queued_at < $1 \
              ORDER BY queued_at, repo, digest LIMIT $2 FOR UPDATE SKIP LOCKED"
@@ -911,7 +927,11 @@ impl Store {
                     None
                 };
                 if busy.is_none() {
+                    // Gone another way (an unlink while a manifest still
+                    // named the blob, then that manifest's delete): its
+                    // digest may be garbage now.
                     unqueue().execute(&mut *tx).await?;
+                    queue_garbage(&mut tx, &digest, at).await?;
                 }
                 continue;
             };
@@ -986,6 +1006,13 @@ impl Store {
             return Ok(());
         }
         let (_turn, mut tx) = self.begin_write().await?;
+        if self.backend == Backend::Postgres {
+            // After any collection step in progress (see `collect`).
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(GC_LOCK)
+                .execute(&mut *tx)
+                .await?;
+        }
         for g in garbage {
             sqlx::query("DELETE FROM gc_blobs WHERE digest = $1 AND since = $2")
                 .bind(&g.digest)

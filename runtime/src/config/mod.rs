@@ -100,7 +100,8 @@ pub struct StorageConfig {
     /// zot's `gcDelay` (default 1h): how long an unreferenced blob link,
     /// or a blob stored but never linked, is kept before garbage
     /// collection may remove it. A push must send its manifest within this
-    /// time of its last blob upload or blob check.
+    /// time of its first blob upload (three quarters of it after a check
+    /// for a blob it did not upload).
     #[serde(default, with = "opt_duration")]
     pub gc_delay: Option<Duration>,
     /// zot's `gcInterval` (default 1h): time between garbage collections;

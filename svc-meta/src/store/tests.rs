@@ -961,6 +961,37 @@ async fn collection_takes_only_unreferenced_old_links(backend: Backend) {
     assert_eq!(unlinked.garbage[0].digest, config.to_string());
 }
 
+/// A blob unlinked while a manifest still names it becomes garbage once
+/// that manifest goes (it was neither linked nor queued by then).
+async fn a_blob_unlinked_under_a_manifest_is_collected_after_it(backend: Backend) {
+    let (_db, store) = temp_store_on(backend).await;
+    let img = image("unlinked");
+    link_blobs(&store, "r", &img).await;
+    store
+        .put_manifest("r", &tag("v1"), "", &img.bytes)
+        .await
+        .unwrap();
+    let layer = &img.blobs[1].0;
+    store.unlink_blob("r", layer).await.unwrap();
+    let later = super::now() + 10;
+    // Still named by the manifest: no garbage.
+    assert!(
+        store
+            .collect(later, 100, false)
+            .await
+            .unwrap()
+            .garbage
+            .is_empty()
+    );
+    store
+        .delete_manifest("r", &by_digest(&img.digest), false)
+        .await
+        .unwrap();
+    let after = store.collect(later, 100, false).await.unwrap();
+    let garbage: BTreeSet<String> = after.garbage.iter().map(|g| g.digest.clone()).collect();
+    assert!(garbage.contains(&layer.to_string()), "{after:?}");
+}
+
 /// A lookup of an old unreferenced link (a push checking for a blob it
 /// will not upload again) makes it young, so that garbage collection
 /// leaves it to the manifest that follows (distribution#3045); a
@@ -1043,6 +1074,7 @@ on_every_backend!(
     concurrent_links_all_land_through_group_commit,
     collection_takes_only_unreferenced_old_links,
     a_blob_lookup_renews_an_old_unreferenced_link,
+    a_blob_unlinked_under_a_manifest_is_collected_after_it,
 );
 
 /// The next change `rx` hears, within a generous limit.
