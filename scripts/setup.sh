@@ -3,13 +3,13 @@
 # already there: the Rust toolchain, cmake (pingora's zlib-ng), and the real
 # clients and peers the tests drive (skopeo, oras from PyPI, docker-registry)
 # and the servers they start (redis-server, postgresql, slapd, node's
-# oidc-provider).
+# oidc-provider), and sqlite3 (tests read the metadata database).
 set -euo pipefail
 
 need_apt=()
 for pair in cmake:cmake gcc:gcc skopeo:skopeo docker-registry:docker-registry python3:python3 pip3:python3-pip \
     redis-server:redis-server redis-cli:redis-tools runuser:util-linux \
-    docker-compose:docker-compose; do
+    docker-compose:docker-compose sqlite3:sqlite3; do
   cmd=${pair%%:*}; pkg=${pair##*:}
   command -v "$cmd" >/dev/null 2>&1 || need_apt+=("$pkg")
 done

@@ -40,6 +40,8 @@ pub struct Gateway {
     pub sync: Option<SyncClient>,
     /// svc-sync, when any sync is configured (its metrics join ours).
     pub sync_metrics: Option<SyncClient>,
+    /// Manifest pulls not yet reported to svc-meta.
+    pub pulls: Arc<crate::pulls::Pulls>,
 }
 
 type SyncClient = capstan_proto::direct::SyncClient<capstan_runtime::grpc::Transport>;
@@ -213,6 +215,7 @@ impl Gateway {
             authn,
             sync: None,
             sync_metrics: None,
+            pulls: Arc::default(),
         }
     }
 

@@ -18,6 +18,7 @@ pub mod endpoint;
 pub mod error;
 pub mod handlers;
 pub mod metrics;
+pub mod pulls;
 pub mod range;
 pub mod tls;
 
@@ -76,6 +77,20 @@ pub async fn serve(
     let mut app = app::Gateway::new(backends, manifests, authn);
     app.sync = sync.clone().filter(|_| on_demand);
     app.sync_metrics = sync;
+    let clients = app.backends.meta_all();
+    if !clients.is_empty() {
+        // Reports go round the meta replicas.
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let pick = move || {
+            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            clients[i % clients.len()].clone()
+        };
+        tokio::spawn(pulls::report_periodically(
+            app.pulls.clone(),
+            pick,
+            shutdown.clone(),
+        ));
+    }
     let addr = listener.local_addr()?.to_string();
     listener.set_nonblocking(true)?;
 

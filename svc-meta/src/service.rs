@@ -13,7 +13,8 @@ use capstan_proto::meta::v1::{
 };
 use capstan_proto::meta::v1::{
     CollectGarbageRequest, CollectGarbageResponse, CollectedLink, ForgetGarbageRequest,
-    ForgetGarbageResponse, GarbageEntry, UnreferencedRequest, UnreferencedResponse,
+    ForgetGarbageResponse, GarbageEntry, RecordPullsRequest, RecordPullsResponse,
+    UnreferencedRequest, UnreferencedResponse,
 };
 use capstan_runtime::Shutdown;
 use capstan_runtime::grpc::MAX_MESSAGE_BYTES;
@@ -295,6 +296,23 @@ impl MetaService for MetaGrpc {
             Ok(UnreferencedResponse {
                 digests: unused.iter().map(ToString::to_string).collect(),
             })
+        })
+        .await
+    }
+
+    async fn record_pulls(
+        &self,
+        request: Request<RecordPullsRequest>,
+    ) -> Result<Response<RecordPullsResponse>, Status> {
+        call("record_pulls", &request, async {
+            let pulls: Vec<(String, String, u64, i64)> = request
+                .get_ref()
+                .pulls
+                .iter()
+                .map(|p| (p.repo.clone(), p.digest.clone(), p.count, p.last))
+                .collect();
+            self.store.record_pulls(&pulls).await?;
+            Ok(RecordPullsResponse {})
         })
         .await
     }

@@ -998,6 +998,56 @@ impl Store {
         Ok(out)
     }
 
+    /// Count `pulls` (repository, manifest digest, how many, Unix seconds
+    /// of the last) against their manifests; pulls of a manifest that is
+    /// gone are dropped.
+    pub async fn record_pulls(
+        &self,
+        pulls: &[(String, String, u64, i64)],
+    ) -> Result<(), MetaError> {
+        if pulls.is_empty() {
+            return Ok(());
+        }
+        let mut sorted: Vec<&(String, String, u64, i64)> = pulls.iter().collect();
+        // One row order for every writer (Postgres).
+        sorted.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+        let (_turn, mut tx) = self.begin_write().await?;
+        for (repo, digest, count, last) in sorted {
+            sqlx::query(
+                "UPDATE manifests SET pull_count = pull_count + $3, \
+                 pulled_at = CASE WHEN pulled_at IS NULL OR pulled_at < $4 THEN $4 \
+                 ELSE pulled_at END \
+                 WHERE repo = $1 AND digest = $2",
+            )
+            .bind(repo)
+            .bind(digest)
+            .bind(i64::try_from(*count).unwrap_or(i64::MAX))
+            .bind(*last)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Pulls counted for a manifest and when it was last pulled (Unix
+    /// seconds, `None` when never).
+    pub async fn pull_stats(
+        &self,
+        repo: &str,
+        digest: &Digest,
+    ) -> Result<(u64, Option<i64>), MetaError> {
+        let row: Option<(i64, Option<i64>)> = sqlx::query_as(
+            "SELECT pull_count, pulled_at FROM manifests WHERE repo = $1 AND digest = $2",
+        )
+        .bind(repo)
+        .bind(digest.to_string())
+        .fetch_optional(&self.pool)
+        .await?;
+        let (count, at) = row.ok_or(MetaError::ManifestUnknown)?;
+        Ok((to_u64(count)?, at))
+    }
+
     /// svc-blob has dealt with these entries of [`Store::collect`]'s
     /// garbage (removed the bytes, or found them in use again): drop them.
     /// An entry queued again since (another `since`) stays.

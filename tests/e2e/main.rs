@@ -8,6 +8,7 @@ mod federation;
 mod gc;
 mod layout;
 mod oci;
+mod retention;
 mod sandbox;
 mod sessions;
 mod spec;

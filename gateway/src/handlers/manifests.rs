@@ -142,6 +142,7 @@ pub async fn get(gw: &Gateway, ctx: &Ctx, repo: &str, reference: &str) -> Result
 fn manifest_reply(gw: &Gateway, ctx: &Ctx, repo: &str, m: &Cached) -> Reply {
     if !ctx.is_head {
         gw.metrics.manifest_pulled(repo);
+        gw.pulls.record(repo, &m.digest);
     }
     let mut reply = Reply::new(200)
         .header("Content-Type", m.media_type.clone())

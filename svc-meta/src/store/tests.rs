@@ -992,6 +992,37 @@ async fn a_blob_unlinked_under_a_manifest_is_collected_after_it(backend: Backend
     assert!(garbage.contains(&layer.to_string()), "{after:?}");
 }
 
+/// Pulls reported by gateways add up per manifest, keep the latest time,
+/// and are dropped for a manifest that is gone.
+async fn pulls_add_up_per_manifest(backend: Backend) {
+    let (_db, store) = temp_store_on(backend).await;
+    let img = image("pulled");
+    link_blobs(&store, "r", &img).await;
+    store
+        .put_manifest("r", &tag("v1"), "", &img.bytes)
+        .await
+        .unwrap();
+    assert_eq!(store.pull_stats("r", &img.digest).await.unwrap(), (0, None));
+    let d = img.digest.to_string();
+    store
+        .record_pulls(&[
+            ("r".into(), d.clone(), 3, 100),
+            ("r".into(), sha256(b"gone").to_string(), 5, 100),
+        ])
+        .await
+        .unwrap();
+    // Another gateway's report, with an older last pull.
+    store
+        .record_pulls(&[("r".into(), d.clone(), 2, 50)])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.pull_stats("r", &img.digest).await.unwrap(),
+        (5, Some(100))
+    );
+    store.record_pulls(&[]).await.unwrap();
+}
+
 /// A lookup of an old unreferenced link (a push checking for a blob it
 /// will not upload again) makes it young, so that garbage collection
 /// leaves it to the manifest that follows (distribution#3045); a
@@ -1075,6 +1106,7 @@ on_every_backend!(
     collection_takes_only_unreferenced_old_links,
     a_blob_lookup_renews_an_old_unreferenced_link,
     a_blob_unlinked_under_a_manifest_is_collected_after_it,
+    pulls_add_up_per_manifest,
 );
 
 /// The next change `rx` hears, within a generous limit.
