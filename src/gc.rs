@@ -16,6 +16,11 @@ pub async fn run(mut config: Config, dry_run: bool, json: bool) -> anyhow::Resul
     let shutdown = Shutdown::new();
     let mut meta_task = None;
     if config.services.meta.endpoints.is_empty() {
+        anyhow::ensure!(
+            dry_run || !capstan_meta::sqlite_in_use(&config),
+            "a running registry serves this SQLite database: stop it first, or let its \
+             scheduled collection (storage.gcInterval) do this; --dry-run works beside it"
+        );
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         config.services.meta.endpoints = vec![capstan_runtime::grpc::listener_url(&listener)?];
         let (c, s) = (config.clone(), shutdown.clone());
@@ -43,6 +48,12 @@ pub async fn run(mut config: Config, dry_run: bool, json: bool) -> anyhow::Resul
 }
 
 fn print_report(r: &GcReport) {
+    for e in &r.retention {
+        match &e.tag {
+            Some(tag) => println!("tag\t{}:{tag}\t{}\t{}", e.repo, e.digest, e.reason),
+            None => println!("manifest\t{}\t{}\t{}", e.repo, e.digest, e.reason),
+        }
+    }
     for l in &r.links {
         println!("link\t{}\t{}\t{}", l.repo, l.digest, l.size);
     }
@@ -51,7 +62,9 @@ fn print_report(r: &GcReport) {
     }
     let verb = if r.dry_run { "would remove" } else { "removed" };
     println!(
-        "{verb} {} repository links and {} blobs, freeing {} bytes{}",
+        "{verb} {} tags or manifests (retention), {} repository links and {} blobs, \
+         freeing {} bytes{}",
+        r.retention.len(),
         r.links.len(),
         r.blobs.len(),
         r.bytes_freed,

@@ -23,7 +23,9 @@
 use crate::{BlobError, BlobStore};
 use capstan_oci::Digest;
 use capstan_proto::meta::v1::meta_service_client::MetaServiceClient;
-use capstan_proto::meta::v1::{CollectGarbageRequest, ForgetGarbageRequest, UnreferencedRequest};
+use capstan_proto::meta::v1::{
+    ApplyRetentionRequest, CollectGarbageRequest, ForgetGarbageRequest, UnreferencedRequest,
+};
 use capstan_runtime::Shutdown;
 use capstan_runtime::grpc::Transport;
 use serde::Serialize;
@@ -66,6 +68,17 @@ pub struct RemovedLink {
     pub size: u64,
 }
 
+/// A tag or manifest that retention removed, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RetainedEntry {
+    pub repo: String,
+    pub digest: String,
+    /// The tag removed; `None` when the manifest itself went.
+    pub tag: Option<String>,
+    /// The rule, in zot's words.
+    pub reason: String,
+}
+
 /// A blob whose bytes a collection removed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RemovedBlob {
@@ -77,6 +90,8 @@ pub struct RemovedBlob {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct GcReport {
     pub dry_run: bool,
+    /// What retention removed first (`storage.retention`).
+    pub retention: Vec<RetainedEntry>,
     /// Links removed from repositories.
     pub links: Vec<RemovedLink>,
     /// Blobs removed from storage.
@@ -134,6 +149,20 @@ impl Collector {
         // back).
         let limit = if dry_run { DRY_RUN_LIMIT } else { BATCH };
         let mut meta = self.meta.clone();
+        // Retention first: what it removes is collected in the same run.
+        let retained = meta
+            .apply_retention(ApplyRetentionRequest { dry_run })
+            .await?
+            .into_inner()
+            .removed;
+        run.report
+            .retention
+            .extend(retained.into_iter().map(|r| RetainedEntry {
+                repo: r.repo,
+                digest: r.digest,
+                tag: Some(r.tag).filter(|t| !t.is_empty()),
+                reason: r.reason,
+            }));
         loop {
             let step = meta
                 .collect_garbage(CollectGarbageRequest {
@@ -286,6 +315,7 @@ pub async fn collect_periodically(collector: Collector, interval: Duration, shut
         wait = match collector.run(false).await {
             Ok(r) => {
                 tracing::info!(
+                    retention = r.retention.len(),
                     links = r.links.len(),
                     blobs = r.blobs.len(),
                     bytes_freed = r.bytes_freed,

@@ -5,16 +5,16 @@ use crate::error::MetaError;
 use crate::store::Store;
 use capstan_proto::meta::v1::meta_service_server::{MetaService, MetaServiceServer};
 use capstan_proto::meta::v1::{
+    ApplyRetentionRequest, ApplyRetentionResponse, CollectGarbageRequest, CollectGarbageResponse,
+    CollectedLink, ForgetGarbageRequest, ForgetGarbageResponse, GarbageEntry, RecordPullsRequest,
+    RecordPullsResponse, RetainedEntry, UnreferencedRequest, UnreferencedResponse,
+};
+use capstan_proto::meta::v1::{
     CatalogRequest, CatalogResponse, Change, DeleteManifestRequest, DeleteManifestResponse,
     Descriptor, GetManifestRequest, GetManifestResponse, LinkBlobRequest, LinkBlobResponse,
     ListTagsRequest, ListTagsResponse, MountBlobRequest, MountBlobResponse, PutManifestRequest,
     PutManifestResponse, ReferrersRequest, ReferrersResponse, StatBlobRequest, StatBlobResponse,
     UnlinkBlobRequest, UnlinkBlobResponse, WatchRequest,
-};
-use capstan_proto::meta::v1::{
-    CollectGarbageRequest, CollectGarbageResponse, CollectedLink, ForgetGarbageRequest,
-    ForgetGarbageResponse, GarbageEntry, RecordPullsRequest, RecordPullsResponse,
-    UnreferencedRequest, UnreferencedResponse,
 };
 use capstan_runtime::Shutdown;
 use capstan_runtime::grpc::MAX_MESSAGE_BYTES;
@@ -27,19 +27,36 @@ use tonic::{Request, Response, Status};
 #[derive(Debug, Clone)]
 pub struct MetaGrpc {
     store: Store,
+    /// `storage.retention`, when garbage collection is on.
+    retention: Option<std::sync::Arc<crate::retention::Retention>>,
     /// Ends `Watch` streams so a graceful stop is not held up by them.
     shutdown: Shutdown,
 }
 
 impl MetaGrpc {
     pub fn new(store: Store, shutdown: Shutdown) -> Self {
-        Self { store, shutdown }
+        Self {
+            store,
+            retention: None,
+            shutdown,
+        }
+    }
+
+    /// Apply `retention` when asked (`ApplyRetention`).
+    pub fn with_retention(mut self, retention: crate::retention::Retention) -> Self {
+        self.retention = Some(std::sync::Arc::new(retention));
+        self
     }
 }
 
 /// The generated server for `store`, with Capstan's message size limits.
 pub fn grpc_service(store: Store, shutdown: Shutdown) -> MetaServiceServer<MetaGrpc> {
-    MetaServiceServer::new(MetaGrpc::new(store, shutdown))
+    serve_grpc(MetaGrpc::new(store, shutdown))
+}
+
+/// The generated server for `grpc`, with Capstan's message size limits.
+pub fn serve_grpc(grpc: MetaGrpc) -> MetaServiceServer<MetaGrpc> {
+    MetaServiceServer::new(grpc)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES)
 }
@@ -295,6 +312,33 @@ impl MetaService for MetaGrpc {
             let unused = self.store.unreferenced(&digests).await?;
             Ok(UnreferencedResponse {
                 digests: unused.iter().map(ToString::to_string).collect(),
+            })
+        })
+        .await
+    }
+
+    async fn apply_retention(
+        &self,
+        request: Request<ApplyRetentionRequest>,
+    ) -> Result<Response<ApplyRetentionResponse>, Status> {
+        call("apply_retention", &request, async {
+            let Some(retention) = &self.retention else {
+                return Ok(ApplyRetentionResponse::default());
+            };
+            let removed = self
+                .store
+                .apply_retention(retention, request.get_ref().dry_run)
+                .await?;
+            Ok(ApplyRetentionResponse {
+                removed: removed
+                    .into_iter()
+                    .map(|r| RetainedEntry {
+                        repo: r.repo,
+                        digest: r.digest,
+                        tag: r.tag.unwrap_or_default(),
+                        reason: r.reason.to_string(),
+                    })
+                    .collect(),
             })
         })
         .await

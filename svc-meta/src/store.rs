@@ -23,6 +23,7 @@
 //! drop everything.
 
 use crate::error::MetaError;
+use crate::retention::{Decision, ManifestState, RepoState, Retention};
 use capstan_oci::manifest::MAX_MANIFEST_BYTES;
 use capstan_oci::{Algorithm, Digest, ParsedManifest, Reference, validate_repository};
 use sqlx::AnyPool;
@@ -177,6 +178,17 @@ pub struct Collection {
     pub links: Vec<CollectedLink>,
     /// Digests whose bytes may go.
     pub garbage: Vec<Garbage>,
+}
+
+/// A tag or manifest that retention removed (or, dry, would remove).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Retained {
+    pub repo: String,
+    pub digest: String,
+    /// The tag removed; `None` when the manifest itself went.
+    pub tag: Option<String>,
+    /// The rule, worded as zot logs it.
+    pub reason: &'static str,
 }
 
 /// A manifest whose `subject` is the queried digest.
@@ -654,29 +666,7 @@ impl Store {
                     .execute(&mut *tx)
                     .await?
                     .rows_affected();
-                // The links this manifest kept may be garbage now.
-                sqlx::query(
-                    "INSERT INTO gc_links (repo, digest, queued_at) \
-                     SELECT repo, target, $3 FROM manifest_refs \
-                     WHERE repo = $1 AND digest = $2 AND kind = 'blob' ORDER BY target \
-                     ON CONFLICT (repo, digest) DO UPDATE SET queued_at = excluded.queued_at",
-                )
-                .bind(repo)
-                .bind(&digest)
-                .bind(now())
-                .execute(&mut *tx)
-                .await?;
-                sqlx::query("DELETE FROM manifest_refs WHERE repo = $1 AND digest = $2")
-                    .bind(repo)
-                    .bind(&digest)
-                    .execute(&mut *tx)
-                    .await?;
-                let gone = sqlx::query("DELETE FROM manifests WHERE repo = $1 AND digest = $2")
-                    .bind(repo)
-                    .bind(&digest)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
+                let gone = drop_manifest(&mut tx, repo, &digest).await?;
                 if gone == 0 {
                     return Err(MetaError::ManifestUnknown);
                 }
@@ -687,6 +677,241 @@ impl Store {
             }
         }
         Ok(())
+    }
+
+    /// What retention looks at in `repo`: its manifests (push and pull
+    /// times, subject, children) and its tags.
+    pub async fn repo_state(&self, repo: &str) -> Result<RepoState, MetaError> {
+        let mut state = RepoState::default();
+        let rows: Vec<(String, i64, Option<i64>, Option<String>)> = sqlx::query_as(
+            "SELECT digest, created_at, pulled_at, subject FROM manifests WHERE repo = $1",
+        )
+        .bind(repo)
+        .fetch_all(&self.pool)
+        .await?;
+        for (digest, pushed_at, pulled_at, subject) in rows {
+            state.manifests.insert(
+                digest,
+                ManifestState {
+                    pushed_at,
+                    pulled_at,
+                    subject,
+                    children: Vec::new(),
+                },
+            );
+        }
+        let children: Vec<(String, String)> = sqlx::query_as(
+            "SELECT digest, target FROM manifest_refs WHERE repo = $1 AND kind = 'manifest'",
+        )
+        .bind(repo)
+        .fetch_all(&self.pool)
+        .await?;
+        for (index, child) in children {
+            if let Some(m) = state.manifests.get_mut(&index) {
+                m.children.push(child);
+            }
+        }
+        let tags: Vec<(String, String)> =
+            sqlx::query_as("SELECT name, digest FROM tags WHERE repo = $1")
+                .bind(repo)
+                .fetch_all(&self.pool)
+                .await?;
+        state.tags = tags.into_iter().collect();
+        Ok(state)
+    }
+
+    /// Remove tag `tag` of `repo` if it still names `digest`.
+    pub async fn delete_tag_if(
+        &self,
+        repo: &str,
+        tag: &str,
+        digest: &str,
+    ) -> Result<bool, MetaError> {
+        let (_turn, mut tx) = self.begin_write().await?;
+        let gone = sqlx::query("DELETE FROM tags WHERE repo = $1 AND name = $2 AND digest = $3")
+            .bind(repo)
+            .bind(tag)
+            .bind(digest)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if gone > 0 {
+            self.notify(&mut tx, repo).await?;
+        }
+        tx.commit().await?;
+        if gone > 0 {
+            self.committed(repo);
+        }
+        Ok(gone > 0)
+    }
+
+    /// Remove manifest `digest` of `repo` if, in this transaction, it is
+    /// still pushed before `cutoff`, untagged, listed by no index of the
+    /// repository, and either has no subject (`referrer` false) or a
+    /// subject the repository no longer has (`referrer` true).
+    pub async fn delete_manifest_if_unused(
+        &self,
+        repo: &str,
+        digest: &str,
+        cutoff: i64,
+        referrer: bool,
+    ) -> Result<bool, MetaError> {
+        let (_turn, mut tx) = self.begin_write().await?;
+        let row: Option<(i64, Option<String>)> = sqlx::query_as(match self.backend {
+            // A push of an index listing it, or of a tag on it, holds it
+            // FOR SHARE: it finishes first and is seen below.
+            Backend::Postgres => {
+                "SELECT created_at, subject FROM manifests WHERE repo = $1 AND digest = $2 \
+                 FOR UPDATE"
+            }
+            Backend::Sqlite => {
+                "SELECT created_at, subject FROM manifests WHERE repo = $1 AND digest = $2"
+            }
+        })
+        .bind(repo)
+        .bind(digest)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((created_at, subject)) = row else {
+            return Ok(false);
+        };
+        let users: i64 = sqlx::query_scalar(
+            "SELECT (SELECT COUNT(*) FROM tags WHERE repo = $1 AND digest = $2) + \
+                    (SELECT COUNT(*) FROM manifest_refs \
+                     WHERE repo = $1 AND kind = 'manifest' AND target = $2)",
+        )
+        .bind(repo)
+        .bind(digest)
+        .fetch_one(&mut *tx)
+        .await?;
+        let subject_gone = match &subject {
+            Some(s) => sqlx::query_scalar::<_, String>(
+                "SELECT digest FROM manifests WHERE repo = $1 AND digest = $2",
+            )
+            .bind(repo)
+            .bind(s)
+            .fetch_optional(&mut *tx)
+            .await?
+            .is_none(),
+            None => false,
+        };
+        let eligible = created_at < cutoff
+            && users == 0
+            && if referrer {
+                subject_gone
+            } else {
+                subject.is_none()
+            };
+        if !eligible {
+            return Ok(false);
+        }
+        let gone = drop_manifest(&mut tx, repo, digest).await?;
+        self.notify(&mut tx, repo).await?;
+        tx.commit().await?;
+        self.committed(repo);
+        Ok(gone > 0)
+    }
+
+    /// Apply `retention` to every repository (with `dry_run`, or when the
+    /// configuration says so, only decide). Each decision carried out (or,
+    /// dry, that would be) is logged with the rule behind it, in zot's
+    /// words, and returned.
+    pub async fn apply_retention(
+        &self,
+        retention: &Retention,
+        dry_run: bool,
+    ) -> Result<Vec<Retained>, MetaError> {
+        let dry_run = dry_run || retention.dry_run;
+        let at = now();
+        let mut out = Vec::new();
+        let mut last = String::new();
+        loop {
+            let page = self.catalog(Some(1000), &last).await?;
+            for repo in &page.items {
+                let state = self.repo_state(repo).await?;
+                for d in retention.plan(repo, &state, at) {
+                    if let Some(done) = self.retain(repo, d, at - retention.delay, dry_run).await? {
+                        out.push(done);
+                    }
+                }
+            }
+            match page.items.last() {
+                Some(l) if page.more => last = l.clone(),
+                _ => break,
+            }
+        }
+        Ok(out)
+    }
+
+    /// Carry out (dry: only log) one retention decision on `repo`; `None`
+    /// when what it would remove changed meanwhile and stays.
+    async fn retain(
+        &self,
+        repo: &str,
+        decision: Decision,
+        cutoff: i64,
+        dry_run: bool,
+    ) -> Result<Option<Retained>, MetaError> {
+        match decision {
+            Decision::DeleteTag {
+                tag,
+                digest,
+                reason,
+            } => {
+                if !dry_run && !self.delete_tag_if(repo, &tag, &digest).await? {
+                    return Ok(None);
+                }
+                tracing::info!(
+                    module = "retention",
+                    dry_run,
+                    repository = repo,
+                    digest,
+                    tag,
+                    decision = "delete",
+                    reason,
+                    "applied policy"
+                );
+                Ok(Some(Retained {
+                    repo: repo.to_string(),
+                    digest,
+                    tag: Some(tag),
+                    reason,
+                }))
+            }
+            Decision::DeleteManifest {
+                digest,
+                referrer,
+                reason,
+            } => {
+                if !dry_run
+                    && !self
+                        .delete_manifest_if_unused(repo, &digest, cutoff, referrer)
+                        .await?
+                {
+                    return Ok(None);
+                }
+                let message = if referrer {
+                    "removed manifest without reference"
+                } else {
+                    "removed untagged manifest"
+                };
+                tracing::info!(
+                    module = "gc",
+                    dry_run,
+                    repository = repo,
+                    reference = digest,
+                    decision = "delete",
+                    reason,
+                    "{message}"
+                );
+                Ok(Some(Retained {
+                    repo: repo.to_string(),
+                    digest,
+                    tag: None,
+                    reason,
+                }))
+            }
+        }
     }
 
     /// Tags of `repo` in byte order, strictly after `last` (empty: from the
@@ -1311,6 +1536,41 @@ async fn follow_notifications(
             }
         }
     }
+}
+
+/// Inside `tx`: remove manifest `digest` of `repo` (its tags already gone)
+/// and its references, queueing the links they kept for garbage
+/// collection. Returns how many manifests went (0 or 1).
+async fn drop_manifest(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    repo: &str,
+    digest: &str,
+) -> Result<u64, MetaError> {
+    // The links this manifest kept may be garbage now.
+    sqlx::query(
+        "INSERT INTO gc_links (repo, digest, queued_at) \
+         SELECT repo, target, $3 FROM manifest_refs \
+         WHERE repo = $1 AND digest = $2 AND kind = 'blob' ORDER BY target \
+         ON CONFLICT (repo, digest) DO UPDATE SET queued_at = excluded.queued_at",
+    )
+    .bind(repo)
+    .bind(digest)
+    .bind(now())
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query("DELETE FROM manifest_refs WHERE repo = $1 AND digest = $2")
+        .bind(repo)
+        .bind(digest)
+        .execute(&mut **tx)
+        .await?;
+    Ok(
+        sqlx::query("DELETE FROM manifests WHERE repo = $1 AND digest = $2")
+            .bind(repo)
+            .bind(digest)
+            .execute(&mut **tx)
+            .await?
+            .rows_affected(),
+    )
 }
 
 /// Queue `digest` for svc-blob: its last link may be gone.

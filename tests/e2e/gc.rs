@@ -10,8 +10,21 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+/// The stderr of a `capstan gc` that fails.
+pub(crate) fn gc_output(sb: &Sandbox, dry_run: bool) -> String {
+    let cfg = sb.dir.path().join("config.json");
+    let mut cmd = std::process::Command::new(BIN);
+    cmd.args(["gc", "--json", "-c", cfg.to_str().unwrap()]);
+    if dry_run {
+        cmd.arg("--dry-run");
+    }
+    let out = cmd.output().expect("run capstan gc");
+    assert!(!out.status.success(), "capstan gc succeeded");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 /// `capstan gc [--dry-run] --json -c <config>` on a sandbox's configuration.
-fn gc(sb: &Sandbox, dry_run: bool) -> Value {
+pub(crate) fn gc(sb: &Sandbox, dry_run: bool) -> Value {
     let cfg = sb.dir.path().join("config.json");
     let mut cmd = std::process::Command::new(BIN);
     cmd.args(["gc", "--json", "-c", cfg.to_str().unwrap()]);
@@ -124,7 +137,8 @@ async fn gc_removes_what_nothing_references_and_the_dry_run_says_so_first() {
     // No scheduled runs: `capstan gc` runs them. A lookup keeps a link
     // young for `gcDelay`, long enough for the checks below on a busy
     // machine.
-    let sb = Sandbox::start_with(json!({"storage": {"gcDelay": "5s", "gcInterval": "0s"}})).await;
+    let mut sb =
+        Sandbox::start_with(json!({"storage": {"gcDelay": "5s", "gcInterval": "0s"}})).await;
     let config = br#"{"architecture":"amd64","os":"linux"}"#.to_vec();
     let (shared, own) = (random_bytes(3000), random_bytes(2000));
     for repo in ["one", "two"] {
@@ -190,7 +204,12 @@ async fn gc_removes_what_nothing_references_and_the_dry_run_says_so_first() {
     // blob in use is not garbage).
     assert!(blob_file(&sb, &d_orphan).exists());
 
+    // A real run beside the running registry is refused: its gateway
+    // would not hear of the changes. Stopped, it goes ahead.
+    assert!(gc_output(&sb, false).contains("a running registry serves this SQLite database"));
+    sb.proc.kill();
     let done = gc(&sb, false);
+    sb.start_again().await;
     assert_eq!(done["dry_run"], false);
     assert_eq!(links(&done), links(&planned));
     assert_eq!(blobs(&done), blobs(&planned));
@@ -211,7 +230,7 @@ async fn gc_removes_what_nothing_references_and_the_dry_run_says_so_first() {
     pull_intact(&sb, "two", "v1").await;
     pull_intact(&sb, "late", "v1").await;
     // Nothing left to collect.
-    let after = gc(&sb, false);
+    let after = gc(&sb, true);
     assert!(
         links(&after).is_empty() && blobs(&after).is_empty(),
         "{after}"

@@ -218,6 +218,12 @@ impl Sandbox {
     /// same configuration and data.
     pub async fn crash_and_restart(&mut self) {
         self.proc.kill();
+        self.start_again().await;
+    }
+
+    /// Start the registry again on the same configuration and data, after
+    /// `self.proc.kill()`.
+    pub async fn start_again(&mut self) {
         let cfg = self.dir.path().join("config.json");
         self.proc = Process::spawn(
             &["-c", cfg.to_str().unwrap()],

@@ -11,6 +11,7 @@
 pub mod auth;
 mod casefold;
 pub mod extensions;
+pub mod retention;
 
 pub use auth::{AccessControlConfig, AuthConfig};
 pub use extensions::{Extensions, SyncConfig};
@@ -119,10 +120,10 @@ pub struct StorageConfig {
     /// zot's `remoteCache`: see `cacheDriver`.
     #[serde(default)]
     pub remote_cache: Option<serde_json::Value>,
-    /// zot's `retention` policies. Not implemented yet: reported as
-    /// ignored; nothing is deleted.
+    /// zot's `retention` policies (see [`retention::RetentionConfig`]),
+    /// applied with garbage collection.
     #[serde(default)]
-    pub retention: Option<serde_json::Value>,
+    pub retention: Option<retention::RetentionConfig>,
     /// zot's `subPaths`. Not implemented yet: reported as ignored; every
     /// repository lives under `rootDirectory`.
     #[serde(default)]
@@ -438,11 +439,6 @@ impl Loaded {
                 "storage.remoteCache",
                 st.remote_cache.is_some(),
                 "zot's dedupe cache; Capstan keeps what it needs in its own database",
-            ),
-            (
-                "storage.retention",
-                st.retention.is_some(),
-                "retention policies are not implemented yet; nothing is deleted",
             ),
             (
                 "storage.subPaths",
@@ -1028,7 +1024,6 @@ mod tests {
             keys,
             [
                 "storage.storageDriver",
-                "storage.retention",
                 "storage.subPaths",
                 "scheduler",
                 "extensions.search",

@@ -1,0 +1,284 @@
+//! zot's retention (`storage.retention`), applied by svc-meta at the start of
+//! each garbage collection: which tags go, and which untagged manifests and
+//! referrers without a subject go once older than `delay`.
+//!
+//! Deciding is a pure function of one repository's state ([`plan`]), so a
+//! dry run logs exactly what a real run on the same state deletes. Applying
+//! re-checks each decision inside the deleting transaction: a tag moved by
+//! a push since, or a manifest tagged or listed by an index since, stays.
+//!
+//! The rules, as zot has them: the first policy whose `repositories` glob
+//! matches a repository applies (none: keep every tag, still remove
+//! untagged manifests). With `keepTags`, each tag is judged by the first
+//! entry whose patterns match it: kept when the entry has no criterion or
+//! when the tag meets any of them (`mostRecentlyPushedCount` and
+//! `mostRecentlyPulledCount` rank the entry's own tags); a tag no entry
+//! matches goes. Untagged manifests that no index of the repository lists
+//! and that have no subject go after `delay` (children of a tagged index
+//! stay: distribution#3178); with `deleteReferrers`, so do manifests whose
+//! subject is gone. Push time is when the manifest first came to the
+//! repository, pull time its last GET.
+
+use capstan_oci::access::Pattern;
+use capstan_runtime::config::StorageConfig;
+use capstan_runtime::config::retention::{KeepTags, RetentionPolicy};
+use regex::Regex;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Retention as configured, compiled.
+#[derive(Debug, Clone)]
+pub struct Retention {
+    pub dry_run: bool,
+    /// Seconds an untagged manifest or orphaned referrer is kept.
+    pub delay: i64,
+    policies: Vec<Policy>,
+}
+
+#[derive(Debug, Clone)]
+struct Policy {
+    repositories: Vec<Pattern>,
+    delete_referrers: bool,
+    delete_untagged: bool,
+    keep: Vec<Keep>,
+}
+
+#[derive(Debug, Clone)]
+struct Keep {
+    patterns: Vec<Regex>,
+    pulled_within: Option<i64>,
+    pushed_within: Option<i64>,
+    pushed_count: usize,
+    pulled_count: usize,
+}
+
+impl Keep {
+    fn matches(&self, tag: &str) -> bool {
+        self.patterns.is_empty() || self.patterns.iter().any(|p| p.is_match(tag))
+    }
+
+    fn has_criteria(&self) -> bool {
+        self.pulled_within.is_some()
+            || self.pushed_within.is_some()
+            || self.pushed_count > 0
+            || self.pulled_count > 0
+    }
+}
+
+/// The policy that applies when none matches.
+static DEFAULT_POLICY: Policy = Policy {
+    repositories: Vec::new(),
+    delete_referrers: false,
+    delete_untagged: true,
+    keep: Vec::new(),
+};
+
+fn secs(d: std::time::Duration) -> i64 {
+    i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
+}
+
+impl Retention {
+    /// Compile `storage.retention` (absent: no policies). An error names
+    /// the key of the bad value.
+    pub fn from_config(storage: &StorageConfig) -> Result<Retention, String> {
+        let config = storage.retention.clone().unwrap_or_default();
+        let mut policies = Vec::new();
+        for (i, p) in config.policies.iter().enumerate() {
+            policies.push(compile_policy(
+                p,
+                &format!("storage.retention.policies[{i}]"),
+            )?);
+        }
+        Ok(Retention {
+            dry_run: config.dry_run,
+            delay: secs(config.delay.unwrap_or_else(|| storage.gc_delay())),
+            policies,
+        })
+    }
+
+    fn policy_for(&self, repo: &str) -> &Policy {
+        self.policies
+            .iter()
+            .find(|p| p.repositories.iter().any(|g| g.matches(repo)))
+            .unwrap_or(&DEFAULT_POLICY)
+    }
+
+    /// What retention removes from `state` (repository `repo`) at `now`.
+    pub fn plan(&self, repo: &str, state: &RepoState, now: i64) -> Vec<Decision> {
+        plan(self.policy_for(repo), state, now, self.delay)
+    }
+}
+
+fn compile_policy(p: &RetentionPolicy, key: &str) -> Result<Policy, String> {
+    let mut repositories = Vec::new();
+    for (j, g) in p.repositories.iter().enumerate() {
+        repositories
+            .push(Pattern::new(g).map_err(|e| format!("{key}.repositories[{j}] {g:?}: {e}"))?);
+    }
+    let mut keep = Vec::new();
+    for (k, t) in p.keep_tags.iter().enumerate() {
+        keep.push(compile_keep(t, &format!("{key}.keepTags[{k}]"))?);
+    }
+    Ok(Policy {
+        repositories,
+        delete_referrers: p.delete_referrers,
+        delete_untagged: p.deletes_untagged(),
+        keep,
+    })
+}
+
+fn compile_keep(t: &KeepTags, key: &str) -> Result<Keep, String> {
+    let mut patterns = Vec::new();
+    for (n, r) in t.patterns.iter().enumerate() {
+        patterns.push(Regex::new(r).map_err(|e| format!("{key}.patterns[{n}] {r:?}: {e}"))?);
+    }
+    Ok(Keep {
+        patterns,
+        pulled_within: t.pulled_within.map(secs),
+        pushed_within: t.pushed_within.map(secs),
+        pushed_count: t.most_recently_pushed_count as usize,
+        pulled_count: t.most_recently_pulled_count as usize,
+    })
+}
+
+/// One manifest of a repository, as retention sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManifestState {
+    /// When it first came to the repository (Unix seconds).
+    pub pushed_at: i64,
+    /// Its last GET, if any.
+    pub pulled_at: Option<i64>,
+    pub subject: Option<String>,
+    /// Digests of the manifests it lists (an index).
+    pub children: Vec<String>,
+}
+
+/// One repository: manifests by digest, tags by name.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RepoState {
+    pub manifests: BTreeMap<String, ManifestState>,
+    pub tags: BTreeMap<String, String>,
+}
+
+/// What retention removes, and the rule why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Remove tag `tag` (naming `digest`).
+    DeleteTag {
+        tag: String,
+        digest: String,
+        reason: &'static str,
+    },
+    /// Remove manifest `digest`: untagged, or a referrer without subject.
+    DeleteManifest {
+        digest: String,
+        referrer: bool,
+        reason: &'static str,
+    },
+}
+
+/// Reasons, worded as zot logs them.
+pub const NO_PATTERN: &str = "didn't meet any tag 'patterns' rules";
+pub const NO_RULE: &str = "didn't meet any tag retention rule";
+pub const UNTAGGED: &str = "deleteUntagged";
+pub const REFERRER: &str = "deleteReferrers";
+
+fn plan(policy: &Policy, state: &RepoState, now: i64, delay: i64) -> Vec<Decision> {
+    let mut out = Vec::new();
+    let mut tags = state.tags.clone();
+    if !policy.keep.is_empty() {
+        // Each tag to the first entry that matches it.
+        let mut groups: Vec<Vec<&str>> = vec![Vec::new(); policy.keep.len()];
+        for tag in state.tags.keys() {
+            match policy.keep.iter().position(|k| k.matches(tag)) {
+                Some(i) => groups[i].push(tag),
+                None => out.push((tag.as_str(), NO_PATTERN)),
+            }
+        }
+        for (keep, group) in policy.keep.iter().zip(&groups) {
+            if !keep.has_criteria() {
+                continue;
+            }
+            let of = |tag: &str| state.tags.get(tag).and_then(|d| state.manifests.get(d));
+            let pushed = |tag: &str| of(tag).map_or(i64::MIN, |m| m.pushed_at);
+            let pulled = |tag: &str| of(tag).and_then(|m| m.pulled_at).unwrap_or(i64::MIN);
+            let mut kept: BTreeSet<&str> = BTreeSet::new();
+            let top = |key: &dyn Fn(&str) -> i64, n: usize| -> Vec<&str> {
+                let mut ranked = group.clone();
+                // Newest first; ties by name, so a run is reproducible.
+                ranked.sort_by(|a, b| key(b).cmp(&key(a)).then(a.cmp(b)));
+                ranked.truncate(n);
+                ranked
+            };
+            kept.extend(top(&pushed, keep.pushed_count));
+            kept.extend(top(&pulled, keep.pulled_count));
+            for &tag in group {
+                if keep.pushed_within.is_some_and(|d| pushed(tag) > now - d)
+                    || keep
+                        .pulled_within
+                        .is_some_and(|d| pulled(tag) > now - d || pushed(tag) > now - d)
+                {
+                    kept.insert(tag);
+                }
+            }
+            out.extend(
+                group
+                    .iter()
+                    .filter(|t| !kept.contains(*t))
+                    .map(|t| (*t, NO_RULE)),
+            );
+        }
+    }
+    let mut decisions: Vec<Decision> = Vec::new();
+    let mut dropped: Vec<(&str, &'static str)> = out;
+    dropped.sort();
+    for (tag, reason) in dropped {
+        if let Some(digest) = tags.remove(tag) {
+            decisions.push(Decision::DeleteTag {
+                tag: tag.to_string(),
+                digest,
+                reason,
+            });
+        }
+    }
+    // Untagged manifests and orphaned referrers, until nothing changes
+    // (children of a removed index, referrers of a removed subject).
+    let tagged: BTreeSet<&String> = tags.values().collect();
+    let mut alive: BTreeSet<&String> = state.manifests.keys().collect();
+    let old = |m: &ManifestState| m.pushed_at < now - delay;
+    loop {
+        let listed: BTreeSet<&String> = alive
+            .iter()
+            .filter_map(|d| state.manifests.get(*d))
+            .flat_map(|m| m.children.iter())
+            .collect();
+        let mut gone = Vec::new();
+        for &d in &alive {
+            let m = &state.manifests[d];
+            if tagged.contains(d) || listed.contains(d) || !old(m) {
+                continue;
+            }
+            match &m.subject {
+                Some(s) if policy.delete_referrers && !alive.contains(s) => {
+                    gone.push((d, true, REFERRER))
+                }
+                None if policy.delete_untagged => gone.push((d, false, UNTAGGED)),
+                _ => {}
+            }
+        }
+        if gone.is_empty() {
+            break;
+        }
+        for (d, referrer, reason) in gone {
+            alive.remove(d);
+            decisions.push(Decision::DeleteManifest {
+                digest: d.clone(),
+                referrer,
+                reason,
+            });
+        }
+    }
+    decisions
+}
+
+#[cfg(test)]
+mod tests;
