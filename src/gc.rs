@@ -11,25 +11,31 @@ use tokio::net::TcpListener;
 
 /// Run one collection and print its report (as JSON with `json`).
 pub async fn run(mut config: Config, dry_run: bool, json: bool) -> anyhow::Result<()> {
+    // Forced on: `storage.gc: false` stops scheduled runs (and retention
+    // with them), not this one.
+    config.storage.gc = Some(true);
     // svc-meta in this process when no running one is named.
     capstan_runtime::grpc::local::enable();
     let shutdown = Shutdown::new();
     let mut meta_task = None;
+    // A real run takes a SQLite database for itself while it runs.
+    let mut _writing = None;
     if config.services.meta.endpoints.is_empty() {
-        anyhow::ensure!(
-            dry_run || !capstan_meta::sqlite_in_use(&config),
-            "a running registry serves this SQLite database: stop it first, or let its \
-             scheduled collection (storage.gcInterval) do this; --dry-run works beside it"
-        );
+        if !dry_run {
+            _writing = capstan_meta::lock_sqlite(&config).map_err(|e| {
+                anyhow::anyhow!(
+                    "{e}: stop the registry first, or let its scheduled collection \
+                     (storage.gcInterval) do this; --dry-run works beside it"
+                )
+            })?;
+        }
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         config.services.meta.endpoints = vec![capstan_runtime::grpc::listener_url(&listener)?];
         let (c, s) = (config.clone(), shutdown.clone());
         meta_task = Some(tokio::spawn(async move {
-            capstan_meta::serve(&c, listener, s).await
+            capstan_meta::serve_beside(&c, listener, s).await
         }));
     }
-    // Forced on: `storage.gc: false` stops scheduled runs, not this one.
-    config.storage.gc = Some(true);
     let store = capstan_blob::open_store(&config, false).await?;
     let collector = capstan_blob::collector(&config, store)?
         .context("no svc-meta to ask (services.meta.endpoints)")?;
@@ -48,6 +54,9 @@ pub async fn run(mut config: Config, dry_run: bool, json: bool) -> anyhow::Resul
 }
 
 fn print_report(r: &GcReport) {
+    if r.retention_dry_run && !r.retention.is_empty() {
+        println!("retention (dry run: nothing removed):");
+    }
     for e in &r.retention {
         match &e.tag {
             Some(tag) => println!("tag\t{}:{tag}\t{}\t{}", e.repo, e.digest, e.reason),

@@ -92,6 +92,9 @@ pub struct GcReport {
     pub dry_run: bool,
     /// What retention removed first (`storage.retention`).
     pub retention: Vec<RetainedEntry>,
+    /// Retention removed nothing, only decided (a dry run, or
+    /// `retention.dryRun`).
+    pub retention_dry_run: bool,
     /// Links removed from repositories.
     pub links: Vec<RemovedLink>,
     /// Blobs removed from storage.
@@ -149,12 +152,14 @@ impl Collector {
         // back).
         let limit = if dry_run { DRY_RUN_LIMIT } else { BATCH };
         let mut meta = self.meta.clone();
-        // Retention first: what it removes is collected in the same run.
+        // Retention first. The links of the manifests it removes are
+        // queued as of now: a later collection, `gcDelay` on, takes them.
         let retained = meta
             .apply_retention(ApplyRetentionRequest { dry_run })
             .await?
-            .into_inner()
-            .removed;
+            .into_inner();
+        run.report.retention_dry_run = retained.dry_run;
+        let retained = retained.removed;
         run.report
             .retention
             .extend(retained.into_iter().map(|r| RetainedEntry {

@@ -1,5 +1,12 @@
 -- Pulls of each manifest (a GET of it, by tag or digest, through any
 -- gateway), for retention's `pulledWithin` and `mostRecentlyPulledCount`
--- and for download counts. Gateways report them in batches.
-ALTER TABLE manifests ADD COLUMN pulled_at BIGINT;
-ALTER TABLE manifests ADD COLUMN pull_count BIGINT NOT NULL DEFAULT 0;
+-- and for download counts. Gateways report them in batches. A table of its
+-- own, so that counting pulls never locks a row a push holds.
+CREATE TABLE manifest_pulls (
+    repo        TEXT   NOT NULL,
+    digest      TEXT   NOT NULL,
+    pull_count  BIGINT NOT NULL,
+    -- Unix seconds of the last pull.
+    pulled_at   BIGINT NOT NULL,
+    PRIMARY KEY (repo, digest)
+);

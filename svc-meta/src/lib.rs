@@ -52,58 +52,52 @@ pub fn check_config(config: &Config) -> Result<(), String> {
     Ok(())
 }
 
-/// The lock file beside a SQLite database, held by the process serving it
-/// (`None` for Postgres, which any number of processes share).
+/// The lock file beside a SQLite database, held by the one process that
+/// writes it (`None` for Postgres, which any number of processes share,
+/// and for an in-memory database).
 fn sqlite_lock_path(config: &Config) -> Option<std::path::PathBuf> {
     use std::str::FromStr as _;
     let url = config.database_url();
-    if Backend::of(&url).ok()? != Backend::Sqlite {
+    if Backend::of(&url).ok()? != Backend::Sqlite || store::sqlite_in_memory(&url) {
         return None;
     }
     let file = sqlx::sqlite::SqliteConnectOptions::from_str(&url)
         .ok()?
         .get_filename()
         .to_path_buf();
-    if file.as_os_str().is_empty() || file.to_string_lossy().contains(":memory:") {
-        return None;
-    }
     let mut name = file.file_name()?.to_os_string();
     name.push(".serving");
     Some(file.with_file_name(name))
 }
 
-/// Hold the SQLite database's lock file while this process serves it, if no
-/// other process does (then only warn: a dry `capstan gc` beside a running
-/// registry shares it).
-fn hold_sqlite_lock(config: &Config) -> Option<std::fs::File> {
-    let path = sqlite_lock_path(config)?;
+/// Take the configuration's SQLite database for this process: its
+/// gateways cache manifests and hear only of the changes this process
+/// makes, so no other process may change it meanwhile. `Ok(None)` on
+/// Postgres; an error when another process (a running registry, a
+/// `capstan gc`) holds it. Held until the file is dropped.
+pub fn lock_sqlite(config: &Config) -> Result<Option<std::fs::File>, String> {
+    let Some(path) = sqlite_lock_path(config) else {
+        return Ok(None);
+    };
+    if let Some(dir) = path.parent()
+        && !dir.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .open(&path)
-        .ok()?;
+        .map_err(|e| format!("{}: {e}", path.display()))?;
     match file.try_lock() {
-        Ok(()) => Some(file),
-        Err(_) => {
-            tracing::warn!(lock = %path.display(), "another process serves this SQLite database");
-            None
-        }
+        Ok(()) => Ok(Some(file)),
+        Err(_) => Err(format!(
+            "another process (a running registry, or capstan gc) writes the SQLite database \
+             beside {}",
+            path.display()
+        )),
     }
-}
-
-/// Whether another process (a running registry) serves the configuration's
-/// SQLite database now. Its gateways cache manifests and hear only of the
-/// changes that process makes, so a tool must not change the database
-/// beside it.
-pub fn sqlite_in_use(config: &Config) -> bool {
-    let Some(path) = sqlite_lock_path(config) else {
-        return false;
-    };
-    let Ok(file) = std::fs::File::open(&path) else {
-        return false;
-    };
-    file.try_lock_shared().is_err()
 }
 
 /// Run the meta role on `listener` until `shutdown`: open (creating) the
@@ -118,7 +112,21 @@ pub async fn serve(
     tokio::fs::create_dir_all(root)
         .await
         .with_context(|| format!("cannot create storage.rootDirectory {}", root.display()))?;
-    let _serving = hold_sqlite_lock(config);
+    let _serving = lock_sqlite(config).map_err(anyhow::Error::msg)?;
+    serve_beside(config, listener, shutdown).await
+}
+
+/// [`serve`] without taking the SQLite database for this process: for a
+/// tool that only reads (a dry `capstan gc`), or that took it already.
+pub async fn serve_beside(
+    config: &Config,
+    listener: TcpListener,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
+    let root = &config.storage.root_directory;
+    tokio::fs::create_dir_all(root)
+        .await
+        .with_context(|| format!("cannot create storage.rootDirectory {}", root.display()))?;
     let store = Store::open(&config.database_url())
         .await
         .context("cannot open the metadata database")?

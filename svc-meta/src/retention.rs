@@ -31,6 +31,9 @@ pub struct Retention {
     pub dry_run: bool,
     /// Seconds an untagged manifest or orphaned referrer is kept.
     pub delay: i64,
+    /// `gcDelay` in seconds: how long a cosign signature tag
+    /// (`sha256-<hex>.sig`) outlives its image.
+    pub gc_delay: i64,
     policies: Vec<Policy>,
 }
 
@@ -91,6 +94,7 @@ impl Retention {
         Ok(Retention {
             dry_run: config.dry_run,
             delay: secs(config.delay.unwrap_or_else(|| storage.gc_delay())),
+            gc_delay: secs(storage.gc_delay()),
             policies,
         })
     }
@@ -104,7 +108,7 @@ impl Retention {
 
     /// What retention removes from `state` (repository `repo`) at `now`.
     pub fn plan(&self, repo: &str, state: &RepoState, now: i64) -> Vec<Decision> {
-        plan(self.policy_for(repo), state, now, self.delay)
+        plan(self.policy_for(repo), state, now, self.delay, self.gc_delay)
     }
 }
 
@@ -182,16 +186,48 @@ pub const NO_RULE: &str = "didn't meet any tag retention rule";
 pub const UNTAGGED: &str = "deleteUntagged";
 pub const REFERRER: &str = "deleteReferrers";
 
-fn plan(policy: &Policy, state: &RepoState, now: i64, delay: i64) -> Vec<Decision> {
+/// The subject digest a cosign tag (`sha256-<hex>.sig`, `.att`, `.sbom`)
+/// names, if `tag` is one.
+fn cosign_subject(tag: &str) -> Option<String> {
+    let (stem, kind) = tag.rsplit_once('.')?;
+    let hex = stem.strip_prefix("sha256-")?;
+    let valid = matches!(kind, "sig" | "att" | "sbom")
+        && hex.len() == 64
+        && hex
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase());
+    valid.then(|| format!("sha256:{hex}"))
+}
+
+fn plan(policy: &Policy, state: &RepoState, now: i64, delay: i64, gc_delay: i64) -> Vec<Decision> {
     let mut out = Vec::new();
     let mut tags = state.tags.clone();
+    if policy.delete_referrers {
+        // Cosign's tag scheme: the signature of an image that is gone goes
+        // once `gcDelay` old, as in zot.
+        for (tag, digest) in &state.tags {
+            let orphaned = cosign_subject(tag).is_some_and(|s| !state.manifests.contains_key(&s))
+                && state
+                    .manifests
+                    .get(digest)
+                    .is_some_and(|m| m.pushed_at < now - gc_delay);
+            if orphaned {
+                out.push((tag.as_str(), REFERRER));
+            }
+        }
+    }
     if !policy.keep.is_empty() {
-        // Each tag to the first entry that matches it.
+        // Each tag to the first entry that matches it. A tag whose
+        // manifest the snapshot lacks (pushed while it was read) is kept.
         let mut groups: Vec<Vec<&str>> = vec![Vec::new(); policy.keep.len()];
-        for tag in state.tags.keys() {
+        for (tag, digest) in &state.tags {
+            if !state.manifests.contains_key(digest) || out.iter().any(|(t, _)| t == tag) {
+                continue;
+            }
+            let tag = tag.as_str();
             match policy.keep.iter().position(|k| k.matches(tag)) {
                 Some(i) => groups[i].push(tag),
-                None => out.push((tag.as_str(), NO_PATTERN)),
+                None => out.push((tag, NO_PATTERN)),
             }
         }
         for (keep, group) in policy.keep.iter().zip(&groups) {
@@ -254,14 +290,17 @@ fn plan(policy: &Policy, state: &RepoState, now: i64, delay: i64) -> Vec<Decisio
         let mut gone = Vec::new();
         for &d in &alive {
             let m = &state.manifests[d];
-            if tagged.contains(d) || listed.contains(d) || !old(m) {
+            if listed.contains(d) || !old(m) {
                 continue;
             }
             match &m.subject {
+                // A referrer goes with its subject, tagged or not (zot).
                 Some(s) if policy.delete_referrers && !alive.contains(s) => {
                     gone.push((d, true, REFERRER))
                 }
-                None if policy.delete_untagged => gone.push((d, false, UNTAGGED)),
+                None if policy.delete_untagged && !tagged.contains(d) => {
+                    gone.push((d, false, UNTAGGED))
+                }
                 _ => {}
             }
         }

@@ -325,11 +325,10 @@ impl MetaService for MetaGrpc {
             let Some(retention) = &self.retention else {
                 return Ok(ApplyRetentionResponse::default());
             };
-            let removed = self
-                .store
-                .apply_retention(retention, request.get_ref().dry_run)
-                .await?;
+            let dry_run = request.get_ref().dry_run || retention.dry_run;
+            let removed = self.store.apply_retention(retention, dry_run).await?;
             Ok(ApplyRetentionResponse {
+                dry_run,
                 removed: removed
                     .into_iter()
                     .map(|r| RetainedEntry {

@@ -43,6 +43,9 @@ const POSTGRES_CONNECTIONS: u32 = 16;
 const CHANGES_CHANNEL: &str = "capstan_meta_changes";
 /// Changes buffered per subscriber before it counts as fallen behind.
 const CHANGES_BUFFER: usize = 1024;
+/// Removals one retention pass lists in its answer, at most (it carries
+/// out every one; the list must fit a message).
+pub const MAX_RETAINED_LISTED: usize = 20_000;
 /// Postgres advisory lock key that serializes garbage collection steps.
 const GC_LOCK: i64 = 0x6361_7073_7461_6e01;
 /// The longest an unreferenced link goes without renewal while lookups
@@ -683,11 +686,23 @@ impl Store {
     /// times, subject, children) and its tags.
     pub async fn repo_state(&self, repo: &str) -> Result<RepoState, MetaError> {
         let mut state = RepoState::default();
+        // One snapshot: a push between the reads must not show a tag
+        // without its manifest (the planner keeps such a tag anyway).
+        let mut tx = match self.backend {
+            Backend::Sqlite => self.pool.begin().await?,
+            Backend::Postgres => {
+                self.pool
+                    .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                    .await?
+            }
+        };
         let rows: Vec<(String, i64, Option<i64>, Option<String>)> = sqlx::query_as(
-            "SELECT digest, created_at, pulled_at, subject FROM manifests WHERE repo = $1",
+            "SELECT m.digest, m.created_at, p.pulled_at, m.subject FROM manifests m \
+             LEFT JOIN manifest_pulls p ON p.repo = m.repo AND p.digest = m.digest \
+             WHERE m.repo = $1",
         )
         .bind(repo)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *tx)
         .await?;
         for (digest, pushed_at, pulled_at, subject) in rows {
             state.manifests.insert(
@@ -704,7 +719,7 @@ impl Store {
             "SELECT digest, target FROM manifest_refs WHERE repo = $1 AND kind = 'manifest'",
         )
         .bind(repo)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *tx)
         .await?;
         for (index, child) in children {
             if let Some(m) = state.manifests.get_mut(&index) {
@@ -714,8 +729,9 @@ impl Store {
         let tags: Vec<(String, String)> =
             sqlx::query_as("SELECT name, digest FROM tags WHERE repo = $1")
                 .bind(repo)
-                .fetch_all(&self.pool)
+                .fetch_all(&mut *tx)
                 .await?;
+        tx.commit().await?;
         state.tags = tags.into_iter().collect();
         Ok(state)
     }
@@ -775,13 +791,16 @@ impl Store {
         let Some((created_at, subject)) = row else {
             return Ok(false);
         };
+        // A referrer goes with its subject even when tagged (zot); an
+        // untagged manifest only while no tag names it.
         let users: i64 = sqlx::query_scalar(
-            "SELECT (SELECT COUNT(*) FROM tags WHERE repo = $1 AND digest = $2) + \
+            "SELECT (SELECT COUNT(*) FROM tags WHERE repo = $1 AND digest = $2 AND NOT $3) + \
                     (SELECT COUNT(*) FROM manifest_refs \
                      WHERE repo = $1 AND kind = 'manifest' AND target = $2)",
         )
         .bind(repo)
         .bind(digest)
+        .bind(referrer)
         .fetch_one(&mut *tx)
         .await?;
         let subject_gone = match &subject {
@@ -805,6 +824,11 @@ impl Store {
         if !eligible {
             return Ok(false);
         }
+        sqlx::query("DELETE FROM tags WHERE repo = $1 AND digest = $2")
+            .bind(repo)
+            .bind(digest)
+            .execute(&mut *tx)
+            .await?;
         let gone = drop_manifest(&mut tx, repo, digest).await?;
         self.notify(&mut tx, repo).await?;
         tx.commit().await?;
@@ -830,8 +854,15 @@ impl Store {
             for repo in &page.items {
                 let state = self.repo_state(repo).await?;
                 for d in retention.plan(repo, &state, at) {
-                    if let Some(done) = self.retain(repo, d, at - retention.delay, dry_run).await? {
-                        out.push(done);
+                    // One decision that fails (a lock waited on too long,
+                    // a deadlock another writer lost to us) is tried again
+                    // at the next collection; the others go on.
+                    match self.retain(repo, d, at - retention.delay, dry_run).await {
+                        Ok(Some(done)) if out.len() < MAX_RETAINED_LISTED => out.push(done),
+                        Ok(_) => {}
+                        Err(e) => {
+                            tracing::warn!(repository = %repo, error = %e, "retention decision not applied")
+                        }
                     }
                 }
             }
@@ -863,7 +894,7 @@ impl Store {
                 }
                 tracing::info!(
                     module = "retention",
-                    dry_run,
+                    "dry-run" = dry_run,
                     repository = repo,
                     digest,
                     tag,
@@ -897,7 +928,7 @@ impl Store {
                 };
                 tracing::info!(
                     module = "gc",
-                    dry_run,
+                    "dry-run" = dry_run,
                     repository = repo,
                     reference = digest,
                     decision = "delete",
@@ -1238,11 +1269,15 @@ impl Store {
         sorted.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
         let (_turn, mut tx) = self.begin_write().await?;
         for (repo, digest, count, last) in sorted {
+            // A plain read of the manifest: no lock that a push would meet.
             sqlx::query(
-                "UPDATE manifests SET pull_count = pull_count + $3, \
-                 pulled_at = CASE WHEN pulled_at IS NULL OR pulled_at < $4 THEN $4 \
-                 ELSE pulled_at END \
-                 WHERE repo = $1 AND digest = $2",
+                "INSERT INTO manifest_pulls (repo, digest, pull_count, pulled_at) \
+                 SELECT $1, $2, $3, $4 WHERE EXISTS \
+                     (SELECT 1 FROM manifests WHERE repo = $1 AND digest = $2) \
+                 ON CONFLICT (repo, digest) DO UPDATE SET \
+                 pull_count = manifest_pulls.pull_count + excluded.pull_count, \
+                 pulled_at = CASE WHEN manifest_pulls.pulled_at < excluded.pulled_at \
+                     THEN excluded.pulled_at ELSE manifest_pulls.pulled_at END",
             )
             .bind(repo)
             .bind(digest)
@@ -1263,7 +1298,9 @@ impl Store {
         digest: &Digest,
     ) -> Result<(u64, Option<i64>), MetaError> {
         let row: Option<(i64, Option<i64>)> = sqlx::query_as(
-            "SELECT pull_count, pulled_at FROM manifests WHERE repo = $1 AND digest = $2",
+            "SELECT COALESCE(p.pull_count, 0), p.pulled_at FROM manifests m \
+             LEFT JOIN manifest_pulls p ON p.repo = m.repo AND p.digest = m.digest \
+             WHERE m.repo = $1 AND m.digest = $2",
         )
         .bind(repo)
         .bind(digest.to_string())
@@ -1418,6 +1455,19 @@ async fn begin_write(
     }
 }
 
+/// Whether a SQLite URL names a private in-memory database (`sqlite::memory:`).
+fn sqlite_anonymous(url: &str) -> bool {
+    matches!(
+        url.trim_start_matches("sqlite:").trim_start_matches("//"),
+        ":memory:"
+    )
+}
+
+/// Whether a SQLite URL names an in-memory database, private or shared.
+pub(crate) fn sqlite_in_memory(url: &str) -> bool {
+    sqlite_anonymous(url) || url.contains("mode=memory")
+}
+
 /// Open the SQLite database at `url` (creating it and its directory) in WAL
 /// mode with full fsync and foreign keys, and apply the migrations.
 async fn open_sqlite(url: &str, busy_timeout: Duration) -> Result<AnyPool, MetaError> {
@@ -1425,11 +1475,8 @@ async fn open_sqlite(url: &str, busy_timeout: Duration) -> Result<AnyPool, MetaE
     use std::str::FromStr as _;
     let options = SqliteConnectOptions::from_str(url)?;
     let file = options.get_filename().to_path_buf();
-    let anonymous = matches!(
-        url.trim_start_matches("sqlite:").trim_start_matches("//"),
-        ":memory:"
-    );
-    let in_memory = anonymous || url.contains("mode=memory");
+    let anonymous = sqlite_anonymous(url);
+    let in_memory = sqlite_in_memory(url);
     // Every connection of the pool opens the URL again: an in-memory
     // database needs one shared name to be one database.
     let url = if anonymous {
@@ -1558,11 +1605,16 @@ async fn drop_manifest(
     .bind(now())
     .execute(&mut **tx)
     .await?;
-    sqlx::query("DELETE FROM manifest_refs WHERE repo = $1 AND digest = $2")
-        .bind(repo)
-        .bind(digest)
-        .execute(&mut **tx)
-        .await?;
+    for table in [
+        "DELETE FROM manifest_refs WHERE repo = $1 AND digest = $2",
+        "DELETE FROM manifest_pulls WHERE repo = $1 AND digest = $2",
+    ] {
+        sqlx::query(table)
+            .bind(repo)
+            .bind(digest)
+            .execute(&mut **tx)
+            .await?;
+    }
     Ok(
         sqlx::query("DELETE FROM manifests WHERE repo = $1 AND digest = $2")
             .bind(repo)

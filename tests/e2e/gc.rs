@@ -206,7 +206,7 @@ async fn gc_removes_what_nothing_references_and_the_dry_run_says_so_first() {
 
     // A real run beside the running registry is refused: its gateway
     // would not hear of the changes. Stopped, it goes ahead.
-    assert!(gc_output(&sb, false).contains("a running registry serves this SQLite database"));
+    assert!(gc_output(&sb, false).contains("stop the registry first"));
     sb.proc.kill();
     let done = gc(&sb, false);
     sb.start_again().await;

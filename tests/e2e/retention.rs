@@ -12,7 +12,7 @@ fn pull_stats(sb: &Sandbox, repo: &str, digest: &str) -> (u64, Option<i64>) {
     let out = std::process::Command::new("sqlite3")
         .arg(&db)
         .arg(format!(
-            "SELECT pull_count || '|' || COALESCE(pulled_at, '') FROM manifests \
+            "SELECT pull_count || '|' || pulled_at FROM manifest_pulls \
              WHERE repo = '{repo}' AND digest = '{digest}'"
         ))
         .output()

@@ -179,6 +179,41 @@ fn referrers_of_a_missing_subject_follow_delete_referrers() {
 }
 
 #[test]
+fn tagged_referrers_and_cosign_tags_follow_their_subject() {
+    let drop = retention(json!([{"repositories": ["**"], "deleteReferrers": true}]));
+    let mut s = repo(&[("sbom", 10 * HOUR, None)]);
+    s.manifests.get_mut("sha256:sbom").unwrap().subject = Some("sha256:gone".into());
+    let hex = "ab".repeat(32);
+    let sig_tag = format!("sha256-{hex}.sig");
+    s.manifests
+        .insert("sha256:cosign".into(), manifest(10 * HOUR, None));
+    s.tags.insert(sig_tag.clone(), "sha256:cosign".into());
+    let d = drop.plan("r", &s, NOW);
+    assert_eq!(deleted_tags(&d), [sig_tag.as_str()]);
+    let mut gone = deleted_manifests(&d);
+    gone.sort();
+    assert_eq!(
+        gone,
+        [("sha256:cosign", UNTAGGED), ("sha256:sbom", REFERRER)]
+    );
+    // Its image present, a cosign tag is an ordinary tag.
+    s.manifests
+        .insert(format!("sha256:{hex}"), manifest(10 * HOUR, None));
+    s.tags.insert("image".into(), format!("sha256:{hex}"));
+    assert!(deleted_tags(&drop.plan("r", &s, NOW)).is_empty());
+}
+
+#[test]
+fn a_tag_whose_manifest_the_snapshot_lacks_is_kept() {
+    let r = retention(json!([{"repositories": ["**"], "keepTags": [
+        {"patterns": [".*"], "pushedWithin": "1h"}]}]));
+    let mut s = repo(&[("old", 10 * HOUR, None)]);
+    s.tags
+        .insert("just-pushed".into(), "sha256:not-in-snapshot".into());
+    assert_eq!(deleted_tags(&r.plan("r", &s, NOW)), ["old"]);
+}
+
+#[test]
 fn delete_untagged_false_keeps_them_and_the_delay_spares_young_ones() {
     let r = retention(json!([{"repositories": ["**"], "deleteUntagged": false}]));
     let mut s = RepoState::default();
