@@ -163,7 +163,7 @@ pub fn render_blob_reads(replicas: &[(String, BlobMetricsResponse)]) -> String {
         }
     }
     type Field = fn(&BlobMetricsResponse) -> u64;
-    let warming: [(&str, &str, &str, Field); 4] = [
+    let warming: [(&str, &str, &str, Field); 6] = [
         (
             "capstan_blob_warmed_total",
             "Pushed blobs read into the page cache after their commit, by svc-blob replica",
@@ -187,6 +187,18 @@ pub fn render_blob_reads(replicas: &[(String, BlobMetricsResponse)]) -> String {
             "Pushed blobs waiting to be read into the page cache, or being read",
             "gauge",
             |m| m.warm_pending,
+        ),
+        (
+            "capstan_scrub_blobs_total",
+            "Blobs scrub read again and checked against their digest, by svc-blob replica",
+            "counter",
+            |m| m.scrubbed,
+        ),
+        (
+            "capstan_scrub_corrupt_blobs_total",
+            "Blobs scrub found corrupt and took out of service, by svc-blob replica",
+            "counter",
+            |m| m.corrupt,
         ),
     ];
     for (name, help, kind, value) in warming {
@@ -242,6 +254,8 @@ mod tests {
             warm_skipped: 0,
             warm_failed: 0,
             warm_pending: 1,
+            scrubbed: 0,
+            corrupt: 0,
         };
         let text = render_blob_reads(&[
             ("http://10.0.0.1:9001".into(), replica(3, 1, 2)),

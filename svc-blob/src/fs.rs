@@ -20,7 +20,7 @@
 
 use crate::direct::{BlobReader, BlobWriter, BufferPool};
 use crate::hot::RecentReads;
-use crate::store::{BlobStore, ByteStream, StoredMark, UploadId};
+use crate::store::{BlobStore, ByteStream, StoredMark, UploadId, Verdict};
 use crate::warm::{WarmCounts, Warmer};
 use crate::{BlobError, resumable};
 use async_trait::async_trait;
@@ -61,6 +61,8 @@ pub struct FsStore {
     recent: Arc<Mutex<RecentReads>>,
     /// Reads served with direct I/O, and through the page cache.
     reads: Arc<[AtomicU64; 2]>,
+    /// Scrub: blobs verified, and found corrupt.
+    scrubbed: Arc<[AtomicU64; 2]>,
     /// Reads blobs written directly into the page cache after their commit.
     warmer: Option<Arc<Warmer>>,
 }
@@ -119,6 +121,7 @@ impl FsStore {
             stage_buffers: BufferPool::new(crate::direct::STAGE_BYTES, STAGE_BUFFERS_KEPT),
             recent: Arc::default(),
             reads: Arc::default(),
+            scrubbed: Arc::default(),
             warmer: None,
         })
     }
@@ -194,6 +197,25 @@ impl FsStore {
 /// Where garbage collection moves a blob before it checks, one last time,
 /// that nobody used it meanwhile (under the root, so a rename).
 const TRASH: &str = "trash";
+
+/// Where scrub puts a blob whose bytes no longer match its digest:
+/// `corrupt/<algorithm>-<hex>-<uuid>`, out of service, kept for inspection.
+const CORRUPT: &str = "corrupt";
+
+/// Entries of `dir` whose names are at least `from` (all when `None`),
+/// sorted; an absent directory has none.
+fn sorted_names(dir: &Path, from: Option<&str>) -> Result<Vec<String>, BlobError> {
+    let entries = match fs::read_dir(dir) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        r => r.map_err(BlobError::io("list blobs", dir))?,
+    };
+    let mut names: Vec<String> = entries
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| from.is_none_or(|f| n.as_str() >= f))
+        .collect();
+    names.sort_unstable();
+    Ok(names)
+}
 
 /// Where storing a blob leaves a mark for garbage collection:
 /// `gc/stored/<second>/<algorithm>-<hex>`, one directory per second of
@@ -1198,6 +1220,104 @@ impl BlobStore for FsStore {
             Ok(())
         })
         .await
+    }
+
+    async fn blobs_after(
+        &self,
+        after: Option<&Digest>,
+        limit: usize,
+    ) -> Result<Vec<Digest>, BlobError> {
+        let blobs = self.blobs.clone();
+        let after = after.cloned();
+        blocking(move || {
+            let mut out = Vec::new();
+            let start_alg = after.as_ref().map(|d| d.algorithm().as_str().to_string());
+            for alg in sorted_names(&blobs, start_alg.as_deref())? {
+                // Within the algorithm of `after`, from its prefix on.
+                let same_alg = start_alg.as_deref() == Some(alg.as_str());
+                let after_hex = after.as_ref().filter(|_| same_alg).map(|d| d.hex());
+                let from_prefix = after_hex.as_ref().map(|h| h[..2].to_string());
+                for prefix in sorted_names(&blobs.join(&alg), from_prefix.as_deref())? {
+                    for name in sorted_names(&blobs.join(&alg).join(&prefix), None)? {
+                        if after_hex.as_ref().is_some_and(|h| name.as_str() <= *h) {
+                            continue;
+                        }
+                        if let Ok(d) = Digest::parse(&format!("{alg}:{name}")) {
+                            out.push(d);
+                            if out.len() >= limit {
+                                return Ok(out);
+                            }
+                        }
+                    }
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn verify(&self, digest: &Digest) -> Result<Verdict, BlobError> {
+        let path = self.blob_path(digest);
+        let corrupt_dir = self.root.join(CORRUPT);
+        let expected = digest.clone();
+        let verdict = blocking(move || {
+            let mut f = match File::open(&path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Verdict::Gone),
+                Err(e) => return Err(BlobError::io("open blob", &path)(e)),
+            };
+            let mut hasher = Hasher::new(expected.algorithm());
+            let mut buf = vec![0u8; READ_CHUNK_BYTES];
+            loop {
+                let n = f
+                    .read(&mut buf)
+                    .map_err(BlobError::io("read blob", &path))?;
+                if n == 0 {
+                    break;
+                }
+                hasher.update(&buf[..n]);
+            }
+            let actual = hasher.finish();
+            if actual == expected {
+                return Ok(Verdict::Intact);
+            }
+            fs::create_dir_all(&corrupt_dir)
+                .map_err(BlobError::io("create directory", &corrupt_dir))?;
+            let aside = corrupt_dir.join(format!(
+                "{}-{}-{}",
+                expected.algorithm().as_str(),
+                expected.hex(),
+                uuid::Uuid::new_v4().simple()
+            ));
+            match fs::rename(&path, &aside) {
+                // Collected meanwhile: nothing left to serve.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Verdict::Gone),
+                r => {
+                    r.map_err(BlobError::io("set corrupt blob aside", &path))?;
+                    Ok(Verdict::Corrupt { actual })
+                }
+            }
+        })
+        .await?;
+        match &verdict {
+            Verdict::Intact => {
+                self.scrubbed[0].fetch_add(1, Ordering::Relaxed);
+            }
+            Verdict::Corrupt { actual } => {
+                self.scrubbed[0].fetch_add(1, Ordering::Relaxed);
+                self.scrubbed[1].fetch_add(1, Ordering::Relaxed);
+                tracing::error!(digest = %digest, actual = %actual, "corrupt blob taken out of service");
+            }
+            Verdict::Gone => {}
+        }
+        Ok(verdict)
+    }
+
+    fn scrub_counts(&self) -> (u64, u64) {
+        (
+            self.scrubbed[0].load(Ordering::Relaxed),
+            self.scrubbed[1].load(Ordering::Relaxed),
+        )
     }
 
     async fn stale_size(

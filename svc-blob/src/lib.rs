@@ -16,6 +16,7 @@ mod fs;
 pub mod gc;
 mod hot;
 mod resumable;
+pub mod scrub;
 mod service;
 mod store;
 #[cfg(test)]
@@ -25,7 +26,7 @@ mod warm;
 pub use error::BlobError;
 pub use fs::FsStore;
 pub use service::{BlobGrpc, grpc_service};
-pub use store::{BlobStore, ByteStream, StoredMark, UploadId};
+pub use store::{BlobStore, ByteStream, StoredMark, UploadId, Verdict};
 pub use warm::WarmCounts;
 
 use anyhow::Context as _;
@@ -58,6 +59,15 @@ pub async fn serve(
         )),
         _ => None,
     };
+    let scrub = match config.extensions.as_ref().and_then(|e| e.scrub.as_ref()) {
+        Some(s) if s.enabled() => Some(tokio::spawn(scrub::scrub_periodically(
+            store.clone(),
+            meta_client(config)?,
+            s.interval(),
+            shutdown.clone(),
+        ))),
+        _ => None,
+    };
     let health = grpc::health_service(&[SERVICE_NAME]).await;
     let routes = tonic::service::Routes::new(health).add_service(grpc_service(store.clone()));
     // Embedded mode: the byte-carrying calls skip encoding (grpc::local).
@@ -66,7 +76,7 @@ pub async fn serve(
     tracing::info!(addr = %listener.local_addr()?, root = %root.display(), "blob service listening");
     let served = grpc::serve(routes, listener, shutdown).await;
     // Normally already stopped by the shutdown; not so if the server failed.
-    for task in [Some(expiry), gc].into_iter().flatten() {
+    for task in [Some(expiry), gc, scrub].into_iter().flatten() {
         task.abort();
         let _ = task.await;
     }
@@ -103,23 +113,33 @@ pub fn collector(
     if !config.storage.gc_enabled() {
         return Ok(None);
     }
-    let Some(meta) = config.services.meta.endpoints.first() else {
+    let Some(meta) = meta_client(config)? else {
         tracing::warn!(
             "storage.gc is on but services.meta.endpoints is empty: \
              this blob role cannot collect garbage"
         );
         return Ok(None);
     };
-    let meta = capstan_proto::meta::v1::meta_service_client::MetaServiceClient::new(
-        grpc::connect(meta).context("services.meta.endpoints")?,
-    )
-    .max_decoding_message_size(grpc::MAX_MESSAGE_BYTES)
-    .max_encoding_message_size(grpc::MAX_MESSAGE_BYTES);
     Ok(Some(gc::Collector::new(
         store,
         meta,
         config.storage.gc_delay(),
     )))
+}
+
+/// svc-meta, as garbage collection and scrub call it: the first of
+/// `services.meta.endpoints` (the binary sets it in embedded mode).
+fn meta_client(config: &Config) -> anyhow::Result<Option<gc::MetaClient>> {
+    let Some(meta) = config.services.meta.endpoints.first() else {
+        return Ok(None);
+    };
+    Ok(Some(
+        capstan_proto::meta::v1::meta_service_client::MetaServiceClient::new(
+            grpc::connect(meta).context("services.meta.endpoints")?,
+        )
+        .max_decoding_message_size(grpc::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(grpc::MAX_MESSAGE_BYTES),
+    ))
 }
 
 /// How often stale uploads are looked for, given the expiry age.

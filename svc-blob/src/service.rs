@@ -286,6 +286,7 @@ impl BlobService for BlobGrpc {
     ) -> Result<Response<BlobMetricsResponse>, Status> {
         let (reads_direct, reads_cached) = self.store.read_paths();
         let warm = self.store.warm_counts();
+        let (scrubbed, corrupt) = self.store.scrub_counts();
         Ok(Response::new(BlobMetricsResponse {
             reads_direct,
             reads_cached,
@@ -293,6 +294,8 @@ impl BlobService for BlobGrpc {
             warm_skipped: warm.skipped,
             warm_failed: warm.failed,
             warm_pending: warm.pending,
+            scrubbed,
+            corrupt,
         }))
     }
 

@@ -45,6 +45,17 @@ impl fmt::Display for UploadId {
     }
 }
 
+/// What [`BlobStore::verify`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// The bytes match the digest.
+    Intact,
+    /// No such blob (any more).
+    Gone,
+    /// The bytes hash to `actual`: the blob was taken out of service.
+    Corrupt { actual: Digest },
+}
+
 /// A mark left by storing a blob, for garbage collection to check that
 /// something links it ([`BlobStore::stored_before`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -149,6 +160,24 @@ pub trait BlobStore: Send + Sync + 'static {
     /// Remove upload sessions idle for at least `idle`, skipping any being
     /// written right now. Returns how many were removed.
     async fn expire_uploads(&self, idle: Duration) -> Result<usize, BlobError>;
+
+    /// Scrub: up to `limit` committed blobs after `after` (all of them
+    /// from the start when `None`), in the order of their digests' text.
+    async fn blobs_after(
+        &self,
+        after: Option<&Digest>,
+        limit: usize,
+    ) -> Result<Vec<Digest>, BlobError>;
+
+    /// Scrub: read `digest` whole and check its bytes against it. A blob
+    /// that does not match is taken out of service at once (kept aside
+    /// for inspection, never served again) and its actual digest returned.
+    async fn verify(&self, digest: &Digest) -> Result<Verdict, BlobError>;
+
+    /// Blobs verified so far, and those found corrupt.
+    fn scrub_counts(&self) -> (u64, u64) {
+        (0, 0)
+    }
 
     /// Reads served so far: (with direct I/O, through the page cache).
     fn read_paths(&self) -> (u64, u64) {

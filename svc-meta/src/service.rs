@@ -6,8 +6,9 @@ use crate::store::Store;
 use capstan_proto::meta::v1::meta_service_server::{MetaService, MetaServiceServer};
 use capstan_proto::meta::v1::{
     ApplyRetentionRequest, ApplyRetentionResponse, CollectGarbageRequest, CollectGarbageResponse,
-    CollectedLink, ForgetGarbageRequest, ForgetGarbageResponse, GarbageEntry, RecordPullsRequest,
-    RecordPullsResponse, RetainedEntry, UnreferencedRequest, UnreferencedResponse,
+    CollectedLink, ForgetBlobRequest, ForgetBlobResponse, ForgetGarbageRequest,
+    ForgetGarbageResponse, GarbageEntry, RecordPullsRequest, RecordPullsResponse, RetainedEntry,
+    UnreferencedRequest, UnreferencedResponse,
 };
 use capstan_proto::meta::v1::{
     CatalogRequest, CatalogResponse, Change, DeleteManifestRequest, DeleteManifestResponse,
@@ -339,6 +340,18 @@ impl MetaService for MetaGrpc {
                     })
                     .collect(),
             })
+        })
+        .await
+    }
+
+    async fn forget_blob(
+        &self,
+        request: Request<ForgetBlobRequest>,
+    ) -> Result<Response<ForgetBlobResponse>, Status> {
+        call("forget_blob", &request, async {
+            let digest = MetaError::digest(&request.get_ref().digest)?;
+            let links = self.store.forget_blob(&digest).await?;
+            Ok(ForgetBlobResponse { links })
         })
         .await
     }

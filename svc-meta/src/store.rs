@@ -1254,6 +1254,28 @@ impl Store {
         Ok(out)
     }
 
+    /// The bytes of `digest` are lost: remove every repository's link to
+    /// it (and their garbage collection entries), so that a push that
+    /// checks for it finds it missing and uploads it again. Returns how
+    /// many links went.
+    pub async fn forget_blob(&self, digest: &Digest) -> Result<u64, MetaError> {
+        let digest = digest.to_string();
+        let (_turn, mut tx) = self.begin_write().await?;
+        // The queue's rows before the links (Postgres lock order).
+        sqlx::query("DELETE FROM gc_links WHERE digest = $1")
+            .bind(&digest)
+            .execute(&mut *tx)
+            .await?;
+        let links = sqlx::query("DELETE FROM blob_links WHERE digest = $1")
+            .bind(&digest)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        tx.commit().await?;
+        tracing::warn!(digest, links, "lost blob unlinked from every repository");
+        Ok(links)
+    }
+
     /// Count `pulls` (repository, manifest digest, how many, Unix seconds
     /// of the last) against their manifests; pulls of a manifest that is
     /// gone are dropped.

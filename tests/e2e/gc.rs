@@ -368,3 +368,46 @@ fn gc_names_a_bad_configuration() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("soon"), "{err}");
 }
+
+/// Scrub (`extensions.scrub`) finds a blob whose file changed on disk: it
+/// is never served again, the registry says it lacks it, and pushing it
+/// again heals the image.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scrub_takes_a_corrupt_blob_out_of_service_and_a_push_heals_it() {
+    let sb = Sandbox::start_with(json!({"extensions": {"scrub": {"interval": "1s"}}})).await;
+    let config = br#"{"architecture":"amd64","os":"linux"}"#.to_vec();
+    let layer = random_bytes(4096);
+    sb.push_blob("img", &config).await;
+    let d = sb.push_blob("img", &layer).await;
+    sb.put_manifest("img", "v1", OCI_MANIFEST, &manifest(&config, &[&layer]))
+        .await;
+    let mut bad = layer.clone();
+    bad[100] ^= 1;
+    std::fs::write(blob_file(&sb, &d), &bad).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !sb
+        .proc
+        .log_text()
+        .contains("corrupt blob taken out of service")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "scrub never found the corrupt blob"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(sb.proc.log_text().contains(&d));
+    let r = sb.get(&format!("/v2/img/blobs/{d}")).await;
+    assert_ne!(r.status(), 200, "a corrupt blob was served");
+    assert_eq!(sb.head(&format!("/v2/img/blobs/{d}")).await.status(), 404);
+    let metrics = sb.get("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("capstan_scrub_corrupt_blobs_total{") && l.ends_with(" 1")),
+        "{metrics}"
+    );
+    // A client finds it missing and uploads it again.
+    sb.push_blob("img", &layer).await;
+    pull_intact(&sb, "img", "v1").await;
+}

@@ -6,6 +6,32 @@ use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// `extensions.scrub`: every `interval`, svc-blob reads every stored blob
+/// again and checks it against its digest; a corrupt one is taken out of
+/// service (see the README).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ScrubConfig {
+    /// On unless set false (the section's presence turns it on, as in zot).
+    #[serde(default)]
+    pub enable: Option<bool>,
+    /// Time between the starts of two passes (default 24h, as in zot).
+    #[serde(default, with = "super::opt_duration")]
+    pub interval: Option<Duration>,
+}
+
+impl ScrubConfig {
+    /// Whether scrubbing runs.
+    pub fn enabled(&self) -> bool {
+        self.enable.unwrap_or(true)
+    }
+
+    /// `interval` or zot's default, 24h.
+    pub fn interval(&self) -> Duration {
+        self.interval.unwrap_or(Duration::from_secs(24 * 3600))
+    }
+}
+
 /// The `extensions` section.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 pub struct Extensions {
@@ -15,9 +41,9 @@ pub struct Extensions {
     /// zot's search extension; reported as ignored.
     #[serde(default)]
     pub search: Option<serde_json::Value>,
-    /// zot's scrub extension; reported as ignored.
+    /// zot's scrub extension: re-hash stored blobs periodically.
     #[serde(default)]
-    pub scrub: Option<serde_json::Value>,
+    pub scrub: Option<ScrubConfig>,
     /// zot's metrics extension; Capstan always serves `/metrics`, so its
     /// settings are reported as ignored.
     #[serde(default)]

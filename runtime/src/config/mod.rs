@@ -501,11 +501,6 @@ impl Loaded {
                     e.search.is_some(),
                     "zot's search extension is not implemented yet",
                 ),
-                (
-                    "scrub",
-                    e.scrub.is_some(),
-                    "zot's scrub extension is not implemented yet",
-                ),
                 ("ui", e.ui.is_some(), "zot's web UI is not implemented yet"),
                 (
                     "lint",

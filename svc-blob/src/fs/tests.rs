@@ -410,3 +410,41 @@ async fn a_blob_left_in_the_trash_is_put_back() {
     assert_eq!(read_all(&s, &d).await, data);
     assert_eq!(fs::read_dir(dir.path().join(TRASH)).unwrap().count(), 0);
 }
+
+/// Scrub finds a blob whose file was changed on disk, takes it out of
+/// service (set aside under `corrupt/`) and counts it; stored again, the
+/// blob is whole.
+#[tokio::test]
+async fn scrub_sets_a_corrupt_blob_aside() {
+    let (dir, s) = store().await;
+    let good = pattern(5000, 7);
+    let d = sha256(&good);
+    s.put(&d, chunks(&[&good])).await.unwrap();
+    let other = pattern(300, 8);
+    let kept = sha256(&other);
+    s.put(&kept, chunks(&[&other])).await.unwrap();
+    // Same length, one byte flipped: only a re-hash notices.
+    let mut bad = good.clone();
+    bad[4321] ^= 0x40;
+    std::fs::write(s.blob_path(&d), &bad).unwrap();
+    let verdict = s.verify(&d).await.unwrap();
+    assert_eq!(
+        verdict,
+        Verdict::Corrupt {
+            actual: sha256(&bad)
+        }
+    );
+    assert_eq!(s.verify(&kept).await.unwrap(), Verdict::Intact);
+    assert_eq!(s.scrub_counts(), (2, 1));
+    assert!(matches!(err(s.stat(&d).await), BlobError::BlobUnknown(_)));
+    let aside = entries(&dir.path().join("corrupt"));
+    assert_eq!(aside.len(), 1);
+    assert!(
+        aside[0].starts_with(&format!("sha256-{}-", d.hex())),
+        "{aside:?}"
+    );
+    assert_eq!(s.blobs_after(None, 10).await.unwrap(), vec![kept]);
+    s.put(&d, chunks(&[&good])).await.unwrap();
+    assert_eq!(read_all(&s, &d).await, good);
+    assert_eq!(s.verify(&d).await.unwrap(), Verdict::Intact);
+}

@@ -1023,6 +1023,32 @@ async fn pulls_add_up_per_manifest(backend: Backend) {
     store.record_pulls(&[]).await.unwrap();
 }
 
+/// A blob whose bytes are lost is unlinked everywhere; manifests that name
+/// it stay, and linking it again (a push uploading it) heals them.
+async fn a_lost_blob_is_unlinked_everywhere(backend: Backend) {
+    let (_db, store) = temp_store_on(backend).await;
+    let img = image("lost");
+    for repo in ["a", "b"] {
+        link_blobs(&store, repo, &img).await;
+    }
+    store
+        .put_manifest("a", &tag("v1"), "", &img.bytes)
+        .await
+        .unwrap();
+    let layer = &img.blobs[1].0;
+    assert_eq!(store.forget_blob(layer).await.unwrap(), 2);
+    for repo in ["a", "b"] {
+        assert_eq!(
+            code(store.stat_blob(repo, layer).await),
+            ErrorCode::BlobUnknown
+        );
+    }
+    assert!(store.get_manifest("a", &tag("v1"), true).await.is_ok());
+    store.link_blob("a", layer, img.blobs[1].1).await.unwrap();
+    assert_eq!(store.stat_blob("a", layer).await.unwrap(), img.blobs[1].1);
+    assert_eq!(store.forget_blob(&sha256(b"none")).await.unwrap(), 0);
+}
+
 /// A lookup of an old unreferenced link (a push checking for a blob it
 /// will not upload again) makes it young, so that garbage collection
 /// leaves it to the manifest that follows (distribution#3045); a
@@ -1107,6 +1133,7 @@ on_every_backend!(
     a_blob_lookup_renews_an_old_unreferenced_link,
     a_blob_unlinked_under_a_manifest_is_collected_after_it,
     pulls_add_up_per_manifest,
+    a_lost_blob_is_unlinked_everywhere,
 );
 
 /// The next change `rx` hears, within a generous limit.
