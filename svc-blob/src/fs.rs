@@ -176,6 +176,45 @@ impl FsStore {
         self
     }
 
+    /// Once per store: a mark, as old as can be, for every blob stored
+    /// before marks existed (by an earlier version), so that garbage
+    /// collection checks each of them once; then never again.
+    async fn seed_marks(&self) -> Result<(), BlobError> {
+        let stored = self.root.join(STORED);
+        let mut after: Option<Digest> = None;
+        let mut seeded = 0u64;
+        loop {
+            let batch = self.blobs_after(after.as_ref(), 1000).await?;
+            let Some(last) = batch.last().cloned() else {
+                break;
+            };
+            let bucket = stored.join("0");
+            seeded += batch.len() as u64;
+            blocking(move || {
+                fs::create_dir_all(&bucket).map_err(BlobError::io("create directory", &bucket))?;
+                for d in batch {
+                    let mark = bucket.join(format!("{}-{}", d.algorithm().as_str(), d.hex()));
+                    File::create(&mark).map_err(BlobError::io("mark blob stored", &mark))?;
+                }
+                Ok(())
+            })
+            .await?;
+            after = Some(last);
+        }
+        let flag = stored.join(SEEDED);
+        blocking(move || {
+            fs::create_dir_all(&stored).map_err(BlobError::io("create directory", &stored))?;
+            File::create(&flag)
+                .map(drop)
+                .map_err(BlobError::io("mark store seeded", &flag))
+        })
+        .await?;
+        if seeded > 0 {
+            tracing::info!(blobs = seeded, "blobs stored before garbage collection marked for it");
+        }
+        Ok(())
+    }
+
     /// The root directory.
     pub fn root(&self) -> &Path {
         &self.root
@@ -222,6 +261,9 @@ fn sorted_names(dir: &Path, from: Option<&str>) -> Result<Vec<String>, BlobError
 /// Unix time, so that a collection lists only the seconds older than its
 /// cutoff, however many blobs are younger or stored.
 const STORED: &str = "gc/stored";
+/// Under [`STORED`]: present once the blobs stored before marks existed
+/// have been given one ([`FsStore::seed_marks`]).
+const SEEDED: &str = "seeded";
 
 /// Leave the mark of storing `digest` now (see [`STORED`]). Not fsynced:
 /// lost in a power cut, it costs at most the space of a blob stored in
@@ -1193,6 +1235,9 @@ impl BlobStore for FsStore {
         limit: usize,
     ) -> Result<Vec<StoredMark>, BlobError> {
         let stored = self.root.join(STORED);
+        if !stored.join(SEEDED).exists() {
+            self.seed_marks().await?;
+        }
         blocking(move || stored_marks(&stored, cutoff, limit)).await
     }
 

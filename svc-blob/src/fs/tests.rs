@@ -448,3 +448,24 @@ async fn scrub_sets_a_corrupt_blob_aside() {
     assert_eq!(read_all(&s, &d).await, good);
     assert_eq!(s.verify(&d).await.unwrap(), Verdict::Intact);
 }
+
+/// Blobs stored before garbage collection existed (no marks) are each
+/// given one the first time a collection asks, and only that time.
+#[tokio::test]
+async fn blobs_from_before_marks_are_marked_once() {
+    let (dir, s) = store().await;
+    let old = pattern(100, 1);
+    let d = sha256(&old);
+    s.put(&d, chunks(&[&old])).await.unwrap();
+    // As an earlier version left it: the blob, no marks.
+    std::fs::remove_dir_all(dir.path().join("gc")).unwrap();
+    let future = SystemTime::now() + Duration::from_secs(3600);
+    let marks = s.stored_before(future, 100).await.unwrap();
+    assert_eq!(
+        marks.iter().map(|m| m.digest.clone()).collect::<Vec<_>>(),
+        vec![d.clone()]
+    );
+    assert!(dir.path().join("gc/stored/seeded").exists());
+    s.forget_stored(&marks).await.unwrap();
+    assert!(s.stored_before(future, 100).await.unwrap().is_empty());
+}
