@@ -60,6 +60,7 @@ def run_wrk(label, url, duration):
 SCENARIOS = [
     ("push-mono", "push {size} MiB, one request body (MiB/s)", "mib_per_s", "push-mono"),
     ("push-mono/post-put", "… same, Capstan also as POST + PUT (MiB/s)", "mib_per_s", "push-mono"),
+    ("push-mono/back-to-back", "push 5 × {size} MiB back to back, no pause (MiB/s)", "mib_per_s", "push-mono/back-to-back"),
     ("push-chunked", "push {size} MiB, {chunk} MiB chunks (MiB/s)", "mib_per_s", "push-chunked"),
     ("pull", "pull {size} MiB blob, every byte verified (MiB/s)", "mib_per_s", "pull"),
     ("pull/second", "… the same blob a second time (MiB/s)", "mib_per_s", "pull/second"),

@@ -306,6 +306,12 @@ for ((rep = 1; rep <= REPS; rep++)); do
         rss=$(field "$LAST" rss_max_kib)
         if ((rss > PUSH_RSS_MAX[$target])); then PUSH_RSS_MAX[$target]=$rss; fi
     done
+    # A CI pipeline's layers: five pushes, each the moment the previous one
+    # is acknowledged (Capstan may still be warming the previous blob).
+    for target in "${order[@]}"; do
+        measure "$target" "$rep" push-mono/back-to-back "$BENCH" push-mono --url "${URL_OF[$target]}" $T \
+            --size-mib "$SIZE_MIB" --seed $((rep * 100 + 50)) --count 5
+    done
     # Like for like: docker-registry ignores a monolithic POST's body (202), so
     # it is pushed POST + PUT; also push Capstan that way.
     measure capstan "$rep" push-mono/post-put "$BENCH" push-mono --url "$CAPSTAN_URL" $T \

@@ -55,6 +55,10 @@ pub enum Command {
         seed: u64,
         #[arg(long, value_enum, default_value_t = UploadMethod::Auto)]
         method: UploadMethod,
+        /// Push this many blobs (seeds `seed`, `seed + 1`, …) one after the
+        /// other with no pause, as a CI pipeline pushes an image's layers.
+        #[arg(long, default_value_t = 1)]
+        count: u64,
     },
     /// Push one generated blob as POST, PATCH chunks, final PUT; reports MiB/s.
     PushChunked {
@@ -160,6 +164,16 @@ pub async fn run(cli: Cli) -> ExitCode {
             target.basic.as_deref(),
         )?;
         match cmd {
+            Command::PushMono {
+                size_mib,
+                repo,
+                seed,
+                method,
+                count,
+                ..
+            } if count > 1 => {
+                push::back_to_back(&reg, &repo, size_mib << 20, seed, count, method).await
+            }
             Command::PushMono {
                 size_mib,
                 repo,

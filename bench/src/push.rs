@@ -45,6 +45,40 @@ pub async fn mono(
     Ok(f)
 }
 
+/// `count` blobs of `size` bytes (seeds `seed`…), each pushed in one
+/// request body the moment the previous one was acknowledged. Reports the
+/// MiB/s over all of them and of each.
+pub async fn back_to_back(
+    reg: &Registry,
+    repo: &str,
+    size: u64,
+    seed: u64,
+    count: u64,
+    method: UploadMethod,
+) -> Result<Figures> {
+    // Content and digests first: nothing but the pushes is timed.
+    let blobs: Vec<_> = (seed..seed + count).map(|s| prepare(s, size)).collect();
+    let method = reg.resolve_method(repo, method).await?;
+    let meter = Meter::start();
+    let mut each = Vec::new();
+    for (content, digest, _) in &blobs {
+        let t = Instant::now();
+        reg.upload(repo, digest, size, method, || {
+            Body::wrap_stream(content.stream(0, size))
+        })
+        .await?;
+        let secs = t.elapsed().as_secs_f64().max(1e-9);
+        each.push(round(size as f64 / (1024.0 * 1024.0) / secs, 1));
+    }
+    let m = meter.stop();
+    let mut f = report::measured(m);
+    report::throughput(&mut f, size * count, m);
+    f.insert("method".into(), json!(format!("{method:?}").to_lowercase()));
+    f.insert("count".into(), json!(count));
+    f.insert("each_mib_per_s".into(), json!(each));
+    Ok(f)
+}
+
 pub async fn chunked(
     reg: &Registry,
     repo: &str,

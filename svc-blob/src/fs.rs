@@ -21,7 +21,7 @@
 use crate::direct::{BlobReader, BlobWriter, BufferPool};
 use crate::hot::RecentReads;
 use crate::store::{BlobStore, ByteStream, StoredMark, UploadId, Verdict};
-use crate::warm::{WarmCounts, Warmer};
+use crate::warm::{WarmCounts, Warmer, Writes};
 use crate::{BlobError, resumable};
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -63,6 +63,8 @@ pub struct FsStore {
     reads: Arc<[AtomicU64; 2]>,
     /// Scrub: blobs verified, and found corrupt.
     scrubbed: Arc<[AtomicU64; 2]>,
+    /// Blob writes under way (the warmer waits for them).
+    writes: Arc<Writes>,
     /// Reads blobs written directly into the page cache after their commit.
     warmer: Option<Arc<Warmer>>,
 }
@@ -122,6 +124,7 @@ impl FsStore {
             recent: Arc::default(),
             reads: Arc::default(),
             scrubbed: Arc::default(),
+            writes: Arc::default(),
             warmer: None,
         })
     }
@@ -130,7 +133,7 @@ impl FsStore {
     /// committed, in the background (`crate::warm`); off by default.
     pub fn with_warm_after_push(mut self, on: bool) -> Result<Self, BlobError> {
         self.warmer = if on {
-            let warmer = Warmer::start(self.recent.clone())
+            let warmer = Warmer::start(self.recent.clone(), self.writes.clone())
                 .map_err(BlobError::io("start the warming thread", &self.root))?;
             Some(Arc::new(warmer))
         } else {
@@ -210,7 +213,10 @@ impl FsStore {
         })
         .await?;
         if seeded > 0 {
-            tracing::info!(blobs = seeded, "blobs stored before garbage collection marked for it");
+            tracing::info!(
+                blobs = seeded,
+                "blobs stored before garbage collection marked for it"
+            );
         }
         Ok(())
     }
@@ -1011,6 +1017,7 @@ impl BlobStore for FsStore {
         expected_offset: Option<u64>,
         data: ByteStream,
     ) -> Result<u64, BlobError> {
+        let _writing = self.writes.begin();
         let dir = self.session_dir(id);
         let id = *id;
         let commit = self.commit;
@@ -1085,6 +1092,7 @@ impl BlobStore for FsStore {
     }
 
     async fn commit(&self, id: &UploadId, digest: &Digest) -> Result<u64, BlobError> {
+        let _writing = self.writes.begin();
         let dir = self.session_dir(id);
         let dst = self.blob_path(digest);
         let expected = digest.clone();
@@ -1133,6 +1141,7 @@ impl BlobStore for FsStore {
     }
 
     async fn put(&self, digest: &Digest, data: ByteStream) -> Result<u64, BlobError> {
+        let _writing = self.writes.begin();
         let tmp = self
             .uploads
             .join(format!("{PUT_PREFIX}{}{PUT_SUFFIX}", uuid::Uuid::new_v4()));

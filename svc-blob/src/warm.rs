@@ -9,7 +9,10 @@
 //! committed, one background thread reads it through the page cache, and the
 //! blob counts as hot (`crate::hot`), so its reads are served from the cache.
 //! At most [`QUEUED`] blobs wait; in a push storm the rest stay cold rather
-//! than queueing reads without bound. `storage.warmAfterPush: false` turns
+//! than queueing reads without bound. The thread reads only while no blob
+//! write of this process has been under way for [`QUIET`] ([`Writes`]):
+//! warming takes the disk from nobody, so pushes that come back to back, as
+//! a CI pipeline's layers do, go as fast as the first. `storage.warmAfterPush: false` turns
 //! it off (a write-mostly registry, such as a backup target, gains nothing
 //! from the extra read of every blob).
 
@@ -18,10 +21,10 @@ use capstan_oci::Digest;
 use std::fs::File;
 use std::io::{self, Read as _};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Instant;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
 
 /// Blobs waiting to be warmed at most.
@@ -29,6 +32,57 @@ pub const QUEUED: usize = 16;
 
 /// Bytes read per call while warming.
 const READ_BYTES: usize = 2 << 20;
+/// How long no blob write must have been under way before warming reads.
+pub const QUIET: Duration = Duration::from_millis(100);
+/// How often a warmer that waits for quiet looks again.
+const QUIET_POLL: Duration = Duration::from_millis(10);
+
+/// Blob writes under way in this process, and when the last one ended.
+#[derive(Debug, Default)]
+pub struct Writes {
+    active: AtomicUsize,
+    last_end_ms: AtomicU64,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+impl Writes {
+    /// A write starts; it ends when the guard is dropped.
+    pub fn begin(self: &Arc<Self>) -> WriteGuard {
+        self.active.fetch_add(1, Ordering::SeqCst);
+        WriteGuard(self.clone())
+    }
+
+    /// No write under way, and none ended within `quiet`.
+    fn quiet_for(&self, quiet: Duration) -> bool {
+        self.active.load(Ordering::SeqCst) == 0
+            && now_ms().saturating_sub(self.last_end_ms.load(Ordering::SeqCst))
+                >= quiet.as_millis() as u64
+    }
+
+    /// Block the calling (warming) thread until writes have been quiet
+    /// for [`QUIET`].
+    fn wait_quiet(&self) {
+        while !self.quiet_for(QUIET) {
+            std::thread::sleep(QUIET_POLL);
+        }
+    }
+}
+
+/// A blob write under way ([`Writes::begin`]).
+#[derive(Debug)]
+pub struct WriteGuard(Arc<Writes>);
+
+impl Drop for WriteGuard {
+    fn drop(&mut self) {
+        self.0.last_end_ms.store(now_ms(), Ordering::SeqCst);
+        self.0.active.fetch_sub(1, Ordering::SeqCst);
+    }
+}
 
 struct Job {
     digest: Digest,
@@ -75,8 +129,9 @@ pub struct Warmer {
 }
 
 impl Warmer {
-    /// Start the warming thread; warmed blobs are recorded in `recent`.
-    pub fn start(recent: Arc<Mutex<RecentReads>>) -> io::Result<Self> {
+    /// Start the warming thread; warmed blobs are recorded in `recent`; it
+    /// reads only while `writes` are quiet.
+    pub fn start(recent: Arc<Mutex<RecentReads>>, writes: Arc<Writes>) -> io::Result<Self> {
         let (jobs, queue) = mpsc::sync_channel::<Job>(QUEUED);
         let (finished_tx, _finished) = watch::channel(0u64);
         let counters = Arc::new(Counters::default());
@@ -87,7 +142,7 @@ impl Warmer {
                 let mut buf = vec![0u8; READ_BYTES];
                 while let Ok(job) = queue.recv() {
                     let started = Instant::now();
-                    match read_through(&job.path, &mut buf) {
+                    match read_through(&job.path, &mut buf, &writes) {
                         Ok(bytes) => {
                             counted.warmed.fetch_add(1, Ordering::Relaxed);
                             tracing::debug!(
@@ -194,14 +249,16 @@ pub(crate) async fn wait_finished(mut finished: watch::Receiver<u64>, n: u64) {
         .expect("the warming thread is alive");
 }
 
-/// Read `path` to its end through the page cache; the bytes read.
-fn read_through(path: &Path, buf: &mut [u8]) -> io::Result<u64> {
+/// Read `path` to its end through the page cache, each piece once `writes`
+/// are quiet; the bytes read.
+fn read_through(path: &Path, buf: &mut [u8], writes: &Writes) -> io::Result<u64> {
     let mut file = File::open(path)?;
     // One pass from start to end: the kernel reads ahead in large steps.
     // Only advice: a file that takes none is read all the same.
     let _ = rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::Sequential);
     let mut total = 0u64;
     loop {
+        writes.wait_quiet();
         match file.read(buf) {
             Ok(0) => return Ok(total),
             Ok(n) => total += n as u64,
@@ -226,11 +283,52 @@ mod tests {
         wait_finished(warmer.finished(), n).await;
     }
 
+    #[test]
+    fn writes_are_quiet_only_when_none_ran_lately() {
+        let writes = Arc::new(Writes::default());
+        assert!(writes.quiet_for(QUIET));
+        let one = writes.begin();
+        let two = writes.begin();
+        assert!(!writes.quiet_for(Duration::ZERO));
+        drop(one);
+        assert!(
+            !writes.quiet_for(Duration::ZERO),
+            "one write still under way"
+        );
+        drop(two);
+        assert!(writes.quiet_for(Duration::ZERO));
+        assert!(
+            !writes.quiet_for(Duration::from_secs(3600)),
+            "one just ended"
+        );
+    }
+
+    /// A blob offered while a write is under way is read once writes are
+    /// quiet, not before.
+    #[tokio::test]
+    async fn warming_waits_for_writes_to_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let writes = Arc::new(Writes::default());
+        let warmer = Warmer::start(Arc::default(), writes.clone()).unwrap();
+        let path = dir.path().join("blob");
+        std::fs::write(&path, vec![1u8; 1000]).unwrap();
+        let writing = writes.begin();
+        assert!(warmer.offer(&digest_of(b"x"), &path));
+        // Give the thread every chance to (wrongly) read meanwhile.
+        let mut finished = warmer.finished();
+        let early = tokio::time::timeout(Duration::from_millis(300), finished.wait_for(|n| *n > 0));
+        assert!(early.await.is_err(), "warmed while a write was under way");
+        assert_eq!(warmer.counts().warmed, 0);
+        drop(writing);
+        finished(&warmer, 1).await;
+        assert_eq!(warmer.counts().warmed, 1);
+    }
+
     #[tokio::test]
     async fn an_offered_blob_is_hot_and_read_once() {
         let dir = tempfile::tempdir().unwrap();
         let recent = Arc::new(Mutex::new(RecentReads::default()));
-        let warmer = Warmer::start(recent.clone()).unwrap();
+        let warmer = Warmer::start(recent.clone(), Arc::default()).unwrap();
         let bytes = vec![7u8; 3 * READ_BYTES + 5];
         let digest = digest_of(&bytes);
         let path = dir.path().join("blob");
@@ -250,7 +348,7 @@ mod tests {
     #[tokio::test]
     async fn a_missing_blob_fails_and_the_thread_goes_on() {
         let dir = tempfile::tempdir().unwrap();
-        let warmer = Warmer::start(Arc::default()).unwrap();
+        let warmer = Warmer::start(Arc::default(), Arc::default()).unwrap();
         let gone = digest_of(b"gone");
         assert!(warmer.offer(&gone, &dir.path().join("gone")));
         let path = dir.path().join("here");
@@ -282,7 +380,7 @@ mod tests {
         let file = dir.path().join("file");
         std::fs::write(&file, b"bytes").unwrap();
         let recent = Arc::new(Mutex::new(RecentReads::default()));
-        let warmer = Warmer::start(recent.clone()).unwrap();
+        let warmer = Warmer::start(recent.clone(), Arc::default()).unwrap();
         assert!(warmer.offer(&digest_of(b"fifo"), &fifo));
         // Opening the pipe for writing waits for the thread to open it for
         // reading: the thread now holds the first job.
