@@ -83,10 +83,11 @@ pub struct StorageConfig {
     #[serde(default = "yes")]
     pub direct_io: bool,
     /// With `directIo`, read each pushed blob once through the page cache
-    /// right after its commit, in the background, so that the pulls that
-    /// usually follow a push are served from memory. Costs one more read of
-    /// every pushed byte from the device; a write-mostly registry (a backup
-    /// target) may turn it off (Capstan).
+    /// after its commit, in the background and only while no push is
+    /// writing, so that the pulls that usually follow a push are served
+    /// from memory. Costs one more read of every pushed byte from the
+    /// device; a write-mostly registry (a backup target) may turn it off
+    /// (Capstan).
     #[serde(default = "yes")]
     pub warm_after_push: bool,
     /// zot's `dedupe`: Capstan always stores each digest once (blobs are
