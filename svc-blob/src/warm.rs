@@ -315,8 +315,8 @@ mod tests {
         let writing = writes.begin();
         assert!(warmer.offer(&digest_of(b"x"), &path));
         // Give the thread every chance to (wrongly) read meanwhile.
-        let mut finished = warmer.finished();
-        let early = tokio::time::timeout(Duration::from_millis(300), finished.wait_for(|n| *n > 0));
+        let mut progress = warmer.finished();
+        let early = tokio::time::timeout(Duration::from_millis(300), progress.wait_for(|n| *n > 0));
         assert!(early.await.is_err(), "warmed while a write was under way");
         assert_eq!(warmer.counts().warmed, 0);
         drop(writing);
