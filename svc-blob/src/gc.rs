@@ -39,9 +39,9 @@ pub type MetaClient = MetaServiceClient<Transport>;
 /// Entries of each queue handled per step: bounds how long one step holds
 /// svc-meta's rows (and, on SQLite, its write lock).
 const BATCH: u32 = 256;
-/// A dry run looks at most this many entries of each queue (it holds
-/// svc-meta's rows for its whole length, and its answer must fit one
-/// message): beyond, it under-reports, and says so (`truncated`).
+/// A dry run looks at most this many entries of each queue (its answer
+/// must fit one message): beyond, it under-reports, and says so
+/// (`truncated`).
 const DRY_RUN_LIMIT: u32 = 20_000;
 /// Digests per `Unreferenced` call.
 const ASK_AT_ONCE: usize = 1024;
@@ -148,8 +148,8 @@ impl Collector {
             },
         };
         // A dry run changes nothing, so it cannot go step by step: it asks
-        // for everything at once, up to a bound (svc-meta rolls its step
-        // back).
+        // for everything at once, up to a bound (svc-meta simulates the
+        // step with plain reads).
         let limit = if dry_run { DRY_RUN_LIMIT } else { BATCH };
         let mut meta = self.meta.clone();
         // Retention first. The links of the manifests it removes are

@@ -1116,17 +1116,20 @@ impl Store {
     ///   (they stay queued until [`Store::forget_garbage`]).
     ///
     /// Only the queues are read, so the work follows the garbage, not the
-    /// size of the registry. With `dry_run` everything happens in a
-    /// transaction that is rolled back: the answer is what a real step
-    /// would do now. On Postgres rows that a push holds are skipped, never
-    /// waited for (the next step sees them); a push never waits on this
-    /// step for longer than the step takes.
+    /// size of the registry. With `dry_run` nothing is written or locked:
+    /// the same decisions are simulated with plain reads
+    /// ([`Store::plan_collection`]). On Postgres rows that a push holds are
+    /// skipped, never waited for (the next step sees them); a push never
+    /// waits on this step for longer than the step takes.
     pub async fn collect(
         &self,
         cutoff: i64,
         limit: u32,
         dry_run: bool,
     ) -> Result<Collection, MetaError> {
+        if dry_run {
+            return self.plan_collection(cutoff, limit).await;
+        }
         let pg = self.backend == Backend::Postgres;
         let at = now();
         let (_turn, mut tx) = self.begin_write().await?;
@@ -1221,9 +1224,7 @@ impl Store {
                 .await?;
             unqueue().execute(&mut *tx).await?;
             queue_garbage(&mut tx, &digest, at).await?;
-            if !dry_run {
-                tracing::info!(repo, digest, size, "unreferenced blob link collected");
-            }
+            tracing::info!(repo, digest, size, "unreferenced blob link collected");
             out.links.push(CollectedLink {
                 repo,
                 digest,
@@ -1246,11 +1247,7 @@ impl Store {
                 out.garbage.push(Garbage { digest, since });
             }
         }
-        if dry_run {
-            tx.rollback().await?;
-        } else {
-            tx.commit().await?;
-        }
+        tx.commit().await?;
         Ok(out)
     }
 
@@ -1330,6 +1327,88 @@ impl Store {
         .await?;
         let (count, at) = row.ok_or(MetaError::ManifestUnknown)?;
         Ok((to_u64(count)?, at))
+    }
+
+    /// What one step of [`Store::collect`] would do now, from plain reads
+    /// (no lock, no write): the links it would remove, and the digests
+    /// that would then be garbage.
+    async fn plan_collection(&self, cutoff: i64, limit: u32) -> Result<Collection, MetaError> {
+        let at = now();
+        let mut conn = self.pool.acquire().await?;
+        let queued: Vec<(String, String)> = sqlx::query_as(
+            "SELECT repo, digest FROM gc_links WHERE queued_at < $1 \
+             ORDER BY queued_at, repo, digest LIMIT $2",
+        )
+        .bind(cutoff)
+        .bind(i64::from(limit))
+        .fetch_all(&mut *conn)
+        .await?;
+        let mut out = Collection::default();
+        // Links the step would remove, and digests it would queue.
+        let mut removed: BTreeSet<(String, String)> = BTreeSet::new();
+        let mut queued_digests: Vec<String> = Vec::new();
+        for (repo, digest) in queued {
+            let link: Option<(i64, i64)> = sqlx::query_as(
+                "SELECT size, created_at FROM blob_links WHERE repo = $1 AND digest = $2",
+            )
+            .bind(&repo)
+            .bind(&digest)
+            .fetch_optional(&mut *conn)
+            .await?;
+            let Some((size, created_at)) = link else {
+                queued_digests.push(digest);
+                continue;
+            };
+            let referenced: Option<String> = sqlx::query_scalar(
+                "SELECT target FROM manifest_refs \
+                 WHERE repo = $1 AND kind = 'blob' AND target = $2 LIMIT 1",
+            )
+            .bind(&repo)
+            .bind(&digest)
+            .fetch_optional(&mut *conn)
+            .await?;
+            if referenced.is_some() || created_at >= cutoff {
+                continue;
+            }
+            removed.insert((repo.clone(), digest.clone()));
+            queued_digests.push(digest.clone());
+            out.links.push(CollectedLink {
+                repo,
+                digest,
+                size: to_u64(size)?,
+            });
+        }
+        let mut candidates: BTreeMap<String, i64> = sqlx::query_as::<_, (String, i64)>(
+            "SELECT digest, since FROM gc_blobs ORDER BY since, digest LIMIT $1",
+        )
+        .bind(i64::from(limit))
+        .fetch_all(&mut *conn)
+        .await?
+        .into_iter()
+        .collect();
+        for d in queued_digests {
+            candidates.entry(d).or_insert(at);
+        }
+        for (digest, since) in candidates {
+            let linked: Vec<String> =
+                sqlx::query_scalar("SELECT repo FROM blob_links WHERE digest = $1")
+                    .bind(&digest)
+                    .fetch_all(&mut *conn)
+                    .await?;
+            let still_linked = linked
+                .into_iter()
+                .any(|repo| !removed.contains(&(repo, digest.clone())));
+            let referenced: Option<String> = sqlx::query_scalar(
+                "SELECT target FROM manifest_refs WHERE kind = 'blob' AND target = $1 LIMIT 1",
+            )
+            .bind(&digest)
+            .fetch_optional(&mut *conn)
+            .await?;
+            if !still_linked && referenced.is_none() {
+                out.garbage.push(Garbage { digest, since });
+            }
+        }
+        Ok(out)
     }
 
     /// svc-blob has dealt with these entries of [`Store::collect`]'s

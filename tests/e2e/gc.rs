@@ -385,10 +385,11 @@ async fn scrub_takes_a_corrupt_blob_out_of_service_and_a_push_heals_it() {
     bad[100] ^= 1;
     std::fs::write(blob_file(&sb, &d), &bad).unwrap();
     let deadline = Instant::now() + Duration::from_secs(120);
+    // Set aside by svc-blob, then unlinked by svc-meta.
     while !sb
         .proc
         .log_text()
-        .contains("corrupt blob taken out of service")
+        .contains("lost blob unlinked from every repository")
     {
         assert!(
             Instant::now() < deadline,
@@ -396,6 +397,11 @@ async fn scrub_takes_a_corrupt_blob_out_of_service_and_a_push_heals_it() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    assert!(
+        sb.proc
+            .log_text()
+            .contains("corrupt blob taken out of service")
+    );
     assert!(sb.proc.log_text().contains(&d));
     let r = sb.get(&format!("/v2/img/blobs/{d}")).await;
     assert_ne!(r.status(), 200, "a corrupt blob was served");

@@ -902,7 +902,18 @@ async fn collection_takes_only_unreferenced_old_links(backend: Backend) {
         .await
         .unwrap();
     let just_now = super::now() - 1;
+    // The dry run, from plain reads, predicts the step: the link and the
+    // digest that then has no link left.
+    let predicted = store.collect(just_now, 100, true).await.unwrap();
     let taken = store.collect(just_now, 100, false).await.unwrap();
+    assert_eq!(predicted.links, taken.links);
+    let digests = |c: &Collection| {
+        c.garbage
+            .iter()
+            .map(|g| g.digest.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(digests(&predicted), digests(&taken));
     assert_eq!(
         taken.links,
         vec![CollectedLink {
