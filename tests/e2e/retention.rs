@@ -250,3 +250,39 @@ async fn tags_sharing_a_digest_are_deleted_one_by_one() {
         200
     );
 }
+
+/// Retention run by the registry itself (every `gcInterval`) removes a tag
+/// a client had just pulled: the gateway's manifest cache hears of it, and
+/// the tag answers 404 rather than from the cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduled_retention_reaches_the_manifest_cache() {
+    let sb = Sandbox::start_with(json!({"storage": {
+        "gcDelay": "1s", "gcInterval": "1s",
+        "retention": {"delay": "1s", "policies": [{
+            "repositories": ["cached"],
+            "keepTags": [{"patterns": ["^keep$"]}]}]}}}))
+    .await;
+    let (_, m) = sb.push_image("cached", "keep", 1).await;
+    sb.put_manifest("cached", "drop", OCI_MANIFEST, &m).await;
+    // Pulled, so the gateway caches it.
+    assert_eq!(sb.get("/v2/cached/manifests/drop").await.status(), 200);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !sb
+        .proc
+        .log_text()
+        .contains("didn't meet any tag 'patterns' rules")
+    {
+        assert!(Instant::now() < deadline, "retention never removed the tag");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The cache has no expiry: only the change feed can turn this to 404
+    // (it reaches the gateway a moment after the commit).
+    while sb.head("/v2/cached/manifests/drop").await.status() != 404 {
+        assert!(
+            Instant::now() < deadline,
+            "the cache still serves the removed tag"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(sb.head("/v2/cached/manifests/keep").await.status(), 200);
+}
