@@ -149,6 +149,9 @@ fn compile_keep(t: &KeepTags, key: &str) -> Result<Keep, String> {
 pub struct ManifestState {
     /// When it first came to the repository (Unix seconds).
     pub pushed_at: i64,
+    /// When it was last pushed (the delay of untagged manifests and
+    /// orphaned referrers counts from here).
+    pub touched_at: i64,
     /// Its last GET, if any.
     pub pulled_at: Option<i64>,
     pub subject: Option<String>,
@@ -280,7 +283,7 @@ fn plan(policy: &Policy, state: &RepoState, now: i64, delay: i64, gc_delay: i64)
     // (children of a removed index, referrers of a removed subject).
     let tagged: BTreeSet<&String> = tags.values().collect();
     let mut alive: BTreeSet<&String> = state.manifests.keys().collect();
-    let old = |m: &ManifestState| m.pushed_at < now - delay;
+    let old = |m: &ManifestState| m.touched_at.max(m.pushed_at) < now - delay;
     loop {
         let listed: BTreeSet<&String> = alive
             .iter()

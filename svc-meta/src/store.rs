@@ -467,32 +467,37 @@ impl Store {
         .await?;
         let insert = || {
             sqlx::query(
-            "INSERT INTO manifests \
-             (repo, digest, media_type, artifact_type, content, size, subject, annotations, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+                "INSERT INTO manifests \
+             (repo, digest, media_type, artifact_type, content, size, subject, annotations, \
+              created_at, touched_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9) \
              ON CONFLICT (repo, digest) DO NOTHING",
-        )
-        .bind(repo)
-        .bind(&digest_s)
-        .bind(&parsed.media_type)
-        .bind(parsed.artifact_type.as_deref())
-        .bind(content)
-        .bind(size)
-        .bind(subject.as_deref())
-        .bind(&annotations)
-        .bind(at)
+            )
+            .bind(repo)
+            .bind(&digest_s)
+            .bind(&parsed.media_type)
+            .bind(parsed.artifact_type.as_deref())
+            .bind(content)
+            .bind(size)
+            .bind(subject.as_deref())
+            .bind(&annotations)
+            .bind(at)
         };
         let mut inserted = insert().execute(&mut *tx).await?.rows_affected();
-        if inserted == 0 && self.backend == Backend::Postgres {
-            // Already stored: hold the row, so that a delete of it by
-            // another replica waits for this push (and if one just
-            // removed it, store it again).
-            let held: Option<String> = sqlx::query_scalar(self.backend.held(HeldRead::Manifest))
-                .bind(repo)
-                .bind(&digest_s)
-                .fetch_optional(&mut *tx)
-                .await?;
-            if held.is_none() {
+        if inserted == 0 {
+            // Already stored: pushed again now (retention's delay counts
+            // from here). On Postgres the update also holds the row, so a
+            // delete by another replica waits for this push; if one just
+            // removed it, it is stored again.
+            let touched =
+                sqlx::query("UPDATE manifests SET touched_at = $3 WHERE repo = $1 AND digest = $2")
+                    .bind(repo)
+                    .bind(&digest_s)
+                    .bind(at)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+            if touched == 0 {
                 inserted = insert().execute(&mut *tx).await?.rows_affected();
             }
         }
@@ -696,19 +701,23 @@ impl Store {
                     .await?
             }
         };
-        let rows: Vec<(String, i64, Option<i64>, Option<String>)> = sqlx::query_as(
-            "SELECT m.digest, m.created_at, p.pulled_at, m.subject FROM manifests m \
+        // Digest, first and last push, last pull, subject.
+        type Row = (String, i64, i64, Option<i64>, Option<String>);
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT m.digest, m.created_at, COALESCE(m.touched_at, m.created_at), p.pulled_at, \
+                    m.subject FROM manifests m \
              LEFT JOIN manifest_pulls p ON p.repo = m.repo AND p.digest = m.digest \
              WHERE m.repo = $1",
         )
         .bind(repo)
         .fetch_all(&mut *tx)
         .await?;
-        for (digest, pushed_at, pulled_at, subject) in rows {
+        for (digest, pushed_at, touched_at, pulled_at, subject) in rows {
             state.manifests.insert(
                 digest,
                 ManifestState {
                     pushed_at,
+                    touched_at,
                     pulled_at,
                     subject,
                     children: Vec::new(),
@@ -777,11 +786,12 @@ impl Store {
             // A push of an index listing it, or of a tag on it, holds it
             // FOR SHARE: it finishes first and is seen below.
             Backend::Postgres => {
-                "SELECT created_at, subject FROM manifests WHERE repo = $1 AND digest = $2 \
-                 FOR UPDATE"
+                "SELECT COALESCE(touched_at, created_at), subject FROM manifests \
+                 WHERE repo = $1 AND digest = $2 FOR UPDATE"
             }
             Backend::Sqlite => {
-                "SELECT created_at, subject FROM manifests WHERE repo = $1 AND digest = $2"
+                "SELECT COALESCE(touched_at, created_at), subject FROM manifests \
+                 WHERE repo = $1 AND digest = $2"
             }
         })
         .bind(repo)

@@ -18,6 +18,7 @@ fn retention(policies: serde_json::Value) -> Retention {
 fn manifest(pushed_ago: i64, pulled_ago: Option<i64>) -> ManifestState {
     ManifestState {
         pushed_at: NOW - pushed_ago,
+        touched_at: NOW - pushed_ago,
         pulled_at: pulled_ago.map(|a| NOW - a),
         subject: None,
         children: Vec::new(),
@@ -211,6 +212,23 @@ fn a_tag_whose_manifest_the_snapshot_lacks_is_kept() {
     s.tags
         .insert("just-pushed".into(), "sha256:not-in-snapshot".into());
     assert_eq!(deleted_tags(&r.plan("r", &s, NOW)), ["old"]);
+}
+
+#[test]
+fn an_untagged_manifest_pushed_again_lately_stays() {
+    // Say the platform manifest of an index about to be pushed: first
+    // pushed long ago, pushed again a moment ago.
+    let r = retention(json!([]));
+    let mut s = RepoState::default();
+    let mut again = manifest(10 * HOUR, None);
+    again.touched_at = NOW - 10;
+    s.manifests.insert("sha256:again".into(), again);
+    s.manifests
+        .insert("sha256:old".into(), manifest(10 * HOUR, None));
+    assert_eq!(
+        deleted_manifests(&r.plan("r", &s, NOW)),
+        [("sha256:old", UNTAGGED)]
+    );
 }
 
 #[test]
