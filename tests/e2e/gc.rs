@@ -25,19 +25,23 @@ pub(crate) fn gc_output(sb: &Sandbox, dry_run: bool) -> String {
 
 /// `capstan gc [--dry-run] --json -c <config>` on a sandbox's configuration.
 pub(crate) fn gc(sb: &Sandbox, dry_run: bool) -> Value {
+    gc_logged(sb, dry_run).0
+}
+
+/// [`gc`], with what it logged (stderr, at info).
+pub(crate) fn gc_logged(sb: &Sandbox, dry_run: bool) -> (Value, String) {
     let cfg = sb.dir.path().join("config.json");
     let mut cmd = std::process::Command::new(BIN);
-    cmd.args(["gc", "--json", "-c", cfg.to_str().unwrap()]);
+    cmd.args(["gc", "--json", "-c", cfg.to_str().unwrap()])
+        .env("RUST_LOG", "info");
     if dry_run {
         cmd.arg("--dry-run");
     }
     let out = cmd.output().expect("run capstan gc");
-    assert!(
-        out.status.success(),
-        "capstan gc failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("gc report is JSON")
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "capstan gc failed: {log}");
+    let report = serde_json::from_slice(&out.stdout).expect("gc report is JSON");
+    (report, log)
 }
 
 /// (repo, digest) of every link in a report.

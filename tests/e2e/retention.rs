@@ -99,6 +99,31 @@ async fn next_second() {
     }
 }
 
+/// The retention decisions a log holds, each from its message on, without
+/// the dry-run field (which alone differs between a dry and a real run).
+fn decisions(log: &str) -> Vec<String> {
+    let mut out: Vec<String> = log
+        .lines()
+        .filter_map(|l| {
+            [
+                "applied policy",
+                "removed untagged manifest",
+                "removed manifest without reference",
+            ]
+            .iter()
+            .find_map(|m| l.find(m).map(|i| &l[i..]))
+        })
+        .map(|l| {
+            l.split_whitespace()
+                .filter(|w| !w.starts_with("dry-run="))
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect();
+    out.sort();
+    out
+}
+
 /// (repo, tag or "", digest, reason) of every retention entry of a report.
 fn retained(
     report: &serde_json::Value,
@@ -185,10 +210,10 @@ async fn retention_removes_what_its_rules_say_and_the_dry_run_says_it_first() {
         ),
     ]);
     let deadline = Instant::now() + Duration::from_secs(60);
-    let planned = loop {
-        let report = crate::gc::gc(&sb, true);
+    let (planned, planned_log) = loop {
+        let (report, log) = crate::gc::gc_logged(&sb, true);
         if retained(&report) == expected {
-            break report;
+            break (report, log);
         }
         assert!(
             Instant::now() < deadline,
@@ -205,9 +230,13 @@ async fn retention_removes_what_its_rules_say_and_the_dry_run_says_it_first() {
     }
     // The real run, with the registry stopped (its cache would not hear).
     sb.proc.kill();
-    let done = crate::gc::gc(&sb, false);
+    let (done, done_log) = crate::gc::gc_logged(&sb, false);
     sb.start_again().await;
     assert_eq!(retained(&done), retained(&planned));
+    // The dry run logged exactly the decisions the real run then logged.
+    let planned_lines = decisions(&planned_log);
+    assert_eq!(planned_lines.len(), expected.len(), "{planned_log}");
+    assert_eq!(planned_lines, decisions(&done_log));
     let sb = &sb;
     let status = |r: String| async move { sb.head(&r).await.status() };
     for gone in ["v1".to_string(), old, loose, sig] {
