@@ -227,7 +227,13 @@ impl Collector {
                 break;
             }
             let mut failed = HashSet::new();
-            let mut asked: Vec<String> = marks.iter().map(|m| m.digest.to_string()).collect();
+            // Digests this run swept already (svc-meta's queue named them)
+            // need no second look.
+            let mut asked: Vec<String> = marks
+                .iter()
+                .filter(|m| !run.seen.contains(&m.digest))
+                .map(|m| m.digest.to_string())
+                .collect();
             asked.sort_unstable();
             asked.dedup();
             for chunk in asked.chunks(ASK_AT_ONCE) {
