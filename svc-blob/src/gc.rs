@@ -199,8 +199,7 @@ impl Collector {
                 }
             }
             if dry_run {
-                run.report.truncated |=
-                    step.links.len() >= limit as usize || step.garbage.len() >= limit as usize;
+                run.report.truncated |= step.more;
                 break;
             }
             if !done.is_empty() {
@@ -209,10 +208,9 @@ impl Collector {
                 })
                 .await?;
             }
-            let full = step.links.len() >= BATCH as usize || step.garbage.len() >= BATCH as usize;
-            // Stop when the queues are drained, or when a step made no
-            // progress (every blob it named failed: next run).
-            if !full || (step.links.is_empty() && done.is_empty()) {
+            // Stop when the queues are drained, or when a step named
+            // garbage and none of it could be swept (next run).
+            if !step.more || (!step.garbage.is_empty() && done.is_empty()) {
                 break;
             }
         }

@@ -274,6 +274,7 @@ impl MetaService for MetaGrpc {
                         since: g.since,
                     })
                     .collect(),
+                more: c.more,
             })
         })
         .await

@@ -181,6 +181,10 @@ pub struct Collection {
     pub links: Vec<CollectedLink>,
     /// Digests whose bytes may go.
     pub garbage: Vec<Garbage>,
+    /// The step stopped at its limit on a queue: another step may find
+    /// more (links removed and garbage listed may still be fewer than the
+    /// limit, as queued entries that are in use only leave the queue).
+    pub more: bool,
 }
 
 /// A tag or manifest that retention removed (or, dry, would remove).
@@ -1166,7 +1170,10 @@ impl Store {
         .bind(i64::from(limit))
         .fetch_all(&mut *tx)
         .await?;
-        let mut out = Collection::default();
+        let mut out = Collection {
+            more: limit > 0 && queued.len() >= limit as usize,
+            ..Collection::default()
+        };
         for (repo, digest) in queued {
             let link: Option<(i64, i64)> = sqlx::query_as(if pg {
                 "SELECT size, created_at FROM blob_links WHERE repo = $1 AND digest = $2 \
@@ -1246,6 +1253,7 @@ impl Store {
                 .bind(i64::from(limit))
                 .fetch_all(&mut *tx)
                 .await?;
+        out.more |= limit > 0 && queued.len() >= limit as usize;
         for (digest, since) in queued {
             if used(&mut tx, &digest).await? {
                 sqlx::query("DELETE FROM gc_blobs WHERE digest = $1 AND since = $2")
@@ -1353,7 +1361,10 @@ impl Store {
         .bind(i64::from(limit))
         .fetch_all(&mut *conn)
         .await?;
-        let mut out = Collection::default();
+        let mut out = Collection {
+            more: limit > 0 && queued.len() >= limit as usize,
+            ..Collection::default()
+        };
         // Links the step would remove, and digests it would queue.
         let mut removed: BTreeSet<(String, String)> = BTreeSet::new();
         let mut queued_digests: Vec<String> = Vec::new();
@@ -1388,14 +1399,13 @@ impl Store {
                 size: to_u64(size)?,
             });
         }
-        let mut candidates: BTreeMap<String, i64> = sqlx::query_as::<_, (String, i64)>(
-            "SELECT digest, since FROM gc_blobs ORDER BY since, digest LIMIT $1",
-        )
-        .bind(i64::from(limit))
-        .fetch_all(&mut *conn)
-        .await?
-        .into_iter()
-        .collect();
+        let listed: Vec<(String, i64)> =
+            sqlx::query_as("SELECT digest, since FROM gc_blobs ORDER BY since, digest LIMIT $1")
+                .bind(i64::from(limit))
+                .fetch_all(&mut *conn)
+                .await?;
+        out.more |= limit > 0 && listed.len() >= limit as usize;
+        let mut candidates: BTreeMap<String, i64> = listed.into_iter().collect();
         for d in queued_digests {
             candidates.entry(d).or_insert(at);
         }

@@ -947,6 +947,7 @@ async fn collection_takes_only_unreferenced_old_links(backend: Backend) {
     );
     let one = store.collect(later, 1, false).await.unwrap();
     assert_eq!((one.links.len(), one.garbage.len()), (1, 1));
+    assert!(one.more, "a step at its limit says another may find more");
     assert_eq!(one.garbage[0].digest, config.to_string());
     // A linked-again digest is no garbage: its entry goes unreported.
     store
