@@ -1248,12 +1248,8 @@ impl Store {
                 size: to_u64(size)?,
             });
         }
-        let queued: Vec<(String, i64)> =
-            sqlx::query_as("SELECT digest, since FROM gc_blobs ORDER BY since, digest LIMIT $1")
-                .bind(i64::from(limit))
-                .fetch_all(&mut *tx)
-                .await?;
-        out.more |= limit > 0 && queued.len() >= limit as usize;
+        let (queued, more) = queued_garbage(&mut tx, limit).await?;
+        out.more |= more;
         for (digest, since) in queued {
             if used(&mut tx, &digest).await? {
                 sqlx::query("DELETE FROM gc_blobs WHERE digest = $1 AND since = $2")
@@ -1399,12 +1395,8 @@ impl Store {
                 size: to_u64(size)?,
             });
         }
-        let listed: Vec<(String, i64)> =
-            sqlx::query_as("SELECT digest, since FROM gc_blobs ORDER BY since, digest LIMIT $1")
-                .bind(i64::from(limit))
-                .fetch_all(&mut *conn)
-                .await?;
-        out.more |= limit > 0 && listed.len() >= limit as usize;
+        let (listed, more) = queued_garbage(&mut conn, limit).await?;
+        out.more |= more;
         let mut candidates: BTreeMap<String, i64> = listed.into_iter().collect();
         for d in queued_digests {
             candidates.entry(d).or_insert(at);
@@ -1761,6 +1753,21 @@ async fn queue_garbage(
     .execute(&mut **tx)
     .await?;
     Ok(())
+}
+
+/// The oldest `limit` entries of the garbage queue (digest, since), and
+/// whether the queue may hold more.
+async fn queued_garbage(
+    conn: &mut sqlx::AnyConnection,
+    limit: u32,
+) -> Result<(Vec<(String, i64)>, bool), MetaError> {
+    let listed: Vec<(String, i64)> =
+        sqlx::query_as("SELECT digest, since FROM gc_blobs ORDER BY since, digest LIMIT $1")
+            .bind(i64::from(limit))
+            .fetch_all(&mut *conn)
+            .await?;
+    let more = limit > 0 && listed.len() >= limit as usize;
+    Ok((listed, more))
 }
 
 /// Whether any repository links `digest` or any manifest references it as
