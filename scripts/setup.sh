@@ -3,7 +3,8 @@
 # already there: the Rust toolchain, cmake (pingora's zlib-ng), and the real
 # clients and peers the tests drive (skopeo, oras from PyPI, docker-registry)
 # and the servers they start (redis-server, postgresql, slapd, node's
-# oidc-provider), and sqlite3 (tests read the metadata database).
+# oidc-provider, s3s-fs as the S3-compatible store), and sqlite3 (tests read
+# the metadata database).
 set -euo pipefail
 
 need_apt=()
@@ -50,6 +51,13 @@ if [ "${CAPSTAN_SETUP_MINIMAL:-0}" != 1 ]; then
   [ -d "$oidc_dir/node_modules/oidc-provider" ] || {
     echo "setup: installing oidc-provider (npm)" >&2
     (cd "$oidc_dir" && npm ci --no-audit --no-fund --silent)
+  }
+  # The S3-compatible server the S3 backend is tested against: s3s-fs
+  # (the s3s project's file-backed S3 server, a Rust crate; see README).
+  # 0.14.1 is the newest release this toolchain builds.
+  command -v s3s-fs >/dev/null 2>&1 || [ -x "$HOME/.cargo/bin/s3s-fs" ] || {
+    echo "setup: installing s3s-fs (crates.io)" >&2
+    cargo install -q s3s-fs --version 0.14.1 --features binary --locked -j2
   }
   python3 -c 'import oras' 2>/dev/null || {
     echo "setup: installing oras (PyPI)" >&2

@@ -42,6 +42,9 @@ pub struct Gateway {
     pub sync_metrics: Option<SyncClient>,
     /// Manifest pulls not yet reported to svc-meta.
     pub pulls: Arc<crate::pulls::Pulls>,
+    /// `storage.redirectBlobURL`: answer whole-blob GETs with a redirect to
+    /// the storage backend, for as long as the URL is good for.
+    pub redirect_blobs: Option<std::time::Duration>,
 }
 
 type SyncClient = capstan_proto::direct::SyncClient<capstan_runtime::grpc::Transport>;
@@ -216,6 +219,7 @@ impl Gateway {
             sync: None,
             sync_metrics: None,
             pulls: Arc::default(),
+            redirect_blobs: None,
         }
     }
 

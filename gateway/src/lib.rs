@@ -76,6 +76,10 @@ pub async fn serve(
     };
     let mut app = app::Gateway::new(backends, manifests, authn);
     app.sync = sync.clone().filter(|_| on_demand);
+    app.redirect_blobs = config
+        .storage
+        .redirect_blob_url
+        .then_some(handlers::blobs::REDIRECT_TTL);
     app.sync_metrics = sync;
     let clients = app.backends.meta_all();
     if !clients.is_empty() {

@@ -37,6 +37,12 @@ pub enum BlobError {
         #[source]
         source: std::io::Error,
     },
+    /// The storage backend cannot be reached right now (retry later).
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+    /// More bytes than the backend can take in one blob this way.
+    #[error("{0}")]
+    TooLarge(String),
     /// Inconsistent stored state or a failed internal task.
     #[error("{0}")]
     Internal(String),
@@ -55,6 +61,8 @@ impl BlobError {
                 ErrorCode::RangeInvalid
             }
             BlobError::UploadBusy | BlobError::Stream(_) => ErrorCode::BlobUploadInvalid,
+            BlobError::Unavailable(_) => ErrorCode::Unavailable,
+            BlobError::TooLarge(_) => ErrorCode::SizeInvalid,
             BlobError::Io { .. } | BlobError::Internal(_) => ErrorCode::Internal,
         }
     }

@@ -2,10 +2,12 @@
 //! by digest (one copy per digest, knowing nothing of repositories, tags or
 //! manifests) and the resumable upload sessions that fill it. A blob becomes
 //! visible only once its digest (sha256 or sha512) has been verified, and
-//! only by an atomic step (a rename on the filesystem). Storage sits behind
-//! the narrow [`BlobStore`] trait; [`FsStore`] keeps blobs and upload state
-//! under `storage.rootDirectory`, entirely on disk, so that consecutive calls
-//! of one upload may be served by different replicas sharing that directory.
+//! only by an atomic step (a rename on the filesystem, the completion of a
+//! write in S3). Storage sits behind the narrow [`BlobStore`] trait;
+//! [`FsStore`] keeps blobs and upload state under `storage.rootDirectory`,
+//! [`S3Store`] in the bucket of `storage.storageDriver`; either way upload
+//! state lives in the storage itself, so that consecutive calls of one
+//! upload may be served by different replicas sharing it.
 //! The crate serves the `capstan.blob.v1.BlobService` gRPC contract, removes
 //! upload sessions left idle for longer than `storage.uploadExpiry`, and runs
 //! garbage collection's sweep ([`gc`]), asking svc-meta what is unused.
@@ -16,6 +18,7 @@ mod fs;
 pub mod gc;
 mod hot;
 mod resumable;
+mod s3;
 pub mod scrub;
 mod service;
 mod store;
@@ -25,6 +28,7 @@ mod warm;
 
 pub use error::BlobError;
 pub use fs::FsStore;
+pub use s3::S3Store;
 pub use service::{BlobGrpc, grpc_service};
 pub use store::{BlobStore, ByteStream, StoredMark, UploadId, Verdict};
 pub use warm::WarmCounts;
@@ -73,7 +77,12 @@ pub async fn serve(
     // Embedded mode: the byte-carrying calls skip encoding (grpc::local).
     let streams: Arc<dyn BlobStreams> = Arc::new(BlobGrpc::new(store));
     let _direct = grpc::local::provide(&grpc::listener_url(&listener)?, streams);
-    tracing::info!(addr = %listener.local_addr()?, root = %root.display(), "blob service listening");
+    match &storage.storage_driver {
+        Some(d) => tracing::info!(addr = %listener.local_addr()?, bucket = %d.bucket,
+            prefix = %d.prefix(), "blob service listening"),
+        None => tracing::info!(addr = %listener.local_addr()?, root = %root.display(),
+            "blob service listening"),
+    }
     let served = grpc::serve(routes, listener, shutdown).await;
     // Normally already stopped by the shutdown; not so if the server failed.
     for task in [Some(expiry), gc, scrub].into_iter().flatten() {
@@ -85,11 +94,23 @@ pub async fn serve(
     Ok(())
 }
 
-/// The blob store the configuration names (`storage.rootDirectory`).
+/// The blob store the configuration names: the bucket of
+/// `storage.storageDriver` if set, else `storage.rootDirectory`.
 /// `recover` puts back what a collection interrupted by a crash left in
-/// the trash: for the role itself, not for a tool that runs beside it.
+/// the filesystem's trash: for the role itself, not for a tool that runs
+/// beside it.
 pub async fn open_store(config: &Config, recover: bool) -> anyhow::Result<Arc<dyn BlobStore>> {
     let storage = &config.storage;
+    if let Some(driver) = &storage.storage_driver {
+        let store = S3Store::connect(driver).await.with_context(|| {
+            format!(
+                "cannot open blob storage in bucket {:?} at {}",
+                driver.bucket,
+                driver.endpoint_url().unwrap_or_else(|| "AWS".into())
+            )
+        })?;
+        return Ok(Arc::new(store));
+    }
     let root = &storage.root_directory;
     let fs = if recover {
         FsStore::new(root, storage.commit).await

@@ -10,8 +10,9 @@ use capstan_proto::ServiceError;
 use capstan_proto::blob::v1::blob_service_server::{BlobService, BlobServiceServer};
 use capstan_proto::blob::v1::{
     BlobMetricsRequest, BlobMetricsResponse, CancelUploadResponse, CommitResponse,
-    CommitUploadRequest, DeleteRequest, DeleteResponse, PutChunk, ReadChunk, ReadRequest,
-    StartUploadRequest, StatRequest, StatResponse, UploadRef, UploadState, WriteChunk,
+    CommitUploadRequest, DeleteRequest, DeleteResponse, LocateRequest, LocateResponse, PutChunk,
+    ReadChunk, ReadRequest, StartUploadRequest, StatRequest, StatResponse, UploadRef, UploadState,
+    WriteChunk,
 };
 use capstan_proto::direct::{BlobStreams, MessageStream};
 use capstan_runtime::grpc::{self, MAX_MESSAGE_BYTES};
@@ -113,6 +114,7 @@ impl BlobGrpc {
             ));
         }
         let digest = parse_digest(&first.digest)?;
+        let length = first.length;
         let named = first.digest;
         let data = byte_stream(first.data, rx, move |m: PutChunk| {
             if m.digest.is_empty() || m.digest == named {
@@ -123,7 +125,7 @@ impl BlobGrpc {
                 ))
             }
         });
-        let size = self.store.put(&digest, data).await?;
+        let size = self.store.put_with_length(&digest, length, data).await?;
         Ok(CommitResponse {
             digest: digest.to_string(),
             size,
@@ -154,6 +156,7 @@ impl BlobGrpc {
         let id = UploadId::parse(&first.upload_id)?;
         self.check_owner(&id, &first.owner).await?;
         let named = first.upload_id;
+        let length = first.length;
         // Later messages may repeat the id; their expected_offset is ignored.
         let data = byte_stream(first.data, rx, move |m: WriteChunk| {
             if m.upload_id.is_empty() || m.upload_id == named {
@@ -164,7 +167,11 @@ impl BlobGrpc {
                 ))
             }
         });
-        let offset = self.store.append(&id, first.expected_offset, data).await?;
+        let expected = first.expected_offset;
+        let offset = self
+            .store
+            .append_with_length(&id, expected, length, data)
+            .await?;
         Ok(UploadState {
             upload_id: id.to_string(),
             offset,
@@ -309,6 +316,21 @@ impl BlobService for BlobGrpc {
         };
         let deleted = run.await.map_err(|e| reject("delete", e))?;
         Ok(Response::new(DeleteResponse { deleted }))
+    }
+
+    async fn locate(
+        &self,
+        req: Request<LocateRequest>,
+    ) -> Result<Response<LocateResponse>, Status> {
+        let run = async {
+            let r = req.get_ref();
+            let d = parse_digest(&r.digest)?;
+            let ttl = std::time::Duration::from_secs(r.ttl_seconds.clamp(1, 7 * 24 * 3600));
+            let size = self.store.stat(&d).await?;
+            let url = self.store.presign(&d, ttl).await?.unwrap_or_default();
+            Ok::<_, BlobError>(LocateResponse { url, size })
+        };
+        Ok(Response::new(run.await.map_err(|e| reject("locate", e))?))
     }
 }
 

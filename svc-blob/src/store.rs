@@ -101,6 +101,20 @@ pub trait BlobStore: Send + Sync + 'static {
         data: ByteStream,
     ) -> Result<u64, BlobError>;
 
+    /// [`BlobStore::append`] of a request body announced as `length`
+    /// bytes (its Content-Length): a backend may size its writes by it.
+    /// The announced length is a hint; the bytes decide.
+    async fn append_with_length(
+        &self,
+        id: &UploadId,
+        expected_offset: Option<u64>,
+        length: Option<u64>,
+        data: ByteStream,
+    ) -> Result<u64, BlobError> {
+        let _ = length;
+        self.append(id, expected_offset, data).await
+    }
+
     /// Bytes received so far.
     async fn upload_status(&self, id: &UploadId) -> Result<u64, BlobError>;
 
@@ -114,6 +128,26 @@ pub trait BlobStore: Send + Sync + 'static {
     /// Store a whole blob from `data`, verified against `digest`. Returns its
     /// size.
     async fn put(&self, digest: &Digest, data: ByteStream) -> Result<u64, BlobError>;
+
+    /// [`BlobStore::put`] of a body announced as `length` bytes (see
+    /// [`BlobStore::append_with_length`]).
+    async fn put_with_length(
+        &self,
+        digest: &Digest,
+        length: Option<u64>,
+        data: ByteStream,
+    ) -> Result<u64, BlobError> {
+        let _ = length;
+        self.put(digest, data).await
+    }
+
+    /// A URL from which anyone holding it may GET the blob for `ttl`, when
+    /// the backend has such URLs (`storage.redirectBlobURL`); `None` when
+    /// it has not. BLOB_UNKNOWN when the blob is absent.
+    async fn presign(&self, digest: &Digest, ttl: Duration) -> Result<Option<String>, BlobError> {
+        let _ = (digest, ttl);
+        Ok(None)
+    }
 
     /// Remove a committed blob; `false` when it was absent.
     async fn delete(&self, digest: &Digest) -> Result<bool, BlobError>;

@@ -105,6 +105,7 @@ async fn write(
         .iter()
         .enumerate()
         .map(|(i, p)| WriteChunk {
+            length: None,
             upload_id: if i == 0 {
                 id.to_string()
             } else {
@@ -126,6 +127,7 @@ async fn put(c: &mut Client, digest: &str, parts: &[&[u8]]) -> Result<u64, tonic
         .iter()
         .enumerate()
         .map(|(i, p)| PutChunk {
+            length: None,
             digest: if i == 0 {
                 digest.to_string()
             } else {
@@ -256,6 +258,7 @@ async fn a_64_mib_put_reads_back_identically_by(path: Path) {
     let d = h.finish().to_string();
     let first = d.clone();
     let msgs = stream::iter(0..CHUNKS).map(move |i| PutChunk {
+        length: None,
         digest: if i == 0 { first.clone() } else { String::new() },
         data: chunk(i),
     });
@@ -389,12 +392,14 @@ async fn errors_reach_the_client_as_codes(path: Path) {
     let other = uuid::Uuid::new_v4().to_string();
     let msgs = vec![
         WriteChunk {
+            length: None,
             upload_id: id.clone(),
             expected_offset: Some(3),
             data: Bytes::from_static(b"d"),
             owner: String::new(),
         },
         WriteChunk {
+            length: None,
             upload_id: other,
             expected_offset: None,
             data: Bytes::from_static(b"e"),
@@ -496,6 +501,7 @@ async fn streaming_calls_go_in_process_and_a_dropped_write_keeps_nothing() {
     // A write whose stream never ends, dropped once its first chunk is in.
     let (tx, rx) = tokio::sync::mpsc::channel(1);
     tx.send(WriteChunk {
+        length: None,
         upload_id: id.to_string(),
         expected_offset: Some(3),
         data: Bytes::from(vec![b'x'; CHUNK_BYTES]),

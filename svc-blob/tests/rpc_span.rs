@@ -74,6 +74,7 @@ async fn in_process_calls_log_under_the_callers_trace_id() {
     assert!(line.contains("/capstan.blob.v1.BlobService/Read"), "{line}");
     // A refused put is logged in its span too.
     let chunks: MessageStream<PutChunk> = Box::pin(stream::iter([Ok(PutChunk {
+        length: None,
         digest: "sha256:nope".into(),
         data: Bytes::from_static(b"x"),
     })]));

@@ -408,6 +408,7 @@ async fn store_stream(
                 .await
         })
     };
+    let length = response.content_length();
     let mut body = response.bytes_stream();
     let mut first = true;
     let mut client = client;
@@ -463,6 +464,7 @@ async fn store_stream(
                     String::new()
                 },
                 data: data.clone(),
+                length: if first { length } else { None },
             };
             first = false;
             if tx.send(msg).await.is_err() {
@@ -484,6 +486,7 @@ async fn store_stream(
             .send(PutChunk {
                 digest: digest.to_string(),
                 data: bytes::Bytes::new(),
+                length: Some(0),
             })
             .await;
     }

@@ -1,10 +1,11 @@
 //! Real servers for Capstan's tests: Redis (alone, as a Sentinel group or
-//! as a Cluster), Postgres and OpenLDAP's slapd, each started in its own
+//! as a Cluster), Postgres, OpenLDAP's slapd and an S3-compatible store
+//! (s3s-fs), each started in its own
 //! temporary directory, waited for until it answers, and stopped and removed
 //! on drop. A lone Redis and Postgres listen only on a Unix socket there (no
 //! port to collide with a parallel test or with a server already on the
 //! machine); Sentinel and Cluster members, which name one another by
-//! address, and slapd listen on loopback ports of their own.
+//! address, slapd and s3s-fs listen on loopback ports of their own.
 //!
 //! Only tests depend on this crate.
 
@@ -640,6 +641,104 @@ fn is_root() -> bool {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
         .unwrap_or(false)
+}
+
+/// Access key of every [`S3Server`].
+pub const S3_ACCESS_KEY: &str = "capstan-test";
+/// Secret key of every [`S3Server`].
+pub const S3_SECRET_KEY: &str = "capstan-test-secret";
+
+/// An S3-compatible server of its own: `s3s-fs`, which keeps each bucket as
+/// a directory under a temp dir, on a loopback port, with path-style
+/// addressing and SigV4 checked against [`S3_ACCESS_KEY`] and
+/// [`S3_SECRET_KEY`].
+pub struct S3Server {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+/// `s3s-fs` on the PATH, or where `cargo install` puts it.
+fn s3s_fs() -> PathBuf {
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_default();
+    let installed = home.join(".cargo/bin/s3s-fs");
+    if installed.exists() {
+        installed
+    } else {
+        PathBuf::from("s3s-fs")
+    }
+}
+
+impl S3Server {
+    /// Start the server with one empty bucket, `bucket`.
+    pub fn start(bucket: &str) -> S3Server {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::create_dir(dir.path().join(bucket)).expect("bucket dir");
+        // A port is picked by binding it and letting go; should another
+        // process take it in between, the server exits and another is tried.
+        for _ in 0..10 {
+            let port = free_port();
+            let mut child = Command::new(s3s_fs())
+                .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+                .args(["--access-key", S3_ACCESS_KEY, "--secret-key", S3_SECRET_KEY])
+                .arg(dir.path())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn s3s-fs (scripts/setup.sh installs it)");
+            let deadline = Instant::now() + READY_LIMIT;
+            loop {
+                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return S3Server {
+                        child: Some(child),
+                        dir,
+                        port,
+                    };
+                }
+                if child.try_wait().ok().flatten().is_some() {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "s3s-fs did not become ready");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        panic!("s3s-fs did not start on any of 10 ports");
+    }
+
+    /// `http://127.0.0.1:<port>`.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Another empty bucket.
+    pub fn create_bucket(&self, name: &str) {
+        std::fs::create_dir(self.dir.path().join(name)).expect("bucket dir");
+    }
+
+    /// The file holding object `key` of `bucket`.
+    pub fn object_path(&self, bucket: &str, key: &str) -> PathBuf {
+        self.dir.path().join(bucket).join(key)
+    }
+
+    /// Stop the server at once (SIGKILL).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }
 
 #[cfg(test)]

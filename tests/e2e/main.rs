@@ -9,6 +9,7 @@ mod gc;
 mod layout;
 mod oci;
 mod retention;
+mod s3;
 mod sandbox;
 mod sessions;
 mod spec;

@@ -6,10 +6,15 @@ use crate::app::{Body, Ctx, Gateway, Reply};
 use crate::error::ApiError;
 use crate::range::{RangeOutcome, parse_range};
 use capstan_oci::ErrorCode;
-use capstan_proto::blob::v1::ReadRequest;
+use capstan_proto::blob::v1::{LocateRequest, ReadRequest};
 use capstan_proto::meta::v1::{StatBlobRequest, UnlinkBlobRequest};
 use capstan_proto::sync::v1::FetchBlobRequest;
 use pingora::protocols::http::ServerSession;
+
+/// How long a redirect to the storage backend stays good
+/// (`storage.redirectBlobURL`): long enough for a slow client to start,
+/// short enough that a leaked URL soon stops working.
+pub const REDIRECT_TTL: std::time::Duration = std::time::Duration::from_secs(20 * 60);
 
 pub async fn get(
     gw: &Gateway,
@@ -68,10 +73,30 @@ pub async fn get(
             }
         }
     };
-    let range = session
-        .req_header()
-        .headers
-        .get("range")
+    let range_header = session.req_header().headers.get("range");
+    if let Some(ttl) = gw.redirect_blobs
+        && !ctx.is_head
+        && range_header.is_none()
+        && size > 0
+    {
+        // The client fetches the bytes from the backend itself; a backend
+        // without such URLs answers none, and the bytes come through here.
+        let located = gw
+            .backends
+            .blob()
+            .locate(ctx.rpc(LocateRequest {
+                digest: d.to_string(),
+                ttl_seconds: ttl.as_secs(),
+            }))
+            .await?
+            .into_inner();
+        if !located.url.is_empty() {
+            return Ok(Reply::new(307)
+                .header("Location", located.url)
+                .header("Docker-Content-Digest", d.to_string()));
+        }
+    }
+    let range = range_header
         .and_then(|v| v.to_str().ok())
         .map(|h| parse_range(h, size))
         .unwrap_or(RangeOutcome::Full);

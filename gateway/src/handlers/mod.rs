@@ -1,7 +1,7 @@
 //! Handlers, one module per endpoint family. Each returns a [`Reply`] or an
 //! [`ApiError`]; errors from the backends arrive already typed.
 
-mod blobs;
+pub(crate) mod blobs;
 mod listing;
 mod manifests;
 pub use manifests::{MAX_PUSH_TAGS, push_tags};

@@ -152,6 +152,7 @@ async fn monolithic(
 ) -> Result<Reply, ApiError> {
     let mut client = gw.backends.blob();
     let digest_text = digest.to_string();
+    let length = body::content_length(session);
     let committed = stream_body(
         session,
         |first, data| PutChunk {
@@ -161,6 +162,7 @@ async fn monolithic(
                 String::new()
             },
             data,
+            length: if first { length } else { None },
         },
         |stream| client.put(ctx.rpc(stream)),
     )
@@ -219,9 +221,11 @@ async fn append(
         }
     };
     let mut client = gw.backends.blob();
+    let length = body::content_length(session);
     let state = stream_body(
         session,
         |first, data| WriteChunk {
+            length: if first { length } else { None },
             upload_id: if first { id.to_string() } else { String::new() },
             expected_offset: if first { expected_offset } else { None },
             owner: if first {

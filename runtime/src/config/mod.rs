@@ -12,6 +12,7 @@ pub mod auth;
 mod casefold;
 pub mod extensions;
 pub mod retention;
+pub mod storage_driver;
 
 pub use auth::{AccessControlConfig, AuthConfig};
 pub use extensions::{Extensions, SyncConfig};
@@ -110,10 +111,18 @@ pub struct StorageConfig {
     /// `0` runs none on a schedule (`capstan gc` still does).
     #[serde(default, with = "opt_duration")]
     pub gc_interval: Option<Duration>,
-    /// zot's `storageDriver` (S3 and others). Not implemented yet:
-    /// reported as ignored; blobs stay under `rootDirectory`.
+    /// zot's `storageDriver`: keep blob bytes in an S3-compatible bucket
+    /// instead of under `rootDirectory` (see
+    /// [`storage_driver::StorageDriverConfig`]). `rootDirectory` still
+    /// holds the embedded SQLite database.
     #[serde(default)]
-    pub storage_driver: Option<serde_json::Value>,
+    pub storage_driver: Option<storage_driver::StorageDriverConfig>,
+    /// Answer blob GETs with a 307 redirect to a presigned URL of the
+    /// storage driver, so that clients fetch the bytes from the bucket
+    /// directly (Capstan; needs `storageDriver`; never for `Range`
+    /// requests).
+    #[serde(default)]
+    pub redirect_blob_url: bool,
     /// zot's `cacheDriver` (its dedupe cache). Capstan keeps what it needs
     /// in its own database: reported as ignored.
     #[serde(default)]
@@ -175,6 +184,7 @@ impl Default for StorageConfig {
             gc_delay: None,
             gc_interval: None,
             storage_driver: None,
+            redirect_blob_url: false,
             cache_driver: None,
             remote_cache: None,
             retention: None,
@@ -426,12 +436,6 @@ impl Loaded {
                 "blobs are content-addressed: each digest is always stored once",
             ),
             (
-                "storage.storageDriver",
-                st.storage_driver.is_some(),
-                "storage drivers (S3 and others) are not implemented yet; \
-                 blobs stay on the filesystem under rootDirectory",
-            ),
-            (
                 "storage.cacheDriver",
                 st.cache_driver.is_some(),
                 "zot's dedupe cache; Capstan keeps what it needs in its own database",
@@ -552,6 +556,9 @@ impl Loaded {
                 out.extend(sync.ignored());
             }
         }
+        if let Some(d) = &st.storage_driver {
+            out.extend(d.ignored());
+        }
         if let Some(d) = self
             .config
             .http
@@ -664,6 +671,20 @@ impl Config {
                 "http.ReadOnly",
                 "a read-only registry is not supported; grant no create, update or \
                  delete in http.accessControl instead",
+            ));
+        }
+        if let Some((key, message)) = self
+            .storage
+            .storage_driver
+            .as_ref()
+            .and_then(|d| d.problem())
+        {
+            return Err(invalid(key, &message));
+        }
+        if self.storage.redirect_blob_url && self.storage.storage_driver.is_none() {
+            return Err(invalid(
+                "storage.redirectBlobURL",
+                "needs storage.storageDriver: blobs on the filesystem have no URL to redirect to",
             ));
         }
         if matches!(self.log.format.as_deref(), Some(f) if f != "text" && f != "json") {
@@ -805,6 +826,17 @@ pub fn summary(config: &Config) -> BTreeMap<&'static str, String> {
     );
     m.insert("tls", config.http.tls.is_some().to_string());
     m.insert("root", config.storage.root_directory.display().to_string());
+    if let Some(d) = &config.storage.storage_driver {
+        m.insert(
+            "blobs",
+            format!(
+                "s3://{}/{} at {}",
+                d.bucket,
+                d.prefix(),
+                d.endpoint_url().unwrap_or_else(|| "AWS".into())
+            ),
+        );
+    }
     m.insert("database", redact_password(&config.database_url()));
     let st = &config.storage;
     m.insert(
@@ -1008,7 +1040,10 @@ mod tests {
         let l = load(
             json!({"storage": {"gc": true, "gcDelay": "2h", "gcInterval": "1h",
             "dedupe": true, "retention": {"policies": []}, "subPaths": {"/a": {}},
-            "storageDriver": {"name": "s3"}},
+            "storageDriver": {"name": "s3", "rootdirectory": "/zot", "region": "us-east-2",
+                "regionendpoint": "localhost:4566", "bucket": "zot-storage",
+                "forcepathstyle": true, "secure": false, "skipverify": false,
+                "storageclass": "STANDARD"}},
             "extensions": {"search": {"enable": true}, "ui": {"enable": true},
                 "sync": {"enable": false}},
             "scheduler": {"NumWorkers": 3}}),
@@ -1019,13 +1054,23 @@ mod tests {
         assert_eq!(
             keys,
             [
-                "storage.storageDriver",
                 "storage.subPaths",
                 "scheduler",
                 "extensions.search",
                 "extensions.ui",
+                "storage.storageDriver.storageclass",
             ]
         );
+        let d = l.config.storage.storage_driver.as_ref().unwrap();
+        assert_eq!(d.prefix(), "zot");
+        assert_eq!(d.endpoint_url().unwrap(), "http://localhost:4566");
+        assert_eq!(d.force_path_style, Some(true));
+        // A driver Capstan lacks, or a bucketless one, is an error.
+        let err = load(json!({"storage": {"storageDriver": {"name": "gcs", "bucket": "b"}}}))
+            .unwrap_err();
+        assert!(err.to_string().contains("storageDriver.name"), "{err}");
+        let err = load(json!({"storage": {"redirectBlobURL": true}})).unwrap_err();
+        assert!(err.to_string().contains("redirectBlobURL"), "{err}");
         // dedupe: true is what Capstan does anyway; false is not.
         let l = load(json!({"storage": {"dedupe": false}})).unwrap();
         assert_eq!(l.ignored_keys()[0].0, "storage.dedupe");

@@ -1,0 +1,205 @@
+#!/usr/bin/env bash
+# Blob throughput on S3, in one run: Capstan (storage.storageDriver) and
+# Debian's docker-registry (distribution 2.8, its s3 driver) side by side,
+# each on its own bucket of one s3s-fs server on loopback. Alternating reps
+# of: a monolithic push of BENCH_SIZE_MIB (256) MiB, a chunked push of the
+# same size in BENCH_CHUNK_MIB (16) MiB PATCHes, a pull of the first, and
+# BENCH_IMAGES (200) small images pushed BENCH_CONCURRENCY (16) at a time;
+# with each server's peak RSS during the pushes (memory must not grow with
+# the blob). Writes bench/results-s3-latest.md. Everything it started is
+# stopped and the temp dir removed on exit. BENCH_SKIP_BUILD=1 uses the
+# binaries already built.
+set -euo pipefail
+
+HERE=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(cd "$HERE/.." && pwd)
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/capstan-target}
+REPS=${BENCH_REPS:-3}
+SIZE_MIB=${BENCH_SIZE_MIB:-256}
+CHUNK_MIB=${BENCH_CHUNK_MIB:-16}
+COUNT=${BENCH_IMAGES:-200}
+CONC=${BENCH_CONCURRENCY:-16}
+OUT_MD="$HERE/results-s3-latest.md"
+AK=bench-access SK=bench-secret-key
+log() { printf '== %s\n' "$*" >&2; }
+
+[ -x /usr/bin/docker-registry ] || { log "needs docker-registry (apt install docker-registry)"; exit 1; }
+S3S=$(command -v s3s-fs || echo "$HOME/.cargo/bin/s3s-fs")
+[ -x "$S3S" ] || { log "needs s3s-fs (scripts/setup.sh installs it)"; exit 1; }
+if [ "${BENCH_SKIP_BUILD:-0}" != 1 ]; then
+    (cd "$ROOT" && cargo build --release -j2 -p capstan --bin capstan -p capstan-bench --bin capstan-bench)
+fi
+CAPSTAN="$CARGO_TARGET_DIR/release/capstan"
+BENCH="$CARGO_TARGET_DIR/release/capstan-bench"
+
+TMP=$(mktemp -d /tmp/capstan-s3-bench.XXXXXX)
+PIDS=()
+cleanup() {
+    local pid
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+    rm -rf "$TMP"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+wait_http() { # NAME PID URL CODES: bounded poll until URL answers one of CODES
+    local i code
+    for ((i = 0; i < 600; i++)); do
+        kill -0 "$2" 2>/dev/null || { log "$1 exited"; cat "$TMP/$1.log" >&2; exit 1; }
+        code=$(curl -s -o /dev/null -m 1 -w '%{http_code}' "$3" || true)
+        [[ $code =~ ^($4)$ ]] && return 0
+        sleep 0.05
+    done
+    log "$1 not ready at $3"; exit 1
+}
+field() { python3 -c 'import json,sys; v=json.loads(sys.argv[1]).get(sys.argv[2]); print("" if v is None else v)' "$1" "$2"; }
+rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
+
+# ------------------------------------------------ the S3 server
+S3_PORT=$(free_port)
+mkdir -p "$TMP/s3/capstan" "$TMP/s3/distribution"
+"$S3S" --host 127.0.0.1 --port "$S3_PORT" --access-key "$AK" --secret-key "$SK" "$TMP/s3" >"$TMP/s3s.log" 2>&1 &
+S3_PID=$!
+PIDS+=("$S3_PID")
+S3_URL="http://127.0.0.1:$S3_PORT"
+wait_http s3s "$S3_PID" "$S3_URL/" '[1-5][0-9][0-9]'
+
+# ------------------------------------------------ Capstan
+cat >"$TMP/capstan.json" <<JSON
+{"storage":{"rootDirectory":"$TMP/capstan","gc":false,
+  "storageDriver":{"name":"s3","rootdirectory":"/capstan","region":"us-east-1",
+    "regionendpoint":"$S3_URL","bucket":"capstan","forcepathstyle":true,
+    "accesskey":"$AK","secretkey":"$SK"}},
+ "http":{"address":"127.0.0.1","port":"0"},"log":{"level":"warn"}}
+JSON
+"$CAPSTAN" serve -c "$TMP/capstan.json" >"$TMP/capstan.out" 2>"$TMP/capstan.log" &
+CAPSTAN_PID=$!
+PIDS+=("$CAPSTAN_PID")
+CAPSTAN_URL=
+for ((i = 0; i < 600; i++)); do
+    CAPSTAN_URL=$(sed -n 's|^capstan: serving \(http://[^ ]*\).*|\1|p' "$TMP/capstan.out" | head -n1)
+    [ -n "$CAPSTAN_URL" ] && break
+    kill -0 "$CAPSTAN_PID" 2>/dev/null || { log "capstan exited:"; cat "$TMP/capstan.out" "$TMP/capstan.log" >&2; exit 1; }
+    sleep 0.05
+done
+[ -n "$CAPSTAN_URL" ] || { log "capstan printed no 'serving' line"; exit 1; }
+wait_http capstan "$CAPSTAN_PID" "$CAPSTAN_URL/v2/" '200'
+
+# ------------------------------------------------ docker-registry on its s3 driver
+DIST_PORT=$(free_port)
+cat >"$TMP/distribution.yml" <<YAML
+version: 0.1
+log:
+  level: warn
+  accesslog:
+    disabled: true
+storage:
+  s3:
+    accesskey: $AK
+    secretkey: $SK
+    region: us-east-1
+    regionendpoint: $S3_URL
+    bucket: distribution
+    rootdirectory: /distribution
+    secure: false
+    v4auth: true
+    chunksize: 16777216
+  delete:
+    enabled: true
+  redirect:
+    disable: true
+http:
+  addr: 127.0.0.1:$DIST_PORT
+YAML
+/usr/bin/docker-registry serve "$TMP/distribution.yml" >"$TMP/distribution.log" 2>&1 &
+DIST_PID=$!
+PIDS+=("$DIST_PID")
+DIST_URL="http://127.0.0.1:$DIST_PORT"
+wait_http distribution "$DIST_PID" "$DIST_URL/v2/" '200'
+log "s3s-fs $S3_URL, capstan $CAPSTAN_URL, docker-registry $DIST_URL"
+
+declare -A PID_OF=([capstan]=$CAPSTAN_PID [distribution]=$DIST_PID)
+declare -A URL_OF=([capstan]=$CAPSTAN_URL [distribution]=$DIST_URL)
+RESULTS="$TMP/results.jsonl"
+: >"$RESULTS"
+
+# measure TARGET REP LABEL CMD...: run CMD while sampling the server's RSS;
+# append its JSON line with the label and the peak RSS to $RESULTS.
+LAST=
+measure() {
+    local target=$1 rep=$2 label=$3; shift 3
+    local pid=${PID_OF[$target]} max=0 rss rc=0 line
+    timeout 900 "$@" >"$TMP/run.out" 2>"$TMP/run.err" &
+    local job=$!
+    while kill -0 "$job" 2>/dev/null; do
+        rss=$(rss_kib "$pid")
+        ((rss > max)) && max=$rss
+        sleep 0.02
+    done
+    wait "$job" || rc=$?
+    line=$(grep -m1 '^{' "$TMP/run.out" || true)
+    [ -n "$line" ] || line="{\"ok\":false,\"error\":\"exit $rc: $(tail -c 300 "$TMP/run.err" | tr -d '"\n')\"}"
+    LAST=$(python3 -c 'import json,sys; d=json.loads(sys.argv[1]); d.update(label=sys.argv[2], target=sys.argv[3], rep=int(sys.argv[4]), rss_max_kib=int(sys.argv[5])); print(json.dumps(d))' \
+        "$line" "$label" "$target" "$rep" "$max")
+    echo "$LAST" >>"$RESULTS"
+    log "$target $label rep $rep: $(field "$LAST" mib_per_s)$(field "$LAST" images_per_s) (ok=$(field "$LAST" ok), rss ${max} KiB)"
+}
+
+T="--timeout-s 600"
+for ((rep = 1; rep <= REPS; rep++)); do
+    if ((rep % 2)); then order=(capstan distribution); else order=(distribution capstan); fi
+    declare -A DIGEST=()
+    for target in "${order[@]}"; do
+        # docker-registry ignores a monolithic POST's body: POST + PUT for both.
+        measure "$target" "$rep" push-mono "$BENCH" push-mono --url "${URL_OF[$target]}" $T \
+            --size-mib "$SIZE_MIB" --seed $((rep * 10 + 1)) --method post-put
+        DIGEST[$target]=$(field "$LAST" digest)
+    done
+    for target in "${order[@]}"; do
+        measure "$target" "$rep" push-chunked "$BENCH" push-chunked --url "${URL_OF[$target]}" $T \
+            --size-mib "$SIZE_MIB" --chunk-mib "$CHUNK_MIB" --seed $((rep * 10 + 2))
+    done
+    for target in "${order[@]}"; do
+        [ -n "${DIGEST[$target]}" ] || continue
+        measure "$target" "$rep" pull "$BENCH" pull --url "${URL_OF[$target]}" $T \
+            --repo bench --digest "${DIGEST[$target]}" --expect-size $((SIZE_MIB << 20)) --seed $((rep * 10 + 1))
+    done
+    for target in "${order[@]}"; do
+        measure "$target" "$rep" small-images "$BENCH" small-images --url "${URL_OF[$target]}" $T \
+            --count "$COUNT" --concurrency "$CONC" --repo "bench/small-$rep" --method post-put
+    done
+done
+
+python3 - "$RESULTS" "$OUT_MD" "$SIZE_MIB" "$CHUNK_MIB" "$COUNT" "$CONC" "$REPS" <<'PY'
+import json, statistics, sys, datetime, subprocess
+rows = [json.loads(l) for l in open(sys.argv[1])]
+size, chunk, count, conc, reps = sys.argv[3:8]
+labels = [("push-mono", "mib_per_s", f"push {size} MiB (POST + PUT), MiB/s"),
+          ("push-chunked", "mib_per_s", f"push {size} MiB in {chunk} MiB PATCHes, MiB/s"),
+          ("pull", "mib_per_s", f"pull {size} MiB, MiB/s"),
+          ("small-images", "images_per_s", f"{count} small images, {conc} at a time, images/s")]
+def cell(label, target, key):
+    vals = [r.get(key) for r in rows if r["label"] == label and r["target"] == target and r.get("ok")]
+    failed = sum(1 for r in rows if r["label"] == label and r["target"] == target and not r.get("ok"))
+    if not vals:
+        return "failed" if failed else "-"
+    med = statistics.median(vals)
+    s = f"{med:.1f}" + (f" ({min(vals):.1f}–{max(vals):.1f})" if len(vals) > 1 else "")
+    return s + (f", {failed} failed" if failed else "")
+def rss(target):
+    v = [r["rss_max_kib"] for r in rows if r["target"] == target and r["label"].startswith("push")]
+    return f"{max(v) / 1024:.1f} MiB" if v else "-"
+commit = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True).stdout.strip()
+out = [f"# S3 backend: Capstan vs docker-registry ({datetime.datetime.utcnow():%Y-%m-%d %H:%M} UTC, {commit})", "",
+       f"Both on one s3s-fs server on loopback (separate buckets), {reps} alternating reps; median (min–max).", "",
+       "| scenario | Capstan | docker-registry |", "|---|---|---|"]
+for label, key, title in labels:
+    out.append(f"| {title} | {cell(label, 'capstan', key)} | {cell(label, 'distribution', key)} |")
+out.append(f"| peak RSS during the pushes | {rss('capstan')} | {rss('distribution')} |")
+open(sys.argv[2], "w").write("\n".join(out) + "\n")
+print("\n".join(out))
+PY

@@ -1,0 +1,321 @@
+//! The S3 backend (`storage.storageDriver`) against a real S3-compatible
+//! server (s3s-fs): skopeo and oras push and pull in embedded mode, with
+//! blob GETs redirected to the bucket (`storage.redirectBlobURL`), and in
+//! distributed mode through two svc-blob replicas that share no disk.
+
+use crate::clients::{run, write_layout_sized};
+use crate::oci::{random_bytes, sha256};
+use crate::sandbox::{Process, Sandbox, wait_ready};
+use capstan_testkit::{S3_ACCESS_KEY, S3_SECRET_KEY, S3Server};
+use serde_json::{Value, json};
+use std::path::Path;
+use std::process::Command;
+
+pub(crate) const BUCKET: &str = "registry";
+const MIB: usize = 1024 * 1024;
+
+/// A fresh S3 server with an empty bucket.
+pub(crate) async fn s3_server() -> S3Server {
+    tokio::task::spawn_blocking(|| S3Server::start(BUCKET))
+        .await
+        .unwrap()
+}
+
+/// `storage.storageDriver` for `server`, as a zot user writes it.
+pub(crate) fn driver(server: &S3Server) -> Value {
+    json!({
+        "name": "s3",
+        "rootdirectory": "/zot",
+        "region": "us-east-1",
+        "regionendpoint": server.endpoint(),
+        "bucket": BUCKET,
+        "forcepathstyle": true,
+        "secure": false,
+        "accesskey": S3_ACCESS_KEY,
+        "secretkey": S3_SECRET_KEY,
+        "chunksize": 5 * MIB,
+    })
+}
+
+/// Whether the bucket holds blob `digest`.
+pub(crate) fn in_bucket(server: &S3Server, digest: &str) -> bool {
+    let (alg, hex) = digest.split_once(':').unwrap();
+    server
+        .object_path(BUCKET, &format!("zot/blobs/{alg}/{hex}"))
+        .exists()
+}
+
+/// Every file under `dir`, at any depth.
+fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                todo.push(e.path());
+            } else {
+                out.push(e.path());
+            }
+        }
+    }
+    out
+}
+
+/// skopeo copies `layers` layers of about `sizes` bytes to `repo:tag` at
+/// `host` and back, and every blob comes back identical.
+fn skopeo_round_trip(host: &str, repo: &str, sizes: &[usize]) -> Vec<String> {
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    let digest = write_layout_sized(&src, "v1", sizes);
+    let dest = format!("docker://{host}/{repo}:v1");
+    run(Command::new("skopeo").args([
+        "--insecure-policy",
+        "copy",
+        "--preserve-digests",
+        "--dest-tls-verify=false",
+        &format!("oci:{}:v1", src.display()),
+        &dest,
+    ]));
+    let back = work.path().join("back");
+    run(Command::new("skopeo").args([
+        "--insecure-policy",
+        "copy",
+        "--src-tls-verify=false",
+        &dest,
+        &format!("oci:{}:v1", back.display()),
+    ]));
+    let index: Value =
+        serde_json::from_slice(&std::fs::read(back.join("index.json")).unwrap()).unwrap();
+    assert_eq!(index["manifests"][0]["digest"], digest.as_str());
+    let mut digests = Vec::new();
+    for entry in std::fs::read_dir(src.join("blobs/sha256")).unwrap() {
+        let entry = entry.unwrap();
+        let name = format!("sha256:{}", entry.file_name().to_str().unwrap());
+        if name == digest {
+            // The manifest: svc-meta keeps it.
+            continue;
+        }
+        let copied = back.join("blobs/sha256").join(entry.file_name());
+        assert_eq!(
+            std::fs::read(entry.path()).unwrap(),
+            std::fs::read(&copied).unwrap(),
+            "blob {:?} changed on the way",
+            entry.file_name()
+        );
+        digests.push(name);
+    }
+    digests
+}
+
+/// oras pushes `len` random bytes as an artifact (chunked in `chunk`-byte
+/// PATCHes when non-zero) and pulls them back identical; returns their
+/// digest.
+fn oras_round_trip(host: &str, repo: &str, len: usize, chunk: usize) -> String {
+    let work = tempfile::tempdir().unwrap();
+    let file = work.path().join("payload.bin");
+    let bytes = random_bytes(len);
+    std::fs::write(&file, &bytes).unwrap();
+    let out = work.path().join("out");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/clients/oras_roundtrip.py"
+    );
+    let mut cmd = Command::new("python3");
+    cmd.args([script, host, repo, "v1", file.to_str().unwrap()])
+        .arg(&out);
+    if chunk > 0 {
+        cmd.arg(chunk.to_string());
+    }
+    let pulled = run(&mut cmd);
+    let path = pulled.lines().next().expect("oras pulled a file");
+    assert_eq!(std::fs::read(path.trim()).unwrap(), bytes, "oras pull");
+    sha256(&bytes)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn skopeo_and_oras_push_and_pull_on_s3_in_embedded_mode() {
+    let server = s3_server().await;
+    let sb = Sandbox::start_with(json!({"storage": {"storageDriver": driver(&server)}})).await;
+    // A layer over two parts of 5 MiB goes as a multipart upload.
+    let digests = skopeo_round_trip(&sb.host(), "s3/img", &[200_000, 11 * MIB]);
+    for d in &digests {
+        assert!(in_bucket(&server, d), "{d} is not in the bucket");
+    }
+    // Nothing of the blobs is on the registry's disk.
+    assert!(!sb.dir.path().join("data/blobs").exists());
+    // oras: monolithic, then chunked in PATCHes of 5 MiB (joined in the
+    // bucket) and of 3 MiB (streamed through once).
+    for (repo, chunk) in [("s3/mono", 0), ("s3/even", 5 * MIB), ("s3/odd", 3 * MIB)] {
+        let d = oras_round_trip(&sb.host(), repo, 12 * MIB + 17, chunk);
+        assert!(in_bucket(&server, &d), "{repo}: {d} is not in the bucket");
+    }
+    // No upload is left behind in the bucket (s3s-fs keeps the emptied
+    // directories of removed objects: only files count).
+    let uploads = server.object_path(BUCKET, "zot/uploads");
+    let left = files_under(&uploads);
+    assert!(left.is_empty(), "uploads left: {left:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blob_gets_redirect_to_the_bucket_except_ranges_and_heads() {
+    let server = s3_server().await;
+    let sb = Sandbox::start_with(json!({"storage": {
+        "storageDriver": driver(&server), "redirectBlobURL": true}}))
+    .await;
+    let bytes = random_bytes(300_000);
+    let d = sb.push_blob("redir/app", &bytes).await;
+    let no_follow = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let r = no_follow
+        .get(sb.url(&format!("/v2/redir/app/blobs/{d}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 307);
+    assert_eq!(r.headers()["docker-content-digest"], d.as_str());
+    let location = r.headers()["location"].to_str().unwrap().to_string();
+    assert!(
+        location.starts_with(&server.endpoint()),
+        "redirected to {location}"
+    );
+    // The presigned URL serves the blob with no registry credentials.
+    let fetched = no_follow.get(&location).send().await.unwrap();
+    assert_eq!(fetched.status(), 200);
+    assert_eq!(fetched.bytes().await.unwrap(), bytes);
+    // Ranges and HEADs are answered here.
+    let r = no_follow
+        .get(sb.url(&format!("/v2/redir/app/blobs/{d}")))
+        .header("Range", "bytes=10-19")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 206);
+    assert_eq!(r.bytes().await.unwrap(), &bytes[10..20]);
+    let r = no_follow
+        .head(sb.url(&format!("/v2/redir/app/blobs/{d}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-length"], "300000");
+    // An unknown blob is still 404 here, not a redirect.
+    let absent = sha256(b"absent");
+    let r = no_follow
+        .get(sb.url(&format!("/v2/redir/app/blobs/{absent}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    // Clients follow the redirect: skopeo pulls through it.
+    skopeo_round_trip(&sb.host(), "redir/img", &[100_000, 200_000]);
+}
+
+/// A role of a distributed registry with a configuration file of its own
+/// and a root directory of its own (no shared disk).
+fn role(dir: &Path, name: &str, args: &[&str], config: Value) -> Process {
+    let root = dir.join(name);
+    let mut cfg = json!({"storage": {"rootDirectory": root}, "http": {"port": 0}});
+    crate::sandbox::merge(&mut cfg, config);
+    let path = dir.join(format!("{name}.json"));
+    std::fs::write(&path, serde_json::to_vec(&cfg).unwrap()).unwrap();
+    let mut all = vec!["-c", path.to_str().unwrap()];
+    all.extend_from_slice(args);
+    Process::spawn(&all, &dir.join(format!("{name}.log")))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_blob_replicas_on_s3_share_no_disk_and_serve_one_registry() {
+    let server = s3_server().await;
+    let dir = tempfile::tempdir().unwrap();
+    let grpc = ["--listen", "127.0.0.1:0"];
+    let storage = json!({"storage": {"storageDriver": driver(&server)}});
+    let meta = role(
+        dir.path(),
+        "meta",
+        &[&["--role", "meta"][..], &grpc].concat(),
+        json!({}),
+    );
+    let blob_a = role(
+        dir.path(),
+        "blob-a",
+        &[&["--role", "blob"][..], &grpc].concat(),
+        storage.clone(),
+    );
+    let blob_b = role(
+        dir.path(),
+        "blob-b",
+        &[&["--role", "blob"][..], &grpc].concat(),
+        storage.clone(),
+    );
+    let gw = role(
+        dir.path(),
+        "gateway",
+        &["--role", "gateway"],
+        json!({"services": {"meta": {"endpoints": [meta.url]},
+                            "blob": {"endpoints": [blob_a.url, blob_b.url]}}}),
+    );
+    let client = reqwest::Client::new();
+    wait_ready(&client, &format!("{}/v2/", gw.url)).await;
+    let host = gw.url.trim_start_matches("http://").to_string();
+
+    // A chunked upload whose PATCHes alternate between the replicas.
+    let data = random_bytes(4 * MIB + 3);
+    let d = sha256(&data);
+    let r = client
+        .post(format!("{}/v2/dist/blobs/uploads/", gw.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let mut loc = r.headers()["location"].to_str().unwrap().to_string();
+    let id = loc.rsplit('/').next().unwrap().to_string();
+    for start in (0..data.len()).step_by(MIB) {
+        let end = (start + MIB).min(data.len());
+        let r = client
+            .patch(format!("{}{loc}", gw.url))
+            .header("Content-Range", format!("{start}-{}", end - 1))
+            .body(data[start..end].to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202, "{}", r.text().await.unwrap());
+        loc = r.headers()["location"].to_str().unwrap().to_string();
+    }
+    let r = client
+        .put(format!("{}{loc}?digest={d}", gw.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    for replica in [&blob_a, &blob_b] {
+        let log = replica.log_text();
+        let appends = log
+            .lines()
+            .filter(|l| l.contains(&id) && l.contains("append"))
+            .count();
+        assert!(
+            appends >= 2,
+            "replica {} appended {appends} times",
+            replica.url
+        );
+    }
+    assert!(in_bucket(&server, &d));
+    for name in ["blob-a", "blob-b"] {
+        assert!(
+            !dir.path().join(name).join("blobs").exists(),
+            "{name} kept blobs on its disk"
+        );
+    }
+    // Real clients through both replicas.
+    let digests = skopeo_round_trip(&host, "dist/img", &[300_000, 6 * MIB]);
+    for d in &digests {
+        assert!(in_bucket(&server, d), "{d} is not in the bucket");
+    }
+    oras_round_trip(&host, "dist/oras", 7 * MIB, 2 * MIB);
+    drop(gw);
+}
