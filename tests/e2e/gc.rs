@@ -69,14 +69,48 @@ fn blobs(report: &Value) -> BTreeSet<String> {
         .collect()
 }
 
-/// Where the filesystem backend keeps a blob's bytes.
-fn blob_file(sb: &Sandbox, digest: &str) -> std::path::PathBuf {
-    let hex = digest.trim_start_matches("sha256:");
-    sb.dir
-        .path()
-        .join("data/blobs/sha256")
-        .join(&hex[..2])
-        .join(hex)
+/// Where a test's blob bytes live: on the filesystem under the sandbox's
+/// root, or in a bucket of an S3 server of its own.
+pub(crate) enum Blobs {
+    Fs,
+    S3(capstan_testkit::S3Server),
+}
+
+impl Blobs {
+    async fn s3() -> Blobs {
+        Blobs::S3(crate::s3::s3_server().await)
+    }
+
+    /// A configuration with `storage` and this backend.
+    fn config(&self, mut storage: Value, rest: Value) -> Value {
+        if let Blobs::S3(server) = self {
+            storage["storageDriver"] = crate::s3::driver(server);
+        }
+        let mut cfg = json!({ "storage": storage });
+        crate::sandbox::merge(&mut cfg, rest);
+        cfg
+    }
+
+    /// The file that holds a blob's bytes (s3s-fs keeps each object as a
+    /// file).
+    fn file(&self, sb: &Sandbox, digest: &str) -> std::path::PathBuf {
+        let hex = digest.trim_start_matches("sha256:");
+        match self {
+            Blobs::Fs => sb
+                .dir
+                .path()
+                .join("data/blobs/sha256")
+                .join(&hex[..2])
+                .join(hex),
+            Blobs::S3(server) => {
+                server.object_path(crate::s3::BUCKET, &format!("zot/blobs/sha256/{hex}"))
+            }
+        }
+    }
+
+    fn holds(&self, sb: &Sandbox, digest: &str) -> bool {
+        self.file(sb, digest).exists()
+    }
 }
 
 /// Dry runs until one lists `want` among its links (they are older than
@@ -138,11 +172,22 @@ fn manifest(config: &[u8], layers: &[&[u8]]) -> Value {
 /// upload still gets its manifest accepted (distribution#3045).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gc_removes_what_nothing_references_and_the_dry_run_says_so_first() {
+    removes_what_nothing_references(Blobs::Fs).await;
+}
+
+/// The same on the S3 backend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gc_on_s3_removes_what_nothing_references_and_the_dry_run_says_so_first() {
+    removes_what_nothing_references(Blobs::s3().await).await;
+}
+
+async fn removes_what_nothing_references(store: Blobs) {
     // No scheduled runs: `capstan gc` runs them. A lookup keeps a link
     // young for `gcDelay`, long enough for the checks below on a busy
     // machine.
     let mut sb =
-        Sandbox::start_with(json!({"storage": {"gcDelay": "5s", "gcInterval": "0s"}})).await;
+        Sandbox::start_with(store.config(json!({"gcDelay": "5s", "gcInterval": "0s"}), json!({})))
+            .await;
     let config = br#"{"architecture":"amd64","os":"linux"}"#.to_vec();
     let (shared, own) = (random_bytes(3000), random_bytes(2000));
     for repo in ["one", "two"] {
@@ -206,7 +251,7 @@ async fn gc_removes_what_nothing_references_and_the_dry_run_says_so_first() {
     );
     // The dry run changed nothing (a lookup here would renew the link: a
     // blob in use is not garbage).
-    assert!(blob_file(&sb, &d_orphan).exists());
+    assert!(store.holds(&sb, &d_orphan));
 
     // A real run beside the running registry is refused: its gateway
     // would not hear of the changes. Stopped, it goes ahead.
@@ -219,7 +264,7 @@ async fn gc_removes_what_nothing_references_and_the_dry_run_says_so_first() {
     assert_eq!(blobs(&done), blobs(&planned));
     assert_eq!(done["bytes_freed"], planned["bytes_freed"]);
     for d in &expected_blobs {
-        assert!(!blob_file(&sb, d).exists(), "{d} still stored");
+        assert!(!store.holds(&sb, d), "{d} still stored");
     }
     assert_eq!(
         sb.get(&format!("/v2/one/blobs/{d_orphan}")).await.status(),
@@ -254,8 +299,20 @@ struct Pushed {
 /// were pushed to a repository that never referenced them).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn gc_during_100_concurrent_pushes_deletes_nothing_they_reference() {
+    concurrent_pushes_keep_their_blobs(Blobs::Fs).await;
+}
+
+/// The same on the S3 backend, where removals and stores meet through
+/// lease objects in the bucket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn gc_on_s3_during_100_concurrent_pushes_deletes_nothing_they_reference() {
+    concurrent_pushes_keep_their_blobs(Blobs::s3().await).await;
+}
+
+async fn concurrent_pushes_keep_their_blobs(store: Blobs) {
     let sb = Arc::new(
-        Sandbox::start_with(json!({"storage": {"gcDelay": "8s", "gcInterval": "1s"}})).await,
+        Sandbox::start_with(store.config(json!({"gcDelay": "8s", "gcInterval": "1s"}), json!({})))
+            .await,
     );
     const SHARED: usize = 40;
     let shared = |k: usize| format!("layer shared by garbage and pushes {k}").into_bytes();
@@ -306,7 +363,7 @@ async fn gc_during_100_concurrent_pushes_deletes_nothing_they_reference() {
     let mut left = junk.clone();
     while !left.is_empty() {
         assert!(Instant::now() < deadline, "junk not collected: {left:?}");
-        left.retain(|d| blob_file(&sb, d).exists());
+        left.retain(|d| store.holds(&sb, d));
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     for d in &junk {
@@ -340,7 +397,7 @@ async fn gc_during_100_concurrent_pushes_deletes_nothing_they_reference() {
     assert!(!log.contains("garbage collection failed"), "{log}");
     // The shared layers were garbage in `junk` only.
     for k in 0..SHARED {
-        assert!(blob_file(&sb, &sha256(&shared(k))).exists() || !used(&images, k, SHARED));
+        assert!(store.holds(&sb, &sha256(&shared(k))) || !used(&images, k, SHARED));
     }
 }
 
@@ -378,7 +435,21 @@ fn gc_names_a_bad_configuration() {
 /// again heals the image.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scrub_takes_a_corrupt_blob_out_of_service_and_a_push_heals_it() {
-    let sb = Sandbox::start_with(json!({"extensions": {"scrub": {"interval": "1s"}}})).await;
+    scrub_heals(Blobs::Fs).await;
+}
+
+/// The same on the S3 backend (the object's file in s3s-fs is damaged).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scrub_on_s3_takes_a_corrupt_blob_out_of_service_and_a_push_heals_it() {
+    scrub_heals(Blobs::s3().await).await;
+}
+
+async fn scrub_heals(store: Blobs) {
+    let sb = Sandbox::start_with(store.config(
+        json!({}),
+        json!({"extensions": {"scrub": {"interval": "1s"}}}),
+    ))
+    .await;
     let config = br#"{"architecture":"amd64","os":"linux"}"#.to_vec();
     let layer = random_bytes(4096);
     sb.push_blob("img", &config).await;
@@ -387,7 +458,7 @@ async fn scrub_takes_a_corrupt_blob_out_of_service_and_a_push_heals_it() {
         .await;
     let mut bad = layer.clone();
     bad[100] ^= 1;
-    std::fs::write(blob_file(&sb, &d), &bad).unwrap();
+    std::fs::write(store.file(&sb, &d), &bad).unwrap();
     let deadline = Instant::now() + Duration::from_secs(120);
     // Set aside by svc-blob, then unlinked by svc-meta.
     while !sb

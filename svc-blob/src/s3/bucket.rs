@@ -287,8 +287,10 @@ impl Bucket {
         Ok(())
     }
 
-    /// Objects under `prefix` after `start_after` (both relative), in key
-    /// order, at most `limit`.
+    /// The objects right under `prefix` (a "directory" ending in `/`; not
+    /// those under deeper ones) after `start_after` (both relative), in key
+    /// order, at most `limit`. Listing with a delimiter lets stores that
+    /// keep keys as files walk only that directory.
     pub async fn list(
         &self,
         prefix: &str,
@@ -303,6 +305,7 @@ impl Bucket {
                 .list_objects_v2()
                 .bucket(&self.bucket)
                 .prefix(self.full(prefix))
+                .delimiter("/")
                 .set_start_after(start_after.map(|s| self.full(s)))
                 .set_continuation_token(token.take())
                 .max_keys((limit - out.len()).min(1000) as i32)

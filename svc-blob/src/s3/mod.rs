@@ -129,6 +129,11 @@ fn state_key(id: &UploadId) -> String {
     format!("uploads/{id}/state")
 }
 
+/// Where the writes of an upload go.
+fn data_dir(id: &UploadId) -> String {
+    format!("uploads/{id}/data/")
+}
+
 fn kept_key(d: &Digest) -> String {
     format!("gc/k/{}/{}", d.algorithm().as_str(), d.hex())
 }
@@ -251,12 +256,12 @@ impl S3Store {
     }
 
     /// Remove a session: its state first (it is unknown from then on),
-    /// then its bytes.
+    /// then its bytes (those of writes that lost a race too).
     async fn remove_session(&self, id: &UploadId) -> Result<(), BlobError> {
         self.bucket.delete(&state_key(id)).await?;
         let keys: Vec<String> = self
             .bucket
-            .list(&format!("uploads/{id}/"), None, usize::MAX)
+            .list(&data_dir(id), None, usize::MAX)
             .await?
             .into_iter()
             .map(|o| o.key)
@@ -822,6 +827,7 @@ impl BlobStore for S3Store {
             self.bucket.delete(&kept_key(digest)).await?;
             let dead: Vec<String> = dead.into_iter().map(|w| w.key).collect();
             self.bucket.delete_many(&dead).await?;
+            tracing::info!(digest = %digest, size, "unreferenced blob removed");
             Ok(Some(size))
         }
         .await;
@@ -847,15 +853,12 @@ impl BlobStore for S3Store {
                 // Bytes whose state is gone (a removal that stopped half
                 // way): stale once they are old enough.
                 Err(BlobError::UploadUnknown) => {
-                    let newest = self
-                        .bucket
-                        .list(&dir, None, usize::MAX)
-                        .await?
-                        .into_iter()
-                        .map(|o| o.modified)
-                        .max()
-                        .unwrap_or(UNIX_EPOCH);
-                    newest + idle <= SystemTime::now()
+                    let objects = self.bucket.list(&data_dir(&id), None, usize::MAX).await?;
+                    match objects.iter().map(|o| o.modified).max() {
+                        Some(newest) => newest + idle <= SystemTime::now(),
+                        // Nothing there (a store listing emptied prefixes).
+                        None => false,
+                    }
                 }
                 Err(e) => return Err(e),
             };
@@ -872,17 +875,28 @@ impl BlobStore for S3Store {
         after: Option<&Digest>,
         limit: usize,
     ) -> Result<Vec<Digest>, BlobError> {
-        let start = after.map(blob_key);
-        Ok(self
-            .bucket
-            .list("blobs/", start.as_deref(), limit)
-            .await?
-            .into_iter()
-            .filter_map(|o| {
-                let (alg, hex) = o.key.strip_prefix("blobs/")?.split_once('/')?;
-                Digest::parse(&format!("{alg}:{hex}")).ok()
-            })
-            .collect())
+        // One directory per algorithm, walked in the order of their names.
+        let mut out = Vec::new();
+        for alg in [Algorithm::Sha256, Algorithm::Sha512] {
+            let start = match after {
+                Some(a) if a.algorithm().as_str() > alg.as_str() => continue,
+                Some(a) if a.algorithm() == alg => Some(blob_key(a)),
+                _ => None,
+            };
+            let dir = format!("blobs/{}/", alg.as_str());
+            let page = self
+                .bucket
+                .list(&dir, start.as_deref(), limit - out.len())
+                .await?;
+            out.extend(page.into_iter().filter_map(|o| {
+                let hex = o.key.strip_prefix(&dir)?;
+                Digest::parse(&format!("{}:{hex}", alg.as_str())).ok()
+            }));
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
     }
 
     async fn verify(&self, digest: &Digest) -> Result<Verdict, BlobError> {

@@ -254,7 +254,11 @@ async fn scrub_takes_a_corrupted_object_out_of_service() {
         }
     );
     assert!(matches!(a.stat(&d).await, Err(BlobError::BlobUnknown(_))));
-    let aside = a.bucket.list("corrupt/", None, 10).await.unwrap();
+    let aside = a
+        .bucket
+        .list(&format!("corrupt/sha256/{}/", d.hex()), None, 10)
+        .await
+        .unwrap();
     assert_eq!(aside.len(), 1, "{aside:?}");
     assert_eq!(a.scrub_counts(), (2, 1));
 }
