@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Blob throughput on S3, in one run: Capstan (storage.storageDriver) and
 # Debian's docker-registry (distribution 2.8, its s3 driver) side by side,
-# each on its own bucket of one s3s-fs server on loopback. Alternating reps
+# each on its own bucket of one s3s-fs server on loopback, and both on the
+# filesystem for reference (what the S3 store costs). Alternating reps
 # of: a monolithic push of BENCH_SIZE_MIB (256) MiB, a chunked push of the
 # same size in BENCH_CHUNK_MIB (16) MiB PATCHes, a pull of the first, and
 # BENCH_IMAGES (200) small images pushed BENCH_CONCURRENCY (16) at a time;
@@ -115,15 +116,52 @@ storage:
 http:
   addr: 127.0.0.1:$DIST_PORT
 YAML
-/usr/bin/docker-registry serve "$TMP/distribution.yml" >"$TMP/distribution.log" 2>&1 &
+env -u AWS_CA_BUNDLE /usr/bin/docker-registry serve "$TMP/distribution.yml" >"$TMP/distribution.log" 2>&1 &
 DIST_PID=$!
 PIDS+=("$DIST_PID")
 DIST_URL="http://127.0.0.1:$DIST_PORT"
 wait_http distribution "$DIST_PID" "$DIST_URL/v2/" '200'
 log "s3s-fs $S3_URL, capstan $CAPSTAN_URL, docker-registry $DIST_URL"
 
-declare -A PID_OF=([capstan]=$CAPSTAN_PID [distribution]=$DIST_PID)
-declare -A URL_OF=([capstan]=$CAPSTAN_URL [distribution]=$DIST_URL)
+# ------------------------------------------------ both on the filesystem
+cat >"$TMP/capstan-fs.json" <<JSON
+{"storage":{"rootDirectory":"$TMP/capstan-fs","gc":false},
+ "http":{"address":"127.0.0.1","port":"0"},"log":{"level":"warn"}}
+JSON
+"$CAPSTAN" serve -c "$TMP/capstan-fs.json" >"$TMP/capstan-fs.out" 2>"$TMP/capstan-fs.log" &
+CAPSTAN_FS_PID=$!
+PIDS+=("$CAPSTAN_FS_PID")
+CAPSTAN_FS_URL=
+for ((i = 0; i < 600; i++)); do
+    CAPSTAN_FS_URL=$(sed -n 's|^capstan: serving \(http://[^ ]*\).*|\1|p' "$TMP/capstan-fs.out" | head -n1)
+    [ -n "$CAPSTAN_FS_URL" ] && break
+    sleep 0.05
+done
+[ -n "$CAPSTAN_FS_URL" ] || { log "capstan (fs) printed no 'serving' line"; exit 1; }
+wait_http capstan-fs "$CAPSTAN_FS_PID" "$CAPSTAN_FS_URL/v2/" '200'
+DIST_FS_PORT=$(free_port)
+cat >"$TMP/distribution-fs.yml" <<YAML
+version: 0.1
+log:
+  level: warn
+  accesslog:
+    disabled: true
+storage:
+  filesystem:
+    rootdirectory: $TMP/distribution-fs
+  delete:
+    enabled: true
+http:
+  addr: 127.0.0.1:$DIST_FS_PORT
+YAML
+/usr/bin/docker-registry serve "$TMP/distribution-fs.yml" >"$TMP/distribution-fs.log" 2>&1 &
+DIST_FS_PID=$!
+PIDS+=("$DIST_FS_PID")
+DIST_FS_URL="http://127.0.0.1:$DIST_FS_PORT"
+wait_http distribution-fs "$DIST_FS_PID" "$DIST_FS_URL/v2/" '200'
+
+declare -A PID_OF=([capstan]=$CAPSTAN_PID [distribution]=$DIST_PID [capstan-fs]=$CAPSTAN_FS_PID [distribution-fs]=$DIST_FS_PID)
+declare -A URL_OF=([capstan]=$CAPSTAN_URL [distribution]=$DIST_URL [capstan-fs]=$CAPSTAN_FS_URL [distribution-fs]=$DIST_FS_URL)
 RESULTS="$TMP/results.jsonl"
 : >"$RESULTS"
 
@@ -142,7 +180,7 @@ measure() {
     done
     wait "$job" || rc=$?
     line=$(grep -m1 '^{' "$TMP/run.out" || true)
-    [ -n "$line" ] || line="{\"ok\":false,\"error\":\"exit $rc: $(tail -c 300 "$TMP/run.err" | tr -d '"\n')\"}"
+    [ -n "$line" ] || line=$(python3 -c 'import json,sys; print(json.dumps({"ok": False, "error": "exit %s: %s" % (sys.argv[1], open(sys.argv[2]).read()[-400:])}))' "$rc" "$TMP/run.err")
     LAST=$(python3 -c 'import json,sys; d=json.loads(sys.argv[1]); d.update(label=sys.argv[2], target=sys.argv[3], rep=int(sys.argv[4]), rss_max_kib=int(sys.argv[5])); print(json.dumps(d))' \
         "$line" "$label" "$target" "$rep" "$max")
     echo "$LAST" >>"$RESULTS"
@@ -151,7 +189,11 @@ measure() {
 
 T="--timeout-s 600"
 for ((rep = 1; rep <= REPS; rep++)); do
-    if ((rep % 2)); then order=(capstan distribution); else order=(distribution capstan); fi
+    if ((rep % 2)); then
+        order=(capstan distribution capstan-fs distribution-fs)
+    else
+        order=(distribution-fs capstan-fs distribution capstan)
+    fi
     declare -A DIGEST=()
     for target in "${order[@]}"; do
         # docker-registry ignores a monolithic POST's body: POST + PUT for both.
@@ -174,10 +216,12 @@ for ((rep = 1; rep <= REPS; rep++)); do
     done
 done
 
-python3 - "$RESULTS" "$OUT_MD" "$SIZE_MIB" "$CHUNK_MIB" "$COUNT" "$CONC" "$REPS" <<'PY'
-import json, statistics, sys, datetime, subprocess
+# What docker-registry said about its first failure, for the report.
+DIST_ERR=$(grep -m1 -o 'err.detail="[^"]*' "$TMP/distribution.log" | sed 's/err.detail="//; s/\\n.*//' || true)
+python3 - "$RESULTS" "$OUT_MD" "$SIZE_MIB" "$CHUNK_MIB" "$COUNT" "$CONC" "$REPS" "$DIST_ERR" <<'PY'
+import json, statistics, sys, datetime, subprocess, collections
 rows = [json.loads(l) for l in open(sys.argv[1])]
-size, chunk, count, conc, reps = sys.argv[3:8]
+size, chunk, count, conc, reps, dist_err = sys.argv[3:9]
 labels = [("push-mono", "mib_per_s", f"push {size} MiB (POST + PUT), MiB/s"),
           ("push-chunked", "mib_per_s", f"push {size} MiB in {chunk} MiB PATCHes, MiB/s"),
           ("pull", "mib_per_s", f"pull {size} MiB, MiB/s"),
@@ -196,10 +240,21 @@ def rss(target):
 commit = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True).stdout.strip()
 out = [f"# S3 backend: Capstan vs docker-registry ({datetime.datetime.utcnow():%Y-%m-%d %H:%M} UTC, {commit})", "",
        f"Both on one s3s-fs server on loopback (separate buckets), {reps} alternating reps; median (min–max).", "",
-       "| scenario | Capstan | docker-registry |", "|---|---|---|"]
+       "| scenario | Capstan on S3 | docker-registry on S3 | Capstan on the filesystem | docker-registry on the filesystem |",
+       "|---|---|---|---|---|"]
+targets = ["capstan", "distribution", "capstan-fs", "distribution-fs"]
 for label, key, title in labels:
-    out.append(f"| {title} | {cell(label, 'capstan', key)} | {cell(label, 'distribution', key)} |")
-out.append(f"| peak RSS during the pushes | {rss('capstan')} | {rss('distribution')} |")
+    out.append(f"| {title} | " + " | ".join(cell(label, t, key) for t in targets) + " |")
+out.append("| peak RSS during the pushes | " + " | ".join(rss(t) for t in targets) + " |")
+failed = collections.Counter((r["target"], r["label"]) for r in rows if not r.get("ok"))
+if failed:
+    out += ["", "Failures:", ""]
+    for (t, l), n in sorted(failed.items()):
+        last = next(r.get("error", "") for r in rows if r["target"] == t and r["label"] == l and not r.get("ok"))
+        http = last[last.find("HTTP"):][:120] if "HTTP" in last else last[-120:]
+        out.append(f"- {t} {l}: {n} of {reps} runs failed (`{' '.join(http.split())}`)")
+    if dist_err:
+        out.append(f"- docker-registry's log on its first failure: `{dist_err}`")
 open(sys.argv[2], "w").write("\n".join(out) + "\n")
 print("\n".join(out))
 PY

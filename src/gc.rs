@@ -36,8 +36,8 @@ pub async fn run(mut config: Config, dry_run: bool, json: bool) -> anyhow::Resul
             capstan_meta::serve_beside(&c, listener, s).await
         }));
     }
-    let store = capstan_blob::open_store(&config, false).await?;
-    let collector = capstan_blob::collector(&config, store)?
+    let stores = capstan_blob::open_stores(&config, false).await?;
+    let collector = capstan_blob::collector(&config, stores)?
         .context("no svc-meta to ask (services.meta.endpoints)")?;
     let report = collector.run(dry_run).await;
     shutdown.trigger();

@@ -45,6 +45,9 @@ pub struct Gateway {
     /// `storage.redirectBlobURL`: answer whole-blob GETs with a redirect to
     /// the storage backend, for as long as the URL is good for.
     pub redirect_blobs: Option<std::time::Duration>,
+    /// The storage section: which store holds a repository's blobs
+    /// (`storage.subPaths`).
+    pub storage: Arc<capstan_runtime::config::StorageConfig>,
 }
 
 type SyncClient = capstan_proto::direct::SyncClient<capstan_runtime::grpc::Transport>;
@@ -220,6 +223,7 @@ impl Gateway {
             sync_metrics: None,
             pulls: Arc::default(),
             redirect_blobs: None,
+            storage: Arc::default(),
         }
     }
 

@@ -76,6 +76,7 @@ pub async fn serve(
     };
     let mut app = app::Gateway::new(backends, manifests, authn);
     app.sync = sync.clone().filter(|_| on_demand);
+    app.storage = Arc::new(config.storage.clone());
     app.redirect_blobs = config
         .storage
         .redirect_blob_url

@@ -20,7 +20,7 @@
 //! present) renews what it relies on first. So a push that sends its
 //! manifest within `gcDelay` of its last blob never loses a blob.
 
-use crate::{BlobError, BlobStore};
+use crate::{BlobError, BlobStore, Stores};
 use capstan_oci::Digest;
 use capstan_proto::meta::v1::meta_service_client::MetaServiceClient;
 use capstan_proto::meta::v1::{
@@ -30,7 +30,6 @@ use capstan_runtime::Shutdown;
 use capstan_runtime::grpc::Transport;
 use serde::Serialize;
 use std::collections::HashSet;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// svc-meta, as the collector calls it.
@@ -105,10 +104,12 @@ pub struct GcReport {
     pub truncated: bool,
 }
 
-/// Runs collections over one blob store, asking svc-meta.
+/// Runs collections over a blob role's stores (the top-level one and
+/// those of `storage.subPaths`), asking svc-meta. svc-meta's verdicts are
+/// registry-wide: a blob nothing links anywhere goes from every store.
 #[derive(Clone)]
 pub struct Collector {
-    store: Arc<dyn BlobStore>,
+    stores: Stores,
     meta: MetaClient,
     delay: Duration,
 }
@@ -122,10 +123,14 @@ impl std::fmt::Debug for Collector {
 }
 
 impl Collector {
-    /// Collect from `store`, sparing anything younger than `delay`
+    /// Collect from `stores`, sparing anything younger than `delay`
     /// (`gcDelay`).
-    pub fn new(store: Arc<dyn BlobStore>, meta: MetaClient, delay: Duration) -> Self {
-        Self { store, meta, delay }
+    pub fn new(stores: impl Into<Stores>, meta: MetaClient, delay: Duration) -> Self {
+        Self {
+            stores: stores.into(),
+            meta,
+            delay,
+        }
     }
 
     /// One collection. With `dry_run` nothing changes and the report says
@@ -138,7 +143,7 @@ impl Collector {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
         let mut run = Run {
-            store: self.store.as_ref(),
+            stores: &self.stores,
             cutoff,
             dry_run,
             seen: HashSet::new(),
@@ -219,8 +224,25 @@ impl Collector {
         } else {
             BATCH as usize
         };
+        for (_, store) in self.stores.all() {
+            self.sweep_marks(store.as_ref(), &mut run, &mut meta, batch)
+                .await?;
+        }
+        Ok(run.report)
+    }
+
+    /// The marks phase on one store: blobs it stored before the cutoff
+    /// that nothing links.
+    async fn sweep_marks(
+        &self,
+        store: &dyn BlobStore,
+        run: &mut Run<'_>,
+        meta: &mut MetaClient,
+        batch: usize,
+    ) -> Result<(), GcError> {
+        let (cutoff, dry_run) = (run.cutoff, run.dry_run);
         loop {
-            let marks = self.store.stored_before(cutoff, batch).await?;
+            let marks = store.stored_before(cutoff, batch).await?;
             if marks.is_empty() {
                 break;
             }
@@ -260,18 +282,18 @@ impl Collector {
                 .filter(|m| !failed.contains(&m.digest.to_string()))
                 .cloned()
                 .collect();
-            self.store.forget_stored(&done).await?;
+            store.forget_stored(&done).await?;
             if marks.len() < batch || done.is_empty() {
                 break;
             }
         }
-        Ok(run.report)
+        Ok(())
     }
 }
 
 /// The state of one collection.
 struct Run<'a> {
-    store: &'a dyn BlobStore,
+    stores: &'a Stores,
     cutoff: SystemTime,
     dry_run: bool,
     /// Digests already swept (both queues may name one).
@@ -281,33 +303,39 @@ struct Run<'a> {
 
 impl Run<'_> {
     /// Remove (dry run: measure) the bytes of `digest`, which nothing
-    /// links, unless stored again since the cutoff. `false` when the store
-    /// failed (logged; the blob is tried again at the next collection).
+    /// links, from every store that has it, unless stored again there
+    /// since the cutoff. `false` when a store failed (logged; the blob is
+    /// tried again at the next collection).
     async fn sweep(&mut self, digest: &Digest) -> bool {
         if !self.seen.insert(digest.clone()) {
             return true;
         }
-        let freed = if self.dry_run {
-            self.store.stale_size(digest, self.cutoff).await
-        } else {
-            self.store.remove_stale(digest, self.cutoff).await
-        };
-        match freed {
-            Ok(Some(size)) => {
-                self.report.blobs.push(RemovedBlob {
-                    digest: digest.to_string(),
-                    size,
-                });
-                self.report.bytes_freed += size;
-                true
-            }
-            Ok(None) => true,
-            Err(e) => {
-                tracing::warn!(digest = %digest, error = %e, "cannot remove an unreferenced blob");
-                self.seen.remove(digest);
-                false
+        let mut ok = true;
+        for (_, store) in self.stores.all() {
+            let freed = if self.dry_run {
+                store.stale_size(digest, self.cutoff).await
+            } else {
+                store.remove_stale(digest, self.cutoff).await
+            };
+            match freed {
+                Ok(Some(size)) => {
+                    self.report.blobs.push(RemovedBlob {
+                        digest: digest.to_string(),
+                        size,
+                    });
+                    self.report.bytes_freed += size;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(digest = %digest, error = %e, "cannot remove an unreferenced blob");
+                    ok = false;
+                }
             }
         }
+        if !ok {
+            self.seen.remove(digest);
+        }
+        ok
     }
 }
 

@@ -22,6 +22,7 @@ mod s3;
 pub mod scrub;
 mod service;
 mod store;
+mod stores;
 #[cfg(test)]
 mod suite;
 mod warm;
@@ -31,6 +32,7 @@ pub use fs::FsStore;
 pub use s3::S3Store;
 pub use service::{BlobGrpc, grpc_service};
 pub use store::{BlobStore, ByteStream, StoredMark, UploadId, Verdict};
+pub use stores::Stores;
 pub use warm::WarmCounts;
 
 use anyhow::Context as _;
@@ -41,9 +43,10 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 
-/// Run the blob role on `listener` until `shutdown`: a filesystem store at
-/// `storage.rootDirectory` (fsyncing when `storage.commit`), BlobService plus
-/// the gRPC health service, and a background sweep of stale uploads.
+/// Run the blob role on `listener` until `shutdown`: the stores the
+/// configuration names ([`open_stores`]), BlobService plus the gRPC health
+/// service, a background sweep of stale uploads in each store, garbage
+/// collection and scrub.
 pub async fn serve(
     config: &Config,
     listener: TcpListener,
@@ -51,31 +54,37 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let storage = &config.storage;
     let root = &storage.root_directory;
-    let store = open_store(config, true).await?;
-    let expiry = tokio::spawn(expire_uploads(
-        store.clone(),
-        storage.upload_expiry,
-        shutdown.clone(),
-    ));
-    let gc = match collector(config, store.clone())? {
+    let stores = open_stores(config, true).await?;
+    let mut tasks = Vec::new();
+    for (_, store) in stores.all() {
+        tasks.push(tokio::spawn(expire_uploads(
+            store.clone(),
+            storage.upload_expiry,
+            shutdown.clone(),
+        )));
+    }
+    let gc = match collector(config, stores.clone())? {
         Some(c) if !storage.gc_interval().is_zero() => Some(tokio::spawn(
             gc::collect_periodically(c, storage.gc_interval(), shutdown.clone()),
         )),
         _ => None,
     };
-    let scrub = match config.extensions.as_ref().and_then(|e| e.scrub.as_ref()) {
-        Some(s) if s.enabled() => Some(tokio::spawn(scrub::scrub_periodically(
-            store.clone(),
-            meta_client(config)?,
-            s.interval(),
-            shutdown.clone(),
-        ))),
-        _ => None,
-    };
+    if let Some(s) = config.extensions.as_ref().and_then(|e| e.scrub.as_ref())
+        && s.enabled()
+    {
+        for (_, store) in stores.all() {
+            tasks.push(tokio::spawn(scrub::scrub_periodically(
+                store.clone(),
+                meta_client(config)?,
+                s.interval(),
+                shutdown.clone(),
+            )));
+        }
+    }
     let health = grpc::health_service(&[SERVICE_NAME]).await;
-    let routes = tonic::service::Routes::new(health).add_service(grpc_service(store.clone()));
+    let routes = tonic::service::Routes::new(health).add_service(grpc_service(stores.clone()));
     // Embedded mode: the byte-carrying calls skip encoding (grpc::local).
-    let streams: Arc<dyn BlobStreams> = Arc::new(BlobGrpc::new(store));
+    let streams: Arc<dyn BlobStreams> = Arc::new(BlobGrpc::new(stores.clone()));
     let _direct = grpc::local::provide(&grpc::listener_url(&listener)?, streams);
     match &storage.storage_driver {
         Some(d) => tracing::info!(addr = %listener.local_addr()?, bucket = %d.bucket,
@@ -83,9 +92,16 @@ pub async fn serve(
         None => tracing::info!(addr = %listener.local_addr()?, root = %root.display(),
             "blob service listening"),
     }
+    for (name, _) in stores.all().into_iter().skip(1) {
+        tracing::info!(
+            subpath = name,
+            "repositories {name}/… keep their blobs in their own store"
+        );
+    }
     let served = grpc::serve(routes, listener, shutdown).await;
     // Normally already stopped by the shutdown; not so if the server failed.
-    for task in [Some(expiry), gc, scrub].into_iter().flatten() {
+    tasks.extend(gc);
+    for task in tasks {
         task.abort();
         let _ = task.await;
     }
@@ -94,14 +110,48 @@ pub async fn serve(
     Ok(())
 }
 
-/// The blob store the configuration names: the bucket of
-/// `storage.storageDriver` if set, else `storage.rootDirectory`.
-/// `recover` puts back what a collection interrupted by a crash left in
-/// the filesystem's trash: for the role itself, not for a tool that runs
-/// beside it.
-pub async fn open_store(config: &Config, recover: bool) -> anyhow::Result<Arc<dyn BlobStore>> {
+/// Every blob store the configuration names: the top-level one and one
+/// per `storage.subPaths` entry. `recover` puts back what a collection
+/// interrupted by a crash left in a filesystem store's trash: for the role
+/// itself, not for a tool that runs beside it.
+pub async fn open_stores(config: &Config, recover: bool) -> anyhow::Result<Stores> {
     let storage = &config.storage;
-    if let Some(driver) = &storage.storage_driver {
+    let default = open_store(
+        storage.storage_driver.as_ref(),
+        &storage.root_directory,
+        storage.commit,
+        config,
+        recover,
+    )
+    .await?;
+    let mut sub = std::collections::BTreeMap::new();
+    for (key, s) in &storage.sub_paths {
+        let root = s.root_directory.clone().unwrap_or_default();
+        let store = open_store(
+            s.storage_driver.as_ref(),
+            &root,
+            s.commit.unwrap_or(storage.commit),
+            config,
+            recover,
+        )
+        .await
+        .with_context(|| format!("storage.subPaths.{key}"))?;
+        sub.insert(key.trim_matches('/').to_string(), store);
+    }
+    Ok(Stores::new(default, sub))
+}
+
+/// One blob store: the bucket of `driver` if given, else the directory
+/// `root`.
+async fn open_store(
+    driver: Option<&capstan_runtime::config::storage_driver::StorageDriverConfig>,
+    root: &std::path::Path,
+    commit: bool,
+    config: &Config,
+    recover: bool,
+) -> anyhow::Result<Arc<dyn BlobStore>> {
+    let storage = &config.storage;
+    if let Some(driver) = driver {
         let store = S3Store::connect(driver).await.with_context(|| {
             format!(
                 "cannot open blob storage in bucket {:?} at {}",
@@ -111,11 +161,10 @@ pub async fn open_store(config: &Config, recover: bool) -> anyhow::Result<Arc<dy
         })?;
         return Ok(Arc::new(store));
     }
-    let root = &storage.root_directory;
     let fs = if recover {
-        FsStore::new(root, storage.commit).await
+        FsStore::new(root, commit).await
     } else {
-        FsStore::beside_running(root, storage.commit).await
+        FsStore::beside_running(root, commit).await
     };
     Ok(Arc::new(
         fs.with_context(|| format!("cannot open blob storage at {}", root.display()))?
@@ -127,10 +176,7 @@ pub async fn open_store(config: &Config, recover: bool) -> anyhow::Result<Arc<dy
 /// The garbage collector for `store`, if `storage.gc` is on: it needs
 /// svc-meta (`services.meta.endpoints`; set by the binary in embedded
 /// mode). `None`, with a warning, when GC is on but svc-meta is not known.
-pub fn collector(
-    config: &Config,
-    store: Arc<dyn BlobStore>,
-) -> anyhow::Result<Option<gc::Collector>> {
+pub fn collector(config: &Config, stores: Stores) -> anyhow::Result<Option<gc::Collector>> {
     if !config.storage.gc_enabled() {
         return Ok(None);
     }
@@ -142,7 +188,7 @@ pub fn collector(
         return Ok(None);
     };
     Ok(Some(gc::Collector::new(
-        store,
+        stores,
         meta,
         config.storage.gc_delay(),
     )))

@@ -1,9 +1,10 @@
-//! The `capstan.blob.v1.BlobService` gRPC face of a [`BlobStore`]. Requests
-//! are validated here (digests, upload ids, stream framing); every failure
+//! The `capstan.blob.v1.BlobService` gRPC face of the role's [`Stores`]:
+//! each request goes to the store its repository routes to. Requests are
+//! validated here (digests, upload ids, stream framing); every failure
 //! leaves through [`reject`], the one place a [`BlobError`] becomes a
 //! `tonic::Status` carrying a [`ServiceError`].
 
-use crate::{BlobError, BlobStore, ByteStream, UploadId};
+use crate::{BlobError, BlobStore, ByteStream, Stores, UploadId};
 use bytes::Bytes;
 use capstan_oci::{Digest, ErrorCode};
 use capstan_proto::ServiceError;
@@ -22,23 +23,30 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument as _;
 
-/// BlobService over a shared store.
+/// BlobService over shared stores.
 #[derive(Clone)]
 pub struct BlobGrpc {
-    store: Arc<dyn BlobStore>,
+    stores: Stores,
 }
 
 impl BlobGrpc {
-    /// The service over `store`.
-    pub fn new(store: Arc<dyn BlobStore>) -> Self {
-        Self { store }
+    /// The service over `stores` (or one store for every repository).
+    pub fn new(stores: impl Into<Stores>) -> Self {
+        Self {
+            stores: stores.into(),
+        }
+    }
+
+    /// The store holding `repo`'s blobs.
+    fn store(&self, repo: &str) -> &Arc<dyn BlobStore> {
+        self.stores.for_repo(repo)
     }
 }
 
-/// The generated server for `store`, with Capstan's message limits, ready
+/// The generated server for `stores`, with Capstan's message limits, ready
 /// to add to a tonic router (or to embed in another process).
-pub fn grpc_service(store: Arc<dyn BlobStore>) -> BlobServiceServer<BlobGrpc> {
-    BlobServiceServer::new(BlobGrpc { store })
+pub fn grpc_service(stores: impl Into<Stores>) -> BlobServiceServer<BlobGrpc> {
+    BlobServiceServer::new(BlobGrpc::new(stores))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES)
 }
@@ -85,7 +93,7 @@ impl BlobGrpc {
         let r = req.into_inner();
         let run = async {
             let d = parse_digest(&r.digest)?;
-            self.store.read(&d, r.offset, r.length).await
+            self.store(&r.repo).read(&d, r.offset, r.length).await
         };
         let chunks = run.await.map_err(|e| reject("read", e))?;
         let out = chunks
@@ -115,6 +123,7 @@ impl BlobGrpc {
         }
         let digest = parse_digest(&first.digest)?;
         let length = first.length;
+        let store = self.store(&first.repo).clone();
         let named = first.digest;
         let data = byte_stream(first.data, rx, move |m: PutChunk| {
             if m.digest.is_empty() || m.digest == named {
@@ -125,7 +134,7 @@ impl BlobGrpc {
                 ))
             }
         });
-        let size = self.store.put_with_length(&digest, length, data).await?;
+        let size = store.put_with_length(&digest, length, data).await?;
         Ok(CommitResponse {
             digest: digest.to_string(),
             size,
@@ -135,7 +144,7 @@ impl BlobGrpc {
     /// An upload is visible only to the owner it was started for: to anyone
     /// else it is unknown.
     async fn check_owner(&self, id: &UploadId, owner: &str) -> Result<(), BlobError> {
-        if self.store.upload_owner(id).await? == owner {
+        if self.store(owner).upload_owner(id).await? == owner {
             Ok(())
         } else {
             Err(BlobError::UploadUnknown)
@@ -169,7 +178,7 @@ impl BlobGrpc {
         });
         let expected = first.expected_offset;
         let offset = self
-            .store
+            .store(&first.owner)
             .append_with_length(&id, expected, length, data)
             .await?;
         Ok(UploadState {
@@ -186,9 +195,9 @@ impl BlobService for BlobGrpc {
             let r = req.get_ref();
             let d = parse_digest(&r.digest)?;
             if r.keep {
-                self.store.keep(&d).await
+                self.store(&r.repo).keep(&d).await
             } else {
-                self.store.stat(&d).await
+                self.store(&r.repo).stat(&d).await
             }
         };
         let size = run.await.map_err(|e| reject("stat", e))?;
@@ -216,9 +225,10 @@ impl BlobService for BlobGrpc {
         &self,
         req: Request<StartUploadRequest>,
     ) -> Result<Response<UploadState>, Status> {
+        let owner = &req.get_ref().owner;
         let id = self
-            .store
-            .start_upload(&req.get_ref().owner)
+            .store(owner)
+            .start_upload(owner)
             .await
             .map_err(|e| reject("start_upload", e))?;
         Ok(Response::new(UploadState {
@@ -245,7 +255,7 @@ impl BlobService for BlobGrpc {
         let run = async {
             let id = UploadId::parse(&req.get_ref().upload_id)?;
             self.check_owner(&id, &req.get_ref().owner).await?;
-            let offset = self.store.upload_status(&id).await?;
+            let offset = self.store(&req.get_ref().owner).upload_status(&id).await?;
             Ok::<_, BlobError>(UploadState {
                 upload_id: id.to_string(),
                 offset,
@@ -264,7 +274,7 @@ impl BlobService for BlobGrpc {
             let id = UploadId::parse(&r.upload_id)?;
             self.check_owner(&id, &r.owner).await?;
             let d = parse_digest(&r.digest)?;
-            let size = self.store.commit(&id, &d).await?;
+            let size = self.store(&r.owner).commit(&id, &d).await?;
             Ok::<_, BlobError>(CommitResponse {
                 digest: d.to_string(),
                 size,
@@ -281,7 +291,7 @@ impl BlobService for BlobGrpc {
         let run = async {
             let id = UploadId::parse(&req.get_ref().upload_id)?;
             self.check_owner(&id, &req.get_ref().owner).await?;
-            self.store.cancel(&id).await
+            self.store(&req.get_ref().owner).cancel(&id).await
         };
         run.await.map_err(|e| reject("cancel_upload", e))?;
         Ok(Response::new(CancelUploadResponse {}))
@@ -291,19 +301,22 @@ impl BlobService for BlobGrpc {
         &self,
         _req: Request<BlobMetricsRequest>,
     ) -> Result<Response<BlobMetricsResponse>, Status> {
-        let (reads_direct, reads_cached) = self.store.read_paths();
-        let warm = self.store.warm_counts();
-        let (scrubbed, corrupt) = self.store.scrub_counts();
-        Ok(Response::new(BlobMetricsResponse {
-            reads_direct,
-            reads_cached,
-            blobs_warmed: warm.warmed,
-            warm_skipped: warm.skipped,
-            warm_failed: warm.failed,
-            warm_pending: warm.pending,
-            scrubbed,
-            corrupt,
-        }))
+        // Every store's counters, summed.
+        let mut out = BlobMetricsResponse::default();
+        for (_, store) in self.stores.all() {
+            let (direct, cached) = store.read_paths();
+            let warm = store.warm_counts();
+            let (scrubbed, corrupt) = store.scrub_counts();
+            out.reads_direct += direct;
+            out.reads_cached += cached;
+            out.blobs_warmed += warm.warmed;
+            out.warm_skipped += warm.skipped;
+            out.warm_failed += warm.failed;
+            out.warm_pending += warm.pending;
+            out.scrubbed += scrubbed;
+            out.corrupt += corrupt;
+        }
+        Ok(Response::new(out))
     }
 
     async fn delete(
@@ -311,8 +324,9 @@ impl BlobService for BlobGrpc {
         req: Request<DeleteRequest>,
     ) -> Result<Response<DeleteResponse>, Status> {
         let run = async {
-            let d = parse_digest(&req.get_ref().digest)?;
-            self.store.delete(&d).await
+            let r = req.get_ref();
+            let d = parse_digest(&r.digest)?;
+            self.store(&r.repo).delete(&d).await
         };
         let deleted = run.await.map_err(|e| reject("delete", e))?;
         Ok(Response::new(DeleteResponse { deleted }))
@@ -326,8 +340,9 @@ impl BlobService for BlobGrpc {
             let r = req.get_ref();
             let d = parse_digest(&r.digest)?;
             let ttl = std::time::Duration::from_secs(r.ttl_seconds.clamp(1, 7 * 24 * 3600));
-            let size = self.store.stat(&d).await?;
-            let url = self.store.presign(&d, ttl).await?.unwrap_or_default();
+            let store = self.store(&r.repo);
+            let size = store.stat(&d).await?;
+            let url = store.presign(&d, ttl).await?.unwrap_or_default();
             Ok::<_, BlobError>(LocateResponse { url, size })
         };
         Ok(Response::new(run.await.map_err(|e| reject("locate", e))?))

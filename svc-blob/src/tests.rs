@@ -127,6 +127,7 @@ async fn put(c: &mut Client, digest: &str, parts: &[&[u8]]) -> Result<u64, tonic
         .iter()
         .enumerate()
         .map(|(i, p)| PutChunk {
+            repo: String::new(),
             length: None,
             digest: if i == 0 {
                 digest.to_string()
@@ -147,6 +148,7 @@ async fn read(
 ) -> Result<Vec<u8>, tonic::Status> {
     let mut s = c
         .read(ReadRequest {
+            repo: String::new(),
             digest: digest.to_string(),
             offset,
             length,
@@ -258,6 +260,7 @@ async fn a_64_mib_put_reads_back_identically_by(path: Path) {
     let d = h.finish().to_string();
     let first = d.clone();
     let msgs = stream::iter(0..CHUNKS).map(move |i| PutChunk {
+        repo: String::new(),
         length: None,
         digest: if i == 0 { first.clone() } else { String::new() },
         data: chunk(i),
@@ -267,6 +270,7 @@ async fn a_64_mib_put_reads_back_identically_by(path: Path) {
     assert_eq!((r.digest.as_str(), r.size), (d.as_str(), total));
     let size = c
         .stat(StatRequest {
+            repo: String::new(),
             digest: d.clone(),
             keep: false,
         })
@@ -278,6 +282,7 @@ async fn a_64_mib_put_reads_back_identically_by(path: Path) {
 
     let mut s = c
         .read(ReadRequest {
+            repo: String::new(),
             digest: d.clone(),
             offset: 0,
             length: 0,
@@ -324,6 +329,7 @@ async fn errors_reach_the_client_as_codes(path: Path) {
 
     let e = c
         .stat(StatRequest {
+            repo: String::new(),
             digest: "sha256:nope".into(),
             keep: false,
         })
@@ -332,6 +338,7 @@ async fn errors_reach_the_client_as_codes(path: Path) {
     assert_eq!(code(e), ErrorCode::DigestInvalid);
     let e = c
         .stat(StatRequest {
+            repo: String::new(),
             digest: absent.clone(),
             keep: false,
         })
@@ -453,6 +460,7 @@ async fn errors_reach_the_client_as_codes(path: Path) {
     assert_eq!(code(e), ErrorCode::DigestInvalid);
     let e = c
         .stat(StatRequest {
+            repo: String::new(),
             digest: absent.clone(),
             keep: false,
         })
@@ -462,6 +470,7 @@ async fn errors_reach_the_client_as_codes(path: Path) {
 
     // Delete reports whether something was there.
     let del = |digest: &str| DeleteRequest {
+        repo: String::new(),
         digest: digest.to_string(),
     };
     assert!(c.delete(del(&small)).await.unwrap().into_inner().deleted);

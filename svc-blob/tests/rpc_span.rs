@@ -53,6 +53,7 @@ async fn in_process_calls_log_under_the_callers_trace_id() {
     let streams = BlobGrpc::new(store);
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
     let mut req = tonic::Request::new(ReadRequest {
+        repo: String::new(),
         digest: sha256(b"absent").to_string(),
         offset: 0,
         length: 0,
@@ -74,6 +75,7 @@ async fn in_process_calls_log_under_the_callers_trace_id() {
     assert!(line.contains("/capstan.blob.v1.BlobService/Read"), "{line}");
     // A refused put is logged in its span too.
     let chunks: MessageStream<PutChunk> = Box::pin(stream::iter([Ok(PutChunk {
+        repo: String::new(),
         length: None,
         digest: "sha256:nope".into(),
         data: Bytes::from_static(b"x"),

@@ -320,6 +320,7 @@ async fn ensure_blob(
             digest: d.clone(),
             // Linked next without a store: a collection under way keeps it.
             keep: true,
+            repo: to.to_string(),
         })
         .await
     {
@@ -328,7 +329,7 @@ async fn ensure_blob(
             if lazy {
                 return Ok(false);
             }
-            copy_blob(stores, up, from, &d).await?
+            copy_blob(stores, up, from, to, &d).await?
         }
         Err(s) => return Err(s.into()),
     };
@@ -349,10 +350,11 @@ async fn copy_blob(
     stores: &Stores,
     up: &Upstream,
     from: &str,
+    to: &str,
     digest: &str,
 ) -> Result<u64, SyncError> {
     let r = up.blob(from, digest).await?;
-    store_stream(stores, r, from, digest, None).await
+    store_stream(stores, r, from, to, digest, None).await
 }
 
 /// Stream blob `digest` of upstream `from` into svc-blob and link it to
@@ -367,7 +369,7 @@ pub async fn tee_blob(
     digest: String,
     client: ClientTx,
 ) -> Result<u64, SyncError> {
-    let size = store_stream(&stores, response, &from, &digest, Some(&client)).await?;
+    let size = store_stream(&stores, response, &from, &to, &digest, Some(&client)).await?;
     stores
         .meta
         .clone()
@@ -397,6 +399,7 @@ async fn store_stream(
     stores: &Stores,
     response: reqwest::Response,
     from: &str,
+    to: &str,
     digest: &str,
     client: Option<&ClientTx>,
 ) -> Result<u64, SyncError> {
@@ -465,6 +468,7 @@ async fn store_stream(
                 },
                 data: data.clone(),
                 length: if first { length } else { None },
+                repo: if first { to.to_string() } else { String::new() },
             };
             first = false;
             if tx.send(msg).await.is_err() {
@@ -487,6 +491,7 @@ async fn store_stream(
                 digest: digest.to_string(),
                 data: bytes::Bytes::new(),
                 length: Some(0),
+                repo: to.to_string(),
             })
             .await;
     }

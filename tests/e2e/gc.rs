@@ -131,7 +131,7 @@ fn wait_for_links(sb: &Sandbox, want: &BTreeSet<(String, String)>, limit: Durati
 }
 
 /// Pull `repo:reference` whole and check every byte against its digest.
-async fn pull_intact(sb: &Sandbox, repo: &str, reference: &str) {
+pub(crate) async fn pull_intact(sb: &Sandbox, repo: &str, reference: &str) {
     let r = sb
         .client
         .get(sb.url(&format!("/v2/{repo}/manifests/{reference}")))

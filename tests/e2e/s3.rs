@@ -319,3 +319,107 @@ async fn two_blob_replicas_on_s3_share_no_disk_and_serve_one_registry() {
     oras_round_trip(&host, "dist/oras", 7 * MIB, 2 * MIB);
     drop(gw);
 }
+
+/// `storage.subPaths`: repositories under `/cloud` keep their blobs in a
+/// bucket, those under `/team` in a directory of their own, the rest under
+/// `rootDirectory`; a mount between stores happens only where the target's
+/// store has the bytes; a collection reclaims garbage in every store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subpaths_keep_their_repositories_blobs_in_their_own_store() {
+    let server = s3_server().await;
+    let team = tempfile::tempdir().unwrap();
+    let mut sb = Sandbox::start_with(json!({"storage": {
+        "gcDelay": "1s", "gcInterval": "0s",
+        "subPaths": {
+            "/cloud": {"storageDriver": driver(&server)},
+            "/team": {"rootDirectory": team.path()}}}}))
+    .await;
+    let on_disk = |root: &Path, d: &str| {
+        let hex = d.trim_start_matches("sha256:");
+        root.join("blobs/sha256").join(&hex[..2]).join(hex).exists()
+    };
+    let top = sb.dir.path().join("data");
+    let (c, t, o) = (random_bytes(1000), random_bytes(1001), random_bytes(1002));
+    let dc = sb.push_blob("cloud/app", &c).await;
+    let dt = sb.push_blob("team/app", &t).await;
+    let dother = sb.push_blob("other", &o).await;
+    assert!(in_bucket(&server, &dc) && !on_disk(&top, &dc) && !on_disk(team.path(), &dc));
+    assert!(on_disk(team.path(), &dt) && !in_bucket(&server, &dt) && !on_disk(&top, &dt));
+    assert!(on_disk(&top, &dother) && !in_bucket(&server, &dother));
+    for (repo, d, bytes) in [
+        ("cloud/app", &dc, &c),
+        ("team/app", &dt, &t),
+        ("other", &dother, &o),
+    ] {
+        let r = sb.get(&format!("/v2/{repo}/blobs/{d}")).await;
+        assert_eq!(r.status(), 200, "{repo}");
+        assert_eq!(&r.bytes().await.unwrap()[..], &bytes[..], "{repo}");
+    }
+
+    // A mount into another store: not while that store lacks the bytes…
+    let mount = |to: &str, from: &str, d: &str| {
+        sb.client
+            .post(sb.url(&format!("/v2/{to}/blobs/uploads/?mount={d}&from={from}")))
+            .send()
+    };
+    assert_eq!(
+        mount("cloud/app", "other", &dother).await.unwrap().status(),
+        202
+    );
+    assert_eq!(
+        sb.head(&format!("/v2/cloud/app/blobs/{dother}"))
+            .await
+            .status(),
+        404
+    );
+    // …within one store, yes; and across once the bytes are there too.
+    assert_eq!(
+        mount("team/two", "team/app", &dt).await.unwrap().status(),
+        201
+    );
+    sb.push_blob("cloud/other", &o).await;
+    assert_eq!(
+        mount("cloud/app", "other", &dother).await.unwrap().status(),
+        201
+    );
+    let r = sb.get(&format!("/v2/cloud/app/blobs/{dother}")).await;
+    assert_eq!(r.status(), 200);
+
+    // Real clients into each store.
+    for d in skopeo_round_trip(&sb.host(), "cloud/img", &[100_000, 6 * MIB]) {
+        assert!(in_bucket(&server, &d), "{d} is not in the bucket");
+    }
+    for d in skopeo_round_trip(&sb.host(), "team/img", &[100_000, 300_000]) {
+        assert!(on_disk(team.path(), &d), "{d} is not in the team store");
+    }
+
+    // Nothing references the three first blobs: a collection removes them
+    // from each store (dry runs until their links are older than gcDelay).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let want = [dc.clone(), dt.clone()];
+    loop {
+        let report = crate::gc::gc(&sb, true);
+        let planned: Vec<&str> = report["blobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|b| b["digest"].as_str())
+            .collect();
+        if want.iter().all(|d| planned.contains(&d.as_str())) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not collectable: {report}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    sb.proc.kill();
+    let done = crate::gc::gc(&sb, false);
+    sb.start_again().await;
+    assert!(!in_bucket(&server, &dc), "{done}");
+    assert!(!on_disk(team.path(), &dt), "{done}");
+    // Blobs that images use stay, in every store.
+    crate::gc::pull_intact(&sb, "cloud/img", "v1").await;
+    crate::gc::pull_intact(&sb, "team/img", "v1").await;
+}

@@ -87,6 +87,7 @@ pub async fn get(
             .locate(ctx.rpc(LocateRequest {
                 digest: d.to_string(),
                 ttl_seconds: ttl.as_secs(),
+                repo: repo.into(),
             }))
             .await?
             .into_inner();
@@ -129,6 +130,7 @@ pub async fn get(
             digest: d.to_string(),
             offset,
             length: len,
+            repo: repo.into(),
         }))
         .await?
         .into_inner();

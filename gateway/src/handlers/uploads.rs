@@ -9,7 +9,8 @@ use crate::error::ApiError;
 use crate::range::{parse_content_range, upload_range};
 use capstan_oci::{Digest, ErrorCode, validate_repository};
 use capstan_proto::blob::v1::{
-    CommitUploadRequest, PutChunk, StartUploadRequest, UploadRef, UploadState, WriteChunk,
+    CommitUploadRequest, PutChunk, StartUploadRequest, StatRequest, UploadRef, UploadState,
+    WriteChunk,
 };
 use capstan_proto::meta::v1::{LinkBlobRequest, MountBlobRequest};
 use pingora::protocols::http::ServerSession;
@@ -95,6 +96,42 @@ fn body_error(e: BodyError) -> ApiError {
     }
 }
 
+/// Whether a blob of `from` may be mounted into `repo` as far as bytes go:
+/// always when both keep their blobs in one store, else only when `repo`'s
+/// store has the blob too (`storage.subPaths`), which it then keeps for
+/// the link to come.
+async fn bytes_reachable(
+    gw: &Gateway,
+    ctx: &Ctx,
+    from: &str,
+    repo: &str,
+    digest: &Digest,
+) -> Result<bool, ApiError> {
+    if gw.storage.store_of(from) == gw.storage.store_of(repo) {
+        return Ok(true);
+    }
+    let stat = gw
+        .backends
+        .blob()
+        .stat(ctx.rpc(StatRequest {
+            digest: digest.to_string(),
+            keep: true,
+            repo: repo.into(),
+        }))
+        .await;
+    match stat {
+        Ok(_) => Ok(true),
+        Err(s) => {
+            let e = ApiError::from(s);
+            if e.code == ErrorCode::BlobUnknown {
+                Ok(false)
+            } else {
+                Err(e)
+            }
+        }
+    }
+}
+
 /// `POST /v2/<name>/blobs/uploads/`
 pub async fn start(
     gw: &Gateway,
@@ -112,6 +149,7 @@ pub async fn start(
         if let Some(from) = ctx
             .param("from")
             .filter(|f| ctx.caller.can(f, capstan_oci::access::Action::Read))
+            && bytes_reachable(gw, ctx, from, repo, &d).await?
         {
             let r = gw
                 .backends
@@ -163,6 +201,11 @@ async fn monolithic(
             },
             data,
             length: if first { length } else { None },
+            repo: if first {
+                repo.to_string()
+            } else {
+                String::new()
+            },
         },
         |stream| client.put(ctx.rpc(stream)),
     )

@@ -134,10 +134,11 @@ pub struct StorageConfig {
     /// applied with garbage collection.
     #[serde(default)]
     pub retention: Option<retention::RetentionConfig>,
-    /// zot's `subPaths`. Not implemented yet: reported as ignored; every
-    /// repository lives under `rootDirectory`.
+    /// zot's `subPaths`: repositories whose name's first component is a
+    /// key's (`"/team"` holds `team/…`) keep their blobs in that entry's
+    /// own directory or bucket (see [`SubPathConfig`]).
     #[serde(default)]
-    pub sub_paths: Option<serde_json::Value>,
+    pub sub_paths: BTreeMap<String, SubPathConfig>,
     /// zot's `hydrateBlobOnRead`: reported as ignored.
     #[serde(default)]
     pub hydrate_blob_on_read: Option<serde_json::Value>,
@@ -150,12 +151,145 @@ pub struct StorageConfig {
     pub database: Option<String>,
 }
 
+/// One entry of zot's `storage.subPaths`: where the blobs of the
+/// repositories under its key live. Metadata stays in the one database.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SubPathConfig {
+    /// The directory holding these repositories' blobs and uploads (unless
+    /// `storageDriver` is set); it must not be another store's.
+    #[serde(default, deserialize_with = "empty_path_is_none")]
+    pub root_directory: Option<PathBuf>,
+    /// An S3 bucket for these repositories' blobs instead of a directory.
+    #[serde(default)]
+    pub storage_driver: Option<storage_driver::StorageDriverConfig>,
+    /// As `storage.commit`, for this store; the top level's when absent.
+    #[serde(default)]
+    pub commit: Option<bool>,
+    /// zot's `dedupe`: as at the top level, each digest is stored once per
+    /// store, so only `false` is reported as ignored.
+    #[serde(default)]
+    pub dedupe: Option<bool>,
+    /// zot's per-subpath garbage collection and retention settings: not
+    /// acted on yet (the top level's apply to every store), reported as
+    /// ignored.
+    #[serde(default)]
+    pub gc: Option<serde_json::Value>,
+    #[serde(default)]
+    pub gc_delay: Option<serde_json::Value>,
+    #[serde(default)]
+    pub gc_interval: Option<serde_json::Value>,
+    #[serde(default)]
+    pub retention: Option<serde_json::Value>,
+    /// zot's dedupe caches: reported as ignored, as at the top level.
+    #[serde(default)]
+    pub cache_driver: Option<serde_json::Value>,
+    #[serde(default)]
+    pub remote_cache: Option<serde_json::Value>,
+}
+
+impl SubPathConfig {
+    /// Keys given that have no effect, for `ignored_keys`.
+    fn ignored(&self, key: &str) -> Vec<(String, &'static str)> {
+        [
+            (
+                "gc",
+                self.gc.is_some(),
+                "per-subpath garbage collection is not implemented yet; storage.gc applies",
+            ),
+            (
+                "gcDelay",
+                self.gc_delay.is_some(),
+                "per-subpath garbage collection is not implemented yet; storage.gcDelay applies",
+            ),
+            (
+                "gcInterval",
+                self.gc_interval.is_some(),
+                "per-subpath garbage collection is not implemented yet; storage.gcInterval \
+                 applies",
+            ),
+            (
+                "retention",
+                self.retention.is_some(),
+                "per-subpath retention is not implemented yet; storage.retention applies",
+            ),
+            (
+                "dedupe",
+                self.dedupe == Some(false),
+                "blobs are content-addressed: each digest is always stored once",
+            ),
+            (
+                "cacheDriver",
+                self.cache_driver.is_some(),
+                "zot's dedupe cache; Capstan keeps what it needs in its own database",
+            ),
+            (
+                "remoteCache",
+                self.remote_cache.is_some(),
+                "zot's dedupe cache; Capstan keeps what it needs in its own database",
+            ),
+        ]
+        .into_iter()
+        .filter(|(_, set, _)| *set)
+        .map(|(k, _, why)| (format!("storage.subPaths.{key}.{k}"), why))
+        .chain(
+            self.storage_driver
+                .iter()
+                .flat_map(|d| d.ignored())
+                .map(|(k, why)| {
+                    (
+                        k.replacen("storage.", &format!("storage.subPaths.{key}."), 1),
+                        why,
+                    )
+                }),
+        )
+        .collect()
+    }
+}
+
+/// The `subPaths` entry a repository belongs to, as zot routes it: the
+/// first component of a name with more than one (`team/app` → `team`);
+/// names of one component belong to the top-level store.
+pub fn route_prefix(repo: &str) -> Option<&str> {
+    repo.split_once('/').map(|(first, _)| first)
+}
+
+/// Whether `name` is one component of a repository name as the OCI
+/// distribution spec writes it (`[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*`).
+fn is_path_component(name: &str) -> bool {
+    let b = name.as_bytes();
+    let alnum = |c: u8| c.is_ascii_lowercase() || c.is_ascii_digit();
+    let sep = |c: u8| matches!(c, b'.' | b'_' | b'-');
+    !b.is_empty()
+        && alnum(b[0])
+        && alnum(b[b.len() - 1])
+        && b.iter().all(|&c| alnum(c) || sep(c))
+        && !name.contains("..")
+        && !name.contains("___")
+        && !name.contains("._")
+        && !name.contains("_.")
+        && !name.contains(".-")
+        && !name.contains("-.")
+        && !name.contains("_-")
+        && !name.contains("-_")
+}
+
 /// zot's default `gcDelay`.
 pub const DEFAULT_GC_DELAY: Duration = Duration::from_secs(3600);
 /// zot's default `gcInterval`.
 pub const DEFAULT_GC_INTERVAL: Duration = Duration::from_secs(3600);
 
 impl StorageConfig {
+    /// The name of the `subPaths` entry whose store holds `repo`'s blobs
+    /// (its key without slashes), or `None` for the top-level store.
+    pub fn store_of(&self, repo: &str) -> Option<&str> {
+        let first = route_prefix(repo)?;
+        self.sub_paths
+            .keys()
+            .map(|k| k.trim_matches('/'))
+            .find(|k| *k == first)
+    }
+
     /// `gc`, defaulting to true as in zot.
     pub fn gc_enabled(&self) -> bool {
         self.gc.unwrap_or(true)
@@ -188,7 +322,7 @@ impl Default for StorageConfig {
             cache_driver: None,
             remote_cache: None,
             retention: None,
-            sub_paths: None,
+            sub_paths: BTreeMap::new(),
             hydrate_blob_on_read: None,
             upload_expiry: default_upload_expiry(),
             database: None,
@@ -446,11 +580,6 @@ impl Loaded {
                 "zot's dedupe cache; Capstan keeps what it needs in its own database",
             ),
             (
-                "storage.subPaths",
-                st.sub_paths.is_some(),
-                "subPaths are not implemented yet; every repository lives under rootDirectory",
-            ),
-            (
                 "scheduler",
                 self.config.scheduler.is_some(),
                 "zot's task scheduler settings have no counterpart here",
@@ -558,6 +687,9 @@ impl Loaded {
         }
         if let Some(d) = &st.storage_driver {
             out.extend(d.ignored());
+        }
+        for (key, sub) in &st.sub_paths {
+            out.extend(sub.ignored(key));
         }
         if let Some(d) = self
             .config
@@ -680,6 +812,37 @@ impl Config {
             .and_then(|d| d.problem())
         {
             return Err(invalid(key, &message));
+        }
+        let mut roots = vec![self.storage.root_directory.clone()];
+        for (key, sub) in &self.storage.sub_paths {
+            let name = key.trim_matches('/');
+            let at = format!("storage.subPaths.{key}");
+            if !is_path_component(name) {
+                return Err(invalid(
+                    &at,
+                    "a subpath names one repository path component, like \"/team\" \
+                     (zot routes a repository by its first component)",
+                ));
+            }
+            if let Some(d) = &sub.storage_driver {
+                if let Some((k, message)) = d.problem() {
+                    return Err(invalid(
+                        &k.replacen("storage.", &format!("{at}."), 1),
+                        &message,
+                    ));
+                }
+                continue;
+            }
+            let Some(root) = &sub.root_directory else {
+                return Err(invalid(&at, "needs rootDirectory or storageDriver"));
+            };
+            if roots.contains(root) {
+                return Err(invalid(
+                    &format!("{at}.rootDirectory"),
+                    "must differ from storage.rootDirectory and from every other subpath's",
+                ));
+            }
+            roots.push(root.clone());
         }
         if self.storage.redirect_blob_url && self.storage.storage_driver.is_none() {
             return Err(invalid(
@@ -1039,7 +1202,8 @@ mod tests {
     fn zot_keys_without_effect_are_reported_as_ignored() {
         let l = load(
             json!({"storage": {"gc": true, "gcDelay": "2h", "gcInterval": "1h",
-            "dedupe": true, "retention": {"policies": []}, "subPaths": {"/a": {}},
+            "dedupe": true, "retention": {"policies": []},
+            "subPaths": {"/a": {"rootDirectory": "/srv/a", "gc": true}},
             "storageDriver": {"name": "s3", "rootdirectory": "/zot", "region": "us-east-2",
                 "regionendpoint": "localhost:4566", "bucket": "zot-storage",
                 "forcepathstyle": true, "secure": false, "skipverify": false,
@@ -1054,11 +1218,11 @@ mod tests {
         assert_eq!(
             keys,
             [
-                "storage.subPaths",
                 "scheduler",
                 "extensions.search",
                 "extensions.ui",
                 "storage.storageDriver.storageclass",
+                "storage.subPaths./a.gc",
             ]
         );
         let d = l.config.storage.storage_driver.as_ref().unwrap();
@@ -1075,6 +1239,50 @@ mod tests {
         let l = load(json!({"storage": {"dedupe": false}})).unwrap();
         assert_eq!(l.ignored_keys()[0].0, "storage.dedupe");
         assert!(load(json!({})).unwrap().ignored_keys().is_empty());
+    }
+
+    #[test]
+    fn subpaths_route_by_first_component_and_need_a_store_of_their_own() {
+        let l = load(
+            json!({"storage": {"rootDirectory": "/srv/top", "subPaths": {
+            "/team": {"rootDirectory": "/srv/team"},
+            "/cloud": {"storageDriver": {"name": "s3", "bucket": "b"}}}}}),
+        )
+        .unwrap();
+        let st = &l.config.storage;
+        assert_eq!(st.store_of("team/app"), Some("team"));
+        assert_eq!(st.store_of("cloud/a/b"), Some("cloud"));
+        assert_eq!(st.store_of("team"), None);
+        assert_eq!(st.store_of("other/team/app"), None);
+        assert_eq!(st.store_of("teams/app"), None);
+        for (sub, key) in [
+            (json!({"/a": {}}), "storage.subPaths./a"),
+            (
+                json!({"/a/b": {"rootDirectory": "/x"}}),
+                "storage.subPaths./a/b",
+            ),
+            (
+                json!({"/A": {"rootDirectory": "/x"}}),
+                "storage.subPaths./A",
+            ),
+            (
+                json!({"/a": {"rootDirectory": "/srv/top"}}),
+                "storage.subPaths./a.rootDirectory",
+            ),
+            (
+                json!({"/a": {"rootDirectory": "/x"}, "/b": {"rootDirectory": "/x"}}),
+                "storage.subPaths./b.rootDirectory",
+            ),
+            (
+                json!({"/a": {"storageDriver": {"name": "s3", "bucket": ""}}}),
+                "storage.subPaths./a.storageDriver.bucket",
+            ),
+        ] {
+            let err = load(json!({"storage": {"rootDirectory": "/srv/top", "subPaths": sub}}))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(&format!("`{key}`")), "{key}: {err}");
+        }
     }
 
     #[test]

@@ -40,8 +40,8 @@ pub struct StorageDriverConfig {
     #[serde(default)]
     pub secure: Option<bool>,
     /// Skip verifying the store's TLS certificate. Accepted only as
-    /// `false`: Capstan does not turn certificate checks off (give the
-    /// store's CA through `AWS_CA_BUNDLE`-style trust instead).
+    /// `false`: Capstan does not turn certificate checks off (add the
+    /// store's CA to the machine's trust store instead).
     #[serde(default)]
     pub skip_verify: Option<bool>,
     /// Access key id; with `secretkey`. When absent, the standard AWS
@@ -148,8 +148,8 @@ impl StorageDriverConfig {
         if self.skip_verify == Some(true) {
             return Some((
                 "storage.storageDriver.skipverify",
-                "turning TLS verification off is not supported; trust the store's CA \
-                 instead (AWS_CA_BUNDLE)"
+                "turning TLS verification off is not supported; add the store's CA \
+                 to the machine's trust store instead"
                     .into(),
             ));
         }
