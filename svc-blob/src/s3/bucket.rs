@@ -235,6 +235,21 @@ impl Bucket {
         }
     }
 
+    /// Write a streamed body of exactly `len` bytes at `key` in one
+    /// request (unsigned payload: it cannot be hashed before it is sent).
+    pub async fn put_body(&self, key: &str, body: S3Body, len: u64) -> Result<(), BlobError> {
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(self.full(key))
+            .content_length(i64::try_from(len).unwrap_or(i64::MAX))
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| backend("write", key, e))?;
+        Ok(())
+    }
+
     /// Remove `key` (absent is fine).
     pub async fn delete(&self, key: &str) -> Result<(), BlobError> {
         match self

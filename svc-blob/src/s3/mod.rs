@@ -50,7 +50,7 @@ use futures::StreamExt as _;
 use serde::{Deserialize, Serialize};
 use sha2::Digest as _;
 use sha2::Sha256;
-use stage::{MAX_PART_BYTES, MAX_PARTS, part_size, stage};
+use stage::{MAX_PART_BYTES, MAX_PARTS, part_size, put_streamed, stage};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -397,17 +397,25 @@ impl S3Store {
             .put(&lease, Bytes::new(), None, false)
             .await?
             .ok();
-        let result = async {
+        let stored = async {
             self.await_removal(digest).await?;
-            let out = store.await?;
-            self.mark_stored(digest).await?;
-            Ok(out)
+            store.await
         }
         .await;
-        if let Err(e) = self.bucket.delete(&lease).await {
+        // Once stored, leave the mark and withdraw the announcement at once.
+        let marked = async {
+            match &stored {
+                Ok(_) => self.mark_stored(digest).await,
+                Err(_) => Ok(()),
+            }
+        };
+        let (marked, withdrawn) = tokio::join!(marked, self.bucket.delete(&lease));
+        if let Err(e) = withdrawn {
             tracing::warn!(lease, error = %e, "store announcement left behind");
         }
-        result
+        let out = stored?;
+        marked?;
+        Ok(out)
     }
 
     /// Wait while a collection is removing `digest` (at most until its
@@ -586,21 +594,31 @@ impl BlobStore for S3Store {
         }
         let mut hasher = resumable::restore(&s.sha256)
             .ok_or_else(|| BlobError::Internal("upload hash state unreadable".into()))?;
-        let key = format!("uploads/{id}/data/{:020}-{}", s.offset, nonce());
-        let staged = stage(
-            &self.bucket,
-            &key,
-            part_size(self.min_part, length),
-            data,
-            |b| hasher.update(b),
-        )
-        .await?;
-        if staged.len == 0 {
-            staged.discard(&self.bucket).await;
-            return Ok(s.offset);
-        }
-        let len = staged.len;
-        staged.finish(&self.bucket).await?;
+        let key = format!("{}{:020}-{}", data_dir(id), s.offset, nonce());
+        let len = match length {
+            // Announced and at most one request's worth: streamed straight
+            // into its object, nothing buffered.
+            Some(len) if len > 0 && len <= MAX_PART_BYTES => {
+                put_streamed(&self.bucket, &key, len, data, |b| hasher.update(b)).await?
+            }
+            _ => {
+                let staged = stage(
+                    &self.bucket,
+                    &key,
+                    part_size(self.min_part, length),
+                    data,
+                    |b| hasher.update(b),
+                )
+                .await?;
+                if staged.len == 0 {
+                    staged.discard(&self.bucket).await;
+                    return Ok(s.offset);
+                }
+                let len = staged.len;
+                staged.finish(&self.bucket).await?;
+                len
+            }
+        };
         s.parts.push(Part {
             key: key.clone(),
             len,

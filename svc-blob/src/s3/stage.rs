@@ -169,6 +169,68 @@ pub(crate) async fn stage(
     }
 }
 
+/// Write `data`, announced as `length` bytes, to `key` in one request as
+/// it arrives (nothing is buffered), showing every chunk to `each` on the
+/// way. S3 never keeps part of an object: a stream that fails, or that
+/// brings fewer bytes than announced, leaves nothing. Returns the bytes
+/// written.
+pub(crate) async fn put_streamed(
+    bucket: &Bucket,
+    key: &str,
+    length: u64,
+    mut data: ByteStream,
+    mut each: impl FnMut(&[u8]) + Send,
+) -> Result<u64, BlobError> {
+    type Frame = http_body::Frame<Bytes>;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame, BlobError>>(4);
+    let body = http_body_util::StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    let put = bucket.put_body(
+        key,
+        aws_sdk_s3::primitives::ByteStream::from_body_1_x(body),
+        length,
+    );
+    let pump = async move {
+        let mut sent = 0u64;
+        // Failing the body fails the request, so S3 stores nothing.
+        let fail = |e: BlobError| {
+            let tx = tx.clone();
+            async move {
+                let _ = tx.send(Err(BlobError::Stream(e.to_string()))).await;
+                Err::<u64, _>(e)
+            }
+        };
+        while let Some(chunk) = data.next().await {
+            let chunk = match chunk {
+                Ok(c) => c,
+                Err(e) => return fail(e).await,
+            };
+            sent += chunk.len() as u64;
+            if sent > length {
+                return fail(BlobError::Stream(format!(
+                    "the body holds more than the {length} bytes announced"
+                )))
+                .await;
+            }
+            each(&chunk);
+            if tx.send(Ok(Frame::data(chunk))).await.is_err() {
+                // The request ended (it failed): its error says why.
+                return Ok(sent);
+            }
+        }
+        if sent < length {
+            return fail(BlobError::Stream(format!(
+                "the body ended after {sent} of the {length} bytes announced"
+            )))
+            .await;
+        }
+        Ok(sent)
+    };
+    let (pumped, put) = tokio::join!(pump, put);
+    let sent = pumped?;
+    put?;
+    Ok(sent)
+}
+
 fn joined<T>(r: Result<Result<T, BlobError>, tokio::task::JoinError>) -> Result<T, BlobError> {
     r.map_err(|e| BlobError::Internal(format!("part upload task failed: {e}")))?
 }

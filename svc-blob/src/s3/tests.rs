@@ -282,3 +282,46 @@ async fn presigned_urls_serve_the_blob_to_anyone_holding_them() {
         Err(BlobError::BlobUnknown(_))
     ));
 }
+
+/// A write announced with a length streams into one object; a body that
+/// brings fewer or more bytes than announced, or fails, keeps nothing.
+#[tokio::test]
+async fn announced_writes_that_fall_short_or_overflow_keep_nothing() {
+    let (_server, a, b) = open_s3_pair().await;
+    let id = a.start_upload("r").await.unwrap();
+    let failing = futures::stream::iter(vec![
+        Ok(Bytes::from_static(b"abc")),
+        Err(BlobError::Stream("client went away".into())),
+    ])
+    .boxed();
+    for (announced, data) in [
+        (10, chunks(&[b"abc"])),
+        (2, chunks(&[b"abc"])),
+        (3, chunks(&[b"ab", b"cd"])),
+        (6, failing),
+    ] {
+        assert!(
+            matches!(
+                a.append_with_length(&id, Some(0), Some(announced), data)
+                    .await,
+                Err(BlobError::Stream(_))
+            ),
+            "announced {announced}"
+        );
+        assert_eq!(b.upload_status(&id).await.unwrap(), 0);
+    }
+    let data = pattern(2 * MIB + 5, 11);
+    let n = data.len() as u64;
+    let pieces: Vec<&[u8]> = data.chunks(100_000).collect();
+    assert_eq!(
+        a.append_with_length(&id, Some(0), Some(n), chunks(&pieces))
+            .await
+            .unwrap(),
+        n
+    );
+    // Written as one object, not assembled from parts.
+    let (state, _) = b.session(&id).await.unwrap();
+    assert_eq!(state.parts.len(), 1);
+    assert_eq!(b.commit(&id, &sha256(&data)).await.unwrap(), n);
+    assert_eq!(read_all(&a, &sha256(&data)).await, data);
+}
