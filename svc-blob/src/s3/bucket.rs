@@ -65,12 +65,15 @@ where
 {
     let unreachable = matches!(e, SdkError::DispatchFailure(_) | SdkError::TimeoutError(_))
         || status(&e).is_some_and(|s| s == 503);
+    let http = status(&e).map_or(String::new(), |s| format!("HTTP {s}"));
     let message = match e.as_service_error() {
-        Some(s) => format!(
-            "{} ({})",
+        // HEAD answers carry no body: the status is all there is.
+        Some(s) if s.message().is_some() || s.code().is_some() => format!(
+            "{} ({}, {http})",
             s.message().unwrap_or("no message"),
             s.code().unwrap_or("no code")
         ),
+        Some(_) => format!("{http} with no detail"),
         None => aws_sdk_s3::error::DisplayErrorContext(&e).to_string(),
     };
     if unreachable {

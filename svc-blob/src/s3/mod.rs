@@ -29,10 +29,19 @@
 //!
 //! **Garbage collection.** S3 has no rename and no atomic compare on a
 //! blob's age, so removal and stores meet through small lease objects: a
-//! store announces itself (`gc/writing/…`) and waits while a removal is
-//! under way; a removal takes `gc/removing/…` with `If-None-Match` and gives
-//! up if a store is announced. Either the removal sees the store, or the
-//! store waits until the removal is over and then writes the blob anew.
+//! store announces itself (`gc/w/…`) and waits while a removal is under
+//! way; a removal takes `gc/r/…` with `If-None-Match` and gives up if a
+//! store is announced. Either the removal sees the store, or the store
+//! waits until the removal is over and then writes the blob anew. No clock
+//! is compared with another: a store waits at most [`REMOVAL_WAIT`] on its
+//! own clock, and a remover removes only within [`REMOVER_BUDGET`] of
+//! taking its lease, its request bounded by [`REMOVE_TIMEOUT`]. A removal
+//! that cannot decide (a lease held, a store under way, out of time) is an
+//! error, so the blob stays queued for the next collection. A store records
+//! its own time (`gc/k/…`) where S3 dates an object from the start of its
+//! upload (multipart, assembly). Scrub takes a corrupt blob out of service
+//! without a lease: never serving bad bytes comes first, and a good copy
+//! stored at that moment is uploaded again by the next push that needs it.
 
 mod bucket;
 mod stage;
@@ -50,18 +59,28 @@ use futures::StreamExt as _;
 use serde::{Deserialize, Serialize};
 use sha2::Digest as _;
 use sha2::Sha256;
-use stage::{MAX_PART_BYTES, MAX_PARTS, part_size, put_streamed, stage};
+use stage::{MAX_PART_BYTES, MAX_PARTS, copy_part_size, part_size, put_streamed, stage};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-/// A removal lease older than this is a remover that died: stores stop
-/// waiting for it.
-const REMOVAL_LEASE: Duration = Duration::from_secs(30);
+/// How long a store waits for a removal lease to go, counted on its own
+/// clock from when it first sees it (no clock is compared with another's).
+/// A remover is done, or has given up, well within this: it removes only
+/// within [`REMOVER_BUDGET`] of taking its lease, and its removal request
+/// is bounded by [`REMOVE_TIMEOUT`].
+const REMOVAL_WAIT: Duration = Duration::from_secs(120);
 /// A remover that took longer than this since taking its lease gives up
-/// rather than remove (stores may have stopped waiting for it).
+/// rather than remove.
 const REMOVER_BUDGET: Duration = Duration::from_secs(10);
+/// The bound on a remover's delete request.
+const REMOVE_TIMEOUT: Duration = Duration::from_secs(30);
+/// A removal lease this old belongs to a remover that died; the next
+/// collection clears it (by the store's timestamps: far beyond any skew).
+const DEAD_REMOVAL_LEASE: Duration = Duration::from_secs(600);
 /// A store announcement older than this is a store that died.
 const WRITE_LEASE: Duration = Duration::from_secs(3600);
+/// Store announcements a remover looks at; more count as a store at work.
+const WRITERS_LISTED: usize = 1000;
 /// How often a store waiting for a removal looks again.
 const LEASE_POLL: Duration = Duration::from_millis(50);
 
@@ -295,7 +314,7 @@ impl S3Store {
         if size <= MAX_PART_BYTES {
             return self.bucket.copy(from, to).await;
         }
-        let part = part_size(self.min_part, Some(size));
+        let part = copy_part_size(self.min_part, size);
         let id = self.bucket.start_multipart(to).await?;
         let mut parts = Vec::new();
         let mut start = 0;
@@ -337,6 +356,7 @@ impl S3Store {
         let size = init[0].len;
         if (MIN_PART_BYTES..=MAX_PART_BYTES).contains(&size)
             && init.iter().all(|p| p.len == size)
+            && parts.last().is_some_and(|p| p.len <= size)
             && (parts.len() as u64) < MAX_PARTS
         {
             let id = self.bucket.start_multipart(to).await?;
@@ -370,14 +390,14 @@ impl S3Store {
         let staged = stage(
             &self.bucket,
             to,
-            part_size(self.min_part, Some(total)),
+            part_size(self.min_part, Some(total))?,
             self.concat(keys),
             |_| {},
         )
         .await?;
         if staged.len != total {
             let held = staged.len;
-            staged.discard(&self.bucket).await;
+            staged.discard();
             return Err(BlobError::Internal(format!(
                 "upload data holds {held} bytes, its state says {total}"
             )));
@@ -418,14 +438,14 @@ impl S3Store {
         Ok(out)
     }
 
-    /// Wait while a collection is removing `digest` (at most until its
-    /// lease is old enough to be a dead remover's).
+    /// Wait while a collection is removing `digest`, for at most
+    /// [`REMOVAL_WAIT`] (a lease still there by then is a dead remover's).
     async fn await_removal(&self, digest: &Digest) -> Result<(), BlobError> {
         let key = removing_key(digest);
-        let deadline = Instant::now() + REMOVAL_LEASE * 2;
-        while let Some(h) = self.bucket.head(&key).await? {
-            let dead = h.modified + REMOVAL_LEASE < SystemTime::now();
-            if dead || Instant::now() > deadline {
+        let deadline = Instant::now() + REMOVAL_WAIT;
+        while self.bucket.head(&key).await?.is_some() {
+            if Instant::now() > deadline {
+                tracing::warn!(%digest, lease = key, "removal lease outlived its remover");
                 return Ok(());
             }
             tokio::time::sleep(LEASE_POLL).await;
@@ -518,13 +538,16 @@ impl BlobStore for S3Store {
                     return Err(bad());
                 }
                 if ranged && !got.partial {
-                    // The store answered with the whole object.
+                    // The store answered with the whole object: right when
+                    // the whole object was asked for.
                     if offset == total {
                         return Ok(futures::stream::empty().boxed());
                     }
-                    return Err(BlobError::Internal(format!(
-                        "the store ignored the range of a read of {key}"
-                    )));
+                    if offset != 0 || (length != 0 && length != total) {
+                        return Err(BlobError::Internal(format!(
+                            "the store ignored the range of a read of {key}"
+                        )));
+                    }
                 }
                 Ok(body_stream(got.body, key))
             }
@@ -605,13 +628,13 @@ impl BlobStore for S3Store {
                 let staged = stage(
                     &self.bucket,
                     &key,
-                    part_size(self.min_part, length),
+                    part_size(self.min_part, length)?,
                     data,
                     |b| hasher.update(b),
                 )
                 .await?;
                 if staged.len == 0 {
-                    staged.discard(&self.bucket).await;
+                    staged.discard();
                     return Ok(s.offset);
                 }
                 let len = staged.len;
@@ -659,7 +682,10 @@ impl BlobStore for S3Store {
             return Err(BlobError::UploadBusy);
         }
         s.sealed = true;
+        s.updated_ms = now_ms();
         if self.save_session(id, &s, Some(&etag)).await?.is_err() {
+            // A write came first, or the session ended meanwhile.
+            self.session(id).await?;
             return Err(BlobError::UploadBusy);
         }
         let result = async {
@@ -676,7 +702,12 @@ impl BlobStore for S3Store {
                     match self.bucket.head(&key).await? {
                         // Stored already: this commit only renews it.
                         Some(_) => self.renew(digest).await.map(|()| false),
-                        None => self.assemble(&s.parts, s.offset, &key).await.map(|()| true),
+                        None => {
+                            self.assemble(&s.parts, s.offset, &key).await?;
+                            // Assembled objects may be dated from the start
+                            // of their assembly.
+                            self.renew(digest).await.map(|()| true)
+                        }
                     }
                 })
                 .await?;
@@ -690,7 +721,10 @@ impl BlobStore for S3Store {
     }
 
     async fn cancel(&self, id: &UploadId) -> Result<(), BlobError> {
-        self.session(id).await?;
+        if self.session(id).await?.0.sealed {
+            // Being committed: the commit ends the session.
+            return Err(BlobError::UploadBusy);
+        }
         self.remove_session(id).await?;
         tracing::info!(upload_id = %id, "upload cancelled");
         Ok(())
@@ -711,21 +745,31 @@ impl BlobStore for S3Store {
         let staged = stage(
             &self.bucket,
             &key,
-            part_size(self.min_part, length),
+            part_size(self.min_part, length)?,
             data,
             |b| hasher.update(b),
         )
         .await?;
         let actual = hasher.finish();
         if actual != *digest {
-            staged.discard(&self.bucket).await;
+            staged.discard();
             return Err(BlobError::DigestMismatch {
                 expected: digest.clone(),
                 actual,
             });
         }
         let len = staged.len;
-        self.stored(digest, staged.finish(&self.bucket)).await?;
+        let multipart = staged.is_multipart();
+        self.stored(digest, async {
+            staged.finish(&self.bucket).await?;
+            if multipart {
+                // S3 dates a multipart object from the upload's start, which
+                // may be long ago: record the store's own time.
+                self.renew(digest).await?;
+            }
+            Ok(())
+        })
+        .await?;
         tracing::info!(digest = %digest, size = len, "blob stored");
         Ok(len)
     }
@@ -811,6 +855,14 @@ impl BlobStore for S3Store {
     ) -> Result<Option<u64>, BlobError> {
         let started = Instant::now();
         let lease = removing_key(digest);
+        // Undecided (another collection at it, a store under way, out of
+        // time) is an error, not "nothing to remove": the blob stays queued
+        // for the next collection.
+        let later = |why: &str| {
+            Err(BlobError::Unavailable(format!(
+                "{digest} not removed now ({why}); the next collection looks again"
+            )))
+        };
         if self
             .bucket
             .put(&lease, Bytes::new(), None, true)
@@ -818,30 +870,38 @@ impl BlobStore for S3Store {
             .is_err()
         {
             // Another collection is at it, or one died holding the lease:
-            // clear a dead one for the next run.
+            // clear a long dead one for the next run.
             if let Some(h) = self.bucket.head(&lease).await?
-                && h.modified + REMOVAL_LEASE * 2 < SystemTime::now()
+                && h.modified + DEAD_REMOVAL_LEASE < SystemTime::now()
             {
                 self.bucket.delete(&lease).await?;
             }
-            return Ok(None);
+            return later("another collection holds its removal lease");
         }
         let result = async {
-            let writers = self.bucket.list(&writing_prefix(digest), None, 100).await?;
+            let writers = self
+                .bucket
+                .list(&writing_prefix(digest), None, WRITERS_LISTED)
+                .await?;
             let now = SystemTime::now();
+            let crowded = writers.len() >= WRITERS_LISTED;
             let (live, dead): (Vec<_>, Vec<_>) = writers
                 .into_iter()
                 .partition(|w| w.modified + WRITE_LEASE > now);
-            if !live.is_empty() {
-                return Ok(None);
+            if crowded || !live.is_empty() {
+                return later("a store of it is under way");
             }
             let Some(size) = self.stale_size(digest, cutoff).await? else {
                 return Ok(None);
             };
             if started.elapsed() > REMOVER_BUDGET {
-                return Ok(None);
+                return later("the removal ran out of time");
             }
-            self.bucket.delete(&blob_key(digest)).await?;
+            match tokio::time::timeout(REMOVE_TIMEOUT, self.bucket.delete(&blob_key(digest))).await
+            {
+                Ok(removed) => removed?,
+                Err(_) => return later("the store did not answer the removal in time"),
+            }
             self.bucket.delete(&kept_key(digest)).await?;
             let dead: Vec<String> = dead.into_iter().map(|w| w.key).collect();
             self.bucket.delete_many(&dead).await?;
@@ -866,23 +926,35 @@ impl BlobStore for S3Store {
             else {
                 continue;
             };
+            // One session that cannot be read or removed does not stop the
+            // others from expiring.
             let stale = match self.session(&id).await {
                 Ok((s, _)) => now.saturating_sub(s.updated_ms) >= idle_ms,
                 // Bytes whose state is gone (a removal that stopped half
                 // way): stale once they are old enough.
                 Err(BlobError::UploadUnknown) => {
-                    let objects = self.bucket.list(&data_dir(&id), None, usize::MAX).await?;
-                    match objects.iter().map(|o| o.modified).max() {
-                        Some(newest) => newest + idle <= SystemTime::now(),
-                        // Nothing there (a store listing emptied prefixes).
-                        None => false,
+                    match self.bucket.list(&data_dir(&id), None, usize::MAX).await {
+                        Ok(objects) => match objects.iter().map(|o| o.modified).max() {
+                            Some(newest) => newest + idle <= SystemTime::now(),
+                            // Nothing there (a store listing emptied prefixes).
+                            None => false,
+                        },
+                        Err(e) => {
+                            tracing::warn!(upload_id = %id, error = %e, "cannot list upload data");
+                            false
+                        }
                     }
                 }
-                Err(e) => return Err(e),
+                Err(e) => {
+                    tracing::warn!(upload_id = %id, error = %e, "cannot read upload state");
+                    false
+                }
             };
             if stale {
-                self.remove_session(&id).await?;
-                removed += 1;
+                match self.remove_session(&id).await {
+                    Ok(()) => removed += 1,
+                    Err(e) => tracing::warn!(upload_id = %id, error = %e, "cannot expire upload"),
+                }
             }
         }
         Ok(removed)

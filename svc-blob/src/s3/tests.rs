@@ -196,7 +196,11 @@ async fn collections_and_stores_of_one_blob_never_cross() {
         .await
         .unwrap()
         .ok();
-    assert_eq!(b.remove_stale(&d, future).await.unwrap(), None);
+    // Undecided, so an error: the blob stays queued for the next run.
+    assert!(matches!(
+        b.remove_stale(&d, future).await,
+        Err(BlobError::Unavailable(_))
+    ));
     assert_eq!(read_all(&a, &d).await, data);
     a.bucket.delete(&lease).await.unwrap();
 
@@ -229,11 +233,23 @@ async fn collections_and_stores_of_one_blob_never_cross() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     assert!(!store.is_finished());
+    // Another collection finds the lease taken: undecided, not removed.
+    assert!(matches!(
+        b.remove_stale(&d, future).await,
+        Err(BlobError::Unavailable(_))
+    ));
     // The collection removes the blob, then lets go.
     b.bucket.delete(&blob_key(&d)).await.unwrap();
     b.bucket.delete(&removing).await.unwrap();
     store.await.unwrap().unwrap();
     assert_eq!(read_all(&*a, &d).await, data);
+    // The store renewed it: not stale before now.
+    assert_eq!(
+        b.stale_size(&d, SystemTime::now() - Duration::from_secs(5))
+            .await
+            .unwrap(),
+        None
+    );
 }
 
 #[tokio::test]
