@@ -111,7 +111,12 @@ pub struct GcReport {
 pub struct Collector {
     stores: Stores,
     meta: MetaClient,
+    /// The top level's `gcDelay` (svc-meta derives each store's cutoff
+    /// from the one it is sent, by its own copy of the settings).
     delay: Duration,
+    /// Each store's `gcDelay`, by subpath name (`""`: the top level); a
+    /// store missing here does not collect.
+    delays: std::collections::BTreeMap<String, Duration>,
 }
 
 impl std::fmt::Debug for Collector {
@@ -124,13 +129,30 @@ impl std::fmt::Debug for Collector {
 
 impl Collector {
     /// Collect from `stores`, sparing anything younger than `delay`
-    /// (`gcDelay`).
+    /// (`gcDelay`) in each of them.
     pub fn new(stores: impl Into<Stores>, meta: MetaClient, delay: Duration) -> Self {
+        let stores = stores.into();
+        let delays = stores
+            .all()
+            .into_iter()
+            .map(|(name, _)| (name.to_string(), delay))
+            .collect();
         Self {
-            stores: stores.into(),
+            stores,
             meta,
             delay,
+            delays,
         }
+    }
+
+    /// Each store's own `gcDelay`, by subpath name, leaving out stores
+    /// that do not collect (`storage.subPaths` entries' `gc`, `gcDelay`).
+    pub fn with_store_delays(
+        mut self,
+        delays: std::collections::BTreeMap<String, Duration>,
+    ) -> Self {
+        self.delays = delays;
+        self
     }
 
     /// One collection. With `dry_run` nothing changes and the report says
@@ -142,9 +164,15 @@ impl Collector {
         let cutoff_secs = cutoff
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        let now = SystemTime::now();
+        let cutoffs = self
+            .delays
+            .iter()
+            .map(|(name, d)| (name.clone(), now.checked_sub(*d).unwrap_or(UNIX_EPOCH)))
+            .collect();
         let mut run = Run {
             stores: &self.stores,
-            cutoff,
+            cutoffs,
             dry_run,
             seen: HashSet::new(),
             report: GcReport {
@@ -224,9 +252,22 @@ impl Collector {
         } else {
             BATCH as usize
         };
-        for (_, store) in self.stores.all() {
-            self.sweep_marks(store.as_ref(), &mut run, &mut meta, batch)
-                .await?;
+        for (name, store) in self.stores.all() {
+            match run.cutoffs.get(name).copied() {
+                Some(cutoff) => {
+                    self.sweep_marks(store.as_ref(), cutoff, &mut run, &mut meta, batch)
+                        .await?
+                }
+                // A store that does not collect: its marks only pile up.
+                None if !dry_run => loop {
+                    let marks = store.stored_before(now, batch).await?;
+                    store.forget_stored(&marks).await?;
+                    if marks.len() < batch {
+                        break;
+                    }
+                },
+                None => {}
+            }
         }
         Ok(run.report)
     }
@@ -236,11 +277,12 @@ impl Collector {
     async fn sweep_marks(
         &self,
         store: &dyn BlobStore,
+        cutoff: SystemTime,
         run: &mut Run<'_>,
         meta: &mut MetaClient,
         batch: usize,
     ) -> Result<(), GcError> {
-        let (cutoff, dry_run) = (run.cutoff, run.dry_run);
+        let dry_run = run.dry_run;
         loop {
             let marks = store.stored_before(cutoff, batch).await?;
             if marks.is_empty() {
@@ -294,7 +336,8 @@ impl Collector {
 /// The state of one collection.
 struct Run<'a> {
     stores: &'a Stores,
-    cutoff: SystemTime,
+    /// Each collecting store's cutoff, by subpath name.
+    cutoffs: std::collections::BTreeMap<String, SystemTime>,
     dry_run: bool,
     /// Digests already swept (both queues may name one).
     seen: HashSet<Digest>,
@@ -311,11 +354,14 @@ impl Run<'_> {
             return true;
         }
         let mut ok = true;
-        for (_, store) in self.stores.all() {
+        for (name, store) in self.stores.all() {
+            let Some(&cutoff) = self.cutoffs.get(name) else {
+                continue;
+            };
             let freed = if self.dry_run {
-                store.stale_size(digest, self.cutoff).await
+                store.stale_size(digest, cutoff).await
             } else {
-                store.remove_stale(digest, self.cutoff).await
+                store.remove_stale(digest, cutoff).await
             };
             match freed {
                 Ok(Some(size)) => {

@@ -177,7 +177,16 @@ async fn open_store(
 /// svc-meta (`services.meta.endpoints`; set by the binary in embedded
 /// mode). `None`, with a warning, when GC is on but svc-meta is not known.
 pub fn collector(config: &Config, stores: Stores) -> anyhow::Result<Option<gc::Collector>> {
-    if !config.storage.gc_enabled() {
+    let storage = &config.storage;
+    // Each store's own settings (`storage.subPaths` entries' gc, gcDelay).
+    let delays: std::collections::BTreeMap<String, Duration> = stores
+        .all()
+        .into_iter()
+        .map(|(name, _)| (name.to_string(), storage.gc_scope(name)))
+        .filter(|(_, scope)| scope.enabled)
+        .map(|(name, scope)| (name, scope.delay))
+        .collect();
+    if delays.is_empty() {
         return Ok(None);
     }
     let Some(meta) = meta_client(config)? else {
@@ -187,11 +196,9 @@ pub fn collector(config: &Config, stores: Stores) -> anyhow::Result<Option<gc::C
         );
         return Ok(None);
     };
-    Ok(Some(gc::Collector::new(
-        stores,
-        meta,
-        config.storage.gc_delay(),
-    )))
+    Ok(Some(
+        gc::Collector::new(stores, meta, storage.gc_delay()).with_store_delays(delays),
+    ))
 }
 
 /// svc-meta, as garbage collection and scrub call it: the first of

@@ -23,8 +23,8 @@ mod testutil;
 pub use error::MetaError;
 pub use service::{MetaGrpc, grpc_service, serve_grpc};
 pub use store::{
-    BUSY_TIMEOUT, Backend, CollectedLink, Collection, Garbage, Page, PutOutcome, RENEW_AFTER,
-    Referrer, Store, StoredManifest,
+    BUSY_TIMEOUT, Backend, CollectedLink, Collection, Garbage, GcScopes, Page, PutOutcome,
+    RENEW_AFTER, Referrer, Store, StoredManifest,
 };
 
 use anyhow::Context as _;
@@ -49,6 +49,7 @@ pub fn check_config(config: &Config) -> Result<(), String> {
         }
     }
     retention::Retention::from_config(&config.storage)?;
+    retention::Retentions::from_config(&config.storage)?;
     Ok(())
 }
 
@@ -130,13 +131,14 @@ pub async fn serve_beside(
     let store = Store::open(&config.database_url())
         .await
         .context("cannot open the metadata database")?
-        .with_gc_delay(config.storage.gc_delay());
+        .with_gc_delay(config.storage.gc_delay())
+        .with_gc_scopes(GcScopes::new(&config.storage));
     let mut meta = MetaGrpc::new(store.clone(), shutdown.clone());
-    if config.storage.gc_enabled() {
-        // Retention runs only with garbage collection, as in zot.
-        meta = meta.with_retention(
-            retention::Retention::from_config(&config.storage).map_err(anyhow::Error::msg)?,
-        );
+    // Retention runs only with garbage collection, as in zot (per store).
+    let retentions =
+        retention::Retentions::from_config(&config.storage).map_err(anyhow::Error::msg)?;
+    if retentions.any() {
+        meta = meta.with_retention(retentions);
     }
     let health = grpc::health_service(&[SERVICE_NAME]).await;
     let routes = tonic::service::Routes::new(health).add_service(serve_grpc(meta));

@@ -21,11 +21,74 @@
 
 use capstan_oci::access::Pattern;
 use capstan_runtime::config::StorageConfig;
-use capstan_runtime::config::retention::{KeepTags, RetentionPolicy};
+use capstan_runtime::config::retention::{KeepTags, RetentionConfig, RetentionPolicy};
 use regex::Regex;
 use std::collections::{BTreeMap, BTreeSet};
 
-/// Retention as configured, compiled.
+/// Retention of every store: the top level's (`storage.retention`) and
+/// each `storage.subPaths` entry's own (zot: an entry's policies replace
+/// the top level's for its repositories). A store whose `gc` is off has
+/// none: retention runs only with garbage collection, as in zot.
+#[derive(Debug, Clone)]
+pub struct Retentions {
+    top: Option<Retention>,
+    sub: BTreeMap<String, Option<Retention>>,
+    storage: StorageConfig,
+}
+
+impl Retentions {
+    pub fn from_config(storage: &StorageConfig) -> Result<Retentions, String> {
+        let top = storage
+            .gc_enabled()
+            .then(|| Retention::from_config(storage))
+            .transpose()?;
+        let mut sub = BTreeMap::new();
+        for (key, entry) in &storage.sub_paths {
+            let name = key.trim_matches('/').to_string();
+            let scope = storage.gc_scope(&name);
+            let compiled = scope
+                .enabled
+                .then(|| {
+                    Retention::compile(
+                        entry.retention.as_ref(),
+                        scope.delay,
+                        &format!("storage.subPaths.{key}.retention"),
+                    )
+                })
+                .transpose()?;
+            sub.insert(name, compiled);
+        }
+        Ok(Retentions {
+            top,
+            sub,
+            storage: storage.clone(),
+        })
+    }
+
+    /// The retention that applies to `repo`; `None` when its store does
+    /// not collect garbage.
+    pub fn for_repo(&self, repo: &str) -> Option<&Retention> {
+        match self.storage.store_of(repo) {
+            Some(name) => self.sub.get(name).and_then(Option::as_ref),
+            None => self.top.as_ref(),
+        }
+    }
+
+    /// Whether any store collects (and so applies retention).
+    pub fn any(&self) -> bool {
+        self.top.is_some() || self.sub.values().any(Option::is_some)
+    }
+
+    /// Whether every store that applies retention only decides (`dryRun`).
+    pub fn all_dry_run(&self) -> bool {
+        self.top
+            .iter()
+            .chain(self.sub.values().flatten())
+            .all(|r| r.dry_run)
+    }
+}
+
+/// One store's retention as configured, compiled.
 #[derive(Debug, Clone)]
 pub struct Retention {
     pub dry_run: bool,
@@ -83,18 +146,29 @@ impl Retention {
     /// Compile `storage.retention` (absent: no policies). An error names
     /// the key of the bad value.
     pub fn from_config(storage: &StorageConfig) -> Result<Retention, String> {
-        let config = storage.retention.clone().unwrap_or_default();
+        Self::compile(
+            storage.retention.as_ref(),
+            storage.gc_delay(),
+            "storage.retention",
+        )
+    }
+
+    /// One store's retention: `config` (none: no policy), with `gc_delay`
+    /// that store's `gcDelay`; `key` names the section in errors.
+    fn compile(
+        config: Option<&RetentionConfig>,
+        gc_delay: std::time::Duration,
+        key: &str,
+    ) -> Result<Retention, String> {
+        let config = config.cloned().unwrap_or_default();
         let mut policies = Vec::new();
         for (i, p) in config.policies.iter().enumerate() {
-            policies.push(compile_policy(
-                p,
-                &format!("storage.retention.policies[{i}]"),
-            )?);
+            policies.push(compile_policy(p, &format!("{key}.policies[{i}]"))?);
         }
         Ok(Retention {
             dry_run: config.dry_run,
-            delay: secs(config.delay.unwrap_or_else(|| storage.gc_delay())),
-            gc_delay: secs(storage.gc_delay()),
+            delay: secs(config.delay.unwrap_or(gc_delay)),
+            gc_delay: secs(gc_delay),
             policies,
         })
     }

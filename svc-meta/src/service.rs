@@ -29,7 +29,7 @@ use tonic::{Request, Response, Status};
 pub struct MetaGrpc {
     store: Store,
     /// `storage.retention`, when garbage collection is on.
-    retention: Option<std::sync::Arc<crate::retention::Retention>>,
+    retention: Option<std::sync::Arc<crate::retention::Retentions>>,
     /// Ends `Watch` streams so a graceful stop is not held up by them.
     shutdown: Shutdown,
 }
@@ -44,7 +44,7 @@ impl MetaGrpc {
     }
 
     /// Apply `retention` when asked (`ApplyRetention`).
-    pub fn with_retention(mut self, retention: crate::retention::Retention) -> Self {
+    pub fn with_retention(mut self, retention: crate::retention::Retentions) -> Self {
         self.retention = Some(std::sync::Arc::new(retention));
         self
     }
@@ -327,8 +327,9 @@ impl MetaService for MetaGrpc {
             let Some(retention) = &self.retention else {
                 return Ok(ApplyRetentionResponse::default());
             };
-            let dry_run = request.get_ref().dry_run || retention.dry_run;
-            let removed = self.store.apply_retention(retention, dry_run).await?;
+            let asked_dry = request.get_ref().dry_run;
+            let dry_run = asked_dry || retention.all_dry_run();
+            let removed = self.store.apply_retention(retention, asked_dry).await?;
             Ok(ApplyRetentionResponse {
                 dry_run,
                 removed: removed

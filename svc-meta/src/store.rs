@@ -23,7 +23,7 @@
 //! drop everything.
 
 use crate::error::MetaError;
-use crate::retention::{Decision, ManifestState, RepoState, Retention};
+use crate::retention::{Decision, ManifestState, RepoState, Retentions};
 use capstan_oci::manifest::MAX_MANIFEST_BYTES;
 use capstan_oci::{Algorithm, Digest, ParsedManifest, Reference, validate_repository};
 use sqlx::AnyPool;
@@ -129,6 +129,68 @@ pub struct Store {
     /// A lookup of a link older than this that no manifest references
     /// makes it young again ([`Store::stat_blob`]).
     renew_after: Duration,
+    /// Garbage collection's settings per store (`storage.subPaths`).
+    scopes: GcScopes,
+}
+
+/// Garbage collection's settings per store, as the link queue needs them
+/// (`storage.subPaths` entries with their own `gc` and `gcDelay`).
+///
+/// The queue orders every link by when a collection may look at it. A
+/// collection selects the links queued before `now − d_min` (the smallest
+/// `gcDelay` of a collecting store); so a link of a store whose delay `d`
+/// is longer is queued `d − d_min` later than it happened, and becomes due
+/// exactly `d` after. Links of a store that does not collect are dropped
+/// from the queue and kept.
+#[derive(Debug, Clone, Default)]
+pub struct GcScopes {
+    storage: Option<std::sync::Arc<capstan_runtime::config::StorageConfig>>,
+}
+
+impl GcScopes {
+    /// The scopes `storage` configures.
+    pub fn new(storage: &capstan_runtime::config::StorageConfig) -> Self {
+        Self {
+            storage: Some(std::sync::Arc::new(storage.clone())),
+        }
+    }
+
+    fn secs(d: Duration) -> i64 {
+        i64::try_from(d.as_secs()).unwrap_or(i64::MAX / 4)
+    }
+
+    /// Whether `repo`'s store collects, and its `gcDelay` minus the top
+    /// level's, in seconds.
+    fn of(&self, repo: &str) -> (bool, i64) {
+        let Some(st) = &self.storage else {
+            return (true, 0);
+        };
+        let scope = st.gc_scope_of(repo);
+        (
+            scope.enabled,
+            Self::secs(scope.delay) - Self::secs(st.gc_delay()),
+        )
+    }
+
+    /// The top level's `gcDelay` minus the smallest of a collecting store.
+    fn widen(&self) -> i64 {
+        let Some(st) = &self.storage else {
+            return 0;
+        };
+        let stores = std::iter::once(String::new())
+            .chain(st.sub_paths.keys().map(|k| k.trim_matches('/').to_string()));
+        stores
+            .map(|name| st.gc_scope(&name))
+            .filter(|s| s.enabled)
+            .map(|s| Self::secs(s.delay))
+            .min()
+            .map_or(0, |min| Self::secs(st.gc_delay()) - min)
+    }
+
+    /// What to add to the time a link of `repo` is queued at.
+    fn shift(&self, repo: &str) -> i64 {
+        self.of(repo).1 + self.widen()
+    }
 }
 
 /// Result of a stored manifest push.
@@ -308,6 +370,7 @@ impl Store {
             changes,
             _alive: std::sync::Arc::new(alive),
             renew_after: RENEW_AFTER,
+            scopes: GcScopes::default(),
         })
     }
 
@@ -318,6 +381,13 @@ impl Store {
     /// manifest arrives.
     pub fn with_gc_delay(mut self, delay: Duration) -> Store {
         self.renew_after = (delay / 4).min(RENEW_AFTER);
+        self
+    }
+
+    /// Tell the store each store's garbage collection settings
+    /// (`storage.subPaths`): see [`GcScopes`].
+    pub fn with_gc_scopes(mut self, scopes: GcScopes) -> Store {
+        self.scopes = scopes;
         self
     }
 
@@ -678,7 +748,7 @@ impl Store {
                     .execute(&mut *tx)
                     .await?
                     .rows_affected();
-                let gone = drop_manifest(&mut tx, repo, &digest).await?;
+                let gone = drop_manifest(&mut tx, repo, &digest, self.scopes.shift(repo)).await?;
                 if gone == 0 {
                     return Err(MetaError::ManifestUnknown);
                 }
@@ -843,7 +913,7 @@ impl Store {
             .bind(digest)
             .execute(&mut *tx)
             .await?;
-        let gone = drop_manifest(&mut tx, repo, digest).await?;
+        let gone = drop_manifest(&mut tx, repo, digest, self.scopes.shift(repo)).await?;
         self.notify(&mut tx, repo).await?;
         tx.commit().await?;
         self.committed(repo);
@@ -856,16 +926,20 @@ impl Store {
     /// words, and returned.
     pub async fn apply_retention(
         &self,
-        retention: &Retention,
+        retentions: &Retentions,
         dry_run: bool,
     ) -> Result<Vec<Retained>, MetaError> {
-        let dry_run = dry_run || retention.dry_run;
         let at = now();
         let mut out = Vec::new();
         let mut last = String::new();
         loop {
             let page = self.catalog(Some(1000), &last).await?;
             for repo in &page.items {
+                // The repository's store's retention, if it collects.
+                let Some(retention) = retentions.for_repo(repo) else {
+                    continue;
+                };
+                let dry_run = dry_run || retention.dry_run;
                 let state = self.repo_state(repo).await?;
                 for d in retention.plan(repo, &state, at) {
                     // One decision that fails (a lock waited on too long,
@@ -1042,6 +1116,7 @@ impl Store {
             repo: repo.to_string(),
             digest: digest.to_string(),
             size,
+            shift: self.scopes.shift(repo),
             done,
         };
         let closed = || MetaError::Database(sqlx::Error::PoolClosed);
@@ -1166,7 +1241,7 @@ impl Store {
             "SELECT repo, digest FROM gc_links WHERE queued_at < $1 \
              ORDER BY queued_at, repo, digest LIMIT $2"
         })
-        .bind(cutoff)
+        .bind(cutoff + self.scopes.widen())
         .bind(i64::from(limit))
         .fetch_all(&mut *tx)
         .await?;
@@ -1175,6 +1250,18 @@ impl Store {
             ..Collection::default()
         };
         for (repo, digest) in queued {
+            let (collects, offset) = self.scopes.of(&repo);
+            // This store's own cutoff (its gcDelay).
+            let cutoff = cutoff - offset;
+            if !collects {
+                // A store that does not collect keeps its links.
+                sqlx::query("DELETE FROM gc_links WHERE repo = $1 AND digest = $2")
+                    .bind(&repo)
+                    .bind(&digest)
+                    .execute(&mut *tx)
+                    .await?;
+                continue;
+            }
             let link: Option<(i64, i64)> = sqlx::query_as(if pg {
                 "SELECT size, created_at FROM blob_links WHERE repo = $1 AND digest = $2 \
                  FOR UPDATE SKIP LOCKED"
@@ -1229,7 +1316,7 @@ impl Store {
                 sqlx::query("UPDATE gc_links SET queued_at = $3 WHERE repo = $1 AND digest = $2")
                     .bind(&repo)
                     .bind(&digest)
-                    .bind(created_at)
+                    .bind(created_at + self.scopes.shift(&repo))
                     .execute(&mut *tx)
                     .await?;
                 continue;
@@ -1353,7 +1440,7 @@ impl Store {
             "SELECT repo, digest FROM gc_links WHERE queued_at < $1 \
              ORDER BY queued_at, repo, digest LIMIT $2",
         )
-        .bind(cutoff)
+        .bind(cutoff + self.scopes.widen())
         .bind(i64::from(limit))
         .fetch_all(&mut *conn)
         .await?;
@@ -1365,6 +1452,11 @@ impl Store {
         let mut removed: BTreeSet<(String, String)> = BTreeSet::new();
         let mut queued_digests: Vec<String> = Vec::new();
         for (repo, digest) in queued {
+            let (collects, offset) = self.scopes.of(&repo);
+            let cutoff = cutoff - offset;
+            if !collects {
+                continue;
+            }
             let link: Option<(i64, i64)> = sqlx::query_as(
                 "SELECT size, created_at FROM blob_links WHERE repo = $1 AND digest = $2",
             )
@@ -1483,7 +1575,7 @@ impl Store {
         let Some(size) = size else {
             return Ok(None);
         };
-        link(&mut tx, repo, &digest_s, size).await?;
+        link(&mut tx, repo, &digest_s, size, self.scopes.shift(repo)).await?;
         tx.commit().await?;
         tracing::debug!(repo, from, digest = %digest_s, size, "blob mounted");
         Ok(Some(to_u64(size)?))
@@ -1497,6 +1589,8 @@ struct PendingLink {
     repo: String,
     digest: String,
     size: i64,
+    /// [`GcScopes::shift`] of `repo`.
+    shift: i64,
     done: tokio::sync::oneshot::Sender<Result<(), MetaError>>,
 }
 
@@ -1522,7 +1616,7 @@ async fn write_links(
         let together = async {
             let (_turn, mut tx) = begin_write(&pool, backend, &writer).await?;
             for l in &batch {
-                link(&mut tx, &l.repo, &l.digest, l.size).await?;
+                link(&mut tx, &l.repo, &l.digest, l.size, l.shift).await?;
             }
             tx.commit().await?;
             Ok::<_, MetaError>(())
@@ -1535,7 +1629,7 @@ async fn write_links(
             for l in batch.drain(..) {
                 let alone = async {
                     let (_turn, mut tx) = begin_write(&pool, backend, &writer).await?;
-                    link(&mut tx, &l.repo, &l.digest, l.size).await?;
+                    link(&mut tx, &l.repo, &l.digest, l.size, l.shift).await?;
                     tx.commit().await?;
                     Ok(())
                 };
@@ -1705,6 +1799,7 @@ async fn drop_manifest(
     tx: &mut sqlx::Transaction<'static, sqlx::Any>,
     repo: &str,
     digest: &str,
+    shift: i64,
 ) -> Result<u64, MetaError> {
     // The links this manifest kept may be garbage now.
     sqlx::query(
@@ -1715,7 +1810,7 @@ async fn drop_manifest(
     )
     .bind(repo)
     .bind(digest)
-    .bind(now())
+    .bind(now() + shift)
     .execute(&mut **tx)
     .await?;
     for table in [
@@ -1790,6 +1885,7 @@ async fn link(
     repo: &str,
     digest: &str,
     size: i64,
+    shift: i64,
 ) -> Result<(), MetaError> {
     let at = now();
     sqlx::query(
@@ -1809,7 +1905,7 @@ async fn link(
     )
     .bind(repo)
     .bind(digest)
-    .bind(at)
+    .bind(at + shift)
     .execute(&mut **tx)
     .await?;
     // `created_at` is when the link was last made: linking again (a push

@@ -492,3 +492,87 @@ async fn scrub_heals(store: Blobs) {
     sb.push_blob("img", &layer).await;
     pull_intact(&sb, "img", "v1").await;
 }
+
+/// `storage.subPaths` entries' own `gc`, `gcDelay` and `retention`: a
+/// store with `gc: false` keeps its garbage and its tags; one with a long
+/// `gcDelay` keeps a young orphan that the top level's short delay lets
+/// go; an entry's retention replaces the top level's for its repositories.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subpaths_collect_by_their_own_settings() {
+    let dirs = tempfile::tempdir().unwrap();
+    let mut sb = Sandbox::start_with(json!({"storage": {
+        "gcDelay": "1s", "gcInterval": "0s",
+        "retention": {"policies": [{"repositories": ["**"],
+            "keepTags": [{"patterns": ["^keep"]}]}]},
+        "subPaths": {
+            "/frozen": {"rootDirectory": dirs.path().join("frozen"), "gc": false},
+            "/slow": {"rootDirectory": dirs.path().join("slow"), "gcDelay": "1h",
+                "retention": {"policies": []}}}}}))
+    .await;
+    let repos = ["app", "frozen/app", "slow/app"];
+    let mut orphans = Vec::new();
+    for repo in repos {
+        orphans.push(sb.push_blob(repo, &random_bytes(700)).await);
+        sb.push_image(repo, "other", 1).await;
+    }
+    // Dry runs until the top level's orphan is collectable: the others
+    // never are (one store does not collect, the other waits an hour).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let planned = loop {
+        let report = gc(&sb, true);
+        if links(&report).contains(&("app".to_string(), orphans[0].clone())) {
+            break report;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "top-level orphan not collectable: {report}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let planned_repos: BTreeSet<String> = links(&planned).into_iter().map(|(r, _)| r).collect();
+    assert_eq!(
+        planned_repos,
+        BTreeSet::from(["app".to_string()]),
+        "{planned}"
+    );
+    let retained: Vec<(String, String)> = planned["retention"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["repo"].as_str().unwrap().to_string(),
+                r["tag"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    // Only the top level's repository loses its tag (and then, untagged,
+    // its manifest): the others' retention keeps every tag.
+    assert!(retained.iter().all(|(repo, _)| repo == "app"), "{planned}");
+    assert!(
+        retained.contains(&("app".to_string(), "other".to_string())),
+        "{planned}"
+    );
+
+    sb.proc.kill();
+    gc(&sb, false);
+    sb.start_again().await;
+    let status = |repo: &str, d: &str| {
+        let (sb, path) = (&sb, format!("/v2/{repo}/blobs/{d}"));
+        async move { sb.head(&path).await.status() }
+    };
+    assert_eq!(status("app", &orphans[0]).await, 404);
+    assert_eq!(status("frozen/app", &orphans[1]).await, 200);
+    assert_eq!(status("slow/app", &orphans[2]).await, 200);
+    assert_eq!(sb.get("/v2/app/manifests/other").await.status(), 404);
+    for repo in ["frozen/app", "slow/app"] {
+        assert_eq!(
+            sb.get(&format!("/v2/{repo}/manifests/other"))
+                .await
+                .status(),
+            200,
+            "{repo}"
+        );
+        pull_intact(&sb, repo, "other").await;
+    }
+}

@@ -331,8 +331,8 @@ async fn subpaths_keep_their_repositories_blobs_in_their_own_store() {
     let mut sb = Sandbox::start_with(json!({"storage": {
         "gcDelay": "1s", "gcInterval": "0s",
         "subPaths": {
-            "/cloud": {"storageDriver": driver(&server)},
-            "/team": {"rootDirectory": team.path()}}}}))
+            "/cloud": {"storageDriver": driver(&server), "gcDelay": "1s"},
+            "/team": {"rootDirectory": team.path(), "gcDelay": "1s"}}}}))
     .await;
     let on_disk = |root: &Path, d: &str| {
         let hex = d.trim_start_matches("sha256:");
@@ -422,4 +422,71 @@ async fn subpaths_keep_their_repositories_blobs_in_their_own_store() {
     // Blobs that images use stay, in every store.
     crate::gc::pull_intact(&sb, "cloud/img", "v1").await;
     crate::gc::pull_intact(&sb, "team/img", "v1").await;
+}
+
+/// Without `accesskey`/`secretkey` the standard AWS chain supplies the
+/// credentials: the environment, or a profile of the shared credentials
+/// file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_come_from_the_aws_chain_when_not_configured() {
+    let server = s3_server().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut drv = driver(&server);
+    let drv_map = drv.as_object_mut().unwrap();
+    drv_map.remove("accesskey");
+    drv_map.remove("secretkey");
+    let cfg = dir.path().join("config.json");
+    std::fs::write(
+        &cfg,
+        serde_json::to_vec(&json!({
+            "storage": {"rootDirectory": dir.path().join("data"), "storageDriver": drv},
+            "http": {"address": "127.0.0.1", "port": 0}}))
+        .unwrap(),
+    )
+    .unwrap();
+    let credentials = dir.path().join("credentials");
+    std::fs::write(
+        &credentials,
+        format!(
+            "[registry]\naws_access_key_id = {S3_ACCESS_KEY}\naws_secret_access_key = {S3_SECRET_KEY}\n"
+        ),
+    )
+    .unwrap();
+    let nowhere = dir.path().join("no-config");
+    let ways: [(&str, Vec<(&str, &str)>); 2] = [
+        (
+            "environment",
+            vec![
+                ("AWS_ACCESS_KEY_ID", S3_ACCESS_KEY),
+                ("AWS_SECRET_ACCESS_KEY", S3_SECRET_KEY),
+            ],
+        ),
+        (
+            "profile",
+            vec![
+                ("AWS_SHARED_CREDENTIALS_FILE", credentials.to_str().unwrap()),
+                ("AWS_CONFIG_FILE", nowhere.to_str().unwrap()),
+                ("AWS_PROFILE", "registry"),
+            ],
+        ),
+    ];
+    let client = reqwest::Client::new();
+    for (way, env) in ways {
+        let p = Process::spawn_env(
+            &["-c", cfg.to_str().unwrap()],
+            &dir.path().join(format!("{way}.log")),
+            &env,
+        );
+        wait_ready(&client, &format!("{}/v2/", p.url)).await;
+        let bytes = random_bytes(1234);
+        let d = sha256(&bytes);
+        let r = client
+            .post(format!("{}/v2/creds/app/blobs/uploads/?digest={d}", p.url))
+            .body(bytes)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201, "{way}: {}", r.text().await.unwrap());
+        assert!(in_bucket(&server, &d), "{way}");
+    }
 }

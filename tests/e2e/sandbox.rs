@@ -21,11 +21,17 @@ impl Process {
     /// Start `capstan serve` with `args`; stderr goes to `log`. Returns once
     /// the process printed its address line.
     pub fn spawn(args: &[&str], log: &Path) -> Process {
+        Self::spawn_env(args, log, &[])
+    }
+
+    /// [`Process::spawn`] with `env` set for the process.
+    pub fn spawn_env(args: &[&str], log: &Path, env: &[(&str, &str)]) -> Process {
         let log_file = std::fs::File::create(log).expect("log file");
         let mut child = Command::new(BIN)
             .arg("serve")
             .args(args)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(log_file)
             .spawn()

@@ -170,17 +170,24 @@ pub struct SubPathConfig {
     /// store, so only `false` is reported as ignored.
     #[serde(default)]
     pub dedupe: Option<bool>,
-    /// zot's per-subpath garbage collection and retention settings: not
-    /// acted on yet (the top level's apply to every store), reported as
-    /// ignored.
+    /// zot's `gc` for these repositories: whether a collection removes
+    /// their unreferenced links and their store's unused blobs; the top
+    /// level's `gc` when absent.
     #[serde(default)]
-    pub gc: Option<serde_json::Value>,
-    #[serde(default)]
-    pub gc_delay: Option<serde_json::Value>,
+    pub gc: Option<bool>,
+    /// zot's `gcDelay` for these repositories and their store (default
+    /// 1h, as in zot).
+    #[serde(default, with = "opt_duration")]
+    pub gc_delay: Option<Duration>,
+    /// zot's `gcInterval`: one collection covers every store, every
+    /// `storage.gcInterval`, so this is reported as ignored.
     #[serde(default)]
     pub gc_interval: Option<serde_json::Value>,
+    /// zot's `retention` for these repositories (the top level's policies
+    /// do not apply to them; absent: no policy, so every tag is kept and
+    /// untagged manifests go). Its `delay` defaults to this `gcDelay`.
     #[serde(default)]
-    pub retention: Option<serde_json::Value>,
+    pub retention: Option<retention::RetentionConfig>,
     /// zot's dedupe caches: reported as ignored, as at the top level.
     #[serde(default)]
     pub cache_driver: Option<serde_json::Value>,
@@ -193,25 +200,9 @@ impl SubPathConfig {
     fn ignored(&self, key: &str) -> Vec<(String, &'static str)> {
         [
             (
-                "gc",
-                self.gc.is_some(),
-                "per-subpath garbage collection is not implemented yet; storage.gc applies",
-            ),
-            (
-                "gcDelay",
-                self.gc_delay.is_some(),
-                "per-subpath garbage collection is not implemented yet; storage.gcDelay applies",
-            ),
-            (
                 "gcInterval",
                 self.gc_interval.is_some(),
-                "per-subpath garbage collection is not implemented yet; storage.gcInterval \
-                 applies",
-            ),
-            (
-                "retention",
-                self.retention.is_some(),
-                "per-subpath retention is not implemented yet; storage.retention applies",
+                "one collection covers every store, every storage.gcInterval",
             ),
             (
                 "dedupe",
@@ -274,12 +265,53 @@ fn is_path_component(name: &str) -> bool {
         && !name.contains("-_")
 }
 
+/// Garbage collection's settings for one store and its repositories.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GcScope {
+    /// `gc`: collect at all.
+    pub enabled: bool,
+    /// `gcDelay`.
+    pub delay: Duration,
+}
+
 /// zot's default `gcDelay`.
 pub const DEFAULT_GC_DELAY: Duration = Duration::from_secs(3600);
 /// zot's default `gcInterval`.
 pub const DEFAULT_GC_INTERVAL: Duration = Duration::from_secs(3600);
 
 impl StorageConfig {
+    /// The garbage collection settings of the store named `store` (a
+    /// `subPaths` entry without slashes; `""` for the top level).
+    pub fn gc_scope(&self, store: &str) -> GcScope {
+        let top = GcScope {
+            enabled: self.gc_enabled(),
+            delay: self.gc_delay(),
+        };
+        match self.sub_path(store) {
+            None => top,
+            Some(sub) => GcScope {
+                enabled: sub.gc.unwrap_or(top.enabled),
+                delay: sub.gc_delay.unwrap_or(DEFAULT_GC_DELAY),
+            },
+        }
+    }
+
+    /// The garbage collection settings that apply to repository `repo`.
+    pub fn gc_scope_of(&self, repo: &str) -> GcScope {
+        self.gc_scope(self.store_of(repo).unwrap_or(""))
+    }
+
+    /// The `subPaths` entry named `store` (its key without slashes).
+    pub fn sub_path(&self, store: &str) -> Option<&SubPathConfig> {
+        if store.is_empty() {
+            return None;
+        }
+        self.sub_paths
+            .iter()
+            .find(|(k, _)| k.trim_matches('/') == store)
+            .map(|(_, v)| v)
+    }
+
     /// The name of the `subPaths` entry whose store holds `repo`'s blobs
     /// (its key without slashes), or `None` for the top-level store.
     pub fn store_of(&self, repo: &str) -> Option<&str> {
@@ -1203,7 +1235,7 @@ mod tests {
         let l = load(
             json!({"storage": {"gc": true, "gcDelay": "2h", "gcInterval": "1h",
             "dedupe": true, "retention": {"policies": []},
-            "subPaths": {"/a": {"rootDirectory": "/srv/a", "gc": true}},
+            "subPaths": {"/a": {"rootDirectory": "/srv/a", "gcInterval": "1h"}},
             "storageDriver": {"name": "s3", "rootdirectory": "/zot", "region": "us-east-2",
                 "regionendpoint": "localhost:4566", "bucket": "zot-storage",
                 "forcepathstyle": true, "secure": false, "skipverify": false,
@@ -1222,7 +1254,7 @@ mod tests {
                 "extensions.search",
                 "extensions.ui",
                 "storage.storageDriver.storageclass",
-                "storage.subPaths./a.gc",
+                "storage.subPaths./a.gcInterval",
             ]
         );
         let d = l.config.storage.storage_driver.as_ref().unwrap();
@@ -1255,6 +1287,26 @@ mod tests {
         assert_eq!(st.store_of("team"), None);
         assert_eq!(st.store_of("other/team/app"), None);
         assert_eq!(st.store_of("teams/app"), None);
+        // Each store's collection settings: the entry's, else gc as at the
+        // top level and gcDelay zot's default.
+        let l = load(
+            json!({"storage": {"rootDirectory": "/srv/top", "gcDelay": "2h",
+            "subPaths": {
+                "/keep": {"rootDirectory": "/srv/keep", "gc": false},
+                "/slow": {"rootDirectory": "/srv/slow", "gcDelay": "3h"},
+                "/plain": {"rootDirectory": "/srv/plain"}}}}),
+        )
+        .unwrap();
+        let st = &l.config.storage;
+        let scope = |repo: &str| st.gc_scope_of(repo);
+        let h = |n: u64| Duration::from_secs(n * 3600);
+        assert_eq!((scope("app").enabled, scope("app").delay), (true, h(2)));
+        assert!(!scope("keep/app").enabled);
+        assert_eq!(
+            (scope("slow/app").enabled, scope("slow/app").delay),
+            (true, h(3))
+        );
+        assert_eq!(scope("plain/app").delay, DEFAULT_GC_DELAY);
         for (sub, key) in [
             (json!({"/a": {}}), "storage.subPaths./a"),
             (

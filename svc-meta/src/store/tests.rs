@@ -1124,7 +1124,48 @@ macro_rules! on_every_backend {
     };
 }
 
+/// `storage.subPaths` entries with their own `gcDelay` or `gc: false`:
+/// each repository's link is collected on its store's schedule, and a
+/// store that does not collect keeps its links.
+async fn each_store_collects_links_on_its_own_delay(backend: Backend) {
+    let storage = capstan_runtime::config::Config::from_value(
+        json!({"storage": {"rootDirectory": "/srv/top", "gcDelay": "100s", "subPaths": {
+            "/slow": {"rootDirectory": "/srv/slow", "gcDelay": "1000s"},
+            "/frozen": {"rootDirectory": "/srv/frozen", "gc": false}}}}),
+        Vec::new(),
+    )
+    .unwrap()
+    .config
+    .storage;
+    let (_db, store) = temp_store_on(backend).await;
+    let store = store.with_gc_scopes(GcScopes::new(&storage));
+    let blob = sha256(b"orphan");
+    for repo in ["app", "slow/app", "frozen/app"] {
+        store.link_blob(repo, &blob, 6).await.unwrap();
+    }
+    let repos =
+        |c: &Collection| -> Vec<String> { c.links.iter().map(|l| l.repo.clone()).collect() };
+    let at = super::now();
+    // 200 s on (the top level's cutoff is 100 s back from then): only the
+    // top level's link is old enough.
+    let planned = store.collect(at + 100, 100, true).await.unwrap();
+    assert_eq!(repos(&planned), ["app"]);
+    assert_eq!(store.collect(at + 100, 100, false).await.unwrap(), planned);
+    // 1,100 s on: the slow store's too.
+    let done = store.collect(at + 1000, 100, false).await.unwrap();
+    assert_eq!(repos(&done), ["slow/app"]);
+    // Much later: the frozen store's link leaves the queue and stays.
+    let done = store.collect(at + 100_000, 100, false).await.unwrap();
+    assert!(done.links.is_empty(), "{done:?}");
+    assert_eq!(store.stat_blob("frozen/app", &blob).await.unwrap(), 6);
+    assert_eq!(
+        store.collect(at + 100_000, 100, false).await.unwrap(),
+        Collection::default()
+    );
+}
+
 on_every_backend!(
+    each_store_collects_links_on_its_own_delay,
     put_then_get_and_head_by_tag_and_digest,
     pushing_by_digest_stores_without_a_tag_and_is_idempotent,
     a_push_by_digest_sets_its_tags_together_or_none,
