@@ -9,6 +9,54 @@ use serde_json::json;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+/// Push `data` to `repo` through the gateway at `base` as a chunked upload
+/// of `step`-byte PATCHes with Content-Range, then commit it; returns the
+/// upload's id.
+pub(crate) async fn chunked_upload(
+    client: &reqwest::Client,
+    base: &str,
+    repo: &str,
+    data: &[u8],
+    step: usize,
+) -> String {
+    let r = client
+        .post(format!("{base}/v2/{repo}/blobs/uploads/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let mut loc = r.headers()["location"].to_str().unwrap().to_string();
+    let id = loc.rsplit('/').next().unwrap().to_string();
+    for start in (0..data.len()).step_by(step) {
+        let end = (start + step).min(data.len());
+        let r = client
+            .patch(format!("{base}{loc}"))
+            .header("Content-Range", format!("{start}-{}", end - 1))
+            .body(data[start..end].to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202, "{}", r.text().await.unwrap());
+        loc = r.headers()["location"].to_str().unwrap().to_string();
+    }
+    let r = client
+        .put(format!("{base}{loc}?digest={}", sha256(data)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    id
+}
+
+/// How many writes to upload `id` a blob replica logged.
+pub(crate) fn appends_to(replica: &Process, id: &str) -> usize {
+    replica
+        .log_text()
+        .lines()
+        .filter(|l| l.contains(id) && l.contains("append"))
+        .count()
+}
+
 /// Start a gateway role for `meta` and `blobs` with its own config file.
 fn gateway(dir: &Path, name: &str, meta: &[&str], blobs: &[&str]) -> Process {
     let cfg = dir.join(format!("{name}.json"));
@@ -69,44 +117,13 @@ async fn chunked_upload_alternates_between_two_blob_replicas() {
 
     let data = random_bytes(4 * 1024 * 1024 + 3);
     let d = sha256(&data);
-    let r = client
-        .post(format!("{}/v2/dist/blobs/uploads/", gw.url))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 202);
-    let mut loc = r.headers()["location"].to_str().unwrap().to_string();
-    let id = loc.rsplit('/').next().unwrap().to_string();
-    let step = 1024 * 1024;
-    for start in (0..data.len()).step_by(step) {
-        let end = (start + step).min(data.len());
-        let r = client
-            .patch(format!("{}{loc}", gw.url))
-            .header("Content-Range", format!("{start}-{}", end - 1))
-            .body(data[start..end].to_vec())
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 202, "{}", r.text().await.unwrap());
-        loc = r.headers()["location"].to_str().unwrap().to_string();
-    }
-    let r = client
-        .put(format!("{}{loc}?digest={d}", gw.url))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
-
+    let id = chunked_upload(&client, &gw.url, "dist", &data, 1024 * 1024).await;
     // Both replicas appended to this upload.
     for replica in [&blob_a, &blob_b] {
-        let log = replica.log_text();
-        let appends = log
-            .lines()
-            .filter(|l| l.contains(&id) && l.contains("append"))
-            .count();
+        let appends = appends_to(replica, &id);
         assert!(
             appends >= 2,
-            "replica {} appended {appends} times:\n{log}",
+            "replica {} appended {appends} times",
             replica.url
         );
     }

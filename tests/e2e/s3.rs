@@ -4,6 +4,7 @@
 //! distributed mode through two svc-blob replicas that share no disk.
 
 use crate::clients::{run, write_layout_sized};
+use crate::distributed::{appends_to, chunked_upload};
 use crate::oci::{random_bytes, sha256};
 use crate::sandbox::{Process, Sandbox, wait_ready};
 use capstan_testkit::{S3_ACCESS_KEY, S3_SECRET_KEY, S3Server};
@@ -266,38 +267,9 @@ async fn two_blob_replicas_on_s3_share_no_disk_and_serve_one_registry() {
     // A chunked upload whose PATCHes alternate between the replicas.
     let data = random_bytes(4 * MIB + 3);
     let d = sha256(&data);
-    let r = client
-        .post(format!("{}/v2/dist/blobs/uploads/", gw.url))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 202);
-    let mut loc = r.headers()["location"].to_str().unwrap().to_string();
-    let id = loc.rsplit('/').next().unwrap().to_string();
-    for start in (0..data.len()).step_by(MIB) {
-        let end = (start + MIB).min(data.len());
-        let r = client
-            .patch(format!("{}{loc}", gw.url))
-            .header("Content-Range", format!("{start}-{}", end - 1))
-            .body(data[start..end].to_vec())
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 202, "{}", r.text().await.unwrap());
-        loc = r.headers()["location"].to_str().unwrap().to_string();
-    }
-    let r = client
-        .put(format!("{}{loc}?digest={d}", gw.url))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    let id = chunked_upload(&client, &gw.url, "dist", &data, MIB).await;
     for replica in [&blob_a, &blob_b] {
-        let log = replica.log_text();
-        let appends = log
-            .lines()
-            .filter(|l| l.contains(&id) && l.contains("append"))
-            .count();
+        let appends = appends_to(replica, &id);
         assert!(
             appends >= 2,
             "replica {} appended {appends} times",
