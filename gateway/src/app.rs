@@ -48,6 +48,8 @@ pub struct Gateway {
     /// The storage section: which store holds a repository's blobs
     /// (`storage.subPaths`).
     pub storage: Arc<capstan_runtime::config::StorageConfig>,
+    /// The backend replicas' health (`/readyz`).
+    pub health: crate::health::Health,
 }
 
 type SyncClient = capstan_proto::direct::SyncClient<capstan_runtime::grpc::Transport>;
@@ -199,17 +201,22 @@ impl Ctx {
 
     /// A gRPC request carrying this request's trace context.
     pub fn rpc<T>(&self, msg: T) -> tonic::Request<T> {
-        let mut r = tonic::Request::new(msg);
-        let span = &uuid::Uuid::new_v4().simple().to_string()[..16];
-        if let Ok(v) = format!("00-{}-{span}-01", self.trace_id).parse() {
-            r.metadata_mut().insert("traceparent", v);
-        }
-        r
+        traced(&self.trace_id, msg)
     }
 
     pub fn param(&self, name: &str) -> Option<&str> {
         self.query.get(name).map(String::as_str)
     }
+}
+
+/// A request for `msg` in the trace `trace_id` (a span of its own).
+pub fn traced<T>(trace_id: &str, msg: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    let span = &uuid::Uuid::new_v4().simple().to_string()[..16];
+    if let Ok(v) = format!("00-{trace_id}-{span}-01").parse() {
+        r.metadata_mut().insert("traceparent", v);
+    }
+    r
 }
 
 impl Gateway {
@@ -224,6 +231,36 @@ impl Gateway {
             pulls: Arc::default(),
             redirect_blobs: None,
             storage: Arc::default(),
+            health: crate::health::Health::default(),
+        }
+    }
+
+    /// zot's probes, answered to anyone (orchestrators call them without
+    /// credentials): `/livez` while the process serves, `/startupz` once it
+    /// has started (it has, if it answers), `/readyz` while every role it
+    /// needs has a replica whose health check answers "serving" (503 with
+    /// `Retry-After` otherwise). Each names the roles' serving replicas.
+    fn probe(&self, path: &str, method: &str) -> Option<Reply> {
+        if method != "GET" && method != "HEAD" {
+            return None;
+        }
+        let states = self.health.states();
+        let body = |status: &str| {
+            let v = serde_json::json!({"status": status, "roles": states});
+            Bytes::from(serde_json::to_vec(&v).unwrap_or_default())
+        };
+        match path {
+            "/livez" | "/startupz" => Some(Reply::bytes(200, "application/json", body("ok"))),
+            "/readyz" if self.health.ready() => {
+                Some(Reply::bytes(200, "application/json", body("ready")))
+            }
+            "/readyz" => Some(
+                Reply::bytes(503, "application/json", body("not ready")).header(
+                    "Retry-After",
+                    crate::health::CHECK_EVERY.as_secs().to_string(),
+                ),
+            ),
+            _ => None,
         }
     }
 
@@ -311,6 +348,10 @@ impl Gateway {
         session: &mut ServerSession,
     ) -> (Option<Endpoint>, Result<Reply, ApiError>) {
         let path = session.req_header().uri.path().to_string();
+        if let Some(probe) = self.probe(&path, &ctx.method) {
+            ctx.route = "probe";
+            return (None, Ok(probe));
+        }
         if path == "/metrics" && (ctx.method == "GET" || ctx.method == "HEAD") {
             ctx.route = "metrics";
             // Metrics name repositories: with authentication on, only

@@ -1,6 +1,7 @@
 //! gRPC clients of the backend roles. Each role may have several replicas;
 //! calls are spread round-robin over them (consecutive calls of one upload
-//! may reach different svc-blob replicas, which the upload design allows).
+//! may reach different svc-blob replicas, which the upload design allows),
+//! skipping replicas whose last health check failed ([`crate::health`]).
 
 use capstan_proto::auth::v1::auth_service_client::AuthServiceClient;
 use capstan_proto::blob::v1::blob_service_client::BlobServiceClient;
@@ -11,6 +12,8 @@ use capstan_runtime::grpc::Transport;
 use capstan_runtime::grpc::{MAX_MESSAGE_BYTES, connect, local};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+
+use crate::health::{Replica, Role};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
@@ -29,12 +32,21 @@ struct Pool<C> {
     clients: Vec<C>,
     /// The endpoint of each client.
     uris: Vec<String>,
+    /// What health checks last found of each client's replica.
+    replicas: Vec<Arc<Replica>>,
     next: AtomicUsize,
 }
 
 impl<C: Clone> Pool<C> {
+    /// The next replica in turn that its checks do not find down (the
+    /// next in turn when all are down: its error then reaches the caller).
     fn pick(&self) -> C {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.clients.len();
+        let n = self.clients.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let i = (0..n)
+            .map(|k| (start + k) % n)
+            .find(|&i| self.replicas[i].usable())
+            .unwrap_or(start % n);
         self.clients[i].clone()
     }
 }
@@ -61,26 +73,28 @@ fn pool<C>(
     Ok(Pool {
         clients,
         uris: uris.to_vec(),
+        replicas: uris.iter().map(|u| Replica::new(u)).collect(),
         next: AtomicUsize::new(0),
     })
 }
 
-#[derive(Debug)]
+/// The meta and blob pools; clones share them.
+#[derive(Debug, Clone)]
 pub struct Backends {
-    meta: Pool<MetaServiceClient<Transport>>,
-    blob: Pool<BlobClient<Transport>>,
+    meta: Arc<Pool<MetaServiceClient<Transport>>>,
+    blob: Arc<Pool<BlobClient<Transport>>>,
 }
 
 impl Backends {
     /// Lazily connecting clients; must be called inside a tokio runtime.
     pub fn new(meta_uris: &[String], blob_uris: &[String]) -> Result<Self, BackendError> {
         Ok(Self {
-            meta: pool("meta", meta_uris, |_, ch| {
+            meta: Arc::new(pool("meta", meta_uris, |_, ch| {
                 MetaServiceClient::new(ch)
                     .max_decoding_message_size(MAX_MESSAGE_BYTES)
                     .max_encoding_message_size(MAX_MESSAGE_BYTES)
-            })?,
-            blob: pool("blob", blob_uris, |uri, ch| {
+            })?),
+            blob: Arc::new(pool("blob", blob_uris, |uri, ch| {
                 let grpc = BlobServiceClient::new(ch)
                     .max_decoding_message_size(MAX_MESSAGE_BYTES)
                     .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -89,8 +103,24 @@ impl Backends {
                     grpc,
                     Arc::new(move || local::handle::<Arc<dyn BlobStreams>>(&uri)),
                 )
-            })?,
+            })?),
         })
+    }
+
+    /// The roles these pools call, for health checks.
+    pub fn health_roles(&self) -> Vec<Role> {
+        vec![
+            Role {
+                name: "meta",
+                service: capstan_proto::meta::v1::meta_service_server::SERVICE_NAME,
+                replicas: self.meta.replicas.clone(),
+            },
+            Role {
+                name: "blob",
+                service: capstan_proto::blob::v1::blob_service_server::SERVICE_NAME,
+                replicas: self.blob.replicas.clone(),
+            },
+        ]
     }
 
     /// One client per meta endpoint (for their change feeds).
@@ -114,6 +144,11 @@ impl Backends {
 
     pub fn blob(&self) -> BlobClient<Transport> {
         self.blob.pick()
+    }
+
+    /// How many svc-blob replicas there are.
+    pub fn blob_replicas(&self) -> usize {
+        self.blob.clients.len()
     }
 }
 

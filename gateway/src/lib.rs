@@ -17,9 +17,11 @@ pub mod cache;
 pub mod endpoint;
 pub mod error;
 pub mod handlers;
+pub mod health;
 pub mod metrics;
 pub mod pulls;
 pub mod range;
+mod resume;
 pub mod tls;
 
 use capstan_runtime::{Config, Shutdown};
@@ -74,7 +76,37 @@ pub async fn serve(
         Some(u) if sync_config.is_some() => Some(backends::sync_client(u)?),
         _ => None,
     };
+    // Every role this gateway calls, checked until shutdown (probes, and
+    // replicas skipped while down).
+    let mut roles = backends.health_roles();
+    for (name, service, uris) in [
+        (
+            "auth",
+            capstan_proto::auth::v1::auth_service_server::SERVICE_NAME,
+            &upstreams.auth,
+        ),
+        (
+            "sync",
+            capstan_proto::sync::v1::sync_service_server::SERVICE_NAME,
+            &upstreams.sync,
+        ),
+    ] {
+        let needed = match name {
+            "auth" => !authn.is_open(),
+            _ => sync.is_some(),
+        };
+        if needed && !uris.is_empty() {
+            roles.push(health::Role {
+                name,
+                service,
+                replicas: uris.iter().map(|u| health::Replica::new(u)).collect(),
+            });
+        }
+    }
+    let health = health::Health { roles };
+    health.spawn_checks(&shutdown);
     let mut app = app::Gateway::new(backends, manifests, authn);
+    app.health = health;
     app.sync = sync.clone().filter(|_| on_demand);
     app.storage = Arc::new(config.storage.clone());
     app.redirect_blobs = config

@@ -958,3 +958,34 @@ async fn anonymous_metrics_readers_as_zot_allows() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// zot's probes answer anyone, with authentication on: orchestrators call
+/// them without credentials. In one process every role is ready at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_answer_without_credentials() {
+    let (_dir, sb) = with_users(&[("alice", "pw")], json!({})).await;
+    assert_eq!(sb.get("/v2/").await.status(), 401);
+    for probe in ["/livez", "/startupz"] {
+        assert_eq!(sb.get(probe).await.status(), 200, "{probe}");
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let r = sb.get("/readyz").await;
+        if r.status() == 200 {
+            let body: Value = r.json().await.unwrap();
+            let roles: Vec<&str> = body["roles"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["role"].as_str().unwrap())
+                .collect();
+            assert_eq!(roles, ["meta", "blob", "auth"], "{body}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never ready");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // Probes are GET/HEAD only; anything else is an ordinary path.
+    let r = sb.client.post(sb.url("/readyz")).send().await.unwrap();
+    assert_ne!(r.status(), 200);
+}

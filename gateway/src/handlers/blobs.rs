@@ -123,17 +123,20 @@ pub async fn get(
         reply.body = Body::Head { len };
         return Ok(reply);
     }
-    let stream = gw
-        .backends
-        .blob()
-        .read(ctx.rpc(ReadRequest {
+    // Opened on any replica, continued on another if it breaks.
+    let trace = ctx.trace_id.clone();
+    let stream = crate::resume::read(
+        gw.backends.clone(),
+        ReadRequest {
             digest: d.to_string(),
             offset,
             length: len,
             repo: repo.into(),
-        }))
-        .await?
-        .into_inner();
+        },
+        len,
+        move |r| crate::app::traced(&trace, r),
+    )
+    .await?;
     reply.body = Body::Stream { stream, len };
     Ok(reply)
 }

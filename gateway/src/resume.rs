@@ -1,0 +1,106 @@
+//! Blob reads that outlive their replica. Blobs are immutable, so when the
+//! stream from one svc-blob replica breaks before its end (the replica was
+//! killed, a connection reset), the rest is read from another replica from
+//! the offset reached, and the client sees one uninterrupted response. A
+//! read that cannot be opened on one replica is tried on the next.
+
+use crate::backends::Backends;
+use capstan_proto::blob::v1::{ReadChunk, ReadRequest};
+use capstan_proto::direct::MessageStream;
+use futures::StreamExt as _;
+use tonic::{Code, Status};
+
+/// Failures worth another replica: the replica or the way to it, not the
+/// request or the blob.
+fn retryable(s: &Status) -> bool {
+    matches!(
+        s.code(),
+        Code::Unavailable
+            | Code::Unknown
+            | Code::Internal
+            | Code::Cancelled
+            | Code::Aborted
+            | Code::DeadlineExceeded
+    )
+}
+
+/// A read of `len` bytes of `req.digest` from `req.offset` (`len` > 0),
+/// opened on some replica and continued on others if it breaks, at most
+/// one more time than there are replicas. `request` dresses each call (a
+/// trace context). The opening error, if no replica would open it, is
+/// returned as is.
+pub async fn read(
+    backends: Backends,
+    req: ReadRequest,
+    len: u64,
+    request: impl Fn(ReadRequest) -> tonic::Request<ReadRequest> + Send + Sync + 'static,
+) -> Result<MessageStream<ReadChunk>, Status> {
+    let mut tries = backends.blob_replicas() + 1;
+    let first = loop {
+        tries -= 1;
+        match backends.blob().read(request(req.clone())).await {
+            Ok(r) => break r.into_inner(),
+            Err(s) if retryable(&s) && tries > 0 => {
+                tracing::warn!(digest = req.digest, error = %s.message(), "blob read not opened; trying another replica");
+            }
+            Err(s) => return Err(s),
+        }
+    };
+    struct State<F> {
+        backends: Backends,
+        req: ReadRequest,
+        len: u64,
+        sent: u64,
+        tries: usize,
+        current: Option<MessageStream<ReadChunk>>,
+        request: F,
+    }
+    let state = State {
+        backends,
+        req,
+        len,
+        sent: 0,
+        tries,
+        current: Some(first),
+        request,
+    };
+    let stream = futures::stream::unfold(state, |mut st| async move {
+        loop {
+            let current = st.current.as_mut()?;
+            let broke = match current.next().await {
+                Some(Ok(chunk)) => {
+                    st.sent += chunk.data.len() as u64;
+                    return Some((Ok(chunk), st));
+                }
+                None if st.sent >= st.len => return None,
+                None => Status::unavailable(format!(
+                    "blob stream ended after {} of {} bytes",
+                    st.sent, st.len
+                )),
+                Some(Err(s)) => s,
+            };
+            if !retryable(&broke) || st.tries == 0 {
+                st.current = None;
+                return Some((Err(broke), st));
+            }
+            st.tries -= 1;
+            tracing::warn!(
+                digest = st.req.digest,
+                sent = st.sent,
+                error = %broke.message(),
+                "blob stream broke; resuming from another replica"
+            );
+            let rest = ReadRequest {
+                offset: st.req.offset + st.sent,
+                length: st.len - st.sent,
+                ..st.req.clone()
+            };
+            st.current = Some(match st.backends.blob().read((st.request)(rest)).await {
+                Ok(r) => r.into_inner(),
+                // Handled like a break at once: another replica, or the end.
+                Err(s) => futures::stream::once(async move { Err(s) }).boxed(),
+            });
+        }
+    });
+    Ok(stream.boxed())
+}
