@@ -37,6 +37,18 @@ pub async fn run(mut config: Config, dry_run: bool, json: bool) -> anyhow::Resul
         }));
     }
     let stores = capstan_blob::open_stores(&config, false).await?;
+    for (name, store) in stores.all() {
+        store.check().await.map_err(|e| {
+            anyhow::anyhow!(
+                "blob storage{} does not answer: {e}",
+                if name.is_empty() {
+                    String::new()
+                } else {
+                    format!(" of subpath {name}")
+                }
+            )
+        })?;
+    }
     let collector = capstan_blob::collector(&config, stores)?
         .context("no svc-meta to ask (services.meta.endpoints)")?;
     let report = collector.run(dry_run).await;

@@ -121,9 +121,18 @@ impl Reply {
     fn from_error(e: &ApiError) -> Self {
         let mut r = Self::bytes(e.http_status(), "application/json", e.body().into());
         r.headers.extend(e.headers.iter().cloned());
+        // Something the request needs is not there yet: say when to try
+        // again.
+        if r.status == 503 && !r.headers.iter().any(|(k, _)| *k == "Retry-After") {
+            r.headers
+                .push(("Retry-After", RETRY_AFTER_SECS.to_string()));
+        }
         r
     }
 }
+
+/// What a 503 tells the client to wait before trying again, in seconds.
+const RETRY_AFTER_SECS: u64 = 5;
 
 /// Per-request facts handlers need.
 #[derive(Debug)]

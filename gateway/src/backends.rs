@@ -41,13 +41,18 @@ impl<C: Clone> Pool<C> {
     /// The next replica in turn that its checks do not find down (the
     /// next in turn when all are down: its error then reaches the caller).
     fn pick(&self) -> C {
+        self.pick_replica().1
+    }
+
+    /// [`Pool::pick`], with the replica picked.
+    fn pick_replica(&self) -> (Arc<Replica>, C) {
         let n = self.clients.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         let i = (0..n)
             .map(|k| (start + k) % n)
             .find(|&i| self.replicas[i].usable())
             .unwrap_or(start % n);
-        self.clients[i].clone()
+        (self.replicas[i].clone(), self.clients[i].clone())
     }
 }
 
@@ -144,6 +149,12 @@ impl Backends {
 
     pub fn blob(&self) -> BlobClient<Transport> {
         self.blob.pick()
+    }
+
+    /// [`Backends::blob`], with the replica picked (to report a failure of
+    /// it).
+    pub fn blob_replica(&self) -> (Arc<Replica>, BlobClient<Transport>) {
+        self.blob.pick_replica()
     }
 
     /// How many svc-blob replicas there are.

@@ -50,6 +50,12 @@ impl Replica {
         self.state.load(Ordering::Relaxed) == SERVING
     }
 
+    /// A call to it failed on the way (connection refused, reset): take it
+    /// out of turn at once; its next successful check brings it back.
+    pub fn failed(&self) {
+        self.set(false);
+    }
+
     fn set(&self, serving: bool) {
         let new = if serving { SERVING } else { DOWN };
         let old = self.state.swap(new, Ordering::Relaxed);

@@ -26,7 +26,8 @@ fn retryable(s: &Status) -> bool {
 
 /// A read of `len` bytes of `req.digest` from `req.offset` (`len` > 0),
 /// opened on some replica and continued on others if it breaks, at most
-/// one more time than there are replicas. `request` dresses each call (a
+/// twice per replica and once more. A replica that fails is taken out of
+/// turn at once (its health check brings it back). `request` dresses each call (a
 /// trace context). The opening error, if no replica would open it, is
 /// returned as is.
 pub async fn read(
@@ -35,12 +36,14 @@ pub async fn read(
     len: u64,
     request: impl Fn(ReadRequest) -> tonic::Request<ReadRequest> + Send + Sync + 'static,
 ) -> Result<MessageStream<ReadChunk>, Status> {
-    let mut tries = backends.blob_replicas() + 1;
-    let first = loop {
+    let mut tries = 2 * backends.blob_replicas() + 1;
+    let (first, replica) = loop {
         tries -= 1;
-        match backends.blob().read(request(req.clone())).await {
-            Ok(r) => break r.into_inner(),
+        let (replica, mut client) = backends.blob_replica();
+        match client.read(request(req.clone())).await {
+            Ok(r) => break (r.into_inner(), replica),
             Err(s) if retryable(&s) && tries > 0 => {
+                replica.failed();
                 tracing::warn!(digest = req.digest, error = %s.message(), "blob read not opened; trying another replica");
             }
             Err(s) => return Err(s),
@@ -53,6 +56,8 @@ pub async fn read(
         sent: u64,
         tries: usize,
         current: Option<MessageStream<ReadChunk>>,
+        /// The replica `current` comes from.
+        replica: std::sync::Arc<crate::health::Replica>,
         request: F,
     }
     let state = State {
@@ -62,6 +67,7 @@ pub async fn read(
         sent: 0,
         tries,
         current: Some(first),
+        replica,
         request,
     };
     let stream = futures::stream::unfold(state, |mut st| async move {
@@ -84,6 +90,7 @@ pub async fn read(
                 return Some((Err(broke), st));
             }
             st.tries -= 1;
+            st.replica.failed();
             tracing::warn!(
                 digest = st.req.digest,
                 sent = st.sent,
@@ -95,7 +102,9 @@ pub async fn read(
                 length: st.len - st.sent,
                 ..st.req.clone()
             };
-            st.current = Some(match st.backends.blob().read((st.request)(rest)).await {
+            let (replica, mut client) = st.backends.blob_replica();
+            st.replica = replica;
+            st.current = Some(match client.read((st.request)(rest)).await {
                 Ok(r) => r.into_inner(),
                 // Handled like a break at once: another replica, or the end.
                 Err(s) => futures::stream::once(async move { Err(s) }).boxed(),

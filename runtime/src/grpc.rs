@@ -151,16 +151,29 @@ pub fn listener_url(listener: &TcpListener) -> std::io::Result<String> {
 pub async fn health_service(
     services: &[&str],
 ) -> tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health> {
+    health_reporter(services, true).await.1
+}
+
+/// The standard health service with every name in `services` (and the
+/// server as a whole, `""`) serving or not as `serving` says, and the
+/// reporter that changes it later.
+pub async fn health_reporter(
+    services: &[&str],
+    serving: bool,
+) -> (
+    tonic_health::server::HealthReporter,
+    tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
+) {
     let (reporter, service) = tonic_health::server::health_reporter();
-    for s in services {
-        reporter
-            .set_service_status(*s, tonic_health::ServingStatus::Serving)
-            .await;
+    let status = if serving {
+        tonic_health::ServingStatus::Serving
+    } else {
+        tonic_health::ServingStatus::NotServing
+    };
+    for s in services.iter().chain(std::iter::once(&"")) {
+        reporter.set_service_status(*s, status).await;
     }
-    reporter
-        .set_service_status("", tonic_health::ServingStatus::Serving)
-        .await;
-    service
+    (reporter, service)
 }
 
 #[cfg(test)]

@@ -81,7 +81,20 @@ pub async fn serve(
             )));
         }
     }
-    let health = grpc::health_service(&[SERVICE_NAME]).await;
+    // Serving once every store answers; re-checked while the role runs, so
+    // a store that goes away makes it unready and one that comes (back)
+    // ready, with no restart.
+    // A store that answers at once makes the role serving from the start.
+    let answers = tokio::time::timeout(Duration::from_secs(5), check_stores(&stores))
+        .await
+        .is_ok_and(|failed| failed.is_none());
+    let (reporter, health) = grpc::health_reporter(&[SERVICE_NAME], answers).await;
+    tasks.push(tokio::spawn(watch_stores(
+        stores.clone(),
+        reporter,
+        answers,
+        shutdown.clone(),
+    )));
     let routes = tonic::service::Routes::new(health).add_service(grpc_service(stores.clone()));
     // Embedded mode: the byte-carrying calls skip encoding (grpc::local).
     let streams: Arc<dyn BlobStreams> = Arc::new(BlobGrpc::new(stores.clone()));
@@ -214,6 +227,67 @@ fn meta_client(config: &Config) -> anyhow::Result<Option<gc::MetaClient>> {
         .max_decoding_message_size(grpc::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(grpc::MAX_MESSAGE_BYTES),
     ))
+}
+
+/// The first store that does not answer, and why.
+async fn check_stores(stores: &Stores) -> Option<(String, BlobError)> {
+    for (name, store) in stores.all() {
+        if let Err(e) = store.check().await {
+            return Some((name.to_string(), e));
+        }
+    }
+    None
+}
+
+/// Check every store until `shutdown` and report the role serving while
+/// all answer: every 10 s while they do, with a capped exponential backoff
+/// from 0.5 s to 30 s while one does not.
+async fn watch_stores(
+    stores: Stores,
+    reporter: tonic_health::server::HealthReporter,
+    serving: bool,
+    shutdown: Shutdown,
+) {
+    let mut backoff = Duration::from_millis(500);
+    let mut was = Some(serving);
+    if !serving {
+        tracing::warn!("blob storage does not answer yet: not serving; checking again");
+    }
+    loop {
+        let failed = check_stores(&stores).await;
+        let ok = failed.is_none();
+        if was != Some(ok) {
+            let status = if ok {
+                tonic_health::ServingStatus::Serving
+            } else {
+                tonic_health::ServingStatus::NotServing
+            };
+            for s in [SERVICE_NAME, ""] {
+                reporter.set_service_status(s, status).await;
+            }
+            match &failed {
+                None => tracing::info!("blob storage answers: serving"),
+                Some((name, e)) => tracing::warn!(
+                    subpath = name.as_str(),
+                    error = %e,
+                    "blob storage does not answer: not serving; checking again"
+                ),
+            }
+            was = Some(ok);
+        }
+        let wait = if ok {
+            backoff = Duration::from_millis(500);
+            Duration::from_secs(10)
+        } else {
+            let w = backoff;
+            backoff = (backoff * 2).min(Duration::from_secs(30));
+            w
+        };
+        tokio::select! {
+            _ = shutdown.wait() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
 }
 
 /// How often stale uploads are looked for, given the expiry age.

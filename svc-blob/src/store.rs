@@ -72,6 +72,12 @@ pub struct StoredMark {
 /// becomes visible only after its digest has been verified.
 #[async_trait]
 pub trait BlobStore: Send + Sync + 'static {
+    /// Whether the storage answers (a bucket that exists and takes the
+    /// credentials); a directory always does.
+    async fn check(&self) -> Result<(), BlobError> {
+        Ok(())
+    }
+
     /// Size of a committed blob.
     async fn stat(&self, digest: &Digest) -> Result<u64, BlobError>;
 

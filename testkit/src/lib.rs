@@ -733,6 +733,24 @@ impl S3Server {
             let _ = c.wait();
         }
     }
+
+    /// Start the server again (after [`S3Server::kill`]) on the same port
+    /// and the same data, and wait until it answers.
+    pub fn restart(&mut self) {
+        self.kill();
+        let child = Command::new(s3s_fs())
+            .args(["--host", "127.0.0.1", "--port", &self.port.to_string()])
+            .args(["--access-key", S3_ACCESS_KEY, "--secret-key", S3_SECRET_KEY])
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn s3s-fs");
+        self.child = Some(child);
+        wait_until("s3s-fs to answer again", READY_LIMIT, || {
+            std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+        });
+    }
 }
 
 impl Drop for S3Server {

@@ -114,6 +114,7 @@ async fn chunked_upload_alternates_between_two_blob_replicas() {
     );
     let client = reqwest::Client::new();
     wait_ready(&client, &format!("{}/v2/", gw.url)).await;
+    wait_serving(&client, &gw, "blob", 2).await;
 
     let data = random_bytes(4 * 1024 * 1024 + 3);
     let d = sha256(&data);
@@ -284,6 +285,20 @@ async fn moves_and_deletes_are_seen_across(a: &Process, b: &Process) {
             "gateway A still serves a deleted tag"
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Wait until the gateway's health checks find `n` replicas of `role`
+/// serving (so that calls go round all of them).
+pub(crate) async fn wait_serving(client: &reqwest::Client, gw: &Process, role: &str, n: u64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, body) = readyz(client, gw).await;
+        if serving(&body, role) == n {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{role}: not {n} serving: {body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

@@ -4,7 +4,7 @@
 //! distributed mode through two svc-blob replicas that share no disk.
 
 use crate::clients::{run, write_layout_sized};
-use crate::distributed::{appends_to, chunked_upload};
+use crate::distributed::{appends_to, chunked_upload, wait_serving};
 use crate::oci::{random_bytes, sha256};
 use crate::sandbox::{Process, Sandbox, wait_ready};
 use capstan_testkit::{S3_ACCESS_KEY, S3_SECRET_KEY, S3Server};
@@ -262,6 +262,7 @@ async fn two_blob_replicas_on_s3_share_no_disk_and_serve_one_registry() {
     );
     let client = reqwest::Client::new();
     wait_ready(&client, &format!("{}/v2/", gw.url)).await;
+    wait_serving(&client, &gw, "blob", 2).await;
     let host = gw.url.trim_start_matches("http://").to_string();
 
     // A chunked upload whose PATCHes alternate between the replicas.
@@ -461,4 +462,57 @@ async fn credentials_come_from_the_aws_chain_when_not_configured() {
         assert_eq!(r.status(), 201, "{way}: {}", r.text().await.unwrap());
         assert!(in_bucket(&server, &d), "{way}");
     }
+}
+
+/// Degrade, don't die (issue 13): a registry whose bucket does not answer
+/// yet starts anyway and says it is not ready; a request that needs the
+/// bucket gets 503 with `Retry-After`; once the store answers (again) the
+/// registry is ready and serves, with no restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bucket_that_does_not_answer_makes_the_registry_wait_not_die() {
+    let mut server = s3_server().await;
+    let drv = driver(&server);
+    server.kill();
+    let sb = Sandbox::start_with(json!({"storage": {"storageDriver": drv}})).await;
+    let ready = |sb: &Sandbox| {
+        let url = sb.url("/readyz");
+        let client = sb.client.clone();
+        async move { client.get(url).send().await.unwrap().status().as_u16() }
+    };
+    let wait_for = |want: u16| {
+        let sb = &sb;
+        async move {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+            while ready(sb).await != want {
+                assert!(std::time::Instant::now() < deadline, "/readyz never {want}");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    };
+    wait_for(503).await;
+    let bytes = random_bytes(5000);
+    let d = sha256(&bytes);
+    let push = || {
+        sb.client
+            .post(sb.url(&format!("/v2/wait/app/blobs/uploads/?digest={d}")))
+            .body(bytes.clone())
+            .send()
+    };
+    let r = push().await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(r.headers().contains_key("retry-after"));
+    tokio::task::block_in_place(|| server.restart());
+    wait_for(200).await;
+    assert_eq!(push().await.unwrap().status(), 201);
+    assert!(in_bucket(&server, &d));
+    // Gone again: unready and 503 again; back: serving again.
+    tokio::task::block_in_place(|| server.kill());
+    let r = sb.get(&format!("/v2/wait/app/blobs/{d}")).await;
+    assert_eq!(r.status(), 503);
+    wait_for(503).await;
+    tokio::task::block_in_place(|| server.restart());
+    wait_for(200).await;
+    let r = sb.get(&format!("/v2/wait/app/blobs/{d}")).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().await.unwrap(), bytes);
 }

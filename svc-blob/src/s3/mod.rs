@@ -205,7 +205,8 @@ fn body_stream(body: aws_sdk_s3::primitives::ByteStream, key: String) -> ByteStr
 }
 
 impl S3Store {
-    /// Connect to the bucket `config` names and check that it is there.
+    /// A client of the bucket `config` names. Nothing is asked of the
+    /// store yet: [`BlobStore::check`] says whether it answers.
     pub async fn connect(config: &StorageDriverConfig) -> Result<Self, BlobError> {
         use aws_config::{BehaviorVersion, Region};
         let mut loader = aws_config::defaults(BehaviorVersion::latest());
@@ -245,7 +246,6 @@ impl S3Store {
             scrubbed: AtomicU64::new(0),
             corrupt: AtomicU64::new(0),
         };
-        store.bucket.check().await?;
         Ok(store)
     }
 
@@ -500,6 +500,10 @@ impl S3Store {
 
 #[async_trait]
 impl BlobStore for S3Store {
+    async fn check(&self) -> Result<(), BlobError> {
+        self.bucket.check().await
+    }
+
     async fn stat(&self, digest: &Digest) -> Result<u64, BlobError> {
         self.bucket
             .head(&blob_key(digest))

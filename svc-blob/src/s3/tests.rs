@@ -39,6 +39,7 @@ async fn open_s3_pair() -> (S3Server, S3Store, S3Store) {
     let cfg = driver(&server, BUCKET);
     let a = S3Store::connect(&cfg).await.unwrap();
     let b = S3Store::connect(&cfg).await.unwrap();
+    a.check().await.unwrap();
     (server, a, b)
 }
 
@@ -48,15 +49,24 @@ mod suite {
 }
 
 #[tokio::test]
-async fn a_missing_bucket_or_wrong_keys_fail_at_connect() {
-    let server = server().await;
-    let err = S3Store::connect(&driver(&server, "absent"))
-        .await
-        .unwrap_err();
+async fn a_missing_bucket_wrong_keys_or_no_server_fail_the_check() {
+    let mut server = server().await;
+    let absent = S3Store::connect(&driver(&server, "absent")).await.unwrap();
+    let err = absent.check().await.unwrap_err();
     assert!(err.to_string().contains("absent"), "{err}");
     let mut cfg = driver(&server, BUCKET);
     cfg.secret_key = Some("wrong".into());
-    assert!(S3Store::connect(&cfg).await.is_err());
+    let wrong = S3Store::connect(&cfg).await.unwrap();
+    assert!(wrong.check().await.is_err());
+    let good = S3Store::connect(&driver(&server, BUCKET)).await.unwrap();
+    good.check().await.unwrap();
+    // A store that does not answer is unavailable (503), not broken.
+    server.kill();
+    assert!(matches!(good.check().await, Err(BlobError::Unavailable(_))));
+    assert!(matches!(
+        good.stat(&sha256(b"x")).await,
+        Err(BlobError::Unavailable(_))
+    ));
 }
 
 #[tokio::test]
