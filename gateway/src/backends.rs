@@ -26,6 +26,15 @@ pub enum BackendError {
     },
 }
 
+/// A failure of the replica or the way to it (not an answer about the
+/// request): worth another replica for an idempotent call.
+fn unreachable(s: &tonic::Status) -> bool {
+    matches!(
+        s.code(),
+        tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
+    )
+}
+
 /// Round-robin over the replicas of one role.
 #[derive(Debug)]
 struct Pool<C> {
@@ -149,6 +158,32 @@ impl Backends {
 
     pub fn blob(&self) -> BlobClient<Transport> {
         self.blob.pick()
+    }
+
+    /// An idempotent call to svc-meta (a read; a link), made again on
+    /// another replica when the one picked does not answer: a replica that
+    /// just died is then taken out of turn at once, before its health
+    /// check notices. The request must be built anew for each try
+    /// (`call` is given a fresh client each time).
+    pub async fn meta_idempotent<T, Fut>(
+        &self,
+        call: impl Fn(MetaServiceClient<Transport>) -> Fut,
+    ) -> Result<T, tonic::Status>
+    where
+        Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+    {
+        let mut tries = self.meta.clients.len() + 1;
+        loop {
+            tries -= 1;
+            let (replica, client) = self.meta.pick_replica();
+            match call(client).await {
+                Err(s) if unreachable(&s) && tries > 0 => {
+                    replica.failed();
+                    tracing::warn!(replica = %replica.uri, error = %s.message(), "meta replica did not answer; trying another");
+                }
+                other => return other,
+            }
+        }
     }
 
     /// [`Backends::blob`], with the replica picked (to report a failure of

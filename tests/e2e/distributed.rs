@@ -457,3 +457,67 @@ async fn a_blob_get_survives_its_replica_dying_mid_stream() {
     );
     drop(blob_b);
 }
+
+/// Two meta replicas on one Postgres behind one gateway: with one killed,
+/// reads go on at once on the other (a call to the dead one is made again
+/// there), before any health check notices.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_go_on_when_a_meta_replica_dies() {
+    let dir = tempfile::tempdir().unwrap();
+    let pg = tokio::task::spawn_blocking(capstan_testkit::Postgres::start)
+        .await
+        .unwrap();
+    let url = pg.create_database("meta");
+    let cfg = dir.path().join("pg.json");
+    std::fs::write(
+        &cfg,
+        serde_json::to_vec(&json!({"storage": {
+            "rootDirectory": dir.path().join("data"), "database": url}}))
+        .unwrap(),
+    )
+    .unwrap();
+    let meta = |log: &str| {
+        let args = ["-c", cfg.to_str().unwrap(), "--role", "meta"];
+        Process::spawn(
+            &[&args[..], &["--listen", "127.0.0.1:0"]].concat(),
+            &dir.path().join(log),
+        )
+    };
+    let (mut meta_1, meta_2) = (meta("meta-1.log"), meta("meta-2.log"));
+    let blob = role(dir.path(), "blob", "blob.log");
+    let gw = gateway(dir.path(), "gw", &[&meta_1.url, &meta_2.url], &[&blob.url]);
+    let client = reqwest::Client::new();
+    wait_ready(&client, &format!("{}/v2/", gw.url)).await;
+    wait_serving(&client, &gw, "meta", 2).await;
+    let data = random_bytes(1000);
+    let d = sha256(&data);
+    let r = client
+        .post(format!("{}/v2/ha/meta/blobs/uploads/?digest={d}", gw.url))
+        .body(data)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    meta_1.kill();
+    // At once: the health checks have not noticed yet.
+    for i in 0..20 {
+        for path in [
+            "/v2/_catalog".to_string(),
+            "/v2/ha/meta/tags/list".to_string(),
+            format!("/v2/ha/meta/blobs/{d}"),
+        ] {
+            let r = client
+                .get(format!("{}{path}", gw.url))
+                .send()
+                .await
+                .unwrap();
+            let status = r.status();
+            assert!(
+                status == 200 || (path.contains("tags") && status == 404),
+                "read {i} of {path}: {status} {}",
+                r.text().await.unwrap()
+            );
+        }
+    }
+    drop(meta_2);
+}

@@ -24,14 +24,14 @@ pub async fn get(
     digest: &str,
 ) -> Result<Reply, ApiError> {
     let d = parse_digest(digest)?;
-    let stat = || async {
-        gw.backends
-            .meta()
-            .stat_blob(ctx.rpc(StatBlobRequest {
+    let stat = || {
+        gw.backends.meta_idempotent(|mut meta| {
+            let req = ctx.rpc(StatBlobRequest {
                 repo: repo.into(),
                 digest: d.to_string(),
-            }))
-            .await
+            });
+            async move { meta.stat_blob(req).await }
+        })
     };
     let size = match stat().await {
         Ok(r) => r.into_inner().size,

@@ -33,12 +33,14 @@ pub async fn tags(gw: &Gateway, ctx: &Ctx, repo: &str) -> Result<Reply, ApiError
     let n = page_size(ctx)?;
     let r = gw
         .backends
-        .meta()
-        .list_tags(ctx.rpc(ListTagsRequest {
-            repo: repo.into(),
-            n,
-            last: ctx.param("last").unwrap_or("").into(),
-        }))
+        .meta_idempotent(|mut meta| {
+            let req = ctx.rpc(ListTagsRequest {
+                repo: repo.into(),
+                n,
+                last: ctx.param("last").unwrap_or("").into(),
+            });
+            async move { meta.list_tags(req).await }
+        })
         .await?
         .into_inner();
     let link = next_link(&format!("/v2/{repo}/tags/list"), n, r.tags.last(), r.more);
@@ -60,8 +62,13 @@ pub async fn catalog(gw: &Gateway, ctx: &Ctx) -> Result<Reply, ApiError> {
     if ctx.caller.catalog_all {
         let r = gw
             .backends
-            .meta()
-            .catalog(ctx.rpc(CatalogRequest { n, last }))
+            .meta_idempotent(|mut meta| {
+                let req = ctx.rpc(CatalogRequest {
+                    n,
+                    last: last.clone(),
+                });
+                async move { meta.catalog(req).await }
+            })
             .await?
             .into_inner();
         repos = r.repositories;
@@ -71,11 +78,13 @@ pub async fn catalog(gw: &Gateway, ctx: &Ctx) -> Result<Reply, ApiError> {
         loop {
             let r = gw
                 .backends
-                .meta()
-                .catalog(ctx.rpc(CatalogRequest {
-                    n: Some(CATALOG_BATCH),
-                    last: last.clone(),
-                }))
+                .meta_idempotent(|mut meta| {
+                    let req = ctx.rpc(CatalogRequest {
+                        n: Some(CATALOG_BATCH),
+                        last: last.clone(),
+                    });
+                    async move { meta.catalog(req).await }
+                })
                 .await?
                 .into_inner();
             more = r.more;
@@ -114,12 +123,14 @@ pub async fn referrers(
     let artifact_type = ctx.param("artifactType").unwrap_or("").to_string();
     let r = gw
         .backends
-        .meta()
-        .referrers(ctx.rpc(ReferrersRequest {
-            repo: repo.into(),
-            digest: d.to_string(),
-            artifact_type: artifact_type.clone(),
-        }))
+        .meta_idempotent(|mut meta| {
+            let req = ctx.rpc(ReferrersRequest {
+                repo: repo.into(),
+                digest: d.to_string(),
+                artifact_type: artifact_type.clone(),
+            });
+            async move { meta.referrers(req).await }
+        })
         .await?
         .into_inner();
     let manifests: Vec<serde_json::Value> = r

@@ -101,16 +101,16 @@ pub async fn get(gw: &Gateway, ctx: &Ctx, repo: &str, reference: &str) -> Result
     }
     gw.metrics.cache(false);
     let epoch = gw.manifests.epoch();
-    let fetch = || async {
-        gw.backends
-            .meta()
-            .get_manifest(ctx.rpc(GetManifestRequest {
+    let fetch = || {
+        gw.backends.meta_idempotent(|mut meta| {
+            let req = ctx.rpc(GetManifestRequest {
                 repo: repo.into(),
                 reference: reference.into(),
                 // The whole manifest even for HEAD, so it can be cached.
                 head: false,
-            }))
-            .await
+            });
+            async move { meta.get_manifest(req).await }
+        })
     };
     let r = match fetch().await {
         Ok(r) => r.into_inner(),
