@@ -177,7 +177,7 @@ impl Backends {
             tries -= 1;
             let (replica, client) = self.meta.pick_replica();
             match call(client).await {
-                Err(s) if unreachable(&s) && tries > 0 => {
+                Err(s) if unreachable(&s) && crate::resume::transport_failure(&s) && tries > 0 => {
                     replica.failed();
                     tracing::warn!(replica = %replica.uri, error = %s.message(), "meta replica did not answer; trying another");
                 }

@@ -21,7 +21,7 @@ pub mod health;
 pub mod metrics;
 pub mod pulls;
 pub mod range;
-mod resume;
+pub(crate) mod resume;
 pub mod tls;
 
 use capstan_runtime::{Config, Shutdown};
@@ -83,14 +83,16 @@ pub async fn serve(
         (
             "auth",
             capstan_proto::auth::v1::auth_service_server::SERVICE_NAME,
-            &upstreams.auth,
+            &upstreams.auth[..],
         ),
         (
             "sync",
             capstan_proto::sync::v1::sync_service_server::SERVICE_NAME,
-            &upstreams.sync,
+            // Only the first is called (see `sync` above).
+            &upstreams.sync[..upstreams.sync.len().min(1)],
         ),
     ] {
+        let uris = uris.to_vec();
         let needed = match name {
             "auth" => !authn.is_open(),
             _ => sync.is_some(),

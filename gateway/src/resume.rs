@@ -10,6 +10,13 @@ use capstan_proto::direct::MessageStream;
 use futures::StreamExt as _;
 use tonic::{Code, Status};
 
+/// Whether the replica itself failed or could not be reached (a refused
+/// connection, a reset), as opposed to an answer it gave: a service's
+/// answers always carry Capstan's error detail.
+pub fn transport_failure(s: &Status) -> bool {
+    s.details().is_empty()
+}
+
 /// Failures worth another replica: the replica or the way to it, not the
 /// request or the blob.
 fn retryable(s: &Status) -> bool {
@@ -43,7 +50,9 @@ pub async fn read(
         match client.read(request(req.clone())).await {
             Ok(r) => break (r.into_inner(), replica),
             Err(s) if retryable(&s) && tries > 0 => {
-                replica.failed();
+                if transport_failure(&s) {
+                    replica.failed();
+                }
                 tracing::warn!(digest = req.digest, error = %s.message(), "blob read not opened; trying another replica");
             }
             Err(s) => return Err(s),
@@ -73,12 +82,19 @@ pub async fn read(
     let stream = futures::stream::unfold(state, |mut st| async move {
         loop {
             let current = st.current.as_mut()?;
+            // Everything was sent: whatever comes now (the end, a break
+            // after the last byte) ends the response.
+            if st.sent >= st.len {
+                return None;
+            }
             let broke = match current.next().await {
-                Some(Ok(chunk)) => {
+                Some(Ok(mut chunk)) => {
+                    // Never more than was asked for.
+                    let left = usize::try_from(st.len - st.sent).unwrap_or(usize::MAX);
+                    chunk.data.truncate(left);
                     st.sent += chunk.data.len() as u64;
                     return Some((Ok(chunk), st));
                 }
-                None if st.sent >= st.len => return None,
                 None => Status::unavailable(format!(
                     "blob stream ended after {} of {} bytes",
                     st.sent, st.len
@@ -90,7 +106,9 @@ pub async fn read(
                 return Some((Err(broke), st));
             }
             st.tries -= 1;
-            st.replica.failed();
+            if transport_failure(&broke) {
+                st.replica.failed();
+            }
             tracing::warn!(
                 digest = st.req.digest,
                 sent = st.sent,

@@ -85,7 +85,7 @@ pub async fn serve(
     // a store that goes away makes it unready and one that comes (back)
     // ready, with no restart.
     // A store that answers at once makes the role serving from the start.
-    let answers = tokio::time::timeout(Duration::from_secs(5), check_stores(&stores))
+    let answers = tokio::time::timeout(STORE_CHECK_TIMEOUT, check_stores(&stores))
         .await
         .is_ok_and(|failed| failed.is_none());
     let (reporter, health) = grpc::health_reporter(&[SERVICE_NAME], answers).await;
@@ -229,6 +229,9 @@ fn meta_client(config: &Config) -> anyhow::Result<Option<gc::MetaClient>> {
     ))
 }
 
+/// How long a check of every store may take before it counts as failed.
+const STORE_CHECK_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// The first store that does not answer, and why.
 async fn check_stores(stores: &Stores) -> Option<(String, BlobError)> {
     for (name, store) in stores.all() {
@@ -254,7 +257,16 @@ async fn watch_stores(
         tracing::warn!("blob storage does not answer yet: not serving; checking again");
     }
     loop {
-        let failed = check_stores(&stores).await;
+        // A check that hangs (a connection silently dropped) counts as a
+        // store that does not answer.
+        let failed = tokio::time::timeout(STORE_CHECK_TIMEOUT, check_stores(&stores))
+            .await
+            .unwrap_or_else(|_| {
+                Some((
+                    String::new(),
+                    BlobError::Unavailable("the storage check did not finish in time".into()),
+                ))
+            });
         let ok = failed.is_none();
         if was != Some(ok) {
             let status = if ok {
