@@ -152,38 +152,38 @@ async fn a_tag_moved_through_one_gateway_is_seen_through_another() {
     moves_and_deletes_are_seen_across(&a, &b).await;
 }
 
+/// A Postgres of its own and two svc-meta replicas on it (storage root
+/// `dir/data`, logs `dir/meta-N.log`).
+async fn metas_on_postgres(dir: &Path) -> (capstan_testkit::Postgres, [Process; 2]) {
+    let pg = tokio::task::spawn_blocking(capstan_testkit::Postgres::start)
+        .await
+        .unwrap();
+    let url = pg.create_database("meta");
+    let cfg = dir.join("pg.json");
+    std::fs::write(
+        &cfg,
+        serde_json::to_vec(&json!({"storage": {
+            "rootDirectory": dir.join("data"), "database": url}}))
+        .unwrap(),
+    )
+    .unwrap();
+    let meta = |log: &str| {
+        let args = ["-c", cfg.to_str().unwrap(), "--role", "meta"];
+        Process::spawn(
+            &[&args[..], &["--listen", "127.0.0.1:0"]].concat(),
+            &dir.join(log),
+        )
+    };
+    (pg, [meta("meta-1.log"), meta("meta-2.log")])
+}
+
 /// Two svc-meta replicas on one Postgres, each behind its own gateway: a
 /// gateway's manifest cache follows the other replica's writes, which its
 /// own replica hears through Postgres.
 #[tokio::test]
 async fn two_meta_replicas_on_postgres_keep_every_gateway_current() {
     let dir = tempfile::tempdir().unwrap();
-    let pg = tokio::task::spawn_blocking(capstan_testkit::Postgres::start)
-        .await
-        .unwrap();
-    let url = pg.create_database("meta");
-    let cfg = dir.path().join("pg.json");
-    std::fs::write(
-        &cfg,
-        serde_json::to_vec(&json!({"storage": {
-            "rootDirectory": dir.path().join("data"), "database": url}}))
-        .unwrap(),
-    )
-    .unwrap();
-    let meta = |log: &str| {
-        Process::spawn(
-            &[
-                "-c",
-                cfg.to_str().unwrap(),
-                "--role",
-                "meta",
-                "--listen",
-                "127.0.0.1:0",
-            ],
-            &dir.path().join(log),
-        )
-    };
-    let (meta_1, meta_2) = (meta("meta-1.log"), meta("meta-2.log"));
+    let (_pg, [meta_1, meta_2]) = metas_on_postgres(dir.path()).await;
     let blob = role(dir.path(), "blob", "blob.log");
     let a = gateway(dir.path(), "gw-a", &[&meta_1.url], &[&blob.url]);
     let b = gateway(dir.path(), "gw-b", &[&meta_2.url], &[&blob.url]);
@@ -464,26 +464,7 @@ async fn a_blob_get_survives_its_replica_dying_mid_stream() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_go_on_when_a_meta_replica_dies() {
     let dir = tempfile::tempdir().unwrap();
-    let pg = tokio::task::spawn_blocking(capstan_testkit::Postgres::start)
-        .await
-        .unwrap();
-    let url = pg.create_database("meta");
-    let cfg = dir.path().join("pg.json");
-    std::fs::write(
-        &cfg,
-        serde_json::to_vec(&json!({"storage": {
-            "rootDirectory": dir.path().join("data"), "database": url}}))
-        .unwrap(),
-    )
-    .unwrap();
-    let meta = |log: &str| {
-        let args = ["-c", cfg.to_str().unwrap(), "--role", "meta"];
-        Process::spawn(
-            &[&args[..], &["--listen", "127.0.0.1:0"]].concat(),
-            &dir.path().join(log),
-        )
-    };
-    let (mut meta_1, meta_2) = (meta("meta-1.log"), meta("meta-2.log"));
+    let (_pg, [mut meta_1, meta_2]) = metas_on_postgres(dir.path()).await;
     let blob = role(dir.path(), "blob", "blob.log");
     let gw = gateway(dir.path(), "gw", &[&meta_1.url, &meta_2.url], &[&blob.url]);
     let client = reqwest::Client::new();
