@@ -6,21 +6,22 @@
 
 use anyhow::Context as _;
 use capstan_blob::gc::GcReport;
+use capstan_runtime::grpc::{Listen, LocalRole, Peer, Peers, Secrets};
 use capstan_runtime::{Config, Shutdown};
-use tokio::net::TcpListener;
 
 /// Run one collection and print its report (as JSON with `json`).
 pub async fn run(mut config: Config, dry_run: bool, json: bool) -> anyhow::Result<()> {
     // Forced on: `storage.gc: false` stops scheduled runs (and retention
     // with them), not this one.
     config.storage.gc = Some(true);
-    // svc-meta in this process when no running one is named.
-    capstan_runtime::grpc::local::enable();
     let shutdown = Shutdown::new();
+    let secrets = Secrets::from_config(&config.services)?;
+    let mut peers = Peers::from_config(&config.services, &secrets);
     let mut meta_task = None;
     // A real run takes a SQLite database for itself while it runs.
     let mut _writing = None;
-    if config.services.meta.endpoints.is_empty() {
+    // svc-meta in this process when no running one is named.
+    if peers.meta.is_empty() {
         if !dry_run {
             _writing = capstan_meta::lock_sqlite(&config).map_err(|e| {
                 anyhow::anyhow!(
@@ -29,11 +30,11 @@ pub async fn run(mut config: Config, dry_run: bool, json: bool) -> anyhow::Resul
                 )
             })?;
         }
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        config.services.meta.endpoints = vec![capstan_runtime::grpc::listener_url(&listener)?];
+        let meta = LocalRole::new("meta");
+        peers.meta = vec![Peer::local(&meta)];
         let (c, s) = (config.clone(), shutdown.clone());
         meta_task = Some(tokio::spawn(async move {
-            capstan_meta::serve_beside(&c, listener, s).await
+            capstan_meta::serve_beside(&c, Listen::Local(meta), s).await
         }));
     }
     let stores = capstan_blob::open_stores(&config, false).await?;
@@ -49,7 +50,7 @@ pub async fn run(mut config: Config, dry_run: bool, json: bool) -> anyhow::Resul
             )
         })?;
     }
-    let collector = capstan_blob::collector(&config, stores)?
+    let collector = capstan_blob::collector(&config, stores, &peers)?
         .context("no svc-meta to ask (services.meta.endpoints)")?;
     let report = collector.run(dry_run).await;
     shutdown.trigger();

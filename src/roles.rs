@@ -1,9 +1,9 @@
 //! Composes the roles: all of them in one process (embedded mode: gRPC over
-//! the in-process transport, so the distributed contract is what runs), or
-//! one of them.
+//! the in-process transport, so the distributed contract is what runs, with
+//! no port but the gateway's), or one of them.
 
 use anyhow::Context;
-use capstan_gateway::Upstreams;
+use capstan_runtime::grpc::{Listen, LocalRole, Peer, Peers, Secrets};
 use capstan_runtime::{Config, Shutdown};
 use std::net::SocketAddr;
 use tokio::net::TcpListener;
@@ -25,24 +25,21 @@ fn spawn_grpc(
     set: &mut JoinSet<Served>,
     role: Role,
     config: &Config,
-    listener: TcpListener,
+    peers: Peers,
+    listen: Listen,
     shutdown: &Shutdown,
 ) {
     let config = config.clone();
     let shutdown = shutdown.clone();
     set.spawn(async move {
         match role {
-            Role::Blob => capstan_blob::serve(&config, listener, shutdown).await,
-            Role::Meta => capstan_meta::serve(&config, listener, shutdown).await,
-            Role::Auth => capstan_auth::serve(&config, listener, shutdown).await,
-            Role::Sync => capstan_sync::serve(&config, listener, shutdown).await,
+            Role::Blob => capstan_blob::serve(&config, &peers, listen, shutdown).await,
+            Role::Meta => capstan_meta::serve(&config, listen, shutdown).await,
+            Role::Auth => capstan_auth::serve(&config, listen, shutdown).await,
+            Role::Sync => capstan_sync::serve(&config, &peers, listen, shutdown).await,
             Role::All | Role::Gateway => unreachable!("not a gRPC role"),
         }
     });
-}
-
-fn url(addr: SocketAddr) -> String {
-    format!("http://{addr}")
 }
 
 /// Run `role` until SIGINT/SIGTERM or until a role fails.
@@ -52,58 +49,52 @@ pub async fn serve(config: Config, role: Role, listen: Option<SocketAddr>) -> an
     let mut set = JoinSet::new();
     match role {
         Role::All => {
-            // The roles call one another in-process (still through gRPC).
-            capstan_runtime::grpc::local::enable();
             std::fs::create_dir_all(&config.storage.root_directory).with_context(|| {
                 format!(
                     "storage.rootDirectory {}",
                     config.storage.root_directory.display()
                 )
             })?;
-            let mut upstreams = Upstreams {
-                meta: vec![],
-                blob: vec![],
-                auth: vec![],
-                sync: vec![],
+            // The roles call one another in-process (still through gRPC)
+            // and bind no port: only the gateway's is open.
+            let roles = [Role::Meta, Role::Blob, Role::Auth, Role::Sync].map(|r| {
+                let name = match r {
+                    Role::Meta => "meta",
+                    Role::Blob => "blob",
+                    Role::Auth => "auth",
+                    _ => "sync",
+                };
+                (r, LocalRole::new(name))
+            });
+            let [(_, meta), (_, blob), (_, auth), (_, sync)] = &roles;
+            let peers = Peers {
+                meta: vec![Peer::local(meta)],
+                blob: vec![Peer::local(blob)],
+                auth: vec![Peer::local(auth)],
+                sync: vec![Peer::local(sync)],
             };
-            for r in [Role::Meta, Role::Blob, Role::Auth, Role::Sync] {
-                let l = TcpListener::bind("127.0.0.1:0").await?;
-                let addr = l.local_addr()?;
-                let mut role_config = config.clone();
-                match r {
-                    Role::Meta => upstreams.meta.push(url(addr)),
-                    Role::Blob => {
-                        // Its garbage collection asks the embedded meta.
-                        upstreams.blob.push(url(addr));
-                        role_config.services.meta.endpoints = upstreams.meta.clone();
-                    }
-                    Role::Auth => upstreams.auth.push(url(addr)),
-                    Role::Sync => {
-                        // svc-sync stores through the embedded meta and blob.
-                        upstreams.sync.push(url(addr));
-                        role_config.services.meta.endpoints = upstreams.meta.clone();
-                        role_config.services.blob.endpoints = upstreams.blob.clone();
-                    }
-                    _ => {}
-                }
-                spawn_grpc(&mut set, r, &role_config, l, &shutdown);
+            for (r, local) in roles {
+                spawn_grpc(
+                    &mut set,
+                    r,
+                    &config,
+                    peers.clone(),
+                    Listen::Local(local),
+                    &shutdown,
+                );
             }
             let gw = bind_gateway(&config, listen)?;
             announce(&config, "all", gw.local_addr()?);
             let (c, s) = (config.clone(), shutdown.clone());
-            set.spawn(async move { capstan_gateway::serve(&c, upstreams, gw, s).await });
+            set.spawn(async move { capstan_gateway::serve(&c, peers, gw, s).await });
         }
         Role::Gateway => {
-            let upstreams = Upstreams {
-                meta: config.services.meta.endpoints.clone(),
-                blob: config.services.blob.endpoints.clone(),
-                auth: config.services.auth.endpoints.clone(),
-                sync: config.services.sync.endpoints.clone(),
-            };
+            let secrets = Secrets::from_config(&config.services)?;
+            let peers = Peers::from_config(&config.services, &secrets);
             let gw = bind_gateway(&config, listen)?;
             announce(&config, "gateway", gw.local_addr()?);
             let (c, s) = (config.clone(), shutdown.clone());
-            set.spawn(async move { capstan_gateway::serve(&c, upstreams, gw, s).await });
+            set.spawn(async move { capstan_gateway::serve(&c, peers, gw, s).await });
         }
         Role::Auth | Role::Blob | Role::Meta | Role::Sync => {
             let svc = match role {
@@ -119,14 +110,28 @@ pub async fn serve(config: Config, role: Role, listen: Option<SocketAddr>) -> an
                     anyhow::bail!("no address: pass --listen or set services.<role>.listen")
                 }
             };
+            let secrets = Secrets::from_config(&config.services)?;
+            if !secrets.is_set() {
+                anyhow::ensure!(
+                    addr.ip().is_loopback(),
+                    "a role listening on {addr} needs services.secret or services.secretFile: \
+                     without one, anyone who reaches the port could call it"
+                );
+                tracing::warn!(%addr, "no services.secret: any local process may call this role");
+            }
             let l = TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("bind {addr}"))?;
             println!(
-                "capstan: {role:?} role serving gRPC on {}",
-                url(l.local_addr()?)
+                "capstan: {role:?} role serving gRPC on http://{}",
+                l.local_addr()?
             );
-            spawn_grpc(&mut set, role, &config, l, &shutdown);
+            let peers = Peers::from_config(&config.services, &secrets);
+            let listen = Listen::Network {
+                listener: l,
+                secrets,
+            };
+            spawn_grpc(&mut set, role, &config, peers, listen, &shutdown);
         }
     }
     // The first role to stop (error or shutdown) stops the others.

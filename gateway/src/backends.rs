@@ -8,8 +8,7 @@ use capstan_proto::blob::v1::blob_service_client::BlobServiceClient;
 use capstan_proto::direct::{BlobClient, BlobStreams, SyncClient, SyncStreams};
 use capstan_proto::meta::v1::meta_service_client::MetaServiceClient;
 use capstan_proto::sync::v1::sync_service_client::SyncServiceClient;
-use capstan_runtime::grpc::Transport;
-use capstan_runtime::grpc::{MAX_MESSAGE_BYTES, connect, local};
+use capstan_runtime::grpc::{MAX_MESSAGE_BYTES, Peer, Transport};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -19,7 +18,7 @@ use crate::health::{Replica, Role};
 pub enum BackendError {
     #[error("no endpoint configured for the {0} service (services.{0}.endpoints)")]
     Missing(&'static str),
-    #[error("bad endpoint {uri:?}: {source}")]
+    #[error("bad endpoint {uri}: {source}")]
     BadUri {
         uri: String,
         source: tonic::transport::Error,
@@ -39,9 +38,8 @@ fn unreachable(s: &tonic::Status) -> bool {
 #[derive(Debug)]
 struct Pool<C> {
     clients: Vec<C>,
-    /// The endpoint of each client.
-    uris: Vec<String>,
-    /// What health checks last found of each client's replica.
+    /// What health checks last found of each client's replica (and where
+    /// it is).
     replicas: Vec<Arc<Replica>>,
     next: AtomicUsize,
 }
@@ -67,28 +65,27 @@ impl<C: Clone> Pool<C> {
 
 fn pool<C>(
     role: &'static str,
-    uris: &[String],
-    make: impl Fn(&str, Transport) -> C,
+    peers: &[Peer],
+    make: impl Fn(&Peer, Transport) -> C,
 ) -> Result<Pool<C>, BackendError> {
-    if uris.is_empty() {
+    if peers.is_empty() {
         return Err(BackendError::Missing(role));
     }
-    let clients = uris
+    let clients = peers
         .iter()
-        .map(|uri| {
-            connect(uri)
-                .map(|t| make(uri, t))
-                .map_err(|source| BackendError::BadUri {
-                    uri: uri.clone(),
-                    source,
-                })
-        })
+        .map(|peer| transport(peer).map(|t| make(peer, t)))
         .collect::<Result<Vec<_>, _>>()?;
     Ok(Pool {
         clients,
-        uris: uris.to_vec(),
-        replicas: uris.iter().map(|u| Replica::new(u)).collect(),
+        replicas: peers.iter().map(Replica::new).collect(),
         next: AtomicUsize::new(0),
+    })
+}
+
+fn transport(peer: &Peer) -> Result<Transport, BackendError> {
+    peer.transport().map_err(|source| BackendError::BadUri {
+        uri: peer.name(),
+        source,
     })
 }
 
@@ -101,21 +98,21 @@ pub struct Backends {
 
 impl Backends {
     /// Lazily connecting clients; must be called inside a tokio runtime.
-    pub fn new(meta_uris: &[String], blob_uris: &[String]) -> Result<Self, BackendError> {
+    pub fn new(meta: &[Peer], blob: &[Peer]) -> Result<Self, BackendError> {
         Ok(Self {
-            meta: Arc::new(pool("meta", meta_uris, |_, ch| {
+            meta: Arc::new(pool("meta", meta, |_, ch| {
                 MetaServiceClient::new(ch)
                     .max_decoding_message_size(MAX_MESSAGE_BYTES)
                     .max_encoding_message_size(MAX_MESSAGE_BYTES)
             })?),
-            blob: Arc::new(pool("blob", blob_uris, |uri, ch| {
+            blob: Arc::new(pool("blob", blob, |peer, ch| {
                 let grpc = BlobServiceClient::new(ch)
                     .max_decoding_message_size(MAX_MESSAGE_BYTES)
                     .max_encoding_message_size(MAX_MESSAGE_BYTES);
-                let uri = uri.to_string();
+                let peer = peer.clone();
                 BlobClient::new(
                     grpc,
-                    Arc::new(move || local::handle::<Arc<dyn BlobStreams>>(&uri)),
+                    Arc::new(move || peer.handle::<Arc<dyn BlobStreams>>()),
                 )
             })?),
         })
@@ -149,9 +146,9 @@ impl Backends {
     /// Every svc-blob replica with its endpoint (for their metrics).
     pub fn blob_all(&self) -> Vec<(String, BlobClient<Transport>)> {
         self.blob
-            .uris
+            .replicas
             .iter()
-            .cloned()
+            .map(|r| r.uri.clone())
             .zip(self.blob.clients.iter().cloned())
             .collect()
     }
@@ -199,30 +196,18 @@ impl Backends {
 }
 
 /// A lazily connecting client of one svc-auth replica.
-pub fn auth_client(uri: &str) -> Result<AuthServiceClient<Transport>, BackendError> {
-    connect(uri)
-        .map(AuthServiceClient::new)
-        .map_err(|source| BackendError::BadUri {
-            uri: uri.to_string(),
-            source,
-        })
+pub fn auth_client(peer: &Peer) -> Result<AuthServiceClient<Transport>, BackendError> {
+    transport(peer).map(AuthServiceClient::new)
 }
 
 /// A lazily connecting client of svc-sync.
-pub fn sync_client(uri: &str) -> Result<SyncClient<Transport>, BackendError> {
-    let grpc = connect(uri)
-        .map(|t| {
-            SyncServiceClient::new(t)
-                .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_MESSAGE_BYTES)
-        })
-        .map_err(|source| BackendError::BadUri {
-            uri: uri.to_string(),
-            source,
-        })?;
-    let uri = uri.to_string();
+pub fn sync_client(peer: &Peer) -> Result<SyncClient<Transport>, BackendError> {
+    let grpc = SyncServiceClient::new(transport(peer)?)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let peer = peer.clone();
     Ok(SyncClient::new(
         grpc,
-        Arc::new(move || local::handle::<Arc<dyn SyncStreams>>(&uri)),
+        Arc::new(move || peer.handle::<Arc<dyn SyncStreams>>()),
     ))
 }

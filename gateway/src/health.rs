@@ -7,7 +7,7 @@
 //!   replica whose last check failed, and take it back once one succeeds.
 
 use capstan_runtime::Shutdown;
-use capstan_runtime::grpc::{Transport, connect};
+use capstan_runtime::grpc::{Peer, Transport};
 use serde::Serialize;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -28,14 +28,17 @@ const DOWN: u8 = 2;
 /// One replica of a role, as its checks last found it.
 #[derive(Debug)]
 pub struct Replica {
+    /// Its URL (or `in-process:<role>`), for logs.
     pub uri: String,
+    pub peer: Peer,
     state: AtomicU8,
 }
 
 impl Replica {
-    pub fn new(uri: &str) -> Arc<Self> {
+    pub fn new(peer: &Peer) -> Arc<Self> {
         Arc::new(Self {
-            uri: uri.to_string(),
+            uri: peer.name(),
+            peer: peer.clone(),
             state: AtomicU8::new(UNKNOWN),
         })
     }
@@ -125,7 +128,7 @@ impl Health {
 
 /// Ask `replica` about `service` every [`CHECK_EVERY`].
 async fn check_periodically(replica: Arc<Replica>, service: &'static str, shutdown: Shutdown) {
-    let client = match connect(&replica.uri) {
+    let client = match replica.peer.transport() {
         Ok(t) => HealthClient::<Transport>::new(t),
         Err(e) => {
             tracing::warn!(replica = %replica.uri, error = %e, "cannot check replica");
@@ -158,7 +161,11 @@ mod tests {
 
     #[test]
     fn a_role_is_ready_with_one_serving_replica() {
-        let (a, b) = (Replica::new("http://a"), Replica::new("http://b"));
+        let secrets = capstan_runtime::grpc::Secrets::none();
+        let (a, b) = (
+            Replica::new(&Peer::remote("http://a", &secrets)),
+            Replica::new(&Peer::remote("http://b", &secrets)),
+        );
         let health = Health {
             roles: vec![Role {
                 name: "blob",

@@ -24,28 +24,20 @@ pub mod range;
 pub(crate) mod resume;
 pub mod tls;
 
+use capstan_runtime::grpc::Peers;
 use capstan_runtime::{Config, Shutdown};
 use pingora::services::Service as _;
 use std::os::fd::IntoRawFd;
 use std::sync::Arc;
 
-/// Where the gateway finds the other roles.
-#[derive(Debug, Clone)]
-pub struct Upstreams {
-    pub meta: Vec<String>,
-    pub blob: Vec<String>,
-    /// svc-auth replicas; may be empty when no authentication is configured.
-    pub auth: Vec<String>,
-    /// svc-sync replicas; pull-through is asked of them when on-demand sync
-    /// is configured.
-    pub sync: Vec<String>,
-}
-
-/// Serve the OCI API on `listener` (already bound) until `shutdown`.
-/// TLS (with HTTP/2) is enabled when `http.tls` is configured.
+/// Serve the OCI API on `listener` (already bound) until `shutdown`,
+/// calling the roles `upstreams` names (svc-auth's may be empty when no
+/// authentication is configured; svc-sync is asked for pull-through when
+/// on-demand sync is configured). TLS (with HTTP/2) is enabled when
+/// `http.tls` is configured.
 pub async fn serve(
     config: &Config,
-    upstreams: Upstreams,
+    upstreams: Peers,
     listener: std::net::TcpListener,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
@@ -58,7 +50,7 @@ pub async fn serve(
     let auth_clients = upstreams
         .auth
         .iter()
-        .map(|u| backends::auth_client(u))
+        .map(backends::auth_client)
         .collect::<Result<Vec<_>, _>>()?;
     let authn = Arc::new(auth::Authn::new(config, auth_clients.clone())?);
     if !authn.is_open() {
@@ -79,7 +71,7 @@ pub async fn serve(
     // Every role this gateway calls, checked until shutdown (probes, and
     // replicas skipped while down).
     let mut roles = backends.health_roles();
-    for (name, service, uris) in [
+    for (name, service, peers) in [
         (
             "auth",
             capstan_proto::auth::v1::auth_service_server::SERVICE_NAME,
@@ -92,16 +84,15 @@ pub async fn serve(
             &upstreams.sync[..upstreams.sync.len().min(1)],
         ),
     ] {
-        let uris = uris.to_vec();
         let needed = match name {
             "auth" => !authn.is_open(),
             _ => sync.is_some(),
         };
-        if needed && !uris.is_empty() {
+        if needed && !peers.is_empty() {
             roles.push(health::Role {
                 name,
                 service,
-                replicas: uris.iter().map(|u| health::Replica::new(u)).collect(),
+                replicas: peers.iter().map(health::Replica::new).collect(),
             });
         }
     }

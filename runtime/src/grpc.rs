@@ -1,12 +1,17 @@
 //! The tonic scaffold every role uses: Capstan's message and window limits,
 //! the standard gRPC health service, a span per call that joins the caller's
-//! trace (W3C `traceparent` in the metadata), and [`connect`], which gives a
-//! client its [`Transport`] to a role: HTTP/2 over the network, or the
-//! [`local`] transport when the role is served by this same process.
+//! trace (W3C `traceparent` in the metadata), where a role serves
+//! ([`Listen`]: a TCP port guarded by the deployment's shared secret, or
+//! in-process) and how it reaches the others ([`Peer`]: over HTTP/2 with
+//! that secret, or the [`local`] transport when the binary runs them in
+//! this same process).
 
 pub mod local;
+pub mod secret;
 
 use crate::Shutdown;
+pub use local::LocalRole;
+pub use secret::Secrets;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -58,14 +63,153 @@ pub const CONNECTION_WINDOW: u32 = 64 * 1024 * 1024;
 /// large frames instead of many 16 KiB ones (one write call each).
 pub const MAX_FRAME: u32 = 1024 * 1024;
 
-/// The transport to the role at `uri` (e.g. `http://127.0.0.1:9001`): the
-/// in-process one when this process serves it (embedded mode), else a lazily
-/// connecting HTTP/2 channel. Must be called inside a tokio runtime.
+/// A lazily connecting HTTP/2 transport to the role at `uri` (e.g.
+/// `http://127.0.0.1:9001`) that presents no secret: for tests and tools
+/// that talk to a role directly. Must be called inside a tokio runtime.
 pub fn connect(uri: &str) -> Result<Transport, tonic::transport::Error> {
-    let channel = tower::ServiceExt::map_err(lazy_channel(uri)?, |e: tonic::transport::Error| {
-        TransportError(Box::new(e))
-    });
-    Ok(local::transport(uri, channel))
+    Peer::remote(uri, &Secrets::none()).transport()
+}
+
+/// Where one replica of a role is, as its callers reach it.
+#[derive(Clone, Debug)]
+pub struct Peer {
+    target: Target,
+    secrets: Secrets,
+}
+
+#[derive(Clone, Debug)]
+enum Target {
+    Remote(String),
+    Local(LocalRole),
+}
+
+impl Peer {
+    /// The role at `uri`, called with the deployment's `secrets`.
+    pub fn remote(uri: &str, secrets: &Secrets) -> Self {
+        Self {
+            target: Target::Remote(uri.trim_end_matches('/').to_string()),
+            secrets: secrets.clone(),
+        }
+    }
+
+    /// A role this process serves.
+    pub fn local(role: &LocalRole) -> Self {
+        Self {
+            target: Target::Local(role.clone()),
+            secrets: Secrets::none(),
+        }
+    }
+
+    /// How logs and `/metrics` name it: its URL, or `in-process:<role>`.
+    pub fn name(&self) -> String {
+        match &self.target {
+            Target::Remote(uri) => uri.clone(),
+            Target::Local(role) => format!("in-process:{}", role.name()),
+        }
+    }
+
+    /// A transport to it: a lazily connecting HTTP/2 channel whose every
+    /// call carries the shared secret, or the in-process one. Must be
+    /// called inside a tokio runtime.
+    pub fn transport(&self) -> Result<Transport, tonic::transport::Error> {
+        match &self.target {
+            Target::Local(role) => Ok(role.transport()),
+            Target::Remote(uri) => {
+                let secrets = self.secrets.clone();
+                let channel = tower::ServiceExt::map_request(
+                    lazy_channel(uri)?,
+                    move |mut req: http::Request<Body>| {
+                        if let Some(v) = secrets.header() {
+                            req.headers_mut().insert(http::header::AUTHORIZATION, v);
+                        }
+                        req
+                    },
+                );
+                Ok(Transport::new(tower::ServiceExt::map_err(
+                    channel,
+                    |e: tonic::transport::Error| TransportError(Box::new(e)),
+                )))
+            }
+        }
+    }
+
+    /// The typed handle of type `H` the role provides, when it is served
+    /// in this process ([`LocalRole::provide`]).
+    pub fn handle<H: Clone + Send + Sync + 'static>(&self) -> Option<H> {
+        match &self.target {
+            Target::Local(role) => role.handle(),
+            Target::Remote(_) => None,
+        }
+    }
+}
+
+/// The replicas of every role, as one role reaches the others.
+#[derive(Clone, Debug, Default)]
+pub struct Peers {
+    pub meta: Vec<Peer>,
+    pub blob: Vec<Peer>,
+    /// Empty when no authentication is configured.
+    pub auth: Vec<Peer>,
+    pub sync: Vec<Peer>,
+}
+
+impl Peers {
+    /// The endpoints `services.<role>.endpoints` names, each called with
+    /// `secrets`.
+    pub fn from_config(services: &crate::config::ServicesConfig, secrets: &Secrets) -> Self {
+        let remote = |uris: &[String]| uris.iter().map(|u| Peer::remote(u, secrets)).collect();
+        Self {
+            meta: remote(&services.meta.endpoints),
+            blob: remote(&services.blob.endpoints),
+            auth: remote(&services.auth.endpoints),
+            sync: remote(&services.sync.endpoints),
+        }
+    }
+}
+
+/// Where a role serves.
+#[derive(Debug)]
+pub enum Listen {
+    /// A TCP port; calls without one of `secrets` are refused (when the
+    /// deployment has a secret).
+    Network {
+        listener: TcpListener,
+        secrets: Secrets,
+    },
+    /// This process only (embedded mode): no port at all.
+    Local(LocalRole),
+}
+
+impl Listen {
+    /// For log lines: the address, or `in-process`.
+    pub fn describe(&self) -> String {
+        match self {
+            Listen::Network { listener, .. } => listener
+                .local_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_default(),
+            Listen::Local(_) => "in-process".into(),
+        }
+    }
+
+    /// The role served in-process, if that is where it serves (to provide
+    /// typed handles on it).
+    pub fn local(&self) -> Option<&LocalRole> {
+        match self {
+            Listen::Local(role) => Some(role),
+            Listen::Network { .. } => None,
+        }
+    }
+}
+
+/// A listener with no secret: for tests that run a role on its own.
+impl From<TcpListener> for Listen {
+    fn from(listener: TcpListener) -> Self {
+        Listen::Network {
+            listener,
+            secrets: Secrets::none(),
+        }
+    }
 }
 
 /// A lazily connecting channel to `uri` with Capstan's window sizes.
@@ -123,26 +267,31 @@ pub fn trace_id_of(traceparent: &str) -> Option<&str> {
     (id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())).then_some(id)
 }
 
-/// Serve `routes` on `listener` until `shutdown`, and in-process under the
-/// listener's URL when [`local::enable`] was called.
+/// Serve `routes` where `listen` says until `shutdown`.
 pub async fn serve(
     routes: Routes,
-    listener: TcpListener,
+    listen: Listen,
     shutdown: Shutdown,
 ) -> Result<(), tonic::transport::Error> {
-    let _registered = listener_url(&listener)
-        .ok()
-        .map(|url| local::register(url, &routes));
-    server()
-        .add_routes(routes)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
-            shutdown.wait().await
-        })
-        .await
+    match listen {
+        Listen::Local(role) => {
+            let _serving = role.serve(routes);
+            shutdown.wait().await;
+            Ok(())
+        }
+        Listen::Network { listener, secrets } => {
+            server()
+                .layer(secret::GuardLayer(secrets))
+                .add_routes(routes)
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+                    shutdown.wait().await
+                })
+                .await
+        }
+    }
 }
 
-/// The URL clients reach a role served on `listener` by, and the key of its
-/// in-process registrations.
+/// The URL clients reach a role served on `listener` by.
 pub fn listener_url(listener: &TcpListener) -> std::io::Result<String> {
     Ok(format!("http://{}", listener.local_addr()?))
 }

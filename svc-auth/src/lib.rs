@@ -26,7 +26,6 @@ use service::{AuthCore, AuthServiceImpl};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpListener;
 
 pub use error::AuthError as Error;
 
@@ -224,9 +223,10 @@ pub async fn core(config: &Config) -> anyhow::Result<AuthCore> {
 /// Serve the role on `listener` until `shutdown`.
 pub async fn serve(
     config: &Config,
-    listener: TcpListener,
+    listen: impl Into<grpc::Listen>,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
+    let listen = listen.into();
     let core = Arc::new(core(config).await?);
     spawn_housekeeping(core.clone(), shutdown.clone());
     let svc = AuthServiceImpl {
@@ -235,8 +235,8 @@ pub async fn serve(
     };
     let health = grpc::health_service(&["capstan.auth.v1.AuthService"]).await;
     let routes = tonic::service::Routes::new(health).add_service(AuthServiceServer::new(svc));
-    tracing::info!(addr = %listener.local_addr()?, "auth service listening");
-    grpc::serve(routes, listener, shutdown).await?;
+    tracing::info!(addr = %listen.describe(), "auth service listening");
+    grpc::serve(routes, listen, shutdown).await?;
     Ok(())
 }
 

@@ -38,20 +38,22 @@ pub use warm::WarmCounts;
 use anyhow::Context as _;
 use capstan_proto::blob::v1::blob_service_server::SERVICE_NAME;
 use capstan_proto::direct::BlobStreams;
+use capstan_runtime::grpc::{Listen, Peers};
 use capstan_runtime::{Config, Shutdown, grpc};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpListener;
 
-/// Run the blob role on `listener` until `shutdown`: the stores the
+/// Run the blob role where `listen` says until `shutdown`: the stores the
 /// configuration names ([`open_stores`]), BlobService plus the gRPC health
 /// service, a background sweep of stale uploads in each store, garbage
 /// collection and scrub.
 pub async fn serve(
     config: &Config,
-    listener: TcpListener,
+    peers: &Peers,
+    listen: impl Into<Listen>,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
+    let listen = listen.into();
     let storage = &config.storage;
     let root = &storage.root_directory;
     let stores = open_stores(config, true).await?;
@@ -63,7 +65,7 @@ pub async fn serve(
             shutdown.clone(),
         )));
     }
-    let gc = match collector(config, stores.clone())? {
+    let gc = match collector(config, stores.clone(), peers)? {
         Some(c) if !storage.gc_interval().is_zero() => Some(tokio::spawn(
             gc::collect_periodically(c, storage.gc_interval(), shutdown.clone()),
         )),
@@ -75,7 +77,7 @@ pub async fn serve(
         for (_, store) in stores.all() {
             tasks.push(tokio::spawn(scrub::scrub_periodically(
                 store.clone(),
-                meta_client(config)?,
+                meta_client(peers)?,
                 s.interval(),
                 shutdown.clone(),
             )));
@@ -98,11 +100,12 @@ pub async fn serve(
     let routes = tonic::service::Routes::new(health).add_service(grpc_service(stores.clone()));
     // Embedded mode: the byte-carrying calls skip encoding (grpc::local).
     let streams: Arc<dyn BlobStreams> = Arc::new(BlobGrpc::new(stores.clone()));
-    let _direct = grpc::local::provide(&grpc::listener_url(&listener)?, streams);
+    let _direct = listen.local().map(|role| role.provide(streams));
+    let addr = listen.describe();
     match &storage.storage_driver {
-        Some(d) => tracing::info!(addr = %listener.local_addr()?, bucket = %d.bucket,
+        Some(d) => tracing::info!(%addr, bucket = %d.bucket,
             prefix = %d.prefix(), "blob service listening"),
-        None => tracing::info!(addr = %listener.local_addr()?, root = %root.display(),
+        None => tracing::info!(%addr, root = %root.display(),
             "blob service listening"),
     }
     for (name, _) in stores.all().into_iter().skip(1) {
@@ -111,7 +114,7 @@ pub async fn serve(
             "repositories {name}/… keep their blobs in their own store"
         );
     }
-    let served = grpc::serve(routes, listener, shutdown).await;
+    let served = grpc::serve(routes, listen, shutdown).await;
     // Normally already stopped by the shutdown; not so if the server failed.
     tasks.extend(gc);
     for task in tasks {
@@ -187,9 +190,13 @@ async fn open_store(
 }
 
 /// The garbage collector for `store`, if `storage.gc` is on: it needs
-/// svc-meta (`services.meta.endpoints`; set by the binary in embedded
-/// mode). `None`, with a warning, when GC is on but svc-meta is not known.
-pub fn collector(config: &Config, stores: Stores) -> anyhow::Result<Option<gc::Collector>> {
+/// svc-meta (the first of `peers.meta`). `None`, with a warning, when GC
+/// is on but svc-meta is not known.
+pub fn collector(
+    config: &Config,
+    stores: Stores,
+    peers: &Peers,
+) -> anyhow::Result<Option<gc::Collector>> {
     let storage = &config.storage;
     // Each store's own settings (`storage.subPaths` entries' gc, gcDelay).
     let delays: std::collections::BTreeMap<String, Duration> = stores
@@ -202,7 +209,7 @@ pub fn collector(config: &Config, stores: Stores) -> anyhow::Result<Option<gc::C
     if delays.is_empty() {
         return Ok(None);
     }
-    let Some(meta) = meta_client(config)? else {
+    let Some(meta) = meta_client(peers)? else {
         tracing::warn!(
             "storage.gc is on but services.meta.endpoints is empty: \
              this blob role cannot collect garbage"
@@ -215,14 +222,14 @@ pub fn collector(config: &Config, stores: Stores) -> anyhow::Result<Option<gc::C
 }
 
 /// svc-meta, as garbage collection and scrub call it: the first of
-/// `services.meta.endpoints` (the binary sets it in embedded mode).
-fn meta_client(config: &Config) -> anyhow::Result<Option<gc::MetaClient>> {
-    let Some(meta) = config.services.meta.endpoints.first() else {
+/// `peers.meta`.
+fn meta_client(peers: &Peers) -> anyhow::Result<Option<gc::MetaClient>> {
+    let Some(meta) = peers.meta.first() else {
         return Ok(None);
     };
     Ok(Some(
         capstan_proto::meta::v1::meta_service_client::MetaServiceClient::new(
-            grpc::connect(meta).context("services.meta.endpoints")?,
+            meta.transport().context("services.meta.endpoints")?,
         )
         .max_decoding_message_size(grpc::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(grpc::MAX_MESSAGE_BYTES),

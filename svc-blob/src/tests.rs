@@ -55,11 +55,12 @@ impl Server {
         let mut config = Config::default();
         config.storage.root_directory = root.to_path_buf();
         config.storage.commit = commit;
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let shutdown = Shutdown::new();
         let s = shutdown.clone();
-        let task = tokio::spawn(async move { serve(&config, listener, s).await });
+        let task =
+            tokio::spawn(async move { serve(&config, &Default::default(), listener, s).await });
         Self {
             url,
             root: root.to_path_buf(),

@@ -29,8 +29,8 @@ pub use store::{
 
 use anyhow::Context as _;
 use capstan_proto::meta::v1::meta_service_server::SERVICE_NAME;
+use capstan_runtime::grpc::Listen;
 use capstan_runtime::{Config, Shutdown, grpc};
-use tokio::net::TcpListener;
 
 /// Check the metadata database URL (`storage.database`: a `sqlite:` or
 /// `postgres://` URL that the driver can read; nothing is connected) and
@@ -106,7 +106,7 @@ pub fn lock_sqlite(config: &Config) -> Result<Option<std::fs::File>, String> {
 /// MetaService plus the gRPC health service.
 pub async fn serve(
     config: &Config,
-    listener: TcpListener,
+    listen: impl Into<Listen>,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
     let root = &config.storage.root_directory;
@@ -114,16 +114,17 @@ pub async fn serve(
         .await
         .with_context(|| format!("cannot create storage.rootDirectory {}", root.display()))?;
     let _serving = lock_sqlite(config).map_err(anyhow::Error::msg)?;
-    serve_beside(config, listener, shutdown).await
+    serve_beside(config, listen, shutdown).await
 }
 
 /// [`serve`] without taking the SQLite database for this process: for a
 /// tool that only reads (a dry `capstan gc`), or that took it already.
 pub async fn serve_beside(
     config: &Config,
-    listener: TcpListener,
+    listen: impl Into<Listen>,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
+    let listen = listen.into();
     let root = &config.storage.root_directory;
     tokio::fs::create_dir_all(root)
         .await
@@ -142,8 +143,8 @@ pub async fn serve_beside(
     }
     let health = grpc::health_service(&[SERVICE_NAME]).await;
     let routes = tonic::service::Routes::new(health).add_service(serve_grpc(meta));
-    tracing::info!(addr = %listener.local_addr()?, "meta service listening");
-    let served = grpc::serve(routes, listener, shutdown).await;
+    tracing::info!(addr = %listen.describe(), "meta service listening");
+    let served = grpc::serve(routes, listen, shutdown).await;
     store.close().await;
     served.context("meta grpc server failed")?;
     tracing::info!("meta service stopped");

@@ -24,7 +24,7 @@ async fn start() -> Running {
     // A root that does not exist yet: serve creates it.
     let root = dir.path().join("root").join("nested");
     config.storage.root_directory = root.clone();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let shutdown = Shutdown::new();
     let task = tokio::spawn({
@@ -330,7 +330,7 @@ async fn serve_fails_on_an_unusable_database() {
     let mut config = Config::default();
     config.storage.root_directory = dir.path().to_path_buf();
     config.storage.database = Some("mysql://localhost/meta".into());
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let err = serve(&config, listener, Shutdown::new()).await.unwrap_err();
     assert!(format!("{err:#}").contains("mysql"), "{err:#}");
 }

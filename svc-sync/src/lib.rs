@@ -19,7 +19,7 @@ use capstan_proto::sync::v1::{
     sync_service_server::{SyncService, SyncServiceServer},
 };
 use capstan_runtime::config::extensions::SyncConfig;
-use capstan_runtime::grpc::{MAX_MESSAGE_BYTES, connect};
+use capstan_runtime::grpc::{MAX_MESSAGE_BYTES, Peer, Peers};
 use capstan_runtime::{Config, Shutdown, grpc};
 use content::Content;
 use error::SyncError;
@@ -28,7 +28,6 @@ use futures::{FutureExt, StreamExt as _};
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::Arc;
-use tokio::net::TcpListener;
 use tracing::Instrument as _;
 
 /// One configured upstream registry.
@@ -132,8 +131,9 @@ impl Syncer {
         &self.registries[i]
     }
 
-    /// The engine for `config`, storing through `meta` and `blob`.
-    pub fn new(config: &Config, meta: &[String], blob: &[String]) -> anyhow::Result<Self> {
+    /// The engine for `config`, storing through the first of `meta` and of
+    /// `blob`.
+    pub fn new(config: &Config, meta: &[Peer], blob: &[Peer]) -> anyhow::Result<Self> {
         let registries = match config.extensions.as_ref().and_then(|e| e.sync.as_ref()) {
             Some(s) if s.enabled() => registries(s).map_err(anyhow::Error::msg)?,
             _ => Vec::new(),
@@ -142,23 +142,21 @@ impl Syncer {
             anyhow::bail!("svc-sync needs services.meta.endpoints and services.blob.endpoints");
         };
         let stores = copy::Stores {
-            meta: capstan_proto::meta::v1::meta_service_client::MetaServiceClient::new(connect(
-                meta,
-            )?)
+            meta: capstan_proto::meta::v1::meta_service_client::MetaServiceClient::new(
+                meta.transport()?,
+            )
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES),
             blob: {
                 let grpc = capstan_proto::blob::v1::blob_service_client::BlobServiceClient::new(
-                    connect(blob)?,
+                    blob.transport()?,
                 )
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES);
-                let uri = blob.clone();
+                let blob = blob.clone();
                 capstan_proto::direct::BlobClient::new(
                     grpc,
-                    Arc::new(move || {
-                        grpc::local::handle::<Arc<dyn capstan_proto::direct::BlobStreams>>(&uri)
-                    }),
+                    Arc::new(move || blob.handle::<Arc<dyn capstan_proto::direct::BlobStreams>>()),
                 )
             },
         };
@@ -490,14 +488,12 @@ impl SyncServiceImpl {
 /// Serve the role on `listener` until `shutdown`.
 pub async fn serve(
     config: &Config,
-    listener: TcpListener,
+    peers: &Peers,
+    listen: impl Into<grpc::Listen>,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
-    let syncer = Arc::new(Syncer::new(
-        config,
-        &config.services.meta.endpoints,
-        &config.services.blob.endpoints,
-    )?);
+    let listen = listen.into();
+    let syncer = Arc::new(Syncer::new(config, &peers.meta, &peers.blob)?);
     for i in 0..syncer.registries.len() {
         if syncer.registries[i].poll_interval.is_some() {
             tokio::spawn(mirror::run(syncer.clone(), i, shutdown.clone()));
@@ -510,10 +506,10 @@ pub async fn serve(
     let health = grpc::health_service(&["capstan.sync.v1.SyncService"]).await;
     // Embedded mode: FetchBlob's chunks skip encoding (grpc::local).
     let streams: Arc<dyn SyncStreams> = Arc::new(svc.clone());
-    let _direct = grpc::local::provide(&grpc::listener_url(&listener)?, streams);
+    let _direct = listen.local().map(|role| role.provide(streams));
     let routes = tonic::service::Routes::new(health).add_service(SyncServiceServer::new(svc));
-    tracing::info!(addr = %listener.local_addr()?, "sync service listening");
-    grpc::serve(routes, listener, shutdown).await?;
+    tracing::info!(addr = %listen.describe(), "sync service listening");
+    grpc::serve(routes, listen, shutdown).await?;
     Ok(())
 }
 

@@ -14,3 +14,4 @@ mod sandbox;
 mod sessions;
 mod spec;
 mod sync;
+mod trust;

@@ -471,6 +471,18 @@ pub struct ServicesConfig {
     pub auth: ServiceAddress,
     #[serde(default)]
     pub sync: ServiceAddress,
+    /// The secret the roles of one deployment share: every gRPC call
+    /// between them carries it, and a role refuses a call without it (the
+    /// standard health service excepted). At least 16 characters. Not
+    /// needed in embedded mode, where the roles bind no port.
+    #[serde(default)]
+    pub secret: Option<String>,
+    /// A file holding the shared secret instead, one per line: the first
+    /// is the one sent, every line is accepted. Re-read every few seconds,
+    /// so a secret is rotated with no restart: add the new one as a second
+    /// line everywhere, then make it the first, then drop the old one.
+    #[serde(default, deserialize_with = "empty_path_is_none")]
+    pub secret_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -829,6 +841,24 @@ impl Config {
                     "must be host:port with an IP address",
                 ));
             }
+        }
+        match (&self.services.secret, &self.services.secret_file) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "services.secretFile",
+                    "set services.secret or services.secretFile, not both",
+                ));
+            }
+            (Some(s), None) if s.len() < crate::grpc::secret::MIN_SECRET_LEN => {
+                return Err(invalid(
+                    "services.secret",
+                    &format!(
+                        "must be at least {} characters",
+                        crate::grpc::secret::MIN_SECRET_LEN
+                    ),
+                ));
+            }
+            _ => {}
         }
         if self.http.read_only == Some(true) {
             return Err(invalid(

@@ -1,208 +1,146 @@
 //! The in-process transport of embedded mode: a client of a role served by
-//! this same process calls the role's gRPC routes directly, without TCP or
-//! HTTP/2, while still going through the gRPC contract (messages are encoded,
-//! framed and decoded exactly as on the wire).
+//! this same process calls the role's gRPC routes directly, with no socket
+//! at all, while still going through the gRPC contract (messages are
+//! encoded, framed and decoded exactly as on the wire).
 //!
-//! Each call runs in its own task, as it would on a server connection, so the
-//! caller and the service make progress side by side. Dropping the response
-//! future before it completes aborts that task, which is what a stream reset
-//! does on HTTP/2: a client-streaming call cancelled halfway never looks like
-//! a stream that ended cleanly.
+//! The binary makes one [`LocalRole`] per role and hands it both to the role
+//! (as where it serves, [`super::Listen::Local`]) and to the roles that
+//! call it (as a [`super::Peer`]): nothing is looked up in process-wide
+//! tables, and nothing outside the process can reach the role.
 //!
-//! Serving a role registers its routes under its listening URL only after
-//! [`enable`] was called (the embedded mode does it once at start);
-//! [`super::connect`] then resolves that URL to the routes. A process running
-//! one role never registers anything, so distributed deployments and their
-//! tests always use the network.
+//! Each call runs in its own task, as it would on a server connection, so
+//! the caller and the service make progress side by side. Dropping the
+//! response future before it completes aborts that task, which is what a
+//! stream reset does on HTTP/2: a client-streaming call cancelled halfway
+//! never looks like a stream that ended cleanly.
 //!
-//! A role may also [`provide`] a typed handle under its URL: the byte-carrying
-//! streaming calls (`capstan_proto::direct`) are then made with the contract's
-//! messages handed over as they are, without encoding each chunk into a frame
-//! and decoding it back (two copies of every byte). Clients look the handle up
-//! with [`handle`] at each call.
+//! A role may also [`LocalRole::provide`] a typed handle: the byte-carrying
+//! streaming calls (`capstan_proto::direct`) are then made with the
+//! contract's messages handed over as they are, without encoding each chunk
+//! into a frame and decoding it back (two copies of every byte).
 
 use super::{Transport, TransportError, rpc_span};
 use std::any::{Any, TypeId};
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::sync::watch;
 use tokio_util::task::AbortOnDropHandle;
 use tonic::body::Body;
 use tonic::service::Routes;
 use tower::ServiceExt as _;
 use tracing::Instrument as _;
 
-static ENABLED: AtomicBool = AtomicBool::new(false);
-static ROUTES: Mutex<Option<HashMap<String, Routes>>> = Mutex::new(None);
-/// Provided handles by (URL, type), each with the number of its `provide`.
-type Handles = HashMap<(String, TypeId), (u64, Box<dyn Any + Send + Sync>)>;
-static HANDLES: Mutex<Option<Handles>> = Mutex::new(None);
-static PROVIDED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// How long a call waits for its role to come up before it fails (roles
+/// of one process start together; this only covers their start).
+const START_WAIT: Duration = Duration::from_secs(60);
 
-/// Let roles served from now on in this process be called in-process.
-pub fn enable() {
-    ENABLED.store(true, Ordering::SeqCst);
+type Handles = HashMap<TypeId, Box<dyn Any + Send + Sync>>;
+
+/// A role served in this process; clones are the same role.
+#[derive(Clone)]
+pub struct LocalRole(Arc<Inner>);
+
+struct Inner {
+    name: &'static str,
+    routes: watch::Sender<Option<Routes>>,
+    handles: Mutex<Handles>,
 }
 
-/// Registers `routes` under `url` (when enabled) until dropped.
-#[derive(Debug)]
-pub(super) struct Registration(Option<String>);
-
-pub(super) fn register(url: String, routes: &Routes) -> Registration {
-    if !ENABLED.load(Ordering::SeqCst) {
-        return Registration(None);
+impl std::fmt::Debug for LocalRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("LocalRole").field(&self.0.name).finish()
     }
-    ROUTES
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .get_or_insert_with(HashMap::new)
-        .insert(url.clone(), routes.clone());
-    tracing::debug!(%url, "role callable in-process");
-    Registration(Some(url))
 }
 
-impl Drop for Registration {
-    fn drop(&mut self) {
-        if let Some(url) = self.0.take()
-            && let Some(map) = ROUTES
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .as_mut()
-        {
-            map.remove(&url);
+impl LocalRole {
+    /// A role named `name` (for logs), not serving yet.
+    pub fn new(name: &'static str) -> Self {
+        Self(Arc::new(Inner {
+            name,
+            routes: watch::Sender::new(None),
+            handles: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    pub fn name(&self) -> &'static str {
+        self.0.name
+    }
+
+    /// Serve `routes` until the returned guard is dropped.
+    pub(super) fn serve(&self, routes: Routes) -> Serving {
+        self.0.routes.send_replace(Some(routes));
+        tracing::debug!(role = self.0.name, "role callable in-process");
+        Serving(self.clone())
+    }
+
+    /// Make `handle` available to [`LocalRole::handle`] until the returned
+    /// guard is dropped.
+    #[must_use = "the handle is withdrawn when the guard is dropped"]
+    pub fn provide<H: Clone + Send + Sync + 'static>(&self, handle: H) -> Provided {
+        self.handles().insert(TypeId::of::<H>(), Box::new(handle));
+        Provided(self.clone(), TypeId::of::<H>())
+    }
+
+    /// The handle of type `H`, while the role provides one.
+    pub fn handle<H: Clone + Send + Sync + 'static>(&self) -> Option<H> {
+        self.handles()
+            .get(&TypeId::of::<H>())?
+            .downcast_ref::<H>()
+            .cloned()
+    }
+
+    fn handles(&self) -> std::sync::MutexGuard<'_, Handles> {
+        self.0
+            .handles
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The transport that calls this role's routes.
+    pub(super) fn transport(&self) -> Transport {
+        Transport::new(Local(self.clone()))
+    }
+
+    /// The routes, once the role serves (waiting up to [`START_WAIT`]).
+    async fn routes(&self) -> Result<Routes, TransportError> {
+        let mut rx = self.0.routes.subscribe();
+        let serving = tokio::time::timeout(START_WAIT, rx.wait_for(Option::is_some)).await;
+        match serving {
+            Ok(Ok(routes)) => Ok(routes.clone().expect("waited for Some")),
+            _ => Err(TransportError(
+                format!("in-process role {} is not serving", self.0.name).into(),
+            )),
         }
     }
 }
 
-/// Makes `handle` findable under `url` by [`handle`] (when enabled), until
-/// the returned guard is dropped.
-#[must_use = "the handle is withdrawn when the guard is dropped"]
-pub fn provide<H: Clone + Send + Sync + 'static>(url: &str, handle: H) -> Provided {
-    if !ENABLED.load(Ordering::SeqCst) {
-        return Provided(None);
-    }
-    let key = (url.trim_end_matches('/').to_string(), TypeId::of::<H>());
-    let number = PROVIDED.fetch_add(1, Ordering::Relaxed);
-    HANDLES
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .get_or_insert_with(HashMap::new)
-        .insert(key.clone(), (number, Box::new(handle)));
-    tracing::debug!(%url, handle = std::any::type_name::<H>(), "role's streams callable in-process");
-    Provided(Some((key, number)))
-}
-
-/// The handle of type `H` provided under `url`, if this process serves it.
-pub fn handle<H: Clone + Send + Sync + 'static>(url: &str) -> Option<H> {
-    if !ENABLED.load(Ordering::Relaxed) {
-        return None;
-    }
-    let key = (url.trim_end_matches('/').to_string(), TypeId::of::<H>());
-    HANDLES
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .as_ref()?
-        .get(&key)?
-        .1
-        .downcast_ref::<H>()
-        .cloned()
-}
-
-/// Withdraws a [`provide`]d handle when dropped (unless it was provided
-/// again since, by a role that came up on the same URL).
+/// Withdraws a role's routes when dropped.
 #[derive(Debug)]
-pub struct Provided(Option<((String, TypeId), u64)>);
+pub(super) struct Serving(LocalRole);
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        self.0.0.routes.send_replace(None);
+    }
+}
+
+/// Withdraws a [`LocalRole::provide`]d handle when dropped.
+#[derive(Debug)]
+pub struct Provided(LocalRole, TypeId);
 
 impl Drop for Provided {
     fn drop(&mut self) {
-        if let Some((key, number)) = self.0.take()
-            && let Some(map) = HANDLES
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .as_mut()
-            && map.get(&key).is_some_and(|(n, _)| *n == number)
-        {
-            map.remove(&key);
-        }
+        self.0.handles().remove(&self.1);
     }
 }
 
-/// The routes registered under `url`, if any.
-fn lookup(url: &str) -> Option<Routes> {
-    ROUTES
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .as_ref()?
-        .get(url.trim_end_matches('/'))
-        .cloned()
-}
-
-/// The transport to `url`: when in-process calls are enabled, each call
-/// looks the URL up (roles register as they come up, possibly after their
-/// clients were made) and goes in-process if found, else over `remote`.
-pub(super) fn transport<R>(url: &str, remote: R) -> Transport
-where
-    R: tower::Service<
-            http::Request<Body>,
-            Response = http::Response<Body>,
-            Error = TransportError,
-            Future: Send + 'static,
-        > + Clone
-        + Send
-        + Sync
-        + 'static,
-{
-    if !ENABLED.load(Ordering::SeqCst) {
-        return Transport::new(remote);
-    }
-    Transport::new(Resolving {
-        url: url.trim_end_matches('/').to_string(),
-        remote,
-    })
-}
-
+/// Calls a role's routes in a task of its own per call.
 #[derive(Clone)]
-struct Resolving<R> {
-    url: String,
-    remote: R,
-}
-
-impl<R> tower::Service<http::Request<Body>> for Resolving<R>
-where
-    R: tower::Service<
-            http::Request<Body>,
-            Response = http::Response<Body>,
-            Error = TransportError,
-            Future: Send + 'static,
-        > + Clone
-        + Send
-        + 'static,
-{
-    type Response = http::Response<Body>;
-    type Error = TransportError;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, TransportError>> + Send>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), TransportError>> {
-        // Readiness of the remote path is awaited per call (below).
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: http::Request<Body>) -> Self::Future {
-        match lookup(&self.url) {
-            Some(routes) => tower::Service::call(&mut Local { routes }, req),
-            None => Box::pin(self.remote.clone().oneshot(req)),
-        }
-    }
-}
-
-/// Calls `routes` in a task of its own per call.
-#[derive(Clone)]
-struct Local {
-    routes: Routes,
-}
+struct Local(LocalRole);
 
 impl tower::Service<http::Request<Body>> for Local {
     type Response = http::Response<Body>;
@@ -214,10 +152,11 @@ impl tower::Service<http::Request<Body>> for Local {
     }
 
     fn call(&mut self, req: http::Request<Body>) -> Self::Future {
-        let span = rpc_span(&req);
-        let routes = self.routes.clone();
-        let task = AbortOnDropHandle::new(tokio::spawn(routes.oneshot(req).instrument(span)));
+        let role = self.0.clone();
         Box::pin(async move {
+            let routes = role.routes().await?;
+            let span = rpc_span(&req);
+            let task = AbortOnDropHandle::new(tokio::spawn(routes.oneshot(req).instrument(span)));
             match task.await {
                 Ok(Ok(response)) => Ok(response),
                 Ok(Err(never)) => match never {},
@@ -235,44 +174,39 @@ mod tests {
     use tonic_health::pb::health_client::HealthClient;
 
     #[tokio::test]
-    async fn calls_go_in_process_while_the_role_is_registered() {
-        enable();
-        let routes = Routes::new(super::super::health_service(&["test.Svc"]).await);
-        // Nothing listens on port 1: only the in-process path can answer.
-        let url = "http://127.0.0.1:1";
-        let registered = register(url.to_string(), &routes);
-        let mut client = HealthClient::new(super::super::connect(url).unwrap());
+    async fn calls_wait_for_the_role_and_reach_it_while_it_serves() {
+        let role = LocalRole::new("test");
+        let mut client = HealthClient::new(role.transport());
         let ask = || HealthCheckRequest {
             service: "test.Svc".into(),
         };
-        let answer = client.check(ask()).await.unwrap().into_inner();
+        // A call made before the role serves waits for it.
+        let early = tokio::spawn({
+            let mut client = client.clone();
+            async move { client.check(ask()).await }
+        });
+        let routes = Routes::new(super::super::health_service(&["test.Svc"]).await);
+        let serving = role.serve(routes);
+        let answer = early.await.unwrap().unwrap().into_inner();
         assert_eq!(answer.status, ServingStatus::Serving as i32);
-        // Once the role is gone, the same client goes to the network.
-        drop(registered);
+        drop(serving);
+        // Once it is gone, calls fail (after the start wait, skipped here).
+        tokio::time::pause();
         let err = client.check(ask()).await.unwrap_err();
-        assert_eq!(err.code(), tonic::Code::Unavailable, "{err}");
+        assert!(err.message().contains("not serving"), "{err}");
     }
 
     #[test]
-    fn handles_are_found_by_url_and_type_while_provided() {
-        enable();
-        let url = "http://127.0.0.1:2";
-        assert_eq!(handle::<u32>(url), None);
-        let provided = provide(url, 7u32);
-        assert_eq!(handle::<u32>(url), Some(7));
-        assert_eq!(handle::<u32>("http://127.0.0.1:2/"), Some(7));
-        // Another type under the same URL, or another URL, is not it.
-        assert_eq!(handle::<u64>(url), None);
-        assert_eq!(handle::<u32>("http://127.0.0.1:3"), None);
+    fn handles_are_found_by_type_while_provided() {
+        let role = LocalRole::new("test");
+        assert_eq!(role.handle::<u32>(), None);
+        let provided = role.provide(7u32);
+        assert_eq!(role.handle::<u32>(), Some(7));
+        assert_eq!(role.clone().handle::<u32>(), Some(7));
+        // Another type, or another role, is not it.
+        assert_eq!(role.handle::<u64>(), None);
+        assert_eq!(LocalRole::new("other").handle::<u32>(), None);
         drop(provided);
-        assert_eq!(handle::<u32>(url), None);
-        // A role that comes up again on the URL before the old guard goes
-        // keeps its handle.
-        let old = provide(url, 1u32);
-        let new = provide(url, 2u32);
-        drop(old);
-        assert_eq!(handle::<u32>(url), Some(2));
-        drop(new);
-        assert_eq!(handle::<u32>(url), None);
+        assert_eq!(role.handle::<u32>(), None);
     }
 }
