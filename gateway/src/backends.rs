@@ -63,6 +63,33 @@ impl<C: Clone> Pool<C> {
     }
 }
 
+impl<C: Clone> Pool<C> {
+    /// `call` on a replica, made again on another when the one picked does
+    /// not answer (at most once per replica, plus one).
+    async fn idempotent<T, Fut>(
+        &self,
+        role: &'static str,
+        call: impl Fn(C) -> Fut,
+    ) -> Result<T, tonic::Status>
+    where
+        Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+    {
+        let mut tries = self.clients.len() + 1;
+        loop {
+            tries -= 1;
+            let (replica, client) = self.pick_replica();
+            match call(client).await {
+                Err(s) if unreachable(&s) && crate::resume::transport_failure(&s) && tries > 0 => {
+                    replica.failed();
+                    tracing::warn!(role, replica = %replica.uri, error = %s.message(),
+                        "replica did not answer; trying another");
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
 fn pool<C>(
     role: &'static str,
     peers: &[Peer],
@@ -169,18 +196,19 @@ impl Backends {
     where
         Fut: std::future::Future<Output = Result<T, tonic::Status>>,
     {
-        let mut tries = self.meta.clients.len() + 1;
-        loop {
-            tries -= 1;
-            let (replica, client) = self.meta.pick_replica();
-            match call(client).await {
-                Err(s) if unreachable(&s) && crate::resume::transport_failure(&s) && tries > 0 => {
-                    replica.failed();
-                    tracing::warn!(replica = %replica.uri, error = %s.message(), "meta replica did not answer; trying another");
-                }
-                other => return other,
-            }
-        }
+        self.meta.idempotent("meta", call).await
+    }
+
+    /// [`Backends::meta_idempotent`] for svc-blob (lookups: `Stat`,
+    /// `Locate`).
+    pub async fn blob_idempotent<T, Fut>(
+        &self,
+        call: impl Fn(BlobClient<Transport>) -> Fut,
+    ) -> Result<T, tonic::Status>
+    where
+        Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+    {
+        self.blob.idempotent("blob", call).await
     }
 
     /// [`Backends::blob`], with the replica picked (to report a failure of

@@ -56,10 +56,14 @@ impl ServiceError {
                 detail_json: detail.detail_json,
             };
         }
+        // No Capstan detail: the peer did not answer (a refused or broken
+        // connection comes as UNKNOWN "transport error"), not a service's
+        // verdict on the request.
         let code = match status.code() {
-            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
-                ErrorCode::Unavailable
-            }
+            tonic::Code::Unavailable
+            | tonic::Code::DeadlineExceeded
+            | tonic::Code::Cancelled
+            | tonic::Code::Unknown => ErrorCode::Unavailable,
             tonic::Code::ResourceExhausted => ErrorCode::TooManyRequests,
             _ => ErrorCode::Internal,
         };
@@ -155,7 +159,12 @@ mod tests {
     fn a_status_without_detail_becomes_unavailable_or_internal() {
         let s = tonic::Status::unavailable("connection refused");
         assert_eq!(ServiceError::from_status(&s).code, ErrorCode::Unavailable);
-        let s = tonic::Status::unknown("panic");
+        // tonic's word for a connection that broke or was refused.
+        let s = tonic::Status::unknown("transport error");
+        assert_eq!(ServiceError::from_status(&s).code, ErrorCode::Unavailable);
+        let s = tonic::Status::internal("h2 protocol error");
+        assert_eq!(ServiceError::from_status(&s).code, ErrorCode::Internal);
+        let s = tonic::Status::unauthenticated("no shared secret");
         assert_eq!(ServiceError::from_status(&s).code, ErrorCode::Internal);
     }
 }

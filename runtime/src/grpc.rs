@@ -6,6 +6,7 @@
 //! that secret, or the [`local`] transport when the binary runs them in
 //! this same process).
 
+pub mod deferred;
 pub mod local;
 pub mod secret;
 

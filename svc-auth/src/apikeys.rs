@@ -7,6 +7,7 @@ use capstan_proto::auth::v1::ApiKey;
 use sha2::{Digest as _, Sha256};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use subtle::ConstantTimeEq;
 
@@ -62,25 +63,74 @@ pub struct NewKey {
 #[derive(Debug, Clone)]
 pub struct ApiKeys {
     pool: AnyPool,
+    /// Set once the migrations have run: until then every call is
+    /// UNAVAILABLE (a Postgres that does not answer yet).
+    migrated: Arc<OnceLock<()>>,
 }
 
 impl ApiKeys {
     /// Open (creating when needed) the database at `url` (`sqlite://…` or
     /// `postgres://…`) and apply the migrations.
     pub async fn open(url: &str) -> Result<Self, AuthError> {
+        let (options, url) = Self::options(url);
+        let pool = options.connect(&url).await?;
+        MIGRATOR.run(&pool).await?;
+        Ok(Self {
+            pool,
+            migrated: Arc::new(OnceLock::from(())),
+        })
+    }
+
+    /// [`ApiKeys::open`] without waiting for the database (for Postgres,
+    /// which may start after this role or restart): connections are made
+    /// on demand and the migrations applied in the background with a
+    /// capped backoff, every call being UNAVAILABLE until then. Must be
+    /// called inside a tokio runtime.
+    pub fn open_lazily(url: &str) -> Result<Self, AuthError> {
+        let (options, url) = Self::options(url);
+        let keys = Self {
+            pool: options.connect_lazy(&url)?,
+            migrated: Arc::default(),
+        };
+        let (pool, migrated) = (keys.pool.clone(), keys.migrated.clone());
+        tokio::spawn(async move {
+            let done = capstan_runtime::grpc::deferred::retry(
+                "API key database not reachable",
+                || MIGRATOR.run(&pool),
+                std::future::pending(),
+            )
+            .await;
+            if done.is_some() {
+                let _ = migrated.set(());
+                tracing::info!("API key database open");
+            }
+        });
+        Ok(keys)
+    }
+
+    /// Capstan's pool options for `url`, and the URL to connect to.
+    fn options(url: &str) -> (AnyPoolOptions, String) {
         sqlx::any::install_default_drivers();
         let url = if url.starts_with("sqlite:") && !url.contains("mode=") {
             format!("{url}{}mode=rwc", if url.contains('?') { '&' } else { '?' })
         } else {
             url.to_string()
         };
-        let pool = AnyPoolOptions::new()
+        let options = AnyPoolOptions::new()
             .max_connections(if url.starts_with("sqlite:") { 1 } else { 8 })
-            .acquire_timeout(Duration::from_secs(5))
-            .connect(&url)
-            .await?;
-        MIGRATOR.run(&pool).await?;
-        Ok(Self { pool })
+            .acquire_timeout(Duration::from_secs(5));
+        (options, url)
+    }
+
+    /// The pool, once the database is ready.
+    fn pool(&self) -> Result<&AnyPool, AuthError> {
+        match self.migrated.get() {
+            Some(()) => Ok(&self.pool),
+            None => Err(AuthError::Unavailable {
+                what: "API key database (http.auth.database)",
+                message: "not reachable yet".into(),
+            }),
+        }
     }
 
     /// Store a new key; returns it and its secret (the only time the secret
@@ -106,7 +156,7 @@ impl ApiKeys {
         .bind(&k.creator_ua)
         .bind(&k.generated_by)
         .bind(&k.source)
-        .execute(&self.pool)
+        .execute(self.pool()?)
         .await?;
         let key = ApiKey {
             id,
@@ -129,7 +179,7 @@ impl ApiKeys {
              creator_ua, generated_by FROM api_keys WHERE owner = $1 ORDER BY created_at, id",
         )
         .bind(owner)
-        .fetch_all(&self.pool)
+        .fetch_all(self.pool()?)
         .await?;
         rows.iter().map(to_key).collect()
     }
@@ -139,7 +189,7 @@ impl ApiKeys {
         let done = sqlx::query("DELETE FROM api_keys WHERE id = $1 AND owner = $2")
             .bind(id)
             .bind(owner)
-            .execute(&self.pool)
+            .execute(self.pool()?)
             .await?;
         if done.rows_affected() == 0 {
             return Err(AuthError::KeyNotFound);
@@ -162,7 +212,7 @@ impl ApiKeys {
              source FROM api_keys WHERE secret_hash = $1",
         )
         .bind(&hash)
-        .fetch_optional(&self.pool)
+        .fetch_optional(self.pool()?)
         .await?
         .ok_or(AuthError::Unauthenticated("unknown API key"))?;
         let stored: String = row.try_get("secret_hash")?;
@@ -184,7 +234,7 @@ impl ApiKeys {
             sqlx::query("UPDATE api_keys SET last_used = $1 WHERE id = $2")
                 .bind(t)
                 .bind(&id)
-                .execute(&self.pool)
+                .execute(self.pool()?)
                 .await?;
         }
         Ok(KeyIdentity {

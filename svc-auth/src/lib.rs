@@ -194,11 +194,13 @@ pub async fn core(config: &Config) -> anyhow::Result<AuthCore> {
                 config.storage.root_directory.join("auth.db").display()
             )
         });
-        Some(
-            apikeys::ApiKeys::open(&url)
-                .await
-                .map_err(|e| anyhow::anyhow!("http.auth.database: {e}"))?,
-        )
+        // A Postgres that does not answer yet does not stop the role.
+        let keys = if url.starts_with("postgres") {
+            apikeys::ApiKeys::open_lazily(&url)
+        } else {
+            apikeys::ApiKeys::open(&url).await
+        };
+        Some(keys.map_err(|e| anyhow::anyhow!("http.auth.database: {e}"))?)
     } else {
         None
     };

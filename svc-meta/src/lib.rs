@@ -28,8 +28,11 @@ pub use store::{
 };
 
 use anyhow::Context as _;
+use capstan_oci::ErrorCode;
+use capstan_proto::ServiceError;
 use capstan_proto::meta::v1::meta_service_server::SERVICE_NAME;
 use capstan_runtime::grpc::Listen;
+use capstan_runtime::grpc::deferred::Deferred;
 use capstan_runtime::{Config, Shutdown, grpc};
 
 /// Check the metadata database URL (`storage.database`: a `sqlite:` or
@@ -119,6 +122,12 @@ pub async fn serve(
 
 /// [`serve`] without taking the SQLite database for this process: for a
 /// tool that only reads (a dry `capstan gc`), or that took it already.
+///
+/// On Postgres the role serves at once and reports NOT_SERVING while the
+/// database does not answer (its calls are answered UNAVAILABLE), opening
+/// it with a capped backoff: a database that starts later, or restarts,
+/// needs no restart of the role. A SQLite file that cannot be opened is a
+/// local fault, reported at once.
 pub async fn serve_beside(
     config: &Config,
     listen: impl Into<Listen>,
@@ -129,23 +138,75 @@ pub async fn serve_beside(
     tokio::fs::create_dir_all(root)
         .await
         .with_context(|| format!("cannot create storage.rootDirectory {}", root.display()))?;
-    let store = Store::open(&config.database_url())
-        .await
-        .context("cannot open the metadata database")?
-        .with_gc_delay(config.storage.gc_delay())
-        .with_gc_scopes(GcScopes::new(&config.storage));
-    let mut meta = MetaGrpc::new(store.clone(), shutdown.clone());
+    let url = config.database_url();
+    let backend = Backend::of(&url).context("storage.database")?;
     // Retention runs only with garbage collection, as in zot (per store).
     let retentions =
         retention::Retentions::from_config(&config.storage).map_err(anyhow::Error::msg)?;
-    if retentions.any() {
-        meta = meta.with_retention(retentions);
+    let (gc_delay, scopes) = (config.storage.gc_delay(), GcScopes::new(&config.storage));
+    let open = move || {
+        let (url, scopes) = (url.clone(), scopes.clone());
+        async move {
+            Store::open(&url)
+                .await
+                .map(|s| s.with_gc_delay(gc_delay).with_gc_scopes(scopes))
+        }
+    };
+    let service = {
+        let shutdown = shutdown.clone();
+        move |store: &Store| {
+            let mut meta = MetaGrpc::new(store.clone(), shutdown);
+            if retentions.any() {
+                meta = meta.with_retention(retentions);
+            }
+            serve_grpc(meta)
+        }
+    };
+    let addr = listen.describe();
+    let (served, store) = if backend == Backend::Sqlite {
+        let store = open().await.context("cannot open the metadata database")?;
+        let health = grpc::health_service(&[SERVICE_NAME]).await;
+        let routes = tonic::service::Routes::new(health).add_service(service(&store));
+        tracing::info!(%addr, "meta service listening");
+        (grpc::serve(routes, listen, shutdown).await, Some(store))
+    } else {
+        let (reporter, health) = grpc::health_reporter(&[SERVICE_NAME], false).await;
+        let (deferred, ready) = Deferred::new(|| {
+            ServiceError::new(
+                ErrorCode::Unavailable,
+                "svc-meta cannot reach its database (storage.database) yet",
+            )
+            .into()
+        });
+        let opening = tokio::spawn({
+            let shutdown = shutdown.clone();
+            async move {
+                let store = grpc::deferred::retry(
+                    "metadata database (postgres) not reachable",
+                    open,
+                    shutdown.wait(),
+                )
+                .await?;
+                ready.set(service(&store));
+                for s in [SERVICE_NAME, ""] {
+                    reporter
+                        .set_service_status(s, tonic_health::ServingStatus::Serving)
+                        .await;
+                }
+                tracing::info!("meta service serving");
+                Some(store)
+            }
+        });
+        let routes = tonic::service::Routes::new(health).add_service(deferred);
+        tracing::info!(%addr, "meta service listening (serving once its database answers)");
+        let served = grpc::serve(routes, listen, shutdown.clone()).await;
+        // Stops retrying, if it still was, once shut down.
+        shutdown.trigger();
+        (served, opening.await.ok().flatten())
+    };
+    if let Some(store) = store {
+        store.close().await;
     }
-    let health = grpc::health_service(&[SERVICE_NAME]).await;
-    let routes = tonic::service::Routes::new(health).add_service(serve_grpc(meta));
-    tracing::info!(addr = %listen.describe(), "meta service listening");
-    let served = grpc::serve(routes, listen, shutdown).await;
-    store.close().await;
     served.context("meta grpc server failed")?;
     tracing::info!("meta service stopped");
     Ok(())

@@ -27,28 +27,36 @@ pub struct Redis {
 impl Redis {
     /// Start Redis without persistence on a socket in a new temp dir.
     pub fn start() -> Redis {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let socket = dir.path().join("redis.sock");
+        let mut r = Redis {
+            child: None,
+            dir: tempfile::tempdir().expect("temp dir"),
+        };
+        r.restart();
+        r
+    }
+
+    /// Start the server (again, after [`Redis::kill`]: empty, on the same
+    /// socket), waiting until it answers.
+    pub fn restart(&mut self) {
+        self.kill();
+        let socket = self.socket();
+        let _ = std::fs::remove_file(&socket);
         let child = Command::new("redis-server")
             .args(["--port", "0", "--save", "", "--appendonly", "no"])
             .arg("--unixsocket")
             .arg(&socket)
             .arg("--dir")
-            .arg(dir.path())
+            .arg(self.dir.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn redis-server (apt install redis-server)");
-        let r = Redis {
-            child: Some(child),
-            dir,
-        };
+        self.child = Some(child);
         let deadline = Instant::now() + READY_LIMIT;
-        while !r.answers_ping() {
+        while !self.answers_ping() {
             assert!(Instant::now() < deadline, "redis did not become ready");
             std::thread::sleep(Duration::from_millis(10));
         }
-        r
     }
 
     pub fn socket(&self) -> PathBuf {
@@ -426,12 +434,19 @@ impl Postgres {
                 "UTF8",
             ],
         );
+        pg.start_server();
+        pg
+    }
+
+    /// Start the server on the cluster (again), waiting until it answers.
+    fn start_server(&self) {
+        let data = self.dir.path().join("data");
         let opts = format!(
             "-k {} -c listen_addresses='' -c fsync=off -c max_connections=50",
-            pg.dir.path().display()
+            self.dir.path().display()
         );
-        let log = pg.dir.path().join("pg.log");
-        pg.run(
+        let log = self.dir.path().join("pg.log");
+        self.run(
             "pg_ctl",
             &[
                 "-D",
@@ -446,7 +461,21 @@ impl Postgres {
                 "start",
             ],
         );
-        pg
+    }
+
+    /// Stop the server at once (`-m immediate`: like a crash, every
+    /// connection cut), keeping its data.
+    pub fn stop(&self) {
+        let data = self.dir.path().join("data");
+        self.run(
+            "pg_ctl",
+            &["-D", path_str(&data), "-m", "immediate", "-w", "stop"],
+        );
+    }
+
+    /// Start it again after [`Postgres::stop`], on the same data.
+    pub fn restart(&self) {
+        self.start_server();
     }
 
     fn run(&self, tool: &str, args: &[&str]) {

@@ -303,7 +303,7 @@ pub(crate) async fn wait_serving(client: &reqwest::Client, gw: &Process, role: &
 }
 
 /// `/readyz` as the gateway answers it: the JSON body and the status.
-async fn readyz(client: &reqwest::Client, gw: &Process) -> (u16, serde_json::Value) {
+pub(crate) async fn readyz(client: &reqwest::Client, gw: &Process) -> (u16, serde_json::Value) {
     let r = client
         .get(format!("{}/readyz", gw.url))
         .send()
@@ -314,7 +314,7 @@ async fn readyz(client: &reqwest::Client, gw: &Process) -> (u16, serde_json::Val
 }
 
 /// The serving replicas of `role` in a `/readyz` body.
-fn serving(body: &serde_json::Value, role: &str) -> u64 {
+pub(crate) fn serving(body: &serde_json::Value, role: &str) -> u64 {
     body["roles"]
         .as_array()
         .unwrap()

@@ -3,6 +3,7 @@
 mod auth;
 mod cli;
 mod clients;
+mod degrade;
 mod distributed;
 mod federation;
 mod gc;

@@ -56,6 +56,11 @@ impl Process {
         }
     }
 
+    /// Whether the process has not exited.
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().expect("try_wait").is_none()
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }

@@ -83,12 +83,14 @@ pub async fn get(
         // without such URLs answers none, and the bytes come through here.
         let located = gw
             .backends
-            .blob()
-            .locate(ctx.rpc(LocateRequest {
-                digest: d.to_string(),
-                ttl_seconds: ttl.as_secs(),
-                repo: repo.into(),
-            }))
+            .blob_idempotent(|mut blob| {
+                let req = ctx.rpc(LocateRequest {
+                    digest: d.to_string(),
+                    ttl_seconds: ttl.as_secs(),
+                    repo: repo.into(),
+                });
+                async move { blob.locate(req).await }
+            })
             .await?
             .into_inner();
         if !located.url.is_empty() {

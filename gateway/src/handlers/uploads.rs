@@ -112,12 +112,14 @@ async fn bytes_reachable(
     }
     let stat = gw
         .backends
-        .blob()
-        .stat(ctx.rpc(StatRequest {
-            digest: digest.to_string(),
-            keep: true,
-            repo: repo.into(),
-        }))
+        .blob_idempotent(|mut blob| {
+            let req = ctx.rpc(StatRequest {
+                digest: digest.to_string(),
+                keep: true,
+                repo: repo.into(),
+            });
+            async move { blob.stat(req).await }
+        })
         .await;
     match stat {
         Ok(_) => Ok(true),
