@@ -110,6 +110,18 @@ async fn wait_status(base: &str, path: &str, want: u16, what: &str) -> Duration 
     }
 }
 
+/// The status of alice's request for a new API key.
+async fn create_key(base: &str) -> u16 {
+    basic_client("alice", "pw")
+        .post(format!("{base}/zot/auth/apikey"))
+        .json(&json!({"label": "ci"}))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
 /// Wait until the gateway's `/readyz` answers `want` with `meta` serving
 /// replicas of svc-meta.
 async fn wait_ready(gw: &Process, want: u16, meta: u64) {
@@ -183,23 +195,19 @@ async fn postgres_redis_and_meta_go_down_in_turn_and_only_503s_are_seen() {
         body.contains("UNAVAILABLE") && body.contains("database"),
         "{body}"
     );
-    let r = basic_client("alice", "pw")
-        .post(format!("{base}/zot/auth/apikey"))
-        .json(&json!({"label": "ci"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 503, "API keys while their database is down");
+    assert_eq!(
+        create_key(&base).await,
+        503,
+        "API keys while their database is down"
+    );
     pg.restart();
     wait_ready(&gw, 200, 1).await;
     wait_status(&base, "/v2/_catalog", 200, "catalog once Postgres is up").await;
-    let r = basic_client("alice", "pw")
-        .post(format!("{base}/zot/auth/apikey"))
-        .json(&json!({"label": "ci"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201, "API keys once their database is up");
+    assert_eq!(
+        create_key(&base).await,
+        201,
+        "API keys once their database is up"
+    );
 
     // Something to read and write under load, and a session in Redis.
     let alice = basic_client("alice", "pw");
