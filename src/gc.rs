@@ -50,7 +50,8 @@ pub async fn run(mut config: Config, dry_run: bool, json: bool) -> anyhow::Resul
             )
         })?;
     }
-    let collector = capstan_blob::collector(&config, stores, &peers)?
+    let meta = capstan_blob::meta_client(&peers, &shutdown).await?;
+    let collector = capstan_blob::collector(&config, stores, meta)?
         .context("no svc-meta to ask (services.meta.endpoints)")?;
     let report = collector.run(dry_run).await;
     shutdown.trigger();

@@ -37,9 +37,9 @@ pub struct Gateway {
     pub metrics: Metrics,
     pub authn: Arc<Authn>,
     /// svc-sync, when on-demand pull-through is configured.
-    pub sync: Option<SyncClient>,
+    pub sync: Option<Pool<SyncClient>>,
     /// svc-sync, when any sync is configured (its metrics join ours).
-    pub sync_metrics: Option<SyncClient>,
+    pub sync_metrics: Option<Pool<SyncClient>>,
     /// Manifest pulls not yet reported to svc-meta.
     pub pulls: Arc<crate::pulls::Pulls>,
     /// `storage.redirectBlobURL`: answer whole-blob GETs with a redirect to
@@ -53,6 +53,7 @@ pub struct Gateway {
 }
 
 type SyncClient = capstan_proto::direct::SyncClient<capstan_runtime::grpc::Transport>;
+use capstan_runtime::grpc::Pool;
 
 /// What a handler sends back.
 #[derive(Debug)]
@@ -393,7 +394,7 @@ impl Gateway {
                 .flatten()
                 .collect();
             body.extend_from_slice(crate::metrics::render_blob_reads(&replicas).as_bytes());
-            if let Some(mut sync) = self.sync_metrics.clone() {
+            if let Some(mut sync) = self.sync_metrics.as_ref().map(Pool::client) {
                 // The sync service's own progress counters, when it answers
                 // in time.
                 let req = ctx.rpc(capstan_proto::sync::v1::MetricsRequest {});

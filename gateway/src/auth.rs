@@ -28,7 +28,7 @@ use capstan_proto::auth::v1::{
 };
 use capstan_runtime::Shutdown;
 use capstan_runtime::config::Config;
-use capstan_runtime::grpc::Transport;
+use capstan_runtime::grpc::{Pool, Transport};
 use parking_lot::{Mutex, RwLock};
 use sha2::{Digest as _, Sha256};
 use std::collections::HashMap;
@@ -170,8 +170,8 @@ struct Entry {
 #[derive(Debug)]
 pub struct Authn {
     pub mode: Mode,
-    clients: Vec<AuthServiceClient<Transport>>,
-    next: AtomicUsize,
+    /// svc-auth's replicas (none configured in open mode).
+    clients: Pool<AuthServiceClient<Transport>>,
     cache: RwLock<HashMap<[u8; 32], Entry>>,
     anonymous: RwLock<Option<Entry>>,
     /// Revocation feeds currently live, out of `clients.len()`.
@@ -199,7 +199,7 @@ impl Authn {
     /// The mode `config` asks for; `clients` reach svc-auth's replicas.
     pub fn new(
         config: &Config,
-        clients: Vec<AuthServiceClient<Transport>>,
+        clients: Pool<AuthServiceClient<Transport>>,
     ) -> anyhow::Result<Self> {
         let auth = config.http.auth.as_ref();
         let enabled = auth.is_some_and(|a| a.has_credentials() || a.bearer.is_some())
@@ -222,7 +222,7 @@ impl Authn {
             None if enabled => Mode::Basic { realm },
             None => Mode::Open,
         };
-        if !matches!(mode, Mode::Open) && clients.is_empty() {
+        if !matches!(mode, Mode::Open) && !clients.is_configured() {
             anyhow::bail!(
                 "authentication is configured but no auth service is reachable \
                  (services.auth.endpoints)"
@@ -231,7 +231,6 @@ impl Authn {
         Ok(Self {
             mode,
             clients,
-            next: AtomicUsize::new(0),
             cache: RwLock::new(HashMap::new()),
             anonymous: RwLock::new(None),
             live_feeds: AtomicUsize::new(0),
@@ -277,13 +276,10 @@ impl Authn {
                     .is_none_or(|users| users.contains(&caller.username)))
     }
 
-    /// One svc-auth client, round-robin.
+    /// One svc-auth client, round-robin (`None` when none is
+    /// configured). While no replica is known, its calls fail UNAVAILABLE.
     pub fn client(&self) -> Option<AuthServiceClient<Transport>> {
-        if self.clients.is_empty() {
-            return None;
-        }
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.clients.len();
-        Some(self.clients[i].clone())
+        self.clients.is_configured().then(|| self.clients.client())
     }
 
     /// How long an answer of svc-auth may be reused: what it grants, and

@@ -119,12 +119,14 @@ async fn put_action(
     for tag in tags {
         let exists = match gw
             .backends
-            .meta()
-            .get_manifest(ctx.rpc(GetManifestRequest {
-                repo: repo.into(),
-                reference: tag,
-                head: true,
-            }))
+            .meta_idempotent(|mut meta| {
+                let req = ctx.rpc(GetManifestRequest {
+                    repo: repo.into(),
+                    reference: tag.clone(),
+                    head: true,
+                });
+                async move { meta.get_manifest(req).await }
+            })
             .await
         {
             Ok(_) => true,

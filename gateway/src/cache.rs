@@ -47,7 +47,8 @@ pub struct ManifestCache {
     inner: RwLock<Inner>,
     /// Feeds currently subscribed, out of `feeds`.
     live_feeds: AtomicUsize,
-    feeds: usize,
+    /// svc-meta replicas known now, each with a feed to follow.
+    feeds: AtomicUsize,
 }
 
 impl ManifestCache {
@@ -56,12 +57,19 @@ impl ManifestCache {
         Self {
             inner: RwLock::new(Inner::default()),
             live_feeds: AtomicUsize::new(0),
-            feeds,
+            feeds: AtomicUsize::new(feeds),
         }
     }
 
+    /// There are `n` svc-meta replicas now (the pool's membership
+    /// changed): the cache serves only while each one's feed is live.
+    pub fn set_feeds(&self, n: usize) {
+        self.feeds.store(n, Ordering::Release);
+    }
+
     fn live(&self) -> bool {
-        self.feeds > 0 && self.live_feeds.load(Ordering::Acquire) == self.feeds
+        let feeds = self.feeds.load(Ordering::Acquire);
+        feeds > 0 && self.live_feeds.load(Ordering::Acquire) == feeds
     }
 
     pub fn get(&self, repo: &str, reference: &str) -> Option<Arc<Cached>> {

@@ -1,83 +1,38 @@
-//! Active health checks of the backend roles' replicas over gRPC health
-//! (`grpc.health.v1`), every [`CHECK_EVERY`]. They serve two ends:
-//! - the gateway's probes, as zot names them: `/livez` (the process
-//!   answers), `/startupz` (it has started) and `/readyz` (every role it
-//!   needs has a replica that answers "serving", else 503);
-//! - the pools of [`crate::backends`], which stop sending calls to a
-//!   replica whose last check failed, and take it back once one succeeds.
+//! The gateway's probes, as zot names them: `/livez` (the process
+//! answers), `/startupz` (it has started) and `/readyz` (every role it
+//! needs has a replica that answers "serving", else 503). What they report
+//! comes from the pools of [`crate::backends`], whose health checks (gRPC
+//! health, every two seconds) also take failed replicas out of turn.
 
-use capstan_runtime::Shutdown;
-use capstan_runtime::grpc::{Peer, Transport};
+use capstan_runtime::grpc::Pool;
 use serde::Serialize;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
-use std::time::Duration;
-use tonic_health::pb::HealthCheckRequest;
-use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::health_client::HealthClient;
 
-/// Time between two checks of a replica.
-pub const CHECK_EVERY: Duration = Duration::from_secs(2);
-/// A check unanswered for this long has failed.
-const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+pub use capstan_runtime::grpc::pool::REFRESH_EVERY as CHECK_EVERY;
 
-const UNKNOWN: u8 = 0;
-const SERVING: u8 = 1;
-const DOWN: u8 = 2;
-
-/// One replica of a role, as its checks last found it.
-#[derive(Debug)]
-pub struct Replica {
-    /// Its URL (or `in-process:<role>`), for logs.
-    pub uri: String,
-    pub peer: Peer,
-    state: AtomicU8,
-}
-
-impl Replica {
-    pub fn new(peer: &Peer) -> Arc<Self> {
-        Arc::new(Self {
-            uri: peer.name(),
-            peer: peer.clone(),
-            state: AtomicU8::new(UNKNOWN),
-        })
-    }
-
-    /// Worth sending a call to: serving, or not checked yet.
-    pub fn usable(&self) -> bool {
-        self.state.load(Ordering::Relaxed) != DOWN
-    }
-
-    /// Its last check answered "serving".
-    pub fn serving(&self) -> bool {
-        self.state.load(Ordering::Relaxed) == SERVING
-    }
-
-    /// A call to it failed on the way (connection refused, reset): take it
-    /// out of turn at once; its next successful check brings it back.
-    pub fn failed(&self) {
-        self.set(false);
-    }
-
-    fn set(&self, serving: bool) {
-        let new = if serving { SERVING } else { DOWN };
-        let old = self.state.swap(new, Ordering::Relaxed);
-        if old != new {
-            if serving {
-                tracing::info!(replica = %self.uri, "backend replica serving");
-            } else {
-                tracing::warn!(replica = %self.uri, "backend replica not serving: calls go to the others");
-            }
-        }
-    }
-}
-
-/// The replicas of one role and the gRPC service their checks ask about.
-#[derive(Debug, Clone)]
+/// One role the gateway needs, and how to count its replicas.
+#[derive(Clone)]
 pub struct Role {
     pub name: &'static str,
-    pub service: &'static str,
-    pub replicas: Vec<Arc<Replica>>,
+    /// (serving, known) replicas now.
+    count: Arc<dyn Fn() -> (usize, usize) + Send + Sync>,
+}
+
+impl std::fmt::Debug for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Role").field("name", &self.name).finish()
+    }
+}
+
+impl Role {
+    /// The role `pool` reaches.
+    pub fn of<C: Clone + Send + Sync + 'static>(pool: &Pool<C>) -> Self {
+        let pool = pool.clone();
+        Self {
+            name: pool.role(),
+            count: Arc::new(move || pool.serving()),
+        }
+    }
 }
 
 /// What `/readyz` says of one role.
@@ -99,10 +54,13 @@ impl Health {
     pub fn states(&self) -> Vec<RoleState> {
         self.roles
             .iter()
-            .map(|r| RoleState {
-                role: r.name,
-                serving: r.replicas.iter().filter(|x| x.serving()).count(),
-                replicas: r.replicas.len(),
+            .map(|r| {
+                let (serving, replicas) = (r.count)();
+                RoleState {
+                    role: r.name,
+                    serving,
+                    replicas,
+                }
             })
             .collect()
     }
@@ -111,84 +69,41 @@ impl Health {
     pub fn ready(&self) -> bool {
         self.states().iter().all(|s| s.serving > 0)
     }
-
-    /// Check every replica until `shutdown`.
-    pub fn spawn_checks(&self, shutdown: &Shutdown) {
-        for role in &self.roles {
-            for replica in &role.replicas {
-                tokio::spawn(check_periodically(
-                    replica.clone(),
-                    role.service,
-                    shutdown.clone(),
-                ));
-            }
-        }
-    }
-}
-
-/// Ask `replica` about `service` every [`CHECK_EVERY`].
-async fn check_periodically(replica: Arc<Replica>, service: &'static str, shutdown: Shutdown) {
-    let client = match replica.peer.transport() {
-        Ok(t) => HealthClient::<Transport>::new(t),
-        Err(e) => {
-            tracing::warn!(replica = %replica.uri, error = %e, "cannot check replica");
-            replica.set(false);
-            return;
-        }
-    };
-    let mut tick = tokio::time::interval(CHECK_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = shutdown.wait() => return,
-            _ = tick.tick() => {}
-        }
-        let mut c = client.clone();
-        let asked = c.check(HealthCheckRequest {
-            service: service.to_string(),
-        });
-        let serving = matches!(
-            tokio::time::timeout(CHECK_TIMEOUT, asked).await,
-            Ok(Ok(r)) if r.get_ref().status == ServingStatus::Serving as i32
-        );
-        replica.set(serving);
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn role(name: &'static str, serving: usize, replicas: usize) -> Role {
+        Role {
+            name,
+            count: Arc::new(move || (serving, replicas)),
+        }
+    }
+
     #[test]
-    fn a_role_is_ready_with_one_serving_replica() {
-        let secrets = capstan_runtime::grpc::Secrets::none();
-        let (a, b) = (
-            Replica::new(&Peer::remote("http://a", &secrets)),
-            Replica::new(&Peer::remote("http://b", &secrets)),
-        );
+    fn ready_when_every_role_has_a_serving_replica() {
         let health = Health {
-            roles: vec![Role {
-                name: "blob",
-                service: "s",
-                replicas: vec![a.clone(), b.clone()],
-            }],
+            roles: vec![role("meta", 1, 2), role("blob", 1, 1)],
         };
-        // Not checked yet: usable, not ready.
-        assert!(a.usable() && !a.serving());
-        assert!(!health.ready());
-        a.set(false);
-        b.set(true);
-        assert!(!a.usable());
         assert!(health.ready());
         assert_eq!(
-            health.states(),
-            [RoleState {
-                role: "blob",
+            health.states()[0],
+            RoleState {
+                role: "meta",
                 serving: 1,
                 replicas: 2
-            }]
+            }
         );
-        b.set(false);
+        let health = Health {
+            roles: vec![role("meta", 1, 2), role("blob", 0, 3)],
+        };
+        assert!(!health.ready());
+        // A role none of whose replicas is known is not ready either.
+        let health = Health {
+            roles: vec![role("meta", 0, 0)],
+        };
         assert!(!health.ready());
     }
 }

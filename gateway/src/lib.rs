@@ -41,22 +41,35 @@ pub async fn serve(
     listener: std::net::TcpListener,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
-    let backends = backends::Backends::new(&upstreams.meta, &upstreams.blob)?;
-    let feeds = backends.meta_all();
-    let manifests = Arc::new(cache::ManifestCache::new(feeds.len()));
-    for client in feeds {
-        tokio::spawn(cache::follow(manifests.clone(), client, shutdown.clone()));
+    let backends = backends::Backends::new(&upstreams.meta, &upstreams.blob).await?;
+    // Every pool is re-resolved and health-checked until shutdown (probes,
+    // and replicas skipped while down).
+    backends.spawn_refresh(&shutdown);
+    let mut roles = vec![
+        health::Role::of(backends.meta_pool()),
+        health::Role::of(backends.blob_pool()),
+    ];
+    // One change feed per svc-meta replica, following the membership.
+    let manifests = Arc::new(cache::ManifestCache::new(backends.meta_pool().len()));
+    {
+        let (count, follow) = (manifests.clone(), manifests.clone());
+        tokio::spawn(backends.meta_pool().clone().follow_members(
+            shutdown.clone(),
+            move |n| count.set_feeds(n),
+            move |client, stop| cache::follow(follow.clone(), client, stop),
+        ));
     }
-    let auth_clients = upstreams
-        .auth
-        .iter()
-        .map(backends::auth_client)
-        .collect::<Result<Vec<_>, _>>()?;
-    let authn = Arc::new(auth::Authn::new(config, auth_clients.clone())?);
+    let auth = backends::auth_pool(&upstreams.auth).await?;
+    let authn = Arc::new(auth::Authn::new(config, auth.clone())?);
     if !authn.is_open() {
-        for client in auth_clients {
-            tokio::spawn(auth::follow(authn.clone(), client, shutdown.clone()));
-        }
+        auth.spawn_refresh(&shutdown);
+        roles.push(health::Role::of(&auth));
+        let follow = authn.clone();
+        tokio::spawn(auth.follow_members(
+            shutdown.clone(),
+            |_| {},
+            move |client, stop| auth::follow(follow.clone(), client, stop),
+        ));
     }
     let sync_config = config
         .extensions
@@ -64,40 +77,16 @@ pub async fn serve(
         .and_then(|e| e.sync.as_ref())
         .filter(|s| s.enabled() && !s.registries.is_empty());
     let on_demand = sync_config.is_some_and(|s| s.registries.iter().any(|r| r.on_demand));
-    let sync = match upstreams.sync.first() {
-        Some(u) if sync_config.is_some() => Some(backends::sync_client(u)?),
+    let sync = match sync_config {
+        Some(_) if !upstreams.sync.is_empty() => {
+            let pool = backends::sync_pool(&upstreams.sync).await?;
+            pool.spawn_refresh(&shutdown);
+            roles.push(health::Role::of(&pool));
+            Some(pool)
+        }
         _ => None,
     };
-    // Every role this gateway calls, checked until shutdown (probes, and
-    // replicas skipped while down).
-    let mut roles = backends.health_roles();
-    for (name, service, peers) in [
-        (
-            "auth",
-            capstan_proto::auth::v1::auth_service_server::SERVICE_NAME,
-            &upstreams.auth[..],
-        ),
-        (
-            "sync",
-            capstan_proto::sync::v1::sync_service_server::SERVICE_NAME,
-            // Only the first is called (see `sync` above).
-            &upstreams.sync[..upstreams.sync.len().min(1)],
-        ),
-    ] {
-        let needed = match name {
-            "auth" => !authn.is_open(),
-            _ => sync.is_some(),
-        };
-        if needed && !peers.is_empty() {
-            roles.push(health::Role {
-                name,
-                service,
-                replicas: peers.iter().map(health::Replica::new).collect(),
-            });
-        }
-    }
     let health = health::Health { roles };
-    health.spawn_checks(&shutdown);
     let mut app = app::Gateway::new(backends, manifests, authn);
     app.health = health;
     app.sync = sync.clone().filter(|_| on_demand);
@@ -107,20 +96,13 @@ pub async fn serve(
         .redirect_blob_url
         .then_some(handlers::blobs::REDIRECT_TTL);
     app.sync_metrics = sync;
-    let clients = app.backends.meta_all();
-    if !clients.is_empty() {
-        // Reports go round the meta replicas.
-        let next = std::sync::atomic::AtomicUsize::new(0);
-        let pick = move || {
-            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            clients[i % clients.len()].clone()
-        };
-        tokio::spawn(pulls::report_periodically(
-            app.pulls.clone(),
-            pick,
-            shutdown.clone(),
-        ));
-    }
+    // Reports go round the meta replicas.
+    let meta = app.backends.meta_pool().clone();
+    tokio::spawn(pulls::report_periodically(
+        app.pulls.clone(),
+        move || meta.client(),
+        shutdown.clone(),
+    ));
     let addr = listener.local_addr()?.to_string();
     listener.set_nonblocking(true)?;
 

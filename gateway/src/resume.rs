@@ -13,7 +13,7 @@ use tonic::{Code, Status};
 /// Whether the replica itself failed or could not be reached (a refused
 /// connection, a reset), as opposed to an answer it gave: a service's
 /// answers always carry Capstan's error detail.
-pub fn transport_failure(s: &Status) -> bool {
+pub fn not_an_answer(s: &Status) -> bool {
     s.details().is_empty()
 }
 
@@ -50,7 +50,7 @@ pub async fn read(
         match client.read(request(req.clone())).await {
             Ok(r) => break (r.into_inner(), replica),
             Err(s) if retryable(&s) && tries > 0 => {
-                if transport_failure(&s) {
+                if not_an_answer(&s) {
                     replica.failed();
                 }
                 tracing::warn!(digest = req.digest, error = %s.message(), "blob read not opened; trying another replica");
@@ -66,7 +66,7 @@ pub async fn read(
         tries: usize,
         current: Option<MessageStream<ReadChunk>>,
         /// The replica `current` comes from.
-        replica: std::sync::Arc<crate::health::Replica>,
+        replica: std::sync::Arc<capstan_runtime::grpc::Replica>,
         request: F,
     }
     let state = State {
@@ -106,7 +106,7 @@ pub async fn read(
                 return Some((Err(broke), st));
             }
             st.tries -= 1;
-            if transport_failure(&broke) {
+            if not_an_answer(&broke) {
                 st.replica.failed();
             }
             tracing::warn!(

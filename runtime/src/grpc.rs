@@ -8,10 +8,12 @@
 
 pub mod deferred;
 pub mod local;
+pub mod pool;
 pub mod secret;
 
 use crate::Shutdown;
 pub use local::LocalRole;
+pub use pool::{Member, Pool, Replica};
 pub use secret::Secrets;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -34,8 +36,10 @@ impl std::fmt::Display for TransportError {
 }
 
 impl std::error::Error for TransportError {
+    /// The failure itself, so that tonic finds a status in it (an
+    /// UNAVAILABLE of its own making keeps its code).
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.0.source()
+        Some(self.0.as_ref())
     }
 }
 

@@ -65,7 +65,9 @@ pub async fn serve(
             shutdown.clone(),
         )));
     }
-    let gc = match collector(config, stores.clone(), peers)? {
+    // svc-meta, for garbage collection and scrub.
+    let meta = meta_client(peers, &shutdown).await?;
+    let gc = match collector(config, stores.clone(), meta.clone())? {
         Some(c) if !storage.gc_interval().is_zero() => Some(tokio::spawn(
             gc::collect_periodically(c, storage.gc_interval(), shutdown.clone()),
         )),
@@ -77,7 +79,7 @@ pub async fn serve(
         for (_, store) in stores.all() {
             tasks.push(tokio::spawn(scrub::scrub_periodically(
                 store.clone(),
-                meta_client(peers)?,
+                meta.clone(),
                 s.interval(),
                 shutdown.clone(),
             )));
@@ -190,12 +192,12 @@ async fn open_store(
 }
 
 /// The garbage collector for `store`, if `storage.gc` is on: it needs
-/// svc-meta (the first of `peers.meta`). `None`, with a warning, when GC
+/// svc-meta (`meta`, see [`meta_client`]). `None`, with a warning, when GC
 /// is on but svc-meta is not known.
 pub fn collector(
     config: &Config,
     stores: Stores,
-    peers: &Peers,
+    meta: Option<gc::MetaClient>,
 ) -> anyhow::Result<Option<gc::Collector>> {
     let storage = &config.storage;
     // Each store's own settings (`storage.subPaths` entries' gc, gcDelay).
@@ -209,7 +211,7 @@ pub fn collector(
     if delays.is_empty() {
         return Ok(None);
     }
-    let Some(meta) = meta_client(peers)? else {
+    let Some(meta) = meta else {
         tracing::warn!(
             "storage.gc is on but services.meta.endpoints is empty: \
              this blob role cannot collect garbage"
@@ -221,18 +223,24 @@ pub fn collector(
     ))
 }
 
-/// svc-meta, as garbage collection and scrub call it: the first of
-/// `peers.meta`.
-fn meta_client(peers: &Peers) -> anyhow::Result<Option<gc::MetaClient>> {
-    let Some(meta) = peers.meta.first() else {
+/// svc-meta, as garbage collection and scrub call it: each call to the
+/// next of `peers.meta`'s replicas in turn, kept current until
+/// `shutdown`. `None` when no svc-meta is configured.
+pub async fn meta_client(
+    peers: &Peers,
+    shutdown: &Shutdown,
+) -> anyhow::Result<Option<gc::MetaClient>> {
+    let service = capstan_proto::meta::v1::meta_service_server::SERVICE_NAME;
+    let Some(pool) = grpc::Pool::untyped("meta", service, &peers.meta, shutdown)
+        .await
+        .context("services.meta.endpoints")?
+    else {
         return Ok(None);
     };
     Ok(Some(
-        capstan_proto::meta::v1::meta_service_client::MetaServiceClient::new(
-            meta.transport().context("services.meta.endpoints")?,
-        )
-        .max_decoding_message_size(grpc::MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(grpc::MAX_MESSAGE_BYTES),
+        capstan_proto::meta::v1::meta_service_client::MetaServiceClient::new(pool.balanced())
+            .max_decoding_message_size(grpc::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(grpc::MAX_MESSAGE_BYTES),
     ))
 }
 

@@ -19,7 +19,7 @@ use capstan_proto::sync::v1::{
     sync_service_server::{SyncService, SyncServiceServer},
 };
 use capstan_runtime::config::extensions::SyncConfig;
-use capstan_runtime::grpc::{MAX_MESSAGE_BYTES, Peer, Peers};
+use capstan_runtime::grpc::{MAX_MESSAGE_BYTES, Peer, Peers, Pool};
 use capstan_runtime::{Config, Shutdown, grpc};
 use content::Content;
 use error::SyncError;
@@ -131,29 +131,49 @@ impl Syncer {
         &self.registries[i]
     }
 
-    /// The engine for `config`, storing through the first of `meta` and of
-    /// `blob`.
-    pub fn new(config: &Config, meta: &[Peer], blob: &[Peer]) -> anyhow::Result<Self> {
+    /// The engine for `config`, storing through `meta` and `blob`'s
+    /// replicas (each call to the next in turn; both pools are kept
+    /// current until `shutdown`).
+    pub async fn new(
+        config: &Config,
+        meta: &[Peer],
+        blob: &[Peer],
+        shutdown: &Shutdown,
+    ) -> anyhow::Result<Self> {
         let registries = match config.extensions.as_ref().and_then(|e| e.sync.as_ref()) {
             Some(s) if s.enabled() => registries(s).map_err(anyhow::Error::msg)?,
             _ => Vec::new(),
         };
-        let (Some(meta), Some(blob)) = (meta.first(), blob.first()) else {
+        let (Some(meta), Some(blob)) = (
+            Pool::untyped(
+                "meta",
+                capstan_proto::meta::v1::meta_service_server::SERVICE_NAME,
+                meta,
+                shutdown,
+            )
+            .await?,
+            Pool::untyped(
+                "blob",
+                capstan_proto::blob::v1::blob_service_server::SERVICE_NAME,
+                blob,
+                shutdown,
+            )
+            .await?,
+        ) else {
             anyhow::bail!("svc-sync needs services.meta.endpoints and services.blob.endpoints");
         };
         let stores = copy::Stores {
             meta: capstan_proto::meta::v1::meta_service_client::MetaServiceClient::new(
-                meta.transport()?,
+                meta.balanced(),
             )
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES),
             blob: {
                 let grpc = capstan_proto::blob::v1::blob_service_client::BlobServiceClient::new(
-                    blob.transport()?,
+                    blob.balanced(),
                 )
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES);
-                let blob = blob.clone();
                 capstan_proto::direct::BlobClient::new(
                     grpc,
                     Arc::new(move || blob.handle::<Arc<dyn capstan_proto::direct::BlobStreams>>()),
@@ -493,7 +513,7 @@ pub async fn serve(
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
     let listen = listen.into();
-    let syncer = Arc::new(Syncer::new(config, &peers.meta, &peers.blob)?);
+    let syncer = Arc::new(Syncer::new(config, &peers.meta, &peers.blob, &shutdown).await?);
     for i in 0..syncer.registries.len() {
         if syncer.registries[i].poll_interval.is_some() {
             tokio::spawn(mirror::run(syncer.clone(), i, shutdown.clone()));

@@ -2,7 +2,7 @@
 //! with HTTP/2.
 
 use crate::oci::*;
-use crate::sandbox::{BIN, Sandbox, wait_ready};
+use crate::sandbox::{BIN, Sandbox, wait_readyz};
 use serde_json::json;
 use std::process::Command;
 
@@ -222,7 +222,7 @@ async fn serve_without_arguments_uses_embedded_defaults() {
         .unwrap()
         .to_string();
     let client = reqwest::Client::new();
-    wait_ready(&client, &format!("{url}/v2/")).await;
+    wait_readyz(&client, &url).await;
     let blob = random_bytes(1234);
     let d = sha256(&blob);
     let r = client

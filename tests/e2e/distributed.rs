@@ -4,7 +4,7 @@
 //! meta replicas sharing a Postgres.
 
 use crate::oci::*;
-use crate::sandbox::{Process, wait_ready};
+use crate::sandbox::{Process, wait_readyz};
 use serde_json::json;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -113,7 +113,7 @@ async fn chunked_upload_alternates_between_two_blob_replicas() {
         &[&blob_a.url, &blob_b.url],
     );
     let client = reqwest::Client::new();
-    wait_ready(&client, &format!("{}/v2/", gw.url)).await;
+    wait_readyz(&client, &gw.url).await;
     wait_serving(&client, &gw, "blob", 2).await;
 
     let data = random_bytes(4 * 1024 * 1024 + 3);
@@ -154,7 +154,7 @@ async fn a_tag_moved_through_one_gateway_is_seen_through_another() {
 
 /// A Postgres of its own and two svc-meta replicas on it (storage root
 /// `dir/data`, logs `dir/meta-N.log`).
-async fn metas_on_postgres(dir: &Path) -> (capstan_testkit::Postgres, [Process; 2]) {
+pub(crate) async fn metas_on_postgres(dir: &Path) -> (capstan_testkit::Postgres, [Process; 2]) {
     let pg = tokio::task::spawn_blocking(capstan_testkit::Postgres::start)
         .await
         .unwrap();
@@ -198,7 +198,7 @@ async fn two_meta_replicas_on_postgres_keep_every_gateway_current() {
 async fn moves_and_deletes_are_seen_across(a: &Process, b: &Process) {
     let client = reqwest::Client::new();
     for g in [&a, &b] {
-        wait_ready(&client, &format!("{}/v2/", g.url)).await;
+        wait_readyz(&client, &g.url).await;
     }
     let push = |gw: String, note: &'static str| {
         let client = client.clone();
@@ -342,7 +342,7 @@ async fn a_dead_blob_replica_is_skipped_and_readyz_follows_the_roles() {
         &[&blob_a.url, &blob_b.url],
     );
     let client = reqwest::Client::new();
-    wait_ready(&client, &format!("{}/v2/", gw.url)).await;
+    wait_readyz(&client, &gw.url).await;
     for probe in ["/livez", "/startupz"] {
         let r = client
             .get(format!("{}{probe}", gw.url))
@@ -421,7 +421,7 @@ async fn a_blob_get_survives_its_replica_dying_mid_stream() {
         &[&blob_a.url, &blob_b.url],
     );
     let client = reqwest::Client::new();
-    wait_ready(&client, &format!("{}/v2/", gw.url)).await;
+    wait_readyz(&client, &gw.url).await;
     let data = random_bytes(64 * 1024 * 1024);
     let d = sha256(&data);
     let r = client
@@ -468,7 +468,7 @@ async fn reads_go_on_when_a_meta_replica_dies() {
     let blob = role(dir.path(), "blob", "blob.log");
     let gw = gateway(dir.path(), "gw", &[&meta_1.url, &meta_2.url], &[&blob.url]);
     let client = reqwest::Client::new();
-    wait_ready(&client, &format!("{}/v2/", gw.url)).await;
+    wait_readyz(&client, &gw.url).await;
     wait_serving(&client, &gw, "meta", 2).await;
     let data = random_bytes(1000);
     let d = sha256(&data);

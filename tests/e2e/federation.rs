@@ -7,7 +7,7 @@
 use crate::auth::{htpasswd, with_users};
 use crate::clients::{run, write_layout};
 use crate::oci::*;
-use crate::sandbox::{Process, Sandbox, basic_client, wait_ready};
+use crate::sandbox::{Process, Sandbox, basic_client, wait_ready, wait_readyz};
 use serde_json::{Value, json};
 use std::path::Path;
 use std::process::Command;
@@ -356,7 +356,7 @@ async fn a_revoked_key_fails_within_a_second_on_every_gateway() {
     }
     let client = basic_client("alice", "pw");
     for g in &gws {
-        wait_ready(&client, &format!("{}/v2/", g.url)).await;
+        wait_readyz(&client, &g.url).await;
     }
     let k: Value = client
         .post(format!("{}/zot/auth/apikey", gws[0].url))

@@ -6,6 +6,7 @@ mod clients;
 mod degrade;
 mod distributed;
 mod federation;
+mod fleet;
 mod gc;
 mod layout;
 mod oci;

@@ -6,7 +6,7 @@
 use crate::clients::{run, write_layout_sized};
 use crate::distributed::{appends_to, chunked_upload, wait_serving};
 use crate::oci::{random_bytes, sha256};
-use crate::sandbox::{Process, Sandbox, wait_ready};
+use crate::sandbox::{Process, Sandbox, wait_readyz};
 use capstan_testkit::{S3_ACCESS_KEY, S3_SECRET_KEY, S3Server};
 use serde_json::{Value, json};
 use std::path::Path;
@@ -261,7 +261,7 @@ async fn two_blob_replicas_on_s3_share_no_disk_and_serve_one_registry() {
                             "blob": {"endpoints": [blob_a.url, blob_b.url]}}}),
     );
     let client = reqwest::Client::new();
-    wait_ready(&client, &format!("{}/v2/", gw.url)).await;
+    wait_readyz(&client, &gw.url).await;
     wait_serving(&client, &gw, "blob", 2).await;
     let host = gw.url.trim_start_matches("http://").to_string();
 
@@ -450,7 +450,7 @@ async fn credentials_come_from_the_aws_chain_when_not_configured() {
             &dir.path().join(format!("{way}.log")),
             &env,
         );
-        wait_ready(&client, &format!("{}/v2/", p.url)).await;
+        wait_readyz(&client, &p.url).await;
         let bytes = random_bytes(1234);
         let d = sha256(&bytes);
         let r = client
@@ -473,7 +473,7 @@ async fn a_bucket_that_does_not_answer_makes_the_registry_wait_not_die() {
     let mut server = s3_server().await;
     let drv = driver(&server);
     server.kill();
-    let sb = Sandbox::start_with(json!({"storage": {"storageDriver": drv}})).await;
+    let sb = Sandbox::start_unready(json!({"storage": {"storageDriver": drv}})).await;
     let ready = |sb: &Sandbox| {
         let url = sb.url("/readyz");
         let client = sb.client.clone();

@@ -26,8 +26,31 @@ impl Process {
 
     /// [`Process::spawn`] with `env` set for the process.
     pub fn spawn_env(args: &[&str], log: &Path, env: &[(&str, &str)]) -> Process {
+        Self::spawn_command(Command::new(BIN), args, log, env)
+    }
+
+    /// [`Process::spawn`] in a mount namespace of its own whose
+    /// `/etc/hosts` is `hosts` (bind-mounted: rewrite it in place and the
+    /// process resolves names by the new text). Needs root, as CI has.
+    pub fn spawn_with_hosts(args: &[&str], log: &Path, hosts: &Path) -> Process {
+        let mut cmd = Command::new("unshare");
+        cmd.args([
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            "mount --bind \"$0\" /etc/hosts && exec \"$@\"",
+            hosts.to_str().unwrap(),
+            BIN,
+        ]);
+        Self::spawn_command(cmd, args, log, &[])
+    }
+
+    /// Start `cmd serve args…` (`cmd` runs the binary).
+    fn spawn_command(mut cmd: Command, args: &[&str], log: &Path, env: &[(&str, &str)]) -> Process {
         let log_file = std::fs::File::create(log).expect("log file");
-        let mut child = Command::new(BIN)
+        let mut child = cmd
             .arg("serve")
             .args(args)
             .env("RUST_LOG", "info")
@@ -126,16 +149,34 @@ impl Drop for Process {
 }
 
 /// Poll `url` until it answers (200, or 401 when it wants credentials),
-/// for at most 20 s.
+/// for at most 60 s.
 pub async fn wait_ready(client: &reqwest::Client, url: &str) {
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if let Ok(r) = client.get(url).send().await
             && (r.status() == 200 || r.status() == 401)
         {
             return;
         }
-        assert!(Instant::now() < deadline, "{url} not ready in 20 s");
+        assert!(Instant::now() < deadline, "{url} not ready in 60 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Poll a Capstan gateway's `/readyz` (at `base`) until it is 200: every
+/// role the gateway needs has a serving replica. A role can listen before
+/// it serves (svc-meta on Postgres opens its database after it binds), so
+/// "the port answers" is not enough. At most 60 s.
+pub async fn wait_readyz(client: &reqwest::Client, base: &str) {
+    let url = format!("{base}/readyz");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let last = match client.get(&url).send().await {
+            Ok(r) if r.status() == 200 => return,
+            Ok(r) => format!("{} {}", r.status(), r.text().await.unwrap_or_default()),
+            Err(e) => e.to_string(),
+        };
+        assert!(Instant::now() < deadline, "{url} not ready in 60 s: {last}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -160,6 +201,20 @@ impl Sandbox {
     /// Like [`Sandbox::start_with`], with `client` for requests (and for
     /// the readiness check).
     pub async fn start_with_client(extra: serde_json::Value, client: reqwest::Client) -> Sandbox {
+        Self::start_inner(extra, client, true).await
+    }
+
+    /// Like [`Sandbox::start_with`], returning once the gateway answers,
+    /// ready or not (a role it needs may be waiting for its storage).
+    pub async fn start_unready(extra: serde_json::Value) -> Sandbox {
+        Self::start_inner(extra, reqwest::Client::new(), false).await
+    }
+
+    async fn start_inner(
+        extra: serde_json::Value,
+        client: reqwest::Client,
+        ready: bool,
+    ) -> Sandbox {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut cfg = serde_json::json!({
             "storage": {"rootDirectory": dir.path().join("data")},
@@ -173,7 +228,11 @@ impl Sandbox {
             &["-c", cfg_path.to_str().unwrap()],
             &dir.path().join("capstan.log"),
         );
-        wait_ready(&client, &format!("{}/v2/", proc.url)).await;
+        if ready {
+            wait_readyz(&client, &proc.url).await;
+        } else {
+            wait_ready(&client, &format!("{}/v2/", proc.url)).await;
+        }
         Sandbox { dir, proc, client }
     }
 
@@ -244,7 +303,7 @@ impl Sandbox {
             &["-c", cfg.to_str().unwrap()],
             &self.dir.path().join("capstan-restarted.log"),
         );
-        wait_ready(&self.client, &format!("{}/v2/", self.proc.url)).await;
+        wait_readyz(&self.client, &self.proc.url).await;
     }
 }
 

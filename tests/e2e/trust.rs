@@ -4,7 +4,7 @@
 //! `services.secretFile` with no restart and no failed request.
 
 use crate::oci::*;
-use crate::sandbox::{Process, Sandbox, wait_ready};
+use crate::sandbox::{Process, Sandbox, wait_readyz};
 use capstan_proto::auth::v1::auth_service_client::AuthServiceClient;
 use capstan_proto::blob::v1::blob_service_client::BlobServiceClient;
 use capstan_proto::meta::v1::meta_service_client::MetaServiceClient;
@@ -216,7 +216,7 @@ async fn roles_refuse_calls_without_the_shared_secret_and_rotate_it_live() {
         &dir.path().join("gateway.log"),
     );
     let client = reqwest::Client::new();
-    wait_ready(&client, &format!("{}/v2/", gw.url)).await;
+    wait_readyz(&client, &gw.url).await;
     push_and_pull(&client, &gw.url, "trusted/app", "v1").await;
 
     let urls = [

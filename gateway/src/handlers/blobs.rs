@@ -9,6 +9,7 @@ use capstan_oci::ErrorCode;
 use capstan_proto::blob::v1::{LocateRequest, ReadRequest};
 use capstan_proto::meta::v1::{StatBlobRequest, UnlinkBlobRequest};
 use capstan_proto::sync::v1::FetchBlobRequest;
+use capstan_runtime::grpc::Pool;
 use pingora::protocols::http::ServerSession;
 
 /// How long a redirect to the storage backend stays good
@@ -37,7 +38,11 @@ pub async fn get(
         Ok(r) => r.into_inner().size,
         Err(status) => {
             let e = ApiError::from(status);
-            let Some(mut sync) = gw.sync.clone().filter(|_| e.code == ErrorCode::BlobUnknown)
+            let Some(mut sync) = gw
+                .sync
+                .as_ref()
+                .map(Pool::client)
+                .filter(|_| e.code == ErrorCode::BlobUnknown)
             else {
                 return Err(e);
             };
@@ -146,11 +151,14 @@ pub async fn get(
 pub async fn delete(gw: &Gateway, ctx: &Ctx, repo: &str, digest: &str) -> Result<Reply, ApiError> {
     let d = parse_digest(digest)?;
     gw.backends
-        .meta()
-        .unlink_blob(ctx.rpc(UnlinkBlobRequest {
-            repo: repo.into(),
-            digest: d.to_string(),
-        }))
+        .meta_pool()
+        .unsent(|mut meta| {
+            let req = ctx.rpc(UnlinkBlobRequest {
+                repo: repo.into(),
+                digest: d.to_string(),
+            });
+            async move { meta.unlink_blob(req).await }
+        })
         .await?;
     Ok(Reply::new(202).header("Docker-Content-Digest", d.to_string()))
 }

@@ -8,6 +8,7 @@ use capstan_oci::manifest::MAX_MANIFEST_BYTES;
 use capstan_oci::{ErrorCode, Reference};
 use capstan_proto::meta::v1::{DeleteManifestRequest, GetManifestRequest, PutManifestRequest};
 use capstan_proto::sync::v1::SyncImageRequest;
+use capstan_runtime::grpc::Pool;
 use pingora::protocols::http::ServerSession;
 use std::sync::Arc;
 
@@ -62,15 +63,18 @@ pub async fn put(
         })?;
     let r = gw
         .backends
-        .meta()
-        .put_manifest(ctx.rpc(PutManifestRequest {
-            repo: repo.into(),
-            reference: reference.into(),
-            content_type,
-            content,
-            allow_missing_children: false,
-            tags: tags.clone(),
-        }))
+        .meta_pool()
+        .unsent(|mut meta| {
+            let req = ctx.rpc(PutManifestRequest {
+                repo: repo.into(),
+                reference: reference.into(),
+                content_type: content_type.clone(),
+                content: content.clone(),
+                allow_missing_children: false,
+                tags: tags.clone(),
+            });
+            async move { meta.put_manifest(req).await }
+        })
         .await?
         .into_inner();
     gw.manifests.invalidate(repo);
@@ -117,7 +121,7 @@ pub async fn get(gw: &Gateway, ctx: &Ctx, repo: &str, reference: &str) -> Result
         Err(status) => {
             let e = ApiError::from(status);
             let missing = matches!(e.code, ErrorCode::ManifestUnknown | ErrorCode::NameUnknown);
-            let Some(mut sync) = gw.sync.clone().filter(|_| missing) else {
+            let Some(mut sync) = gw.sync.as_ref().map(Pool::client).filter(|_| missing) else {
                 return Err(e);
             };
             // Pull-through: the on-demand upstream fetches and stores it.
@@ -164,17 +168,19 @@ pub async fn delete(
     repo: &str,
     reference: &str,
 ) -> Result<Reply, ApiError> {
+    let detect_collision = ctx
+        .caller
+        .can(repo, capstan_oci::access::Action::DetectManifestCollision);
     gw.backends
-        .meta()
-        .delete_manifest(
-            ctx.rpc(DeleteManifestRequest {
+        .meta_pool()
+        .unsent(|mut meta| {
+            let req = ctx.rpc(DeleteManifestRequest {
                 repo: repo.into(),
                 reference: reference.into(),
-                detect_collision: ctx
-                    .caller
-                    .can(repo, capstan_oci::access::Action::DetectManifestCollision),
-            }),
-        )
+                detect_collision,
+            });
+            async move { meta.delete_manifest(req).await }
+        })
         .await?;
     gw.manifests.invalidate(repo);
     Ok(Reply::new(202))

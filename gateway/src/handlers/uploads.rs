@@ -12,10 +12,15 @@ use capstan_proto::blob::v1::{
     CommitUploadRequest, PutChunk, StartUploadRequest, StatRequest, UploadRef, UploadState,
     WriteChunk,
 };
+use capstan_proto::direct::BlobClient;
 use capstan_proto::meta::v1::{LinkBlobRequest, MountBlobRequest};
+use capstan_runtime::grpc::Transport;
+use capstan_runtime::grpc::pool::transport_failure;
+use parking_lot::Mutex;
 use pingora::protocols::http::ServerSession;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::sync::{mpsc, oneshot};
-use tokio_stream::wrappers::ReceiverStream;
 
 /// Messages in flight between the body reader and the gRPC stream.
 const PIPELINE_DEPTH: usize = 4;
@@ -37,18 +42,46 @@ fn upload_accepted(status: u16, repo: &str, state: &UploadState) -> Reply {
         .header("Docker-Upload-UUID", state.upload_id.clone())
 }
 
-/// Run a client-streaming call fed by the request body. When reading the
-/// body fails (the client went away), the call is cancelled rather than
-/// ended, so svc-blob keeps none of the partial bytes.
+/// The request body as a client stream for one try of a call. Tries
+/// share one channel, so a try that fails before taking anything leaves
+/// the body whole for the next.
+struct BodyStream<T> {
+    rx: Arc<Mutex<mpsc::Receiver<T>>>,
+    /// Some message of the body was taken by a try.
+    taken: Arc<AtomicBool>,
+}
+
+impl<T> futures::Stream for BodyStream<T> {
+    type Item = T;
+
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<T>> {
+        let got = self.rx.lock().poll_recv(cx);
+        if matches!(got, std::task::Poll::Ready(Some(_))) {
+            self.taken.store(true, Ordering::Relaxed);
+        }
+        got
+    }
+}
+
+/// Run a client-streaming call to svc-blob fed by the request body. When
+/// reading the body fails (the client went away), the call is cancelled
+/// rather than ended, so svc-blob keeps none of the partial bytes. A try
+/// that fails on the way to its replica before it took any of the body is
+/// made again on another replica (nothing was sent that could be lost).
 async fn stream_body<T, R, F>(
+    gw: &Gateway,
     session: &mut ServerSession,
     wrap: impl FnMut(bool, bytes::Bytes) -> T,
-    call: impl FnOnce(ReceiverStream<T>) -> F,
+    mut call: impl FnMut(BlobClient<Transport>, BodyStream<T>) -> F,
 ) -> Result<R, ApiError>
 where
     F: Future<Output = Result<tonic::Response<R>, tonic::Status>>,
 {
     let (tx, rx) = mpsc::channel(PIPELINE_DEPTH);
+    let (rx, taken) = (Arc::new(Mutex::new(rx)), Arc::new(AtomicBool::new(false)));
     let (abort_tx, abort_rx) = oneshot::channel::<()>();
     let rpc = async move {
         let aborted = async {
@@ -57,9 +90,19 @@ where
                 std::future::pending::<()>().await;
             }
         };
+        let tries = gw.backends.blob_pool().with_failover(
+            |client| {
+                let body = BodyStream {
+                    rx: rx.clone(),
+                    taken: taken.clone(),
+                };
+                call(client, body)
+            },
+            |s| transport_failure(s) && !taken.load(Ordering::Relaxed),
+        );
         tokio::select! {
             biased;
-            r = call(ReceiverStream::new(rx)) => Some(r),
+            r = tries => Some(r),
             _ = aborted => None,
         }
     };
@@ -175,8 +218,11 @@ pub async fn start(
     }
     let state = gw
         .backends
-        .blob()
-        .start_upload(ctx.rpc(StartUploadRequest { owner: repo.into() }))
+        .blob_pool()
+        .unsent(|mut blob| {
+            let req = ctx.rpc(StartUploadRequest { owner: repo.into() });
+            async move { blob.start_upload(req).await }
+        })
         .await?
         .into_inner();
     Ok(upload_accepted(202, repo, &state))
@@ -190,10 +236,10 @@ async fn monolithic(
     repo: &str,
     digest: &Digest,
 ) -> Result<Reply, ApiError> {
-    let mut client = gw.backends.blob();
     let digest_text = digest.to_string();
     let length = body::content_length(session);
     let committed = stream_body(
+        gw,
         session,
         |first, data| PutChunk {
             digest: if first {
@@ -209,7 +255,7 @@ async fn monolithic(
                 String::new()
             },
         },
-        |stream| client.put(ctx.rpc(stream)),
+        |mut client, stream| async move { client.put(ctx.rpc(stream)).await },
     )
     .await?;
     link(gw, ctx, repo, &committed.digest, committed.size).await?;
@@ -223,13 +269,16 @@ async fn link(
     digest: &str,
     size: u64,
 ) -> Result<(), ApiError> {
+    // Linking twice links once.
     gw.backends
-        .meta()
-        .link_blob(ctx.rpc(LinkBlobRequest {
-            repo: repo.into(),
-            digest: digest.into(),
-            size,
-        }))
+        .meta_idempotent(|mut meta| {
+            let req = ctx.rpc(LinkBlobRequest {
+                repo: repo.into(),
+                digest: digest.into(),
+                size,
+            });
+            async move { meta.link_blob(req).await }
+        })
         .await?;
     Ok(())
 }
@@ -265,9 +314,9 @@ async fn append(
             Some(span.start)
         }
     };
-    let mut client = gw.backends.blob();
     let length = body::content_length(session);
     let state = stream_body(
+        gw,
         session,
         |first, data| WriteChunk {
             length: if first { length } else { None },
@@ -280,7 +329,7 @@ async fn append(
             },
             data,
         },
-        |stream| client.write_upload(ctx.rpc(stream)),
+        |mut client, stream| async move { client.write_upload(ctx.rpc(stream)).await },
     )
     .await?;
     Ok(state)
@@ -315,12 +364,15 @@ pub async fn finish(
     }
     let committed = gw
         .backends
-        .blob()
-        .commit_upload(ctx.rpc(CommitUploadRequest {
-            upload_id: id.into(),
-            digest: d.to_string(),
-            owner: repo.into(),
-        }))
+        .blob_pool()
+        .unsent(|mut blob| {
+            let req = ctx.rpc(CommitUploadRequest {
+                upload_id: id.into(),
+                digest: d.to_string(),
+                owner: repo.into(),
+            });
+            async move { blob.commit_upload(req).await }
+        })
         .await?
         .into_inner();
     link(gw, ctx, repo, &committed.digest, committed.size).await?;
@@ -331,11 +383,13 @@ pub async fn finish(
 pub async fn status(gw: &Gateway, ctx: &Ctx, repo: &str, id: &str) -> Result<Reply, ApiError> {
     let state = gw
         .backends
-        .blob()
-        .upload_status(ctx.rpc(UploadRef {
-            upload_id: id.into(),
-            owner: repo.into(),
-        }))
+        .blob_idempotent(|mut blob| {
+            let req = ctx.rpc(UploadRef {
+                upload_id: id.into(),
+                owner: repo.into(),
+            });
+            async move { blob.upload_status(req).await }
+        })
         .await?
         .into_inner();
     Ok(upload_accepted(204, repo, &state))
@@ -344,11 +398,14 @@ pub async fn status(gw: &Gateway, ctx: &Ctx, repo: &str, id: &str) -> Result<Rep
 /// `DELETE /v2/<name>/blobs/uploads/<id>`
 pub async fn cancel(gw: &Gateway, ctx: &Ctx, repo: &str, id: &str) -> Result<Reply, ApiError> {
     gw.backends
-        .blob()
-        .cancel_upload(ctx.rpc(UploadRef {
-            upload_id: id.into(),
-            owner: repo.into(),
-        }))
+        .blob_pool()
+        .unsent(|mut blob| {
+            let req = ctx.rpc(UploadRef {
+                upload_id: id.into(),
+                owner: repo.into(),
+            });
+            async move { blob.cancel_upload(req).await }
+        })
         .await?;
     Ok(Reply::new(204))
 }
