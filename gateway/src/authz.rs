@@ -2,7 +2,8 @@
 //! (zot's mapping), checked against the caller's grant.
 //!
 //! GET and HEAD need `read`; uploads need `create`; a manifest PUT needs
-//! `create`, or `update` when its tag already exists; DELETE needs `delete`.
+//! `create`, or `update` when its tag already exists (decided by svc-meta
+//! in the push's transaction, see [`tag_rule`]); DELETE needs `delete`.
 //! `GET /v2/` needs a caller unless anonymous callers may read somewhere.
 //! The catalog is filtered rather than refused. A refused anonymous caller
 //! gets 401 with a challenge (so clients log in); an authenticated one gets
@@ -14,7 +15,7 @@ use crate::endpoint::Endpoint;
 use crate::error::ApiError;
 use capstan_oci::access::Action;
 use capstan_oci::{ErrorCode, Reference};
-use capstan_proto::meta::v1::GetManifestRequest;
+use capstan_proto::meta::v1::TagRule;
 
 /// The token scope words of an action, for challenges.
 fn scope_words(action: Action) -> &'static str {
@@ -80,7 +81,15 @@ pub async fn check(gw: &Gateway, ctx: &Ctx, ep: &Endpoint) -> Result<(), ApiErro
             return Ok(());
         }
         Endpoint::Manifest { repo, reference } if m == "PUT" => {
-            (repo.as_str(), put_action(gw, ctx, repo, reference).await?)
+            // A push that sets tags, by a caller who may create or update:
+            // which of its tags may exist is decided in the push's own
+            // transaction ([`tag_rule`]).
+            if sets_tags(ctx, reference)
+                && (caller.can(repo, Action::Create) || caller.can(repo, Action::Update))
+            {
+                return Ok(());
+            }
+            (repo.as_str(), Action::Create)
         }
         _ if m == "DELETE" => (ep.repo().unwrap_or_default(), Action::Delete),
         Endpoint::UploadStart { repo } => (repo.as_str(), Action::Create),
@@ -96,53 +105,42 @@ pub async fn check(gw: &Gateway, ctx: &Ctx, ep: &Endpoint) -> Result<(), ApiErro
     }
 }
 
-/// `create` for new tags or a digest alone, `update` when a tag the push
-/// sets (the reference, or a `?tag=` of a push by digest) already exists.
-/// Tags are looked up only when the answer matters.
-async fn put_action(
-    gw: &Gateway,
-    ctx: &Ctx,
-    repo: &str,
-    reference: &str,
-) -> Result<Action, ApiError> {
-    let create = ctx.caller.can(repo, Action::Create);
-    let update = ctx.caller.can(repo, Action::Update);
-    let tags: Vec<String> = match Reference::parse(reference) {
-        Ok(Reference::Tag(_)) => vec![reference.to_string()],
-        _ => crate::handlers::push_tags(ctx, reference),
-    };
-    // Too many tags is refused (414) before anything is stored: no lookups.
-    let too_many = tags.len() > crate::handlers::MAX_PUSH_TAGS;
-    if create == update || tags.is_empty() || too_many {
-        return Ok(Action::Create);
-    }
-    for tag in tags {
-        let exists = match gw
-            .backends
-            .meta_idempotent(|mut meta| {
-                let req = ctx.rpc(GetManifestRequest {
-                    repo: repo.into(),
-                    reference: tag.clone(),
-                    head: true,
-                });
-                async move { meta.get_manifest(req).await }
-            })
-            .await
-        {
-            Ok(_) => true,
-            Err(status) => {
-                let e = ApiError::from(status);
-                match e.code {
-                    ErrorCode::ManifestUnknown | ErrorCode::NameUnknown | ErrorCode::TagInvalid => {
-                        false
-                    }
-                    _ => return Err(e),
-                }
-            }
-        };
-        if exists {
-            return Ok(Action::Update);
+/// Whether a manifest PUT sets tags: its reference is a tag, or it is a
+/// push by digest with (not too many) `?tag=` parameters.
+fn sets_tags(ctx: &Ctx, reference: &str) -> bool {
+    match Reference::parse(reference) {
+        Ok(Reference::Tag(_)) => true,
+        _ => {
+            let tags = crate::handlers::push_tags(ctx, reference);
+            !tags.is_empty() && tags.len() <= crate::handlers::MAX_PUSH_TAGS
         }
     }
-    Ok(Action::Create)
+}
+
+/// Which of the tags a push sets may exist already, as zot decides it:
+/// moving a tag needs `update`, setting a new one `create`. svc-meta
+/// applies the rule in the push's transaction and answers `DENIED` when
+/// the push breaks it; [`tag_refusal`] turns that into the usual refusal.
+pub fn tag_rule(ctx: &Ctx, repo: &str) -> TagRule {
+    if ctx.caller.login == Login::Open {
+        return TagRule::Any;
+    }
+    match (
+        ctx.caller.can(repo, Action::Create),
+        ctx.caller.can(repo, Action::Update),
+    ) {
+        (true, false) => TagRule::NewOnly,
+        (false, true) => TagRule::ExistingOnly,
+        _ => TagRule::Any,
+    }
+}
+
+/// The refusal of a push svc-meta refused under `rule`: the action it
+/// would have needed.
+pub async fn tag_refusal(gw: &Gateway, ctx: &Ctx, repo: &str, rule: TagRule) -> ApiError {
+    let needed = match rule {
+        TagRule::NewOnly => Action::Update,
+        _ => Action::Create,
+    };
+    refuse(gw, ctx, Some(repo), needed).await
 }

@@ -28,6 +28,9 @@ pub enum MetaError {
     ManifestConflict { digest: Digest, tags: i64 },
     #[error("blob unknown to the repository")]
     BlobUnknown,
+    /// The push would set tags its caller may not (see [`crate::store::TagRule`]).
+    #[error("this push {0}")]
+    TagRuleRefused(&'static str),
     #[error("blob size {0} is out of range")]
     SizeInvalid(u64),
     #[error("unsupported database url scheme {0:?} (sqlite: or postgres://)")]
@@ -87,6 +90,7 @@ impl MetaError {
             ManifestUnknown => ErrorCode::ManifestUnknown,
             ManifestConflict { .. } => ErrorCode::ManifestConflict,
             BlobUnknown => ErrorCode::BlobUnknown,
+            TagRuleRefused(_) => ErrorCode::Denied,
             SizeInvalid(_) => ErrorCode::SizeInvalid,
             Database(e) if is_unavailable(e) => ErrorCode::Unavailable,
             UnsupportedDatabase(_) | Io(_) | Database(_) | Migrate(_) | Corrupt(_) => {

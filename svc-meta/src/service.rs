@@ -2,7 +2,8 @@
 //! values here, and every failure leaves through `MetaError → Status`.
 
 use crate::error::MetaError;
-use crate::store::Store;
+use crate::store::{PushTags, Store};
+use capstan_proto::meta::v1::TagRule;
 use capstan_proto::meta::v1::meta_service_server::{MetaService, MetaServiceServer};
 use capstan_proto::meta::v1::{
     ApplyRetentionRequest, ApplyRetentionResponse, CollectGarbageRequest, CollectGarbageResponse,
@@ -92,7 +93,14 @@ impl MetaService for MetaGrpc {
                 .put_manifest_sparse(
                     &r.repo,
                     &reference,
-                    &r.tags,
+                    PushTags {
+                        tags: &r.tags,
+                        rule: match r.tag_rule() {
+                            TagRule::Any => crate::store::TagRule::Any,
+                            TagRule::NewOnly => crate::store::TagRule::NewOnly,
+                            TagRule::ExistingOnly => crate::store::TagRule::ExistingOnly,
+                        },
+                    },
                     &r.content_type,
                     &r.content,
                     r.allow_missing_children,

@@ -193,6 +193,38 @@ impl GcScopes {
     }
 }
 
+/// Which of the tags a push sets may exist already: zot's rule that moving
+/// a tag needs "update" and setting a new one "create", applied in the
+/// push's own transaction (no lookup before it that a concurrent push
+/// could make stale).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TagRule {
+    /// Any tag may be set.
+    #[default]
+    Any,
+    /// None of them may exist yet.
+    NewOnly,
+    /// One of them must exist already.
+    ExistingOnly,
+}
+
+/// The tags a push sets besides its reference, and the rule they follow.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PushTags<'a> {
+    pub tags: &'a [String],
+    pub rule: TagRule,
+}
+
+impl<'a> PushTags<'a> {
+    /// `tags`, any of which may exist.
+    pub fn any(tags: &'a [String]) -> Self {
+        Self {
+            tags,
+            rule: TagRule::Any,
+        }
+    }
+}
+
 /// Result of a stored manifest push.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PutOutcome {
@@ -457,24 +489,33 @@ impl Store {
         content_type: &str,
         content: &[u8],
     ) -> Result<PutOutcome, MetaError> {
-        self.put_manifest_sparse(repo, reference, &[], content_type, content, false)
-            .await
+        self.put_manifest_sparse(
+            repo,
+            reference,
+            PushTags::default(),
+            content_type,
+            content,
+            false,
+        )
+        .await
     }
 
     /// [`Store::put_manifest`], also setting `tags` (besides `reference`
-    /// when it is a tag) in the same transaction, and where `sparse` lets a
-    /// manifest name children and blobs that are not stored (yet):
-    /// pull-through fetches them when they are first asked for.
+    /// when it is a tag) in the same transaction, refused as its rule says
+    /// (`DENIED`), and where `sparse` lets a manifest name children and
+    /// blobs that are not stored (yet): pull-through fetches them when they
+    /// are first asked for.
     pub async fn put_manifest_sparse(
         &self,
         repo: &str,
         reference: &Reference,
-        tags: &[String],
+        push: PushTags<'_>,
         content_type: &str,
         content: &[u8],
         sparse: bool,
     ) -> Result<PutOutcome, MetaError> {
         check_repo(repo)?;
+        let tags = push.tags;
         for tag in tags {
             MetaError::tag(tag)?;
         }
@@ -506,8 +547,47 @@ impl Store {
         let subject = parsed.subject.as_ref().map(Digest::to_string);
         let at = now();
 
+        let named = match reference {
+            Reference::Tag(tag) => Some(tag.as_str()),
+            Reference::Digest(_) => None,
+        };
+        // In one order for every push, so that two pushes of overlapping
+        // tags never hold each other's rows (Postgres).
+        let all_tags: BTreeSet<&str> = named
+            .into_iter()
+            .chain(tags.iter().map(String::as_str))
+            .collect();
+
         let no_children = Vec::new();
         let (_turn, mut tx) = self.begin_write().await?;
+        if push.rule != TagRule::Any && !all_tags.is_empty() {
+            let mut exists = false;
+            for tag in &all_tags {
+                let found: Option<String> =
+                    sqlx::query_scalar("SELECT digest FROM tags WHERE repo = $1 AND name = $2")
+                        .bind(repo)
+                        .bind(*tag)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                if found.is_some() {
+                    exists = true;
+                    break;
+                }
+            }
+            match (push.rule, exists) {
+                (TagRule::NewOnly, true) => {
+                    return Err(MetaError::TagRuleRefused(
+                        "moves a tag that exists: it needs update permission",
+                    ));
+                }
+                (TagRule::ExistingOnly, false) => {
+                    return Err(MetaError::TagRuleRefused(
+                        "sets only new tags: it needs create permission",
+                    ));
+                }
+                _ => {}
+            }
+        }
         for (set, sql) in [
             (
                 if sparse { &no_children } else { &blobs },
@@ -589,16 +669,6 @@ impl Store {
                 .await?;
             }
         }
-        let named = match reference {
-            Reference::Tag(tag) => Some(tag.as_str()),
-            Reference::Digest(_) => None,
-        };
-        // In one order for every push, so that two pushes of overlapping
-        // tags never hold each other's rows (Postgres).
-        let all_tags: BTreeSet<&str> = named
-            .into_iter()
-            .chain(tags.iter().map(String::as_str))
-            .collect();
         for tag in all_tags {
             sqlx::query(
                 "INSERT INTO tags (repo, name, digest, updated_at) VALUES ($1, $2, $3, $4) \

@@ -56,6 +56,7 @@ fn put(repo: &str, reference: &str, content: &[u8]) -> PutManifestRequest {
         content: content.to_vec().into(),
         allow_missing_children: false,
         tags: Vec::new(),
+        tag_rule: 0,
     }
 }
 

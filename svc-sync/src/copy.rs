@@ -130,6 +130,7 @@ pub fn image<'a>(
                 content: bytes.clone(),
                 allow_missing_children: skipped,
                 tags: Vec::new(),
+                tag_rule: 0,
             })
             .await?;
         tracing::info!(upstream_repo = from, repo = to, reference, digest = %local, converted = convert, "image synced");

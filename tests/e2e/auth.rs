@@ -122,6 +122,7 @@ fn zot_policy() -> Value {
             "infra/*": {"policies": [{"users": ["alice", "bob"], "actions": ["create", "read", "update", "delete"]},
                                      {"users": ["mallory"], "actions": ["create", "read"]}],
                         "defaultPolicy": ["read"]},
+            "updates/only": {"policies": [{"users": ["nobody"], "actions": ["read", "update"]}]},
             "repos2/repo": {"policies": [{"users": ["charlie"], "actions": ["read", "create"]},
                                          {"users": ["jim"], "actions": ["read"]},
                                          {"groups": ["group1"], "actions": ["read", "create"]}],
@@ -160,12 +161,19 @@ async fn attempt(sb: &Sandbox, user: Option<&str>, action: &str, repo: &str) -> 
                 .send()
                 .await
         }
-        // Moving the existing tag v1 to other content.
-        "update" => {
+        // Moving the existing tag v1 to other content ("update"), or
+        // setting a new tag ("tag", which needs create).
+        "update" | "tag" => {
+            let by = user.unwrap_or("anon");
             let m = json!({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
                 "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": EMPTY_DIGEST, "size": 2},
-                "layers": [], "annotations": {"by": user.unwrap_or("anon")}});
-            c.put(sb.url(&format!("/v2/{repo}/manifests/v1")))
+                "layers": [], "annotations": {"by": by}});
+            let to = if action == "tag" {
+                format!("new-{by}")
+            } else {
+                "v1".into()
+            };
+            c.put(sb.url(&format!("/v2/{repo}/manifests/{to}")))
                 .header("Content-Type", OCI_MANIFEST)
                 .body(serde_json::to_vec(&m).unwrap())
                 .send()
@@ -190,7 +198,14 @@ async fn every_action_boundary_of_zots_policy_example() {
     policy["metrics"] = json!({"users": ["admin"]});
     let (_d, mut sb) = with_users(USERS, json!({"accessControl": policy})).await;
     sb.login("admin", "pw");
-    let repos = ["app", "tmp/x/y", "infra/web", "infra/a/b", "repos2/repo"];
+    let repos = [
+        "app",
+        "tmp/x/y",
+        "infra/web",
+        "infra/a/b",
+        "repos2/repo",
+        "updates/only",
+    ];
     for repo in repos {
         sb.push_blob(repo, b"{}").await;
         sb.push_image(repo, "v1", 1).await;
@@ -228,6 +243,12 @@ async fn every_action_boundary_of_zots_policy_example() {
         (Some("jim"), "repos2/repo", "create", false),
         (None, "repos2/repo", "read", true),
         (None, "repos2/repo", "create", false),
+        // A new tag needs create; moving one, update (decided by svc-meta
+        // in the push's transaction).
+        (Some("nobody"), "app", "tag", true),
+        (Some("nobody"), "updates/only", "update", true),
+        (Some("nobody"), "updates/only", "tag", false),
+        (Some("mallory"), "infra/web", "tag", true),
         // admin everywhere.
         (Some("admin"), "infra/a/b", "delete", true),
         (Some("admin"), "repos2/repo", "update", true),
@@ -320,7 +341,7 @@ async fn every_action_boundary_of_zots_policy_example() {
         }
     };
     assert_eq!(list(basic_client("", "")).await, vec!["repos2/repo"]);
-    assert_eq!(list(c).await.len(), 5);
+    assert_eq!(list(c).await.len(), 6);
     // Paging the filtered catalog: n=1 then the Link.
     let r = basic_client("", "")
         .get(sb.url("/v2/_catalog?n=1"))

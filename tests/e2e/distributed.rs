@@ -79,6 +79,11 @@ fn gateway(dir: &Path, name: &str, meta: &[&str], blobs: &[&str]) -> Process {
 /// Start a gRPC role (`meta`, `blob`, …) on a port the OS picks; every role
 /// of a test shares `dir/data`.
 fn role(dir: &Path, role: &str, log: &str) -> Process {
+    role_at(dir, role, "127.0.0.1:0", log)
+}
+
+/// [`role`] listening on `listen`.
+pub(crate) fn role_at(dir: &Path, role: &str, listen: &str, log: &str) -> Process {
     let cfg = dir.join("config.json");
     if !cfg.exists() {
         std::fs::write(
@@ -94,7 +99,7 @@ fn role(dir: &Path, role: &str, log: &str) -> Process {
             "--role",
             role,
             "--listen",
-            "127.0.0.1:0",
+            listen,
         ],
         &dir.join(log),
     )

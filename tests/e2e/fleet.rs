@@ -10,7 +10,7 @@
 //! replicas listen on one port at 127.0.0.11, .12, .13 and .14 (all of
 //! 127/8 is loopback on Linux).
 
-use crate::distributed::{metas_on_postgres, readyz, serving};
+use crate::distributed::{metas_on_postgres, readyz, role_at, serving};
 use crate::oci::*;
 use crate::sandbox::{Process, wait_readyz};
 use serde_json::json;
@@ -27,25 +27,7 @@ const LAYER: usize = 3 * 1024 * 1024 + 17;
 
 /// A blob replica on `ip:port`, sharing `dir/data` with the others.
 fn blob_at(dir: &Path, ip: &str, port: u16, log: &str) -> Process {
-    let cfg = dir.join("blob.json");
-    if !cfg.exists() {
-        std::fs::write(
-            &cfg,
-            serde_json::to_vec(&json!({"storage": {"rootDirectory": dir.join("data")}})).unwrap(),
-        )
-        .unwrap();
-    }
-    Process::spawn(
-        &[
-            "-c",
-            cfg.to_str().unwrap(),
-            "--role",
-            "blob",
-            "--listen",
-            &format!("{ip}:{port}"),
-        ],
-        &dir.join(log),
-    )
+    role_at(dir, "blob", &format!("{ip}:{port}"), log)
 }
 
 /// A port free on every address the replicas use.

@@ -6,7 +6,9 @@ use crate::cache::Cached;
 use crate::error::ApiError;
 use capstan_oci::manifest::MAX_MANIFEST_BYTES;
 use capstan_oci::{ErrorCode, Reference};
-use capstan_proto::meta::v1::{DeleteManifestRequest, GetManifestRequest, PutManifestRequest};
+use capstan_proto::meta::v1::{
+    DeleteManifestRequest, GetManifestRequest, PutManifestRequest, TagRule,
+};
 use capstan_proto::sync::v1::SyncImageRequest;
 use capstan_runtime::grpc::Pool;
 use pingora::protocols::http::ServerSession;
@@ -61,7 +63,8 @@ pub async fn put(
             BodyError::TooLarge(_) => ApiError::code(ErrorCode::ManifestTooLarge),
             other => ApiError::new(ErrorCode::ManifestInvalid, other.to_string()),
         })?;
-    let r = gw
+    let rule = crate::authz::tag_rule(ctx, repo);
+    let put = gw
         .backends
         .meta_pool()
         .unsent(|mut meta| {
@@ -72,11 +75,21 @@ pub async fn put(
                 content: content.clone(),
                 allow_missing_children: false,
                 tags: tags.clone(),
+                tag_rule: rule.into(),
             });
             async move { meta.put_manifest(req).await }
         })
-        .await?
-        .into_inner();
+        .await;
+    let r = match put {
+        Ok(r) => r.into_inner(),
+        Err(status) => {
+            let e = ApiError::from(status);
+            if e.code == ErrorCode::Denied && rule != TagRule::Any {
+                return Err(crate::authz::tag_refusal(gw, ctx, repo, rule).await);
+            }
+            return Err(e);
+        }
+    };
     gw.manifests.invalidate(repo);
     gw.metrics.manifest_pushed(repo);
     let mut reply = Reply::new(201)

@@ -141,7 +141,14 @@ async fn a_push_by_digest_sets_its_tags_together_or_none(backend: Backend) {
         let (store, img) = (&store, &img);
         async move {
             store
-                .put_manifest_sparse("r", &by_digest(&img.digest), &t, "", &img.bytes, false)
+                .put_manifest_sparse(
+                    "r",
+                    &by_digest(&img.digest),
+                    PushTags::any(&t),
+                    "",
+                    &img.bytes,
+                    false,
+                )
                 .await
         }
     };
@@ -368,7 +375,14 @@ async fn index_needs_its_children_in_the_repository(backend: Backend) {
     assert_eq!(err.code(), ErrorCode::ManifestBlobUnknown);
     // A sparse index (svc-sync's platform filter) may name absent children.
     store
-        .put_manifest_sparse("r", &tag("sparse"), &[], media::OCI_INDEX, &idx, true)
+        .put_manifest_sparse(
+            "r",
+            &tag("sparse"),
+            PushTags::default(),
+            media::OCI_INDEX,
+            &idx,
+            true,
+        )
         .await
         .unwrap();
 
@@ -1102,6 +1116,51 @@ async fn a_blob_lookup_renews_an_old_unreferenced_link(backend: Backend) {
     assert_eq!(store.stat_blob("r", layer).await.unwrap(), img.blobs[1].1);
 }
 
+/// A push's tag rule is applied in its transaction: a caller who may only
+/// create cannot move a tag, one who may only update cannot set a new one,
+/// and a refused push stores nothing.
+async fn the_tag_rule_is_decided_in_the_push(backend: Backend) {
+    let (_db, store) = temp_store_on(backend).await;
+    let (first, second) = (image("first"), image("second"));
+    for img in [&first, &second] {
+        link_blobs(&store, "r", img).await;
+    }
+    let put = |img: &crate::testutil::Image, reference: Reference, rule: TagRule| {
+        let (store, bytes) = (&store, img.bytes.clone());
+        async move {
+            let push = PushTags { tags: &[], rule };
+            store
+                .put_manifest_sparse("r", &reference, push, "", &bytes, false)
+                .await
+        }
+    };
+    // Update only: no tag exists yet, so nothing may be set.
+    let e = put(&first, tag("v1"), TagRule::ExistingOnly).await;
+    assert_eq!(code(e), ErrorCode::Denied);
+    // Create only: a new tag is fine, moving it is not.
+    put(&first, tag("v1"), TagRule::NewOnly).await.unwrap();
+    let e = put(&second, tag("v1"), TagRule::NewOnly).await;
+    assert_eq!(code(e), ErrorCode::Denied);
+    let manifests = "SELECT COUNT(*) FROM manifests WHERE repo = $1";
+    assert_eq!(
+        count(&store, manifests, "r").await,
+        1,
+        "the refused push stored nothing"
+    );
+    let v1 = store.get_manifest("r", &tag("v1"), true).await.unwrap();
+    assert_eq!(v1.digest, first.digest.to_string());
+    // Update only, on the tag that exists: moved.
+    put(&second, tag("v1"), TagRule::ExistingOnly)
+        .await
+        .unwrap();
+    let v1 = store.get_manifest("r", &tag("v1"), true).await.unwrap();
+    assert_eq!(v1.digest, second.digest.to_string());
+    // A push by digest that sets no tag follows no tag rule.
+    put(&first, by_digest(&first.digest), TagRule::ExistingOnly)
+        .await
+        .unwrap();
+}
+
 /// Each test above runs once on SQLite and once on a Postgres of its own.
 macro_rules! on_every_backend {
     ($($name:ident),* $(,)?) => {
@@ -1169,6 +1228,7 @@ on_every_backend!(
     put_then_get_and_head_by_tag_and_digest,
     pushing_by_digest_stores_without_a_tag_and_is_idempotent,
     a_push_by_digest_sets_its_tags_together_or_none,
+    the_tag_rule_is_decided_in_the_push,
     retagging_moves_the_tag,
     delete_by_tag_keeps_the_manifest,
     delete_by_digest_removes_manifest_tags_and_references,
@@ -1239,7 +1299,7 @@ async fn two_replicas_share_one_postgres() {
                     .put_manifest_sparse(
                         "shared",
                         &Reference::Tag("latest".into()),
-                        &["stable".to_string(), format!("t{i}")],
+                        PushTags::any(&["stable".to_string(), format!("t{i}")]),
                         "",
                         &bytes,
                         false,
