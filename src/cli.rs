@@ -2,6 +2,7 @@
 
 use crate::roles::{self, Role};
 use capstan_runtime::config::{self, Config, Loaded};
+use capstan_runtime::telemetry::Exporter;
 use clap::{Parser, Subcommand};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -74,18 +75,19 @@ fn load(path: Option<&Path>) -> Result<Loaded, LoadError> {
     Ok(loaded)
 }
 
-/// [`load`], then start logging as the configuration says; a failure is
-/// printed and becomes the exit code.
-fn load_and_log(path: Option<&Path>) -> Result<Loaded, ExitCode> {
+/// [`load`], then start logging (and traces, named `service`) as the
+/// configuration says; a failure is printed and becomes the exit code.
+/// Keep the exporter until the process ends.
+fn load_and_log(path: Option<&Path>, service: &str) -> Result<(Loaded, Exporter), ExitCode> {
     let loaded = load(path).map_err(|e| {
         eprintln!("error: {e}");
         ExitCode::FAILURE
     })?;
-    capstan_runtime::logging::init(&loaded.config.log).map_err(|e| {
-        eprintln!("error: log.output: {e}");
+    let exporter = capstan_runtime::logging::init(&loaded.config.log, service).map_err(|e| {
+        eprintln!("error: {e}");
         ExitCode::FAILURE
     })?;
-    Ok(loaded)
+    Ok((loaded, exporter))
 }
 
 impl Cli {
@@ -115,7 +117,7 @@ impl Cli {
                 dry_run,
                 json,
             } => {
-                let loaded = match load_and_log(config.as_deref()) {
+                let (loaded, _traces) = match load_and_log(config.as_deref(), "capstan-gc") {
                     Ok(l) => l,
                     Err(code) => return code,
                 };
@@ -132,7 +134,7 @@ impl Cli {
                 role,
                 listen,
             } => {
-                let loaded = match load_and_log(config.as_deref()) {
+                let (loaded, _traces) = match load_and_log(config.as_deref(), role.service_name()) {
                     Ok(l) => l,
                     Err(code) => return code,
                 };

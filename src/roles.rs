@@ -19,6 +19,20 @@ pub enum Role {
     Sync,
 }
 
+impl Role {
+    /// How traces name a process running this role.
+    pub fn service_name(self) -> &'static str {
+        match self {
+            Role::All => "capstan",
+            Role::Gateway => "capstan-gateway",
+            Role::Auth => "capstan-auth",
+            Role::Blob => "capstan-blob",
+            Role::Meta => "capstan-meta",
+            Role::Sync => "capstan-sync",
+        }
+    }
+}
+
 type Served = anyhow::Result<()>;
 
 fn spawn_grpc(

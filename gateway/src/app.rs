@@ -22,6 +22,7 @@ use pingora::server::ShutdownWatch;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
+use tracing::Instrument as _;
 
 /// Largest unread request body drained after an early answer.
 const DRAIN_LIMIT: u64 = 16 * 1024 * 1024;
@@ -146,6 +147,9 @@ pub struct Ctx {
     pub tags: Vec<String>,
     /// W3C trace id (32 hex) of this request.
     pub trace_id: String,
+    /// This request's span: the root of its trace (or a child of the
+    /// client's, when it sent `traceparent`).
+    pub span: tracing::Span,
     pub is_head: bool,
     /// The `Host` the client addressed (for absolute URLs it must follow).
     pub host: String,
@@ -174,14 +178,21 @@ impl Ctx {
             .map(|(_, v)| v.clone())
             .collect();
         let query = pairs.into_iter().collect();
-        let trace_id = req
-            .headers
-            .get("traceparent")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|tp| {
-                let id = tp.split('-').nth(1)?;
-                (id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()))
-                    .then(|| id.to_string())
+        let span = tracing::info_span!(
+            "request",
+            otel.name = %format!("{method} {}", req.uri.path()),
+            otel.kind = "server",
+            http.request.method = %method,
+            url.path = %req.uri.path(),
+            http.response.status_code = tracing::field::Empty,
+        );
+        capstan_runtime::telemetry::adopt(&span, &req.headers);
+        // The span's trace when traces are exported; else the client's, or
+        // a new one.
+        let trace_id = capstan_runtime::telemetry::trace_id(&span)
+            .or_else(|| {
+                let tp = req.headers.get("traceparent")?.to_str().ok()?;
+                capstan_runtime::grpc::trace_id_of(tp).map(str::to_string)
             })
             .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
         let host = req
@@ -203,15 +214,17 @@ impl Ctx {
             query,
             tags,
             trace_id,
+            span,
             caller: Arc::new(Caller::open()),
             set_cookies: Vec::new(),
             route: "none",
         }
     }
 
-    /// A gRPC request carrying this request's trace context.
+    /// A gRPC request carrying this request's trace context: its span's
+    /// when traces are exported, else its trace id.
     pub fn rpc<T>(&self, msg: T) -> tonic::Request<T> {
-        traced(&self.trace_id, msg)
+        traced(&self.span, &self.trace_id, msg)
     }
 
     pub fn param(&self, name: &str) -> Option<&str> {
@@ -219,9 +232,14 @@ impl Ctx {
     }
 }
 
-/// A request for `msg` in the trace `trace_id` (a span of its own).
-pub fn traced<T>(trace_id: &str, msg: T) -> tonic::Request<T> {
+/// A request for `msg` carrying `span`'s trace context when traces are
+/// exported, else the trace `trace_id` (a span id of its own).
+pub fn traced<T>(span: &tracing::Span, trace_id: &str, msg: T) -> tonic::Request<T> {
     let mut r = tonic::Request::new(msg);
+    capstan_runtime::telemetry::inject(span, r.metadata_mut().as_mut());
+    if r.metadata().contains_key("traceparent") {
+        return r;
+    }
     let span = &uuid::Uuid::new_v4().simple().to_string()[..16];
     if let Ok(v) = format!("00-{trace_id}-{span}-01").parse() {
         r.metadata_mut().insert("traceparent", v);
@@ -456,7 +474,8 @@ impl HttpServerApp for Gateway {
         let started = Instant::now();
         session.set_keepalive(if *shutdown.borrow() { None } else { Some(60) });
         let mut ctx = Ctx::new(&session);
-        let (ep, result) = self.dispatch(&mut ctx, &mut session).await;
+        let span = ctx.span.clone();
+        let (ep, result) = self.dispatch(&mut ctx, &mut session).instrument(span).await;
         let mut reply = match result {
             Ok(r) => r,
             Err(e) => {
@@ -470,7 +489,10 @@ impl HttpServerApp for Gateway {
             reply.headers.push(("Set-Cookie", c));
         }
         let status = reply.status;
-        let written = write_reply(&mut session, reply, ctx.is_head).await;
+        ctx.span.record("http.response.status_code", status);
+        let written = write_reply(&mut session, reply, ctx.is_head)
+            .instrument(ctx.span.clone())
+            .await;
         let (name, repo) = ep
             .as_ref()
             .map(|e| (e.name(), e.repo().unwrap_or("")))

@@ -127,6 +127,7 @@ impl Peer {
                         if let Some(v) = secrets.header() {
                             req.headers_mut().insert(http::header::AUTHORIZATION, v);
                         }
+                        carry_trace(req.headers_mut());
                         req
                     },
                 );
@@ -244,26 +245,42 @@ pub fn server() -> tonic::transport::Server {
         .trace_fn(rpc_span)
 }
 
-/// The span of one call: its method and the caller's trace id.
+/// A call made while a traced span is current (a role's own call, made
+/// while it serves one) carries that span's trace context, unless the
+/// caller set one.
+fn carry_trace(headers: &mut http::HeaderMap) {
+    if !headers.contains_key(TRACEPARENT) {
+        crate::telemetry::inject(&tracing::Span::current(), headers);
+    }
+}
+
+/// The span of one call: its method and the caller's trace id, a child of
+/// the caller's span when traces are exported.
 fn rpc_span<B>(req: &http::Request<B>) -> tracing::Span {
-    let trace_id = req
-        .headers()
-        .get(TRACEPARENT)
-        .and_then(|v| v.to_str().ok())
-        .and_then(trace_id_of)
-        .unwrap_or("");
-    tracing::info_span!("rpc", method = req.uri().path(), trace_id)
+    span_of(req.uri().path(), req.headers())
 }
 
 /// The same span for a call made in-process without HTTP (`local`'s typed
 /// handles): `method` is the gRPC path, e.g. `/capstan.blob.v1.BlobService/Read`.
-pub fn call_span(method: &'static str, metadata: &tonic::metadata::MetadataMap) -> tracing::Span {
-    let trace_id = metadata
+pub fn call_span(method: &str, metadata: &tonic::metadata::MetadataMap) -> tracing::Span {
+    span_of(method, metadata.as_ref())
+}
+
+fn span_of(method: &str, headers: &http::HeaderMap) -> tracing::Span {
+    let trace_id = headers
         .get(TRACEPARENT)
         .and_then(|v| v.to_str().ok())
         .and_then(trace_id_of)
         .unwrap_or("");
-    tracing::info_span!("rpc", method, trace_id)
+    let span = tracing::info_span!(
+        "rpc",
+        method,
+        trace_id,
+        otel.name = method,
+        otel.kind = "server"
+    );
+    crate::telemetry::adopt(&span, headers);
+    span
 }
 
 /// The trace id (second field) of a W3C `traceparent` value.

@@ -16,4 +16,5 @@ mod sandbox;
 mod sessions;
 mod spec;
 mod sync;
+mod traces;
 mod trust;

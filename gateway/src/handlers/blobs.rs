@@ -131,7 +131,7 @@ pub async fn get(
         return Ok(reply);
     }
     // Opened on any replica, continued on another if it breaks.
-    let trace = ctx.trace_id.clone();
+    let (span, trace) = (ctx.span.clone(), ctx.trace_id.clone());
     let stream = crate::resume::read(
         gw.backends.clone(),
         ReadRequest {
@@ -141,7 +141,7 @@ pub async fn get(
             repo: repo.into(),
         },
         len,
-        move |r| crate::app::traced(&trace, r),
+        move |r| crate::app::traced(&span, &trace, r),
     )
     .await?;
     reply.body = Body::Stream { stream, len };

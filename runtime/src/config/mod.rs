@@ -446,6 +446,9 @@ pub struct LogConfig {
     /// `text` (default) or `json`.
     #[serde(default)]
     pub format: Option<String>,
+    /// OpenTelemetry traces (Capstan): where to export them.
+    #[serde(default)]
+    pub traces: TracesConfig,
 }
 
 impl Default for LogConfig {
@@ -455,8 +458,20 @@ impl Default for LogConfig {
             output: None,
             audit: None,
             format: None,
+            traces: TracesConfig::default(),
         }
     }
+}
+
+/// `log.traces` (Capstan): OTLP export of every request's and call's spans.
+/// The standard `OTEL_EXPORTER_OTLP_ENDPOINT` variable turns it on too.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TracesConfig {
+    /// The OTLP/gRPC endpoint of a collector (`http://collector:4317`);
+    /// takes precedence over `OTEL_EXPORTER_OTLP_ENDPOINT`.
+    #[serde(default)]
+    pub endpoint: Option<String>,
 }
 
 /// Where each role listens and where the others find it.
@@ -1081,6 +1096,9 @@ pub fn summary(config: &Config) -> BTreeMap<&'static str, String> {
             )
         },
     );
+    if let Some(endpoint) = &config.log.traces.endpoint {
+        m.insert("traces", format!("OTLP/gRPC to {endpoint}"));
+    }
     m
 }
 

@@ -19,7 +19,7 @@
 //! contract's messages handed over as they are, without encoding each chunk
 //! into a frame and decoding it back (two copies of every byte).
 
-use super::{Transport, TransportError, rpc_span};
+use super::{Transport, TransportError, carry_trace, rpc_span};
 use std::any::{Any, TypeId};
 use std::collections::HashMap;
 use std::future::Future;
@@ -151,8 +151,9 @@ impl tower::Service<http::Request<Body>> for Local {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: http::Request<Body>) -> Self::Future {
+    fn call(&mut self, mut req: http::Request<Body>) -> Self::Future {
         let role = self.0.clone();
+        carry_trace(req.headers_mut());
         Box::pin(async move {
             let routes = role.routes().await?;
             let span = rpc_span(&req);
