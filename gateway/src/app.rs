@@ -411,7 +411,7 @@ impl Gateway {
                 .into_iter()
                 .flatten()
                 .collect();
-            body.extend_from_slice(crate::metrics::render_blob_reads(&replicas).as_bytes());
+            body.extend_from_slice(capstan_proto::metrics::render_blob(&replicas).as_bytes());
             if let Some(mut sync) = self.sync_metrics.as_ref().map(Pool::client) {
                 // The sync service's own progress counters, when it answers
                 // in time.

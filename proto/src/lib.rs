@@ -5,6 +5,7 @@
 pub mod access;
 pub mod direct;
 pub mod error;
+pub mod metrics;
 
 /// Shared messages: the closed error-code set.
 pub mod common {

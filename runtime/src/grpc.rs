@@ -8,11 +8,13 @@
 
 pub mod deferred;
 pub mod local;
+pub mod metrics;
 pub mod pool;
 pub mod secret;
 
 use crate::Shutdown;
 pub use local::LocalRole;
+pub use metrics::RoleMetrics;
 pub use pool::{Member, Pool, Replica};
 pub use secret::Secrets;
 use std::time::Duration;
@@ -289,10 +291,14 @@ pub fn trace_id_of(traceparent: &str) -> Option<&str> {
     (id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())).then_some(id)
 }
 
-/// Serve `routes` where `listen` says until `shutdown`.
+/// Serve `routes` where `listen` says until `shutdown`. On a network
+/// port, `metrics` count every call and are served at `GET /metrics`
+/// (HTTP/1.1 too, for Prometheus; behind the shared secret like the
+/// calls).
 pub async fn serve(
     routes: Routes,
     listen: Listen,
+    metrics: RoleMetrics,
     shutdown: Shutdown,
 ) -> Result<(), tonic::transport::Error> {
     match listen {
@@ -302,8 +308,23 @@ pub async fn serve(
             Ok(())
         }
         Listen::Network { listener, secrets } => {
+            let scrape = metrics.clone();
+            let routes = Routes::from(routes.into_axum_router().route(
+                "/metrics",
+                axum::routing::get(move || {
+                    let text = scrape.render();
+                    async move {
+                        (
+                            [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                            text,
+                        )
+                    }
+                }),
+            ));
             server()
+                .accept_http1(true)
                 .layer(secret::GuardLayer(secrets))
+                .layer(metrics::MetricsLayer(metrics))
                 .add_routes(routes)
                 .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
                     shutdown.wait().await

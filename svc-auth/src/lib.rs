@@ -238,7 +238,7 @@ pub async fn serve(
     let health = grpc::health_service(&["capstan.auth.v1.AuthService"]).await;
     let routes = tonic::service::Routes::new(health).add_service(AuthServiceServer::new(svc));
     tracing::info!(addr = %listen.describe(), "auth service listening");
-    grpc::serve(routes, listen, shutdown).await?;
+    grpc::serve(routes, listen, grpc::RoleMetrics::new("auth"), shutdown).await?;
     Ok(())
 }
 

@@ -116,7 +116,13 @@ pub async fn serve(
             "repositories {name}/… keep their blobs in their own store"
         );
     }
-    let served = grpc::serve(routes, listen, shutdown).await;
+    // Its own /metrics: calls, and the stores' read and warming counters.
+    let mut metrics = grpc::RoleMetrics::new("blob");
+    let (counted, me) = (stores.clone(), addr.clone());
+    metrics.add_text(move || {
+        capstan_proto::metrics::render_blob(&[(me.clone(), service::counters(&counted))])
+    });
+    let served = grpc::serve(routes, listen, metrics, shutdown).await;
     // Normally already stopped by the shutdown; not so if the server failed.
     tasks.extend(gc);
     for task in tasks {

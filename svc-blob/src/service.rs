@@ -301,22 +301,7 @@ impl BlobService for BlobGrpc {
         &self,
         _req: Request<BlobMetricsRequest>,
     ) -> Result<Response<BlobMetricsResponse>, Status> {
-        // Every store's counters, summed.
-        let mut out = BlobMetricsResponse::default();
-        for (_, store) in self.stores.all() {
-            let (direct, cached) = store.read_paths();
-            let warm = store.warm_counts();
-            let (scrubbed, corrupt) = store.scrub_counts();
-            out.reads_direct += direct;
-            out.reads_cached += cached;
-            out.blobs_warmed += warm.warmed;
-            out.warm_skipped += warm.skipped;
-            out.warm_failed += warm.failed;
-            out.warm_pending += warm.pending;
-            out.scrubbed += scrubbed;
-            out.corrupt += corrupt;
-        }
-        Ok(Response::new(out))
+        Ok(Response::new(counters(&self.stores)))
     }
 
     async fn delete(
@@ -384,4 +369,24 @@ impl BlobStreams for BlobGrpc {
         };
         Ok(Response::new(run.instrument(span).await?))
     }
+}
+
+/// Every store's counters, summed (the `Metrics` call, and the role's own
+/// `/metrics`).
+pub fn counters(stores: &Stores) -> BlobMetricsResponse {
+    let mut out = BlobMetricsResponse::default();
+    for (_, store) in stores.all() {
+        let (direct, cached) = store.read_paths();
+        let warm = store.warm_counts();
+        let (scrubbed, corrupt) = store.scrub_counts();
+        out.reads_direct += direct;
+        out.reads_cached += cached;
+        out.blobs_warmed += warm.warmed;
+        out.warm_skipped += warm.skipped;
+        out.warm_failed += warm.failed;
+        out.warm_pending += warm.pending;
+        out.scrubbed += scrubbed;
+        out.corrupt += corrupt;
+    }
+    out
 }

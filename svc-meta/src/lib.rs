@@ -168,7 +168,10 @@ pub async fn serve_beside(
         let health = grpc::health_service(&[SERVICE_NAME]).await;
         let routes = tonic::service::Routes::new(health).add_service(service(&store));
         tracing::info!(%addr, "meta service listening");
-        (grpc::serve(routes, listen, shutdown).await, Some(store))
+        (
+            grpc::serve(routes, listen, grpc::RoleMetrics::new("meta"), shutdown).await,
+            Some(store),
+        )
     } else {
         let (reporter, health) = grpc::health_reporter(&[SERVICE_NAME], false).await;
         let (deferred, ready) = Deferred::new(|| {
@@ -199,7 +202,13 @@ pub async fn serve_beside(
         });
         let routes = tonic::service::Routes::new(health).add_service(deferred);
         tracing::info!(%addr, "meta service listening (serving once its database answers)");
-        let served = grpc::serve(routes, listen, shutdown.clone()).await;
+        let served = grpc::serve(
+            routes,
+            listen,
+            grpc::RoleMetrics::new("meta"),
+            shutdown.clone(),
+        )
+        .await;
         // Stops retrying, if it still was, once shut down.
         shutdown.trigger();
         (served, opening.await.ok().flatten())

@@ -519,6 +519,10 @@ pub async fn serve(
             tokio::spawn(mirror::run(syncer.clone(), i, shutdown.clone()));
         }
     }
+    // Its own /metrics: calls, and the sync progress per upstream.
+    let mut metrics = grpc::RoleMetrics::new("sync");
+    let progress = syncer.metrics.clone();
+    metrics.add_text(move || progress.render());
     let svc = SyncServiceImpl {
         upstreams: configured_upstreams(config),
         syncer,
@@ -529,7 +533,7 @@ pub async fn serve(
     let _direct = listen.local().map(|role| role.provide(streams));
     let routes = tonic::service::Routes::new(health).add_service(SyncServiceServer::new(svc));
     tracing::info!(addr = %listen.describe(), "sync service listening");
-    grpc::serve(routes, listen, shutdown).await?;
+    grpc::serve(routes, listen, metrics, shutdown).await?;
     Ok(())
 }
 

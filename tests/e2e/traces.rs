@@ -1,8 +1,10 @@
-//! OpenTelemetry traces: gateway, auth, meta and blob as processes, each
-//! exporting over OTLP/gRPC (`OTEL_EXPORTER_OTLP_ENDPOINT`) to a receiver
-//! this test runs (the OTLP trace service, from the protocol's own
-//! definitions). A push whose requests carry one `traceparent`, as a
-//! tracing client sends it, is one trace with spans from every role.
+//! Observability of a deployment: gateway, auth, meta and blob as
+//! processes, each exporting its spans over OTLP/gRPC
+//! (`OTEL_EXPORTER_OTLP_ENDPOINT`) to a receiver this test runs (the OTLP
+//! trace service, from the protocol's own definitions), and each serving
+//! its own Prometheus `/metrics`. A push whose requests carry one
+//! `traceparent`, as a tracing client sends it, is one trace with spans
+//! from every role, and moves every role's call counters.
 
 use crate::auth::htpasswd;
 use crate::oci::*;
@@ -85,8 +87,33 @@ fn traced_role(dir: &Path, config: &Path, role: &str, otlp: &str) -> Process {
     )
 }
 
+/// A role's own `/metrics` (over HTTP/1.1, as Prometheus scrapes).
+async fn scrape(role: &Process) -> String {
+    let r = reqwest::Client::builder()
+        .http1_only()
+        .build()
+        .unwrap()
+        .get(format!("{}/metrics", role.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", role.url);
+    r.text().await.unwrap()
+}
+
+/// Calls of `method` a scrape counts, whatever their code.
+fn handled(text: &str, method: &str) -> u64 {
+    text.lines()
+        .filter(|l| {
+            l.starts_with("grpc_server_handled_total{")
+                && l.contains(&format!("grpc_method=\"{method}\""))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_push_is_one_trace_with_spans_from_every_role() {
+async fn a_push_is_one_trace_with_spans_from_every_role_and_moves_their_metrics() {
     let receiver = Receiver::default();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let otlp = format!("http://{}", listener.local_addr().unwrap());
@@ -122,6 +149,15 @@ async fn a_push_is_one_trace_with_spans_from_every_role() {
     );
     let client = basic_client("alice", "pw");
     wait_readyz(&client, &gw.url).await;
+    let counted = [
+        (&meta, "PutManifest"),
+        (&blob, "Put"),
+        (&auth, "Authenticate"),
+    ];
+    let mut before = Vec::new();
+    for (role, method) in counted {
+        before.push(handled(&scrape(role).await, method));
+    }
 
     // One push, every request carrying the client's trace context.
     let trace = hex::encode(rand::random::<[u8; 16]>());
@@ -156,6 +192,21 @@ async fn a_push_is_one_trace_with_spans_from_every_role() {
         .await
         .unwrap();
     assert_eq!(r.status(), 201);
+
+    // Each role counted its calls on its own /metrics.
+    for ((role, method), before) in counted.into_iter().zip(before) {
+        let text = scrape(role).await;
+        assert!(
+            handled(&text, method) > before,
+            "{method} not counted by {}:\n{text}",
+            role.url
+        );
+        assert!(
+            text.contains("grpc_server_handling_seconds_bucket"),
+            "{text}"
+        );
+    }
+    assert!(scrape(&blob).await.contains("capstan_blob_reads_total"));
 
     // Every role's spans of that trace reach the receiver.
     let want = [

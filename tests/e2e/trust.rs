@@ -232,6 +232,29 @@ async fn roles_refuse_calls_without_the_shared_secret_and_rotate_it_live() {
         all(&urls, Refused)
     );
     assert_eq!(calls(&urls, Some(OLD)).await, all(&urls, Let));
+    // A role's /metrics asks a scraper for the secret, in HTTP terms.
+    let metrics_of = |secret: Option<&'static str>| {
+        let url = format!("{}/metrics", meta.url);
+        async move {
+            let mut req = reqwest::Client::new().get(url);
+            if let Some(s) = secret {
+                req = req.bearer_auth(s);
+            }
+            req.send().await.unwrap()
+        }
+    };
+    let refused = metrics_of(None).await;
+    assert_eq!(refused.status(), 401);
+    assert_eq!(refused.headers()["www-authenticate"], "Bearer");
+    let scraped = metrics_of(Some(OLD)).await;
+    assert_eq!(scraped.status(), 200);
+    assert!(
+        scraped
+            .text()
+            .await
+            .unwrap()
+            .contains("grpc_server_handled_total")
+    );
     // Health stays open to probes.
     for (role, url) in &urls {
         let mut h = HealthClient::new(capstan_runtime::grpc::connect(url).unwrap());

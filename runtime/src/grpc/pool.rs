@@ -689,7 +689,12 @@ mod tests {
         let live_url = crate::grpc::listener_url(&live).unwrap();
         let routes = tonic::service::Routes::new(crate::grpc::health_service(&["s"]).await);
         let stop = Shutdown::new();
-        tokio::spawn(crate::grpc::serve(routes, live.into(), stop.clone()));
+        tokio::spawn(crate::grpc::serve(
+            routes,
+            live.into(),
+            crate::grpc::RoleMetrics::new("test"),
+            stop.clone(),
+        ));
         let dead = format!("http://127.0.0.1:{}", closed_port());
         let pool = Pool::new(
             "blob",

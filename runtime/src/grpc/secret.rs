@@ -250,6 +250,16 @@ where
         let presented = req.headers().contains_key(http::header::AUTHORIZATION);
         tracing::warn!(method = path, %peer, presented,
             "gRPC call refused: no valid shared secret (services.secret)");
+        if path == "/metrics" {
+            // A scraper is told in HTTP terms.
+            let mut refused = http::Response::new(tonic::body::Body::empty());
+            *refused.status_mut() = http::StatusCode::UNAUTHORIZED;
+            refused.headers_mut().insert(
+                http::header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer"),
+            );
+            return Box::pin(std::future::ready(Ok(refused)));
+        }
         let status = tonic::Status::unauthenticated(
             "this role accepts calls only from roles of its deployment (services.secret)",
         );
