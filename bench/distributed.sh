@@ -32,16 +32,7 @@ fi
 CAPSTAN="$CARGO_TARGET_DIR/release/capstan"
 BENCH="$CARGO_TARGET_DIR/release/capstan-bench"
 
-TMP=$(mktemp -d /tmp/capstan-dist-bench.XXXXXX)
-PIDS=()
-cleanup() {
-    local pid
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-    rm -rf "$TMP"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+bench_tmp capstan-dist-bench
 
 # ------------------------------------------------ Capstan embedded
 cat >"$TMP/embedded.json" <<JSON

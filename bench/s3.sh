@@ -22,7 +22,8 @@ COUNT=${BENCH_IMAGES:-200}
 CONC=${BENCH_CONCURRENCY:-16}
 OUT_MD="$HERE/results-s3-latest.md"
 AK=bench-access SK=bench-secret-key
-log() { printf '== %s\n' "$*" >&2; }
+# shellcheck source=bench/lib.sh
+. "$HERE/lib.sh"
 
 [ -x /usr/bin/docker-registry ] || { log "needs docker-registry (apt install docker-registry)"; exit 1; }
 S3S=$(command -v s3s-fs || echo "$HOME/.cargo/bin/s3s-fs")
@@ -33,32 +34,7 @@ fi
 CAPSTAN="$CARGO_TARGET_DIR/release/capstan"
 BENCH="$CARGO_TARGET_DIR/release/capstan-bench"
 
-TMP=$(mktemp -d /tmp/capstan-s3-bench.XXXXXX)
-PIDS=()
-cleanup() {
-    local pid
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-    rm -rf "$TMP"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-wait_http() { # NAME PID URL CODES: bounded poll until URL answers one of CODES
-    local i code
-    for ((i = 0; i < 600; i++)); do
-        kill -0 "$2" 2>/dev/null || { log "$1 exited"; cat "$TMP/$1.log" >&2; exit 1; }
-        code=$(curl -s -o /dev/null -m 1 -w '%{http_code}' "$3" || true)
-        [[ $code =~ ^($4)$ ]] && return 0
-        sleep 0.05
-    done
-    log "$1 not ready at $3"; exit 1
-}
-field() { python3 -c 'import json,sys; v=json.loads(sys.argv[1]).get(sys.argv[2]); print("" if v is None else v)' "$1" "$2"; }
-rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
+bench_tmp capstan-s3-bench
 
 # ------------------------------------------------ the S3 server
 S3_PORT=$(free_port)
@@ -77,17 +53,8 @@ cat >"$TMP/capstan.json" <<JSON
     "accesskey":"$AK","secretkey":"$SK"}},
  "http":{"address":"127.0.0.1","port":"0"},"log":{"level":"warn"}}
 JSON
-"$CAPSTAN" serve -c "$TMP/capstan.json" >"$TMP/capstan.out" 2>"$TMP/capstan.log" &
-CAPSTAN_PID=$!
-PIDS+=("$CAPSTAN_PID")
-CAPSTAN_URL=
-for ((i = 0; i < 600; i++)); do
-    CAPSTAN_URL=$(sed -n 's|^capstan: serving \(http://[^ ]*\).*|\1|p' "$TMP/capstan.out" | head -n1)
-    [ -n "$CAPSTAN_URL" ] && break
-    kill -0 "$CAPSTAN_PID" 2>/dev/null || { log "capstan exited:"; cat "$TMP/capstan.out" "$TMP/capstan.log" >&2; exit 1; }
-    sleep 0.05
-done
-[ -n "$CAPSTAN_URL" ] || { log "capstan printed no 'serving' line"; exit 1; }
+start_capstan capstan "$TMP/capstan.json"
+CAPSTAN_PID=$STARTED_PID CAPSTAN_URL=$STARTED_URL
 wait_http capstan "$CAPSTAN_PID" "$CAPSTAN_URL/v2/" '200'
 
 # ------------------------------------------------ docker-registry on its s3 driver
@@ -128,16 +95,8 @@ cat >"$TMP/capstan-fs.json" <<JSON
 {"storage":{"rootDirectory":"$TMP/capstan-fs","gc":false},
  "http":{"address":"127.0.0.1","port":"0"},"log":{"level":"warn"}}
 JSON
-"$CAPSTAN" serve -c "$TMP/capstan-fs.json" >"$TMP/capstan-fs.out" 2>"$TMP/capstan-fs.log" &
-CAPSTAN_FS_PID=$!
-PIDS+=("$CAPSTAN_FS_PID")
-CAPSTAN_FS_URL=
-for ((i = 0; i < 600; i++)); do
-    CAPSTAN_FS_URL=$(sed -n 's|^capstan: serving \(http://[^ ]*\).*|\1|p' "$TMP/capstan-fs.out" | head -n1)
-    [ -n "$CAPSTAN_FS_URL" ] && break
-    sleep 0.05
-done
-[ -n "$CAPSTAN_FS_URL" ] || { log "capstan (fs) printed no 'serving' line"; exit 1; }
+start_capstan capstan-fs "$TMP/capstan-fs.json"
+CAPSTAN_FS_PID=$STARTED_PID CAPSTAN_FS_URL=$STARTED_URL
 wait_http capstan-fs "$CAPSTAN_FS_PID" "$CAPSTAN_FS_URL/v2/" '200'
 DIST_FS_PORT=$(free_port)
 cat >"$TMP/distribution-fs.yml" <<YAML
@@ -164,28 +123,6 @@ declare -A PID_OF=([capstan]=$CAPSTAN_PID [distribution]=$DIST_PID [capstan-fs]=
 declare -A URL_OF=([capstan]=$CAPSTAN_URL [distribution]=$DIST_URL [capstan-fs]=$CAPSTAN_FS_URL [distribution-fs]=$DIST_FS_URL)
 RESULTS="$TMP/results.jsonl"
 : >"$RESULTS"
-
-# measure TARGET REP LABEL CMD...: run CMD while sampling the server's RSS;
-# append its JSON line with the label and the peak RSS to $RESULTS.
-LAST=
-measure() {
-    local target=$1 rep=$2 label=$3; shift 3
-    local pid=${PID_OF[$target]} max=0 rss rc=0 line
-    timeout 900 "$@" >"$TMP/run.out" 2>"$TMP/run.err" &
-    local job=$!
-    while kill -0 "$job" 2>/dev/null; do
-        rss=$(rss_kib "$pid")
-        ((rss > max)) && max=$rss
-        sleep 0.02
-    done
-    wait "$job" || rc=$?
-    line=$(grep -m1 '^{' "$TMP/run.out" || true)
-    [ -n "$line" ] || line=$(python3 -c 'import json,sys; print(json.dumps({"ok": False, "error": "exit %s: %s" % (sys.argv[1], open(sys.argv[2]).read()[-400:])}))' "$rc" "$TMP/run.err")
-    LAST=$(python3 -c 'import json,sys; d=json.loads(sys.argv[1]); d.update(label=sys.argv[2], target=sys.argv[3], rep=int(sys.argv[4]), rss_max_kib=int(sys.argv[5])); print(json.dumps(d))' \
-        "$line" "$label" "$target" "$rep" "$max")
-    echo "$LAST" >>"$RESULTS"
-    log "$target $label rep $rep: $(field "$LAST" mib_per_s)$(field "$LAST" images_per_s) (ok=$(field "$LAST" ok), rss ${max} KiB)"
-}
 
 T="--timeout-s 600"
 for ((rep = 1; rep <= REPS; rep++)); do
