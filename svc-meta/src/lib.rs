@@ -34,6 +34,7 @@ use capstan_proto::meta::v1::meta_service_server::SERVICE_NAME;
 use capstan_runtime::grpc::Listen;
 use capstan_runtime::grpc::deferred::Deferred;
 use capstan_runtime::{Config, Shutdown, grpc};
+use std::time::Duration;
 
 /// Check the metadata database URL (`storage.database`: a `sqlite:` or
 /// `postgres://` URL that the driver can read; nothing is connected) and
@@ -191,12 +192,9 @@ pub async fn serve_beside(
                 )
                 .await?;
                 ready.set(service(&store));
-                for s in [SERVICE_NAME, ""] {
-                    reporter
-                        .set_service_status(s, tonic_health::ServingStatus::Serving)
-                        .await;
-                }
+                report(&reporter, true).await;
                 tracing::info!("meta service serving");
+                tokio::spawn(watch_database(store.clone(), reporter, shutdown));
                 Some(store)
             }
         });
@@ -219,6 +217,54 @@ pub async fn serve_beside(
     served.context("meta grpc server failed")?;
     tracing::info!("meta service stopped");
     Ok(())
+}
+
+/// Time between two checks that the database answers.
+const DB_CHECK_EVERY: Duration = Duration::from_secs(2);
+/// A check unanswered for this long has failed.
+const DB_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Report the role serving or not (the service and the server as a whole).
+async fn report(reporter: &tonic_health::server::HealthReporter, serving: bool) {
+    let status = if serving {
+        tonic_health::ServingStatus::Serving
+    } else {
+        tonic_health::ServingStatus::NotServing
+    };
+    for s in [SERVICE_NAME, ""] {
+        reporter.set_service_status(s, status).await;
+    }
+}
+
+/// Check every [`DB_CHECK_EVERY`] until `shutdown` that the database (on
+/// Postgres) answers, and report the role not serving while it does not:
+/// the gateway's probes and pools then know, and it serves again as soon
+/// as the database does, with no restart.
+async fn watch_database(
+    store: Store,
+    reporter: tonic_health::server::HealthReporter,
+    shutdown: Shutdown,
+) {
+    let mut serving = true;
+    loop {
+        tokio::select! {
+            _ = shutdown.wait() => return,
+            _ = tokio::time::sleep(DB_CHECK_EVERY) => {}
+        }
+        let answers = matches!(
+            tokio::time::timeout(DB_CHECK_TIMEOUT, store.ping()).await,
+            Ok(Ok(()))
+        );
+        if answers != serving {
+            serving = answers;
+            if serving {
+                tracing::info!("metadata database answers again: serving");
+            } else {
+                tracing::warn!("metadata database does not answer: not serving");
+            }
+            report(&reporter, serving).await;
+        }
+    }
 }
 
 #[cfg(test)]

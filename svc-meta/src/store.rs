@@ -475,6 +475,12 @@ impl Store {
         }
     }
 
+    /// Whether the database answers a trivial query.
+    pub async fn ping(&self) -> Result<(), MetaError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
     /// Close every connection (waits for those in use).
     pub async fn close(&self) {
         self.pool.close().await;

@@ -275,11 +275,14 @@ async fn postgres_redis_and_meta_go_down_in_turn_and_only_503s_are_seen() {
     pg.stop();
     until_seen("postgres down", "catalog", 503).await;
     until_seen("postgres down", "push", 503).await;
+    // svc-meta reports itself not serving while its database is gone.
+    wait_ready(&gw, 503, 0).await;
     set("postgres back");
     pg.restart();
     let back = Instant::now();
     until_seen("postgres back", "push", 201).await;
     until_seen("postgres back", "catalog", 200).await;
+    wait_ready(&gw, 200, 1).await;
     let pg_recovery = back.elapsed();
 
     set("redis down");
