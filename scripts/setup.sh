@@ -15,6 +15,14 @@ for pair in cmake:cmake gcc:gcc skopeo:skopeo docker-registry:docker-registry py
   command -v "$cmd" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need_apt+=(postgresql)
+# The compose test: podman (with runc, its network tools and the init the
+# stack's `init: true` needs) and debootstrap for the base image.
+for pair in podman:podman runc:runc debootstrap:debootstrap; do
+  command -v "${pair%%:*}" >/dev/null 2>&1 || [ -x "/usr/sbin/${pair%%:*}" ] || need_apt+=("${pair##*:}")
+done
+[ -x /usr/libexec/podman/catatonit ] || need_apt+=(catatonit)
+[ -x /usr/lib/podman/netavark ] || [ -x /usr/libexec/podman/netavark ] || need_apt+=(netavark)
+[ -x /usr/lib/podman/aardvark-dns ] || [ -x /usr/libexec/podman/aardvark-dns ] || need_apt+=(aardvark-dns)
 [ -x /usr/sbin/slapd ] || need_apt+=(slapd)
 command -v ldapsearch >/dev/null 2>&1 || need_apt+=(ldap-utils)
 command -v node >/dev/null 2>&1 || need_apt+=(nodejs)

@@ -51,6 +51,13 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Ask a role (its gRPC address, e.g. `http://127.0.0.1:7001`) whether
+    /// it serves, over standard gRPC health: exit 0 when it does (for
+    /// container healthchecks).
+    Probe {
+        /// The role's address.
+        url: String,
+    },
 }
 
 /// Why a configuration cannot be used.
@@ -129,6 +136,13 @@ impl Cli {
                     }
                 }
             }
+            Command::Probe { url } => match probe(&url).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("{url}: {e}");
+                    ExitCode::FAILURE
+                }
+            },
             Command::Serve {
                 config,
                 role,
@@ -154,5 +168,20 @@ impl Cli {
                 }
             }
         }
+    }
+}
+
+/// Whether the role at `url` answers "serving" to a gRPC health check
+/// within 3 s.
+async fn probe(url: &str) -> Result<(), String> {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let transport = capstan_runtime::grpc::connect(url).map_err(|e| e.to_string())?;
+    let mut client = tonic_health::pb::health_client::HealthClient::new(transport);
+    let asked = client.check(tonic_health::pb::HealthCheckRequest::default());
+    match tokio::time::timeout(std::time::Duration::from_secs(3), asked).await {
+        Err(_) => Err("no answer in 3 s".into()),
+        Ok(Err(status)) => Err(status.message().to_string()),
+        Ok(Ok(r)) if r.get_ref().status == ServingStatus::Serving as i32 => Ok(()),
+        Ok(Ok(_)) => Err("not serving".into()),
     }
 }

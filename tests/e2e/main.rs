@@ -3,6 +3,7 @@
 mod auth;
 mod cli;
 mod clients;
+mod compose;
 mod degrade;
 mod distributed;
 mod federation;
