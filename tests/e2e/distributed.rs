@@ -92,17 +92,7 @@ pub(crate) fn role_at(dir: &Path, role: &str, listen: &str, log: &str) -> Proces
         )
         .unwrap();
     }
-    Process::spawn(
-        &[
-            "-c",
-            cfg.to_str().unwrap(),
-            "--role",
-            role,
-            "--listen",
-            listen,
-        ],
-        &dir.join(log),
-    )
+    Process::role(&cfg, role, listen, &dir.join(log), &[])
 }
 
 #[tokio::test]

@@ -316,17 +316,8 @@ async fn bearer_mode_issues_and_checks_tokens() {
 
 /// A gRPC role of a distributed deployment sharing `config`.
 fn role(dir: &Path, config: &Path, role: &str) -> Process {
-    Process::spawn(
-        &[
-            "-c",
-            config.to_str().unwrap(),
-            "--role",
-            role,
-            "--listen",
-            "127.0.0.1:0",
-        ],
-        &dir.join(format!("{role}.log")),
-    )
+    let log = dir.join(format!("{role}.log"));
+    Process::role(config, role, "127.0.0.1:0", &log, &[])
 }
 
 #[tokio::test]

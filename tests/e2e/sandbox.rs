@@ -24,6 +24,20 @@ impl Process {
         Self::spawn_env(args, log, &[])
     }
 
+    /// A gRPC role of a distributed deployment: `capstan serve -c config
+    /// --role role --listen listen`, logging to `log`, with `env` set.
+    pub fn role(
+        config: &Path,
+        role: &str,
+        listen: &str,
+        log: &Path,
+        env: &[(&str, &str)],
+    ) -> Process {
+        let config = config.to_str().unwrap();
+        let args = ["-c", config, "--role", role, "--listen", listen];
+        Self::spawn_env(&args, log, env)
+    }
+
     /// [`Process::spawn`] with `env` set for the process.
     pub fn spawn_env(args: &[&str], log: &Path, env: &[(&str, &str)]) -> Process {
         Self::spawn_command(Command::new(BIN), args, log, env)

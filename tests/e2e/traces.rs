@@ -70,21 +70,12 @@ impl TraceService for Receiver {
 
 /// A gRPC role exporting its spans to `otlp`.
 fn traced_role(dir: &Path, config: &Path, role: &str, otlp: &str) -> Process {
-    Process::spawn_env(
-        &[
-            "-c",
-            config.to_str().unwrap(),
-            "--role",
-            role,
-            "--listen",
-            "127.0.0.1:0",
-        ],
-        &dir.join(format!("{role}.log")),
-        &[
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", otlp),
-            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
-        ],
-    )
+    let env = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", otlp),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+    ];
+    let log = dir.join(format!("{role}.log"));
+    Process::role(config, role, "127.0.0.1:0", &log, &env)
 }
 
 /// A role's own `/metrics` (over HTTP/1.1, as Prometheus scrapes).

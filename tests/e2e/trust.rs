@@ -115,17 +115,8 @@ fn role(dir: &Path, role: &str, services: serde_json::Value) -> Process {
         .unwrap(),
     )
     .unwrap();
-    Process::spawn(
-        &[
-            "-c",
-            cfg.to_str().unwrap(),
-            "--role",
-            role,
-            "--listen",
-            "127.0.0.1:0",
-        ],
-        &dir.join(format!("{role}.log")),
-    )
+    let log = dir.join(format!("{role}.log"));
+    Process::role(&cfg, role, "127.0.0.1:0", &log, &[])
 }
 
 const OLD: &str = "old-secret-of-this-deployment";
