@@ -91,29 +91,12 @@ declare -A URL_OF=([embedded]=$EMBEDDED_URL [distributed]=$GATEWAY_URL [distribu
 RESULTS="$TMP/results.jsonl"
 : >"$RESULTS"
 
-T="--timeout-s 600"
 for ((rep = 1; rep <= REPS; rep++)); do
-    if ((rep % 2)); then order=(embedded distributed distribution); else order=(distribution distributed embedded); fi
-    declare -A DIGEST=()
-    for target in "${order[@]}"; do
-        # docker-registry ignores a monolithic POST's body: POST + PUT for all.
-        measure "$target" "$rep" push-mono "$BENCH" push-mono --url "${URL_OF[$target]}" $T \
-            --size-mib "$SIZE_MIB" --seed $((rep * 10 + 1)) --method post-put
-        DIGEST[$target]=$(field "$LAST" digest)
-    done
-    for target in "${order[@]}"; do
-        measure "$target" "$rep" push-chunked "$BENCH" push-chunked --url "${URL_OF[$target]}" $T \
-            --size-mib "$SIZE_MIB" --chunk-mib "$CHUNK_MIB" --seed $((rep * 10 + 2))
-    done
-    for target in "${order[@]}"; do
-        [ -n "${DIGEST[$target]}" ] || continue
-        measure "$target" "$rep" pull "$BENCH" pull --url "${URL_OF[$target]}" $T \
-            --repo bench --digest "${DIGEST[$target]}" --expect-size $((SIZE_MIB << 20)) --seed $((rep * 10 + 1))
-    done
-    for target in "${order[@]}"; do
-        measure "$target" "$rep" small-images "$BENCH" small-images --url "${URL_OF[$target]}" $T \
-            --count "$COUNT" --concurrency "$CONC" --repo "bench/small-$rep" --method post-put
-    done
+    if ((rep % 2)); then
+        blob_scenarios "$rep" embedded distributed distribution
+    else
+        blob_scenarios "$rep" distribution distributed embedded
+    fi
 done
 
 python3 - "$RESULTS" "$OUT_MD" "$SIZE_MIB" "$CHUNK_MIB" "$COUNT" "$CONC" "$REPS" <<'PY'

@@ -83,3 +83,32 @@ measure() {
     echo "$LAST" >>"$RESULTS"
     log "$target $label rep $rep: $(field "$LAST" mib_per_s)$(field "$LAST" images_per_s) (ok=$(field "$LAST" ok), rss ${max} KiB)"
 }
+
+# blob_scenarios REP TARGET...: one rep of the blob scenarios, each run on
+# every TARGET in turn before the next: a monolithic push of SIZE_MIB MiB
+# (POST + PUT: docker-registry ignores a monolithic POST's body), a push
+# in CHUNK_MIB MiB PATCHes, a pull of the first, and COUNT small images
+# pushed CONC at a time. Needs BENCH, URL_OF, and the sizes set.
+blob_scenarios() {
+    local rep=$1 target T="--timeout-s 600"
+    shift
+    local -A digest=()
+    for target in "$@"; do
+        measure "$target" "$rep" push-mono "$BENCH" push-mono --url "${URL_OF[$target]}" $T \
+            --size-mib "$SIZE_MIB" --seed $((rep * 10 + 1)) --method post-put
+        digest[$target]=$(field "$LAST" digest)
+    done
+    for target in "$@"; do
+        measure "$target" "$rep" push-chunked "$BENCH" push-chunked --url "${URL_OF[$target]}" $T \
+            --size-mib "$SIZE_MIB" --chunk-mib "$CHUNK_MIB" --seed $((rep * 10 + 2))
+    done
+    for target in "$@"; do
+        [ -n "${digest[$target]}" ] || continue
+        measure "$target" "$rep" pull "$BENCH" pull --url "${URL_OF[$target]}" $T \
+            --repo bench --digest "${digest[$target]}" --expect-size $((SIZE_MIB << 20)) --seed $((rep * 10 + 1))
+    done
+    for target in "$@"; do
+        measure "$target" "$rep" small-images "$BENCH" small-images --url "${URL_OF[$target]}" $T \
+            --count "$COUNT" --concurrency "$CONC" --repo "bench/small-$rep" --method post-put
+    done
+}

@@ -124,33 +124,12 @@ declare -A URL_OF=([capstan]=$CAPSTAN_URL [distribution]=$DIST_URL [capstan-fs]=
 RESULTS="$TMP/results.jsonl"
 : >"$RESULTS"
 
-T="--timeout-s 600"
 for ((rep = 1; rep <= REPS; rep++)); do
     if ((rep % 2)); then
-        order=(capstan distribution capstan-fs distribution-fs)
+        blob_scenarios "$rep" capstan distribution capstan-fs distribution-fs
     else
-        order=(distribution-fs capstan-fs distribution capstan)
+        blob_scenarios "$rep" distribution-fs capstan-fs distribution capstan
     fi
-    declare -A DIGEST=()
-    for target in "${order[@]}"; do
-        # docker-registry ignores a monolithic POST's body: POST + PUT for both.
-        measure "$target" "$rep" push-mono "$BENCH" push-mono --url "${URL_OF[$target]}" $T \
-            --size-mib "$SIZE_MIB" --seed $((rep * 10 + 1)) --method post-put
-        DIGEST[$target]=$(field "$LAST" digest)
-    done
-    for target in "${order[@]}"; do
-        measure "$target" "$rep" push-chunked "$BENCH" push-chunked --url "${URL_OF[$target]}" $T \
-            --size-mib "$SIZE_MIB" --chunk-mib "$CHUNK_MIB" --seed $((rep * 10 + 2))
-    done
-    for target in "${order[@]}"; do
-        [ -n "${DIGEST[$target]}" ] || continue
-        measure "$target" "$rep" pull "$BENCH" pull --url "${URL_OF[$target]}" $T \
-            --repo bench --digest "${DIGEST[$target]}" --expect-size $((SIZE_MIB << 20)) --seed $((rep * 10 + 1))
-    done
-    for target in "${order[@]}"; do
-        measure "$target" "$rep" small-images "$BENCH" small-images --url "${URL_OF[$target]}" $T \
-            --count "$COUNT" --concurrency "$CONC" --repo "bench/small-$rep" --method post-put
-    done
 done
 
 # What docker-registry said about its first failure, for the report.
