@@ -138,12 +138,13 @@ async fn blob_pool(peers: &[Peer]) -> Result<Pool<BlobClient<Transport>>, Backen
     required("blob", peers)?;
     let service = capstan_proto::blob::v1::blob_service_server::SERVICE_NAME;
     Ok(Pool::new("blob", service, peers, |peer, t| {
-        let grpc = BlobServiceClient::new(t)
+        let grpc = BlobServiceClient::new(t.clone())
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
         let peer = peer.clone();
         BlobClient::new(
             grpc,
+            t,
             Arc::new(move || peer.handle::<Arc<dyn BlobStreams>>()),
         )
     })

@@ -67,6 +67,11 @@ pub type Resolver<S> = Arc<dyn Fn() -> Option<Arc<S>> + Send + Sync>;
 #[derive(Clone)]
 pub struct BlobClient<T> {
     grpc: BlobServiceClient<T>,
+    /// The transport under `grpc`, for bytes without message framing
+    /// ([`crate::bulk`]).
+    bytes: T,
+    /// Send bytes as typed gRPC messages after all ([`Self::framed`]).
+    framed: bool,
     local: Resolver<dyn BlobStreams>,
 }
 
@@ -140,12 +145,27 @@ where
     T::ResponseBody: http_body::Body<Data = bytes::Bytes> + Send + 'static,
     <T::ResponseBody as http_body::Body>::Error: Into<StdError> + Send,
 {
-    /// `grpc`, with `local` consulted at each byte-carrying call.
-    pub fn new(grpc: BlobServiceClient<T>, local: Resolver<dyn BlobStreams>) -> Self {
-        Self { grpc, local }
+    /// `grpc` over `transport`, with `local` consulted at each
+    /// byte-carrying call.
+    pub fn new(grpc: BlobServiceClient<T>, transport: T, local: Resolver<dyn BlobStreams>) -> Self {
+        Self {
+            grpc,
+            bytes: transport,
+            framed: false,
+            local,
+        }
     }
 
-    /// `BlobService.Read`, direct when svc-blob is in this process.
+    /// The same client with its remote byte-carrying calls made as the
+    /// typed gRPC methods (each chunk a framed message), for a path that
+    /// passes only gRPC, and to test the typed methods.
+    pub fn framed(mut self) -> Self {
+        self.framed = true;
+        self
+    }
+
+    /// `BlobService.Read`: direct when svc-blob is in this process, else
+    /// as a plain byte stream ([`crate::bulk`]).
     pub async fn read(
         &mut self,
         req: impl IntoRequest<ReadRequest>,
@@ -154,10 +174,14 @@ where
         if let Some(svc) = (self.local)() {
             return in_task(async move { svc.read(req).await }).await;
         }
-        Ok(self.grpc.read(req).await?.map(boxed))
+        if self.framed {
+            return Ok(self.grpc.read(req).await?.map(boxed));
+        }
+        crate::bulk::read(&mut self.bytes, req).await
     }
 
-    /// `BlobService.Put` fed by `req`'s stream of chunks.
+    /// `BlobService.Put` fed by `req`'s stream of chunks: direct when
+    /// svc-blob is in this process, else as a plain byte stream.
     pub async fn put(
         &mut self,
         req: impl IntoStreamingRequest<Message = PutChunk>,
@@ -169,10 +193,14 @@ where
             let req = Request::from_parts(metadata, extensions, stream);
             return in_task(async move { svc.put(req).await }).await;
         }
-        self.grpc.put(req).await
+        if self.framed {
+            return self.grpc.put(req).await;
+        }
+        crate::bulk::write(&mut self.bytes, crate::bulk::PUT_PATH, req).await
     }
 
-    /// `BlobService.WriteUpload` fed by `req`'s stream of chunks.
+    /// `BlobService.WriteUpload` fed by `req`'s stream of chunks: direct
+    /// when svc-blob is in this process, else as a plain byte stream.
     pub async fn write_upload(
         &mut self,
         req: impl IntoStreamingRequest<Message = WriteChunk>,
@@ -184,7 +212,10 @@ where
             let req = Request::from_parts(metadata, extensions, stream);
             return in_task(async move { svc.write_upload(req).await }).await;
         }
-        self.grpc.write_upload(req).await
+        if self.framed {
+            return self.grpc.write_upload(req).await;
+        }
+        crate::bulk::write(&mut self.bytes, crate::bulk::WRITE_UPLOAD_PATH, req).await
     }
 }
 

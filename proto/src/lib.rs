@@ -3,6 +3,7 @@
 //! carried as structured status detail.
 
 pub mod access;
+pub mod bulk;
 pub mod direct;
 pub mod error;
 pub mod metrics;

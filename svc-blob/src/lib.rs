@@ -100,6 +100,7 @@ pub async fn serve(
         shutdown.clone(),
     )));
     let routes = tonic::service::Routes::new(health).add_service(grpc_service(stores.clone()));
+    let routes = service::add_bytes_routes(routes, stores.clone());
     // Embedded mode: the byte-carrying calls skip encoding (grpc::local).
     let streams: Arc<dyn BlobStreams> = Arc::new(BlobGrpc::new(stores.clone()));
     let _direct = listen.local().map(|role| role.provide(streams));

@@ -15,6 +15,7 @@ use capstan_proto::blob::v1::{
     ReadChunk, ReadRequest, StartUploadRequest, StatRequest, StatResponse, UploadRef, UploadState,
     WriteChunk,
 };
+use capstan_proto::bulk;
 use capstan_proto::direct::{BlobStreams, MessageStream};
 use capstan_runtime::grpc::{self, MAX_MESSAGE_BYTES};
 use futures::stream::{self, BoxStream};
@@ -49,6 +50,62 @@ pub fn grpc_service(stores: impl Into<Stores>) -> BlobServiceServer<BlobGrpc> {
     BlobServiceServer::new(BlobGrpc::new(stores))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES)
+}
+
+/// `routes` plus the byte-carrying calls without message framing
+/// ([`capstan_proto::bulk`]), served from `stores` like their typed forms.
+pub fn add_bytes_routes(routes: tonic::service::Routes, stores: Stores) -> tonic::service::Routes {
+    let svc = BlobGrpc::new(stores);
+    let (put, write) = (svc.clone(), svc.clone());
+    let read = move |req: http::Request<axum::body::Body>| {
+        let svc = svc.clone();
+        async move {
+            let (parts, body) = req.into_parts();
+            let read = match bulk::request(body).await {
+                Ok(r) => svc.read_stream(with_headers(r, parts.headers)).await,
+                Err(status) => Err(status),
+            };
+            bulk::response(read)
+        }
+    };
+    let put = move |req: http::Request<axum::body::Body>| {
+        let svc = put.clone();
+        async move {
+            let body = req.into_body();
+            let r = match bulk::messages::<PutChunk, _>(body).await {
+                Ok(m) => svc.put_stream(m).await.map_err(|e| reject("put", e)),
+                Err(status) => Err(status),
+            };
+            bulk::reply(r.map(Response::new))
+        }
+    };
+    let write = move |req: http::Request<axum::body::Body>| {
+        let svc = write.clone();
+        async move {
+            let body = req.into_body();
+            let r = match bulk::messages::<WriteChunk, _>(body).await {
+                Ok(m) => svc
+                    .write_stream(m)
+                    .await
+                    .map_err(|e| reject("write_upload", e)),
+                Err(status) => Err(status),
+            };
+            bulk::reply(r.map(Response::new))
+        }
+    };
+    let router = routes
+        .into_axum_router()
+        .route(bulk::READ_PATH, axum::routing::post(read))
+        .route(bulk::PUT_PATH, axum::routing::post(put))
+        .route(bulk::WRITE_UPLOAD_PATH, axum::routing::post(write));
+    tonic::service::Routes::from(router)
+}
+
+/// `message` as a request with `headers` as its metadata.
+fn with_headers<T>(message: T, headers: http::HeaderMap) -> Request<T> {
+    let mut r = Request::new(message);
+    *r.metadata_mut() = tonic::metadata::MetadataMap::from_headers(headers);
+    r
 }
 
 /// The status for a failed `rpc`; internal failures are logged at warn.

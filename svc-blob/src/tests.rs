@@ -24,7 +24,10 @@ type Client = BlobClient<Transport>;
 /// How a test's client reaches the service's byte-carrying calls.
 #[derive(Debug, Clone, Copy)]
 enum Path {
+    /// Over the network, bytes as plain HTTP/2 bodies (`capstan_proto::bulk`).
     Network,
+    /// Over the network, bytes as typed gRPC messages.
+    Framed,
     /// In-process, through a `BlobGrpc` over the server's root.
     Direct,
 }
@@ -40,7 +43,11 @@ fn grpc_client(url: &str) -> BlobServiceClient<Transport> {
 async fn direct_client(url: &str, root: &Path_) -> Client {
     let store: Arc<dyn BlobStore> = Arc::new(FsStore::new(root, false).await.unwrap());
     let streams: Arc<dyn BlobStreams> = Arc::new(BlobGrpc::new(store));
-    BlobClient::new(grpc_client(url), Arc::new(move || Some(streams.clone())))
+    BlobClient::new(
+        grpc_client(url),
+        grpc::connect(url).unwrap(),
+        Arc::new(move || Some(streams.clone())),
+    )
 }
 
 struct Server {
@@ -71,12 +78,17 @@ impl Server {
 
     /// A client going over the network.
     fn client(&self) -> Client {
-        BlobClient::new(grpc_client(&self.url), Arc::new(|| None))
+        BlobClient::new(
+            grpc_client(&self.url),
+            grpc::connect(&self.url).unwrap(),
+            Arc::new(|| None),
+        )
     }
 
     async fn client_by(&self, path: Path) -> Client {
         match path {
             Path::Network => self.client(),
+            Path::Framed => self.client().framed(),
             Path::Direct => direct_client(&self.url, &self.root).await,
         }
     }
@@ -242,6 +254,11 @@ async fn a_64_mib_put_reads_back_identically() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_64_mib_put_reads_back_identically_as_grpc_messages() {
+    a_64_mib_put_reads_back_identically_by(Path::Framed).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_64_mib_put_reads_back_identically_in_process() {
     a_64_mib_put_reads_back_identically_by(Path::Direct).await;
 }
@@ -315,6 +332,11 @@ async fn a_64_mib_put_reads_back_identically_by(path: Path) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn errors_cross_the_wire_as_codes() {
     errors_reach_the_client_as_codes(Path::Network).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_cross_the_wire_as_codes_in_grpc_messages() {
+    errors_reach_the_client_as_codes(Path::Framed).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -492,6 +514,7 @@ async fn streaming_calls_go_in_process_and_a_dropped_write_keeps_nothing() {
     // Nothing listens on port 1.
     let mut c = BlobClient::new(
         grpc_client("http://127.0.0.1:1"),
+        grpc::connect("http://127.0.0.1:1").unwrap(),
         Arc::new(move || Some(streams.clone())),
     );
     let data = pattern(3 * CHUNK_BYTES + 5, 3);
@@ -531,6 +554,69 @@ async fn streaming_calls_go_in_process_and_a_dropped_write_keeps_nothing() {
             .unwrap(),
         4
     );
+}
+
+/// Over the network too, a write whose caller goes away halfway keeps none
+/// of its bytes, whether they went as a plain body or as gRPC messages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_dropped_over_the_network_keeps_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), false).await;
+    for path in [Path::Network, Path::Framed] {
+        let mut c = server.client_by(path).await;
+        let id = c
+            .start_upload(StartUploadRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .upload_id;
+        assert_eq!(write(&mut c, &id, Some(0), &[b"abc"]).await.unwrap(), 3);
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        tx.send(WriteChunk {
+            length: None,
+            upload_id: id.clone(),
+            expected_offset: Some(3),
+            data: Bytes::from(vec![b'x'; CHUNK_BYTES]),
+            owner: String::new(),
+        })
+        .await
+        .unwrap();
+        let mut caller = c.clone();
+        let call = tokio::spawn(async move {
+            caller
+                .write_upload(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await
+        });
+        // The role holds the call open while its stream goes on.
+        let held = tokio::time::timeout(Duration::from_millis(300), async {
+            while !call.is_finished() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        });
+        assert!(held.await.is_err(), "{path:?}: the write ended early");
+        call.abort();
+        let _ = call.await;
+        drop(tx);
+        // Once the role has seen the stream reset, the upload is where it
+        // was and goes on from there.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            match write(&mut c, &id, Some(3), &[b"d"]).await {
+                Ok(n) => {
+                    assert_eq!(n, 4, "{path:?}");
+                    break;
+                }
+                // Still busy with the dropped write.
+                Err(e) if std::time::Instant::now() < deadline => {
+                    assert_eq!(code(e), ErrorCode::BlobUploadInvalid, "{path:?}");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => panic!("{path:?}: {e:?}"),
+            }
+        }
+        assert_eq!(status(&mut c, &id).await.unwrap(), 4, "{path:?}");
+    }
+    server.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -169,13 +169,15 @@ impl Syncer {
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES),
             blob: {
+                let transport = blob.balanced();
                 let grpc = capstan_proto::blob::v1::blob_service_client::BlobServiceClient::new(
-                    blob.balanced(),
+                    transport.clone(),
                 )
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES);
                 capstan_proto::direct::BlobClient::new(
                     grpc,
+                    transport,
                     Arc::new(move || blob.handle::<Arc<dyn capstan_proto::direct::BlobStreams>>()),
                 )
             },

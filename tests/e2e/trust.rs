@@ -1,18 +1,23 @@
 //! Trust between roles: embedded mode opens no port but the gateway's; in
 //! distributed mode a gRPC call to any role without the deployment's shared
 //! secret is refused (and logged), and the secret is rotated through
-//! `services.secretFile` with no restart and no failed request.
+//! `services.secretFile` with no restart and no failed request. svc-blob's
+//! byte paths beside its gRPC methods are behind the same secret.
 
 use crate::oci::*;
 use crate::sandbox::{Process, Sandbox, wait_readyz};
+use capstan_proto::ServiceError;
 use capstan_proto::auth::v1::auth_service_client::AuthServiceClient;
+use capstan_proto::blob::v1::ReadRequest;
 use capstan_proto::blob::v1::blob_service_client::BlobServiceClient;
+use capstan_proto::direct::BlobClient;
 use capstan_proto::meta::v1::meta_service_client::MetaServiceClient;
 use capstan_proto::sync::v1::sync_service_client::SyncServiceClient;
 use capstan_runtime::grpc::{Peer, Secrets, Transport};
 use serde_json::json;
 use std::collections::HashSet;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
@@ -223,6 +228,28 @@ async fn roles_refuse_calls_without_the_shared_secret_and_rotate_it_live() {
         all(&urls, Refused)
     );
     assert_eq!(calls(&urls, Some(OLD)).await, all(&urls, Let));
+    // svc-blob's byte paths beside its methods are behind the same secret.
+    let read_bytes = |secret: Option<&'static str>| {
+        let url = blob.url.clone();
+        async move {
+            let secrets = secret.map(Secrets::fixed).unwrap_or_default();
+            let t: Transport = Peer::remote(&url, &secrets).transport().unwrap();
+            let mut c = BlobClient::new(BlobServiceClient::new(t.clone()), t, Arc::new(|| None));
+            let absent = format!("sha256:{}", "0".repeat(64));
+            let read = c.read(ReadRequest {
+                digest: absent,
+                ..ReadRequest::default()
+            });
+            read.await.map(drop).unwrap_err()
+        }
+    };
+    assert_eq!(read_bytes(None).await.code(), Refused);
+    let answered = read_bytes(Some(OLD)).await;
+    assert_eq!(
+        ServiceError::from_status(&answered).code,
+        capstan_oci::ErrorCode::BlobUnknown,
+        "{answered:?}"
+    );
     // A role's /metrics asks a scraper for the secret, in HTTP terms.
     let metrics_of = |secret: Option<&'static str>| {
         let url = format!("{}/metrics", meta.url);
