@@ -142,7 +142,8 @@ async fn a_push_is_one_trace_with_spans_from_every_role_and_moves_their_metrics(
     wait_readyz(&client, &gw.url).await;
     let counted = [
         (&meta, "PutManifest"),
-        (&blob, "Put"),
+        // Blob bytes go without gRPC framing, beside `Put` (proto::bulk).
+        (&blob, "PutBytes"),
         (&auth, "Authenticate"),
     ];
     let mut before = Vec::new();
