@@ -17,6 +17,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .bytes(".capstan.blob.v1.PutChunk.data")
         .bytes(".capstan.blob.v1.WriteChunk.data")
         .bytes(".capstan.meta.v1.PutManifestRequest.content")
+        .bytes(".capstan.meta.v1.PutManifestRequest.config")
         .bytes(".capstan.meta.v1.GetManifestResponse.content")
         .compile_fds(fds)?;
     Ok(())

@@ -14,6 +14,28 @@ use std::collections::BTreeMap;
 /// Largest manifest accepted (the spec's recommended minimum limit).
 pub const MAX_MANIFEST_BYTES: usize = 4 * 1024 * 1024;
 
+/// Largest image config read for what search shows of an image; a larger
+/// one is left unread (no real image config comes near it).
+pub const MAX_CONFIG_BYTES: usize = 4 * 1024 * 1024;
+
+/// The config descriptor's digest of an image manifest's `bytes`, if they
+/// are one (read leniently: only `config.digest` matters).
+pub fn config_digest(bytes: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Config {
+        digest: String,
+    }
+    #[derive(serde::Deserialize)]
+    struct Image {
+        config: Config,
+        #[allow(dead_code)]
+        layers: serde::de::IgnoredAny,
+    }
+    serde_json::from_slice::<Image>(bytes)
+        .ok()
+        .map(|m| m.config.digest)
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ManifestError {
     #[error("manifest is larger than {MAX_MANIFEST_BYTES} bytes")]

@@ -180,6 +180,45 @@ where
         crate::bulk::read(&mut self.bytes, req).await
     }
 
+    /// The whole of a small blob of `repo` (an image config), or `None`
+    /// when it is absent, unreadable or larger than `max` bytes: for
+    /// callers to whom the blob is useful, not required.
+    pub async fn read_small(&mut self, repo: &str, digest: &str, max: u64) -> Option<bytes::Bytes> {
+        let size = self
+            .grpc
+            .stat(crate::blob::v1::StatRequest {
+                repo: repo.to_string(),
+                digest: digest.to_string(),
+                keep: false,
+            })
+            .await
+            .ok()?
+            .into_inner()
+            .size;
+        if size > max {
+            return None;
+        }
+        let mut chunks = self
+            .read(ReadRequest {
+                digest: digest.to_string(),
+                offset: 0,
+                length: 0,
+                repo: repo.to_string(),
+            })
+            .await
+            .ok()?
+            .into_inner();
+        let mut whole = bytes::BytesMut::new();
+        while let Some(chunk) = futures::StreamExt::next(&mut chunks).await {
+            let data = chunk.ok()?.data;
+            if (whole.len() + data.len()) as u64 > max {
+                return None;
+            }
+            whole.extend_from_slice(&data);
+        }
+        Some(whole.freeze())
+    }
+
     /// `BlobService.Put` fed by `req`'s stream of chunks: direct when
     /// svc-blob is in this process, else as a plain byte stream.
     pub async fn put(

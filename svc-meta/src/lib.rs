@@ -14,6 +14,7 @@
 //! transaction.
 
 mod error;
+pub mod facts;
 pub mod retention;
 mod service;
 mod store;

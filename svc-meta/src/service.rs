@@ -2,7 +2,7 @@
 //! values here, and every failure leaves through `MetaError → Status`.
 
 use crate::error::MetaError;
-use crate::store::{PushTags, Store};
+use crate::store::{Push, Store};
 use capstan_proto::meta::v1::TagRule;
 use capstan_proto::meta::v1::meta_service_server::{MetaService, MetaServiceServer};
 use capstan_proto::meta::v1::{
@@ -93,13 +93,14 @@ impl MetaService for MetaGrpc {
                 .put_manifest_sparse(
                     &r.repo,
                     &reference,
-                    PushTags {
+                    Push {
                         tags: &r.tags,
                         rule: match r.tag_rule() {
                             TagRule::Any => crate::store::TagRule::Any,
                             TagRule::NewOnly => crate::store::TagRule::NewOnly,
                             TagRule::ExistingOnly => crate::store::TagRule::ExistingOnly,
                         },
+                        config: (!r.config.is_empty()).then_some(&r.config[..]),
                     },
                     &r.content_type,
                     &r.content,

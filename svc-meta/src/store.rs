@@ -208,19 +208,24 @@ pub enum TagRule {
     ExistingOnly,
 }
 
-/// The tags a push sets besides its reference, and the rule they follow.
+/// What a push carries besides the manifest: the tags it sets besides its
+/// reference and the rule they follow, and the image's config.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct PushTags<'a> {
+pub struct Push<'a> {
     pub tags: &'a [String],
     pub rule: TagRule,
+    /// The config blob of an image manifest, when the caller read it: the
+    /// image's facts for search come from it (`crate::facts`).
+    pub config: Option<&'a [u8]>,
 }
 
-impl<'a> PushTags<'a> {
+impl<'a> Push<'a> {
     /// `tags`, any of which may exist.
     pub fn any(tags: &'a [String]) -> Self {
         Self {
             tags,
             rule: TagRule::Any,
+            config: None,
         }
     }
 }
@@ -498,7 +503,7 @@ impl Store {
         self.put_manifest_sparse(
             repo,
             reference,
-            PushTags::default(),
+            Push::default(),
             content_type,
             content,
             false,
@@ -515,7 +520,7 @@ impl Store {
         &self,
         repo: &str,
         reference: &Reference,
-        push: PushTags<'_>,
+        push: Push<'_>,
         content_type: &str,
         content: &[u8],
         sparse: bool,
@@ -625,12 +630,15 @@ impl Store {
         .bind(at)
         .execute(&mut *tx)
         .await?;
+        let described =
+            crate::facts::describe(&mut tx, repo, &parsed, content, push.config, &children, at)
+                .await?;
         let insert = || {
             sqlx::query(
                 "INSERT INTO manifests \
              (repo, digest, media_type, artifact_type, content, size, subject, annotations, \
-              created_at, touched_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9) \
+              created_at, touched_at, facts, platforms, made_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9, $10, $11, $12) \
              ON CONFLICT (repo, digest) DO NOTHING",
             )
             .bind(repo)
@@ -642,6 +650,9 @@ impl Store {
             .bind(subject.as_deref())
             .bind(&annotations)
             .bind(at)
+            .bind(described.facts.as_deref())
+            .bind(described.platforms.as_deref())
+            .bind(described.made_at)
         };
         let mut inserted = insert().execute(&mut *tx).await?.rows_affected();
         if inserted == 0 {
@@ -649,14 +660,27 @@ impl Store {
             // from here). On Postgres the update also holds the row, so a
             // delete by another replica waits for this push; if one just
             // removed it, it is stored again.
-            let touched =
-                sqlx::query("UPDATE manifests SET touched_at = $3 WHERE repo = $1 AND digest = $2")
-                    .bind(repo)
-                    .bind(&digest_s)
-                    .bind(at)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
+            // What search knows of it is filled in if it was not (stored
+            // before search), and replaced if it came without the config
+            // this push brings (no platform then).
+            let touched = sqlx::query(
+                "UPDATE manifests SET touched_at = $3, \
+                 facts = CASE WHEN platforms IS NULL AND CAST($5 AS TEXT) IS NOT NULL \
+                              THEN $4 ELSE COALESCE(facts, $4) END, \
+                 made_at = CASE WHEN platforms IS NULL AND CAST($5 AS TEXT) IS NOT NULL \
+                                THEN $6 ELSE COALESCE(made_at, $6) END, \
+                 platforms = COALESCE(platforms, $5) \
+                 WHERE repo = $1 AND digest = $2",
+            )
+            .bind(repo)
+            .bind(&digest_s)
+            .bind(at)
+            .bind(described.facts.as_deref())
+            .bind(described.platforms.as_deref())
+            .bind(described.made_at)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
             if touched == 0 {
                 inserted = insert().execute(&mut *tx).await?.rows_affected();
             }

@@ -57,6 +57,7 @@ fn put(repo: &str, reference: &str, content: &[u8]) -> PutManifestRequest {
         allow_missing_children: false,
         tags: Vec::new(),
         tag_rule: 0,
+        config: Default::default(),
     }
 }
 

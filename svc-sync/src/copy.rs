@@ -114,6 +114,19 @@ pub fn image<'a>(
             (m.media_type.clone(), m.bytes.clone())
         };
         let local = Digest::of(algorithm, &bytes);
+        // The config, once stored here, for what search shows of the image.
+        let config = match capstan_oci::manifest::config_digest(&bytes) {
+            Some(d) => {
+                let max = capstan_oci::manifest::MAX_CONFIG_BYTES as u64;
+                stores
+                    .blob
+                    .clone()
+                    .read_small(to, &d, max)
+                    .await
+                    .unwrap_or_default()
+            }
+            None => Default::default(),
+        };
         // A converted manifest has a digest of its own.
         let local_ref = if convert && wanted_is_digest(reference) {
             local.to_string()
@@ -131,6 +144,7 @@ pub fn image<'a>(
                 allow_missing_children: skipped,
                 tags: Vec::new(),
                 tag_rule: 0,
+                config,
             })
             .await?;
         tracing::info!(upstream_repo = from, repo = to, reference, digest = %local, converted = convert, "image synced");

@@ -64,6 +64,19 @@ pub async fn put(
             other => ApiError::new(ErrorCode::ManifestInvalid, other.to_string()),
         })?;
     let rule = crate::authz::tag_rule(ctx, repo);
+    // An image's config, for what search shows of it (platform, history,
+    // labels). Useful, not required: without it the push goes on.
+    let config = match capstan_oci::manifest::config_digest(&content) {
+        Some(digest) => {
+            let max = capstan_oci::manifest::MAX_CONFIG_BYTES as u64;
+            gw.backends
+                .blob()
+                .read_small(repo, &digest, max)
+                .await
+                .unwrap_or_default()
+        }
+        None => bytes::Bytes::new(),
+    };
     let put = gw
         .backends
         .meta_pool()
@@ -76,6 +89,7 @@ pub async fn put(
                 allow_missing_children: false,
                 tags: tags.clone(),
                 tag_rule: rule.into(),
+                config: config.clone(),
             });
             async move { meta.put_manifest(req).await }
         })

@@ -144,7 +144,7 @@ async fn a_push_by_digest_sets_its_tags_together_or_none(backend: Backend) {
                 .put_manifest_sparse(
                     "r",
                     &by_digest(&img.digest),
-                    PushTags::any(&t),
+                    Push::any(&t),
                     "",
                     &img.bytes,
                     false,
@@ -378,7 +378,7 @@ async fn index_needs_its_children_in_the_repository(backend: Backend) {
         .put_manifest_sparse(
             "r",
             &tag("sparse"),
-            PushTags::default(),
+            Push::default(),
             media::OCI_INDEX,
             &idx,
             true,
@@ -1116,6 +1116,89 @@ async fn a_blob_lookup_renews_an_old_unreferenced_link(backend: Backend) {
     assert_eq!(store.stat_blob("r", layer).await.unwrap(), img.blobs[1].1);
 }
 
+/// What search shows of a push is stored with it: an image's facts from
+/// its manifest and config, an index's platforms from its children; a
+/// manifest pushed without its config gets the rest when pushed again
+/// with it.
+async fn a_push_records_what_search_shows(backend: Backend) {
+    let (_db, store) = temp_store_on(backend).await;
+    let (amd, arm) = (image("amd64"), image("arm64"));
+    for img in [&amd, &arm] {
+        link_blobs(&store, "r", img).await;
+    }
+    let config = |arch: &str, created: &str| {
+        serde_json::to_vec(&serde_json::json!({
+            "os": "linux", "architecture": arch, "created": created,
+            "config": {"Labels": {"org.opencontainers.image.vendor": "Acme"}}
+        }))
+        .unwrap()
+    };
+    let push = |img: &crate::testutil::Image, config: Option<Vec<u8>>| {
+        let (store, bytes) = (&store, img.bytes.clone());
+        let digest = img.digest.clone();
+        async move {
+            let push = Push {
+                config: config.as_deref(),
+                ..Push::default()
+            };
+            store
+                .put_manifest_sparse("r", &by_digest(&digest), push, "", &bytes, false)
+                .await
+                .unwrap();
+        }
+    };
+    type Row = (Option<String>, Option<String>, Option<i64>);
+    let row = |digest: String| {
+        let store = &store;
+        async move {
+            sqlx::query_as::<_, Row>(
+                "SELECT facts, platforms, made_at FROM manifests WHERE repo = 'r' AND digest = $1",
+            )
+            .bind(digest)
+            .fetch_one(&store.pool)
+            .await
+            .unwrap()
+        }
+    };
+    push(&amd, Some(config("amd64", "2026-01-01T00:00:00Z"))).await;
+    let (facts, platforms, made_at) = row(amd.digest.to_string()).await;
+    let facts: crate::facts::Facts = serde_json::from_str(&facts.unwrap()).unwrap();
+    assert_eq!((facts.os.as_str(), facts.arch.as_str()), ("linux", "amd64"));
+    assert_eq!(facts.vendor, "Acme");
+    assert_eq!(facts.config_digest, amd.blobs[0].0.to_string());
+    assert_eq!(platforms.as_deref(), Some("linux/amd64"));
+    assert_eq!(made_at, Some(1_767_225_600));
+
+    // Without its config: the manifest's facts only, then the rest.
+    push(&arm, None).await;
+    let (facts, platforms, _) = row(arm.digest.to_string()).await;
+    let facts: crate::facts::Facts = serde_json::from_str(&facts.unwrap()).unwrap();
+    assert_eq!((facts.os.as_str(), platforms), ("", None));
+    push(&arm, Some(config("arm64", "2026-02-01T00:00:00Z"))).await;
+    let (facts, platforms, made_at) = row(arm.digest.to_string()).await;
+    let facts: crate::facts::Facts = serde_json::from_str(&facts.unwrap()).unwrap();
+    assert_eq!(facts.arch, "arm64");
+    assert_eq!(platforms.as_deref(), Some("linux/arm64"));
+    assert_eq!(made_at, Some(1_769_904_000));
+    // Once complete, they stay: a third push changes nothing.
+    push(&arm, Some(config("riscv64", "2026-03-01T00:00:00Z"))).await;
+    assert_eq!(
+        row(arm.digest.to_string()).await.1.as_deref(),
+        Some("linux/arm64")
+    );
+
+    let idx = index(&[&amd, &arm]);
+    let out = store
+        .put_manifest("r", &tag("multi"), media::OCI_INDEX, &idx)
+        .await
+        .unwrap();
+    let (facts, platforms, made_at) = row(out.digest.to_string()).await;
+    assert_eq!(facts, None);
+    assert_eq!(platforms.as_deref(), Some("linux/amd64,linux/arm64"));
+    // The newest child's time.
+    assert_eq!(made_at, Some(1_769_904_000));
+}
+
 /// A push's tag rule is applied in its transaction: a caller who may only
 /// create cannot move a tag, one who may only update cannot set a new one,
 /// and a refused push stores nothing.
@@ -1128,7 +1211,11 @@ async fn the_tag_rule_is_decided_in_the_push(backend: Backend) {
     let put = |img: &crate::testutil::Image, reference: Reference, rule: TagRule| {
         let (store, bytes) = (&store, img.bytes.clone());
         async move {
-            let push = PushTags { tags: &[], rule };
+            let push = Push {
+                tags: &[],
+                rule,
+                config: None,
+            };
             store
                 .put_manifest_sparse("r", &reference, push, "", &bytes, false)
                 .await
@@ -1229,6 +1316,7 @@ on_every_backend!(
     pushing_by_digest_stores_without_a_tag_and_is_idempotent,
     a_push_by_digest_sets_its_tags_together_or_none,
     the_tag_rule_is_decided_in_the_push,
+    a_push_records_what_search_shows,
     retagging_moves_the_tag,
     delete_by_tag_keeps_the_manifest,
     delete_by_digest_removes_manifest_tags_and_references,
@@ -1299,7 +1387,7 @@ async fn two_replicas_share_one_postgres() {
                     .put_manifest_sparse(
                         "shared",
                         &Reference::Tag("latest".into()),
-                        PushTags::any(&["stable".to_string(), format!("t{i}")]),
+                        Push::any(&["stable".to_string(), format!("t{i}")]),
                         "",
                         &bytes,
                         false,
