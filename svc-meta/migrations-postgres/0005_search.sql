@@ -1,5 +1,6 @@
--- Postgres twin of ../migrations/0005_search.sql (keep the two in step).
--- Search (svc-meta/src/search.rs): what it shows of each manifest, and
+-- Postgres twin of ../migrations/0005_search.sql (keep the two in step;
+-- this one also defines `instr`, which SQLite has built in).
+-- Search (svc-meta/src/store/search.rs): what it shows of each manifest, and
 -- what signed-in users mark.
 
 -- The facts of an image manifest (svc-meta/src/facts.rs) as JSON, taken
@@ -27,3 +28,8 @@ CREATE TABLE user_marks (
 
 -- Star counts per repository.
 CREATE INDEX user_marks_repo ON user_marks (repo, kind);
+
+-- SQLite's instr(haystack, needle), so that search's text matches are one
+-- query, case-sensitive, on both backends (svc-meta/src/store/search.rs).
+CREATE FUNCTION instr(haystack TEXT, needle TEXT) RETURNS INTEGER
+    AS 'SELECT strpos(haystack, needle)' LANGUAGE SQL IMMUTABLE;

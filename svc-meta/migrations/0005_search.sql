@@ -1,4 +1,4 @@
--- Search (svc-meta/src/search.rs): what it shows of each manifest, and
+-- Search (svc-meta/src/store/search.rs): what it shows of each manifest, and
 -- what signed-in users mark.
 
 -- The facts of an image manifest (svc-meta/src/facts.rs) as JSON, taken

@@ -2025,5 +2025,7 @@ async fn link(
     Ok(())
 }
 
+pub mod search;
+
 #[cfg(test)]
 mod tests;

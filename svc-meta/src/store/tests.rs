@@ -1199,6 +1199,187 @@ async fn a_push_records_what_search_shows(backend: Backend) {
     assert_eq!(made_at, Some(1_769_904_000));
 }
 
+/// The reads search is built on choose tagged images by repository, tag
+/// prefix, tag text and digest text (an index by its children's digests
+/// too), see signatures, add up pulls and stars, and show one manifest and
+/// an index's children; stars and bookmarks toggle per user.
+async fn search_reads_choose_images_and_add_up_figures(backend: Backend) {
+    use crate::store::search::{Mark, Select};
+    let (_db, store) = temp_store_on(backend).await;
+    let (amd, arm, cli) = (image("amd64"), image("arm64"), image("cli"));
+    for img in [&amd, &arm] {
+        link_blobs(&store, "app/web", img).await;
+        store
+            .put_manifest("app/web", &by_digest(&img.digest), "", &img.bytes)
+            .await
+            .unwrap();
+    }
+    store
+        .put_manifest("app/web", &tag("v1"), "", &amd.bytes)
+        .await
+        .unwrap();
+    let idx = index(&[&amd, &arm]);
+    let multi = store
+        .put_manifest("app/web", &tag("v1.1"), media::OCI_INDEX, &idx)
+        .await
+        .unwrap()
+        .digest
+        .to_string();
+    link_blobs(&store, "tools/cli", &cli).await;
+    store
+        .put_manifest("tools/cli", &tag("stable"), "", &cli.bytes)
+        .await
+        .unwrap();
+    let sig = image_with("sig", |v| {
+        v["artifactType"] = json!("application/vnd.dev.cosign.artifact.sig.v1+json");
+        v["subject"] = descriptor(&cli);
+    });
+    link_blobs(&store, "tools/cli", &sig).await;
+    store
+        .put_manifest("tools/cli", &by_digest(&sig.digest), "", &sig.bytes)
+        .await
+        .unwrap();
+    store
+        .record_pulls(&[("app/web".into(), amd.digest.to_string(), 3, 1_000)])
+        .await
+        .unwrap();
+
+    async fn chosen(store: &Store, select: Select<'_>) -> Vec<(String, String, bool)> {
+        let mut v: Vec<(String, String, bool)> = store
+            .tagged(select)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|t| (t.repo, t.tag, t.signed))
+            .collect();
+        v.sort();
+        v
+    }
+    let row = |r: &str, t: &str, signed| (r.to_string(), t.to_string(), signed);
+    let web_v1 = row("app/web", "v1", false);
+    let web_v11 = row("app/web", "v1.1", false);
+    let cli_stable = row("tools/cli", "stable", true);
+    assert_eq!(
+        chosen(&store, Select::All).await,
+        [web_v1.clone(), web_v11.clone(), cli_stable.clone()]
+    );
+    assert_eq!(
+        chosen(&store, Select::Repo("app/web")).await,
+        [web_v1.clone(), web_v11.clone()]
+    );
+    assert_eq!(chosen(&store, Select::Repo("app")).await, []);
+    assert_eq!(
+        chosen(
+            &store,
+            Select::TagPrefix {
+                repo: "app/web",
+                prefix: "v1."
+            }
+        )
+        .await,
+        [web_v11.clone()]
+    );
+    assert_eq!(
+        chosen(&store, Select::TagContains("tab")).await,
+        [cli_stable.clone()]
+    );
+    // Case-sensitive, on both backends.
+    assert_eq!(chosen(&store, Select::TagContains("TAB")).await, []);
+    // A layer of the arm64 image: only the index holds it, as a child.
+    let arm_layer = arm.blobs[1].0.to_string();
+    assert_eq!(
+        chosen(&store, Select::Digest(&arm_layer[..20])).await,
+        [web_v11.clone()]
+    );
+    // The amd64 manifest: tagged itself, and a child of the index.
+    let amd_digest = amd.digest.to_string();
+    assert_eq!(
+        chosen(&store, Select::Digest(&amd_digest[7..30])).await,
+        [web_v1.clone(), web_v11.clone()]
+    );
+
+    let tagged = store.tagged(Select::Repo("app/web")).await.unwrap();
+    let v1 = tagged.iter().find(|t| t.tag == "v1").unwrap();
+    assert_eq!((v1.downloads, v1.pulled_at), (3, Some(1_000)));
+    assert_eq!(v1.digest, amd_digest);
+
+    // Stars and bookmarks.
+    assert!(
+        store
+            .toggle_mark("alice", Mark::Star, "app/web")
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .toggle_mark("alice", Mark::Star, "app/web")
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .toggle_mark("alice", Mark::Star, "app/web")
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .toggle_mark("bob", Mark::Star, "app/web")
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .toggle_mark("alice", Mark::Bookmark, "tools/cli")
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        code(store.toggle_mark("alice", Mark::Star, "absent").await),
+        ErrorCode::NameUnknown
+    );
+    assert_eq!(
+        store.marked("alice", Mark::Star).await.unwrap(),
+        ["app/web"]
+    );
+    assert_eq!(
+        store.marked("alice", Mark::Bookmark).await.unwrap(),
+        ["tools/cli"]
+    );
+    assert!(store.marked("carol", Mark::Star).await.unwrap().is_empty());
+
+    let mut figures = store.repo_figures().await.unwrap();
+    figures.sort_by(|a, b| a.name.cmp(&b.name));
+    let summary: Vec<(&str, u64, u64)> = figures
+        .iter()
+        .map(|f| (f.name.as_str(), f.downloads, f.stars))
+        .collect();
+    assert_eq!(summary, [("app/web", 3, 2), ("tools/cli", 0, 0)]);
+
+    let shown = store.shown("app/web", &multi).await.unwrap().unwrap();
+    assert_eq!(shown.media_type, media::OCI_INDEX);
+    assert_eq!(shown.facts, None);
+    let mut children: Vec<String> = store
+        .shown_children("app/web", &multi)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.digest)
+        .collect();
+    children.sort();
+    let mut want = vec![amd_digest.clone(), arm.digest.to_string()];
+    want.sort();
+    assert_eq!(children, want);
+    let cli_shown = store
+        .shown("tools/cli", &cli.digest.to_string())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(cli_shown.signed);
+    assert!(cli_shown.facts.is_some());
+    assert_eq!(store.shown("tools/cli", &multi).await.unwrap(), None);
+}
+
 /// A push's tag rule is applied in its transaction: a caller who may only
 /// create cannot move a tag, one who may only update cannot set a new one,
 /// and a refused push stores nothing.
@@ -1317,6 +1498,7 @@ on_every_backend!(
     a_push_by_digest_sets_its_tags_together_or_none,
     the_tag_rule_is_decided_in_the_push,
     a_push_records_what_search_shows,
+    search_reads_choose_images_and_add_up_figures,
     retagging_moves_the_tag,
     delete_by_tag_keeps_the_manifest,
     delete_by_digest_removes_manifest_tags_and_references,
