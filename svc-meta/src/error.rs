@@ -43,6 +43,10 @@ pub enum MetaError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// A request this service does not take (an unknown mark kind, a grant
+    /// it cannot read).
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 impl MetaError {
@@ -92,6 +96,7 @@ impl MetaError {
             BlobUnknown => ErrorCode::BlobUnknown,
             TagRuleRefused(_) => ErrorCode::Denied,
             SizeInvalid(_) => ErrorCode::SizeInvalid,
+            Unsupported(_) => ErrorCode::Unsupported,
             Database(e) if is_unavailable(e) => ErrorCode::Unavailable,
             UnsupportedDatabase(_) | Io(_) | Database(_) | Migrate(_) | Corrupt(_) => {
                 ErrorCode::Internal

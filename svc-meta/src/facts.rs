@@ -25,6 +25,8 @@ pub use capstan_oci::manifest::MAX_CONFIG_BYTES;
 pub struct Facts {
     /// Digest of the config blob.
     pub config_digest: String,
+    /// Bytes of the config blob.
+    pub config_size: u64,
     /// `os` of the config.
     pub os: String,
     /// `architecture` of the config, with `/variant` when it has one.
@@ -283,6 +285,7 @@ pub fn of_image(manifest: &[u8], config: Option<&[u8]>) -> Option<Facts> {
     }
     Some(Facts {
         config_digest: m.config.digest.clone(),
+        config_size: m.config.size,
         os: c.os.clone(),
         arch: if c.variant.is_empty() {
             c.architecture.clone()

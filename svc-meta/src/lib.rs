@@ -16,6 +16,7 @@
 mod error;
 pub mod facts;
 pub mod retention;
+pub mod search;
 mod service;
 mod store;
 #[cfg(test)]

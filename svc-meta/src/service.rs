@@ -9,7 +9,8 @@ use capstan_proto::meta::v1::{
     ApplyRetentionRequest, ApplyRetentionResponse, CollectGarbageRequest, CollectGarbageResponse,
     CollectedLink, ForgetBlobRequest, ForgetBlobResponse, ForgetGarbageRequest,
     ForgetGarbageResponse, GarbageEntry, RecordPullsRequest, RecordPullsResponse, RetainedEntry,
-    UnreferencedRequest, UnreferencedResponse,
+    SearchRequest, SearchResponse, ToggleMarkRequest, ToggleMarkResponse, UnreferencedRequest,
+    UnreferencedResponse,
 };
 use capstan_proto::meta::v1::{
     CatalogRequest, CatalogResponse, Change, DeleteManifestRequest, DeleteManifestResponse,
@@ -29,6 +30,8 @@ use tonic::{Request, Response, Status};
 #[derive(Debug, Clone)]
 pub struct MetaGrpc {
     store: Store,
+    /// zot's search, over `store`.
+    search: crate::search::SearchSchema,
     /// `storage.retention`, when garbage collection is on.
     retention: Option<std::sync::Arc<crate::retention::Retentions>>,
     /// Ends `Watch` streams so a graceful stop is not held up by them.
@@ -38,6 +41,7 @@ pub struct MetaGrpc {
 impl MetaGrpc {
     pub fn new(store: Store, shutdown: Shutdown) -> Self {
         Self {
+            search: crate::search::schema(store.clone()),
             store,
             retention: None,
             shutdown,
@@ -380,6 +384,57 @@ impl MetaService for MetaGrpc {
                 .collect();
             self.store.record_pulls(&pulls).await?;
             Ok(RecordPullsResponse {})
+        })
+        .await
+    }
+
+    async fn search(
+        &self,
+        request: Request<SearchRequest>,
+    ) -> Result<Response<SearchResponse>, Status> {
+        call("search", &request, async {
+            let r = request.get_ref();
+            let access = r
+                .grant
+                .clone()
+                .unwrap_or_default()
+                .to_scoped()
+                .map_err(|e| MetaError::Unsupported(format!("the caller's grant: {e}")))?;
+            let caller = crate::search::Caller {
+                username: r.username.clone(),
+                access,
+            };
+            let json = crate::search::execute(
+                &self.search,
+                &r.query,
+                &r.variables,
+                &r.operation_name,
+                caller,
+            )
+            .await;
+            Ok(SearchResponse { json })
+        })
+        .await
+    }
+
+    async fn toggle_mark(
+        &self,
+        request: Request<ToggleMarkRequest>,
+    ) -> Result<Response<ToggleMarkResponse>, Status> {
+        call("toggle_mark", &request, async {
+            let r = request.get_ref();
+            let mark = match r.kind.as_str() {
+                "star" => crate::store::search::Mark::Star,
+                "bookmark" => crate::store::search::Mark::Bookmark,
+                other => return Err(MetaError::Unsupported(format!("no mark {other:?}"))),
+            };
+            if r.username.is_empty() {
+                return Err(MetaError::Unsupported(
+                    "only a signed-in user marks repositories".into(),
+                ));
+            }
+            let marked = self.store.toggle_mark(&r.username, mark, &r.repo).await?;
+            Ok(ToggleMarkResponse { marked })
         })
         .await
     }

@@ -311,6 +311,16 @@ impl Store {
         Ok(removed == 0)
     }
 
+    /// Whether repository `repo` exists (has had a manifest).
+    pub async fn repo_exists(&self, repo: &str) -> Result<bool, MetaError> {
+        let found: Option<String> =
+            sqlx::query_scalar("SELECT name FROM repositories WHERE name = $1")
+                .bind(repo)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(found.is_some())
+    }
+
     /// The repositories `user` marked with `mark` that exist, by name.
     pub async fn marked(&self, user: &str, mark: Mark) -> Result<Vec<String>, MetaError> {
         Ok(sqlx::query_scalar(
