@@ -51,6 +51,8 @@ pub struct Gateway {
     pub storage: Arc<capstan_runtime::config::StorageConfig>,
     /// The backend replicas' health (`/readyz`).
     pub health: crate::health::Health,
+    /// zot's extension endpoints (`extensions.search`).
+    pub ext: Arc<crate::handlers::zot_ext::Extensions>,
 }
 
 type SyncClient = capstan_proto::direct::SyncClient<capstan_runtime::grpc::Transport>;
@@ -260,6 +262,7 @@ impl Gateway {
             redirect_blobs: None,
             storage: Arc::default(),
             health: crate::health::Health::default(),
+            ext: Arc::new(crate::handlers::zot_ext::Extensions::of(&Default::default())),
         }
     }
 
@@ -315,6 +318,46 @@ impl Gateway {
             ZotAuth::ApiKey => {
                 self.authenticate(ctx, session, None).await?;
                 zot_auth::apikey(self, ctx, session).await
+            }
+        }
+    }
+
+    /// zot's extension endpoints: the OCI extension list for anyone; the
+    /// rest only with `extensions.search` on, the configuration to anyone,
+    /// search and stars to callers who authenticate as for `/v2/`.
+    async fn zot_ext(
+        &self,
+        ctx: &mut Ctx,
+        session: &mut ServerSession,
+        ext: crate::handlers::zot_ext::ZotExt,
+    ) -> Result<Reply, ApiError> {
+        use crate::handlers::zot_ext::{self as z, ZotExt};
+        if ext != ZotExt::Discover && !self.ext.search {
+            return Err(ApiError::not_found_route());
+        }
+        if !ext.allows(&ctx.method) {
+            return Err(ApiError::code(ErrorCode::Unsupported));
+        }
+        match ext {
+            ZotExt::Discover => Ok(Reply::bytes(
+                200,
+                "application/json",
+                self.ext.discover.clone(),
+            )),
+            ZotExt::Mgmt => Ok(Reply::bytes(200, "application/json", self.ext.mgmt.clone())),
+            ZotExt::Search | ZotExt::UserPrefs => {
+                self.authenticate(ctx, session, None).await?;
+                // Someone who may read nothing is asked to sign in, as for
+                // `/v2/` (anonymous callers with a policy get through).
+                let read = capstan_oci::access::Action::Read;
+                if ctx.caller.is_anonymous() && !ctx.caller.access.rules().allows_somewhere(read) {
+                    return Err(authz::refuse(self, ctx, None, read).await);
+                }
+                if ext == ZotExt::Search {
+                    z::search(self, ctx, session).await
+                } else {
+                    z::userprefs(self, ctx).await
+                }
             }
         }
     }
@@ -431,6 +474,10 @@ impl Gateway {
         if let Some(which) = zot_auth::ZotAuth::parse(&path) {
             ctx.route = which.name();
             return (None, self.zot_auth(ctx, session, which).await);
+        }
+        if let Some(ext) = crate::handlers::zot_ext::ZotExt::parse(&path) {
+            ctx.route = ext.name();
+            return (None, self.zot_ext(ctx, session, ext).await);
         }
         let ep = match endpoint::parse(&path) {
             Ok(ep) => ep,

@@ -91,6 +91,7 @@ pub async fn serve(
     app.health = health;
     app.sync = sync.clone().filter(|_| on_demand);
     app.storage = Arc::new(config.storage.clone());
+    app.ext = Arc::new(handlers::zot_ext::Extensions::of(config));
     app.redirect_blobs = config
         .storage
         .redirect_blob_url

@@ -270,6 +270,11 @@ impl Scoped {
     pub fn rules(&self) -> &Rules {
         &self.rules
     }
+
+    /// The scopes' globs (none: no further limit).
+    pub fn scope_texts(&self) -> Vec<String> {
+        self.scopes.iter().map(|s| s.as_str().to_string()).collect()
+    }
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ mod oci;
 mod retention;
 mod s3;
 mod sandbox;
+mod search;
 mod sessions;
 mod spec;
 mod sync;

@@ -7,6 +7,7 @@ mod manifests;
 pub use manifests::{MAX_PUSH_TAGS, push_tags};
 mod uploads;
 pub mod zot_auth;
+pub mod zot_ext;
 
 use crate::app::{Ctx, Gateway, Reply};
 use crate::endpoint::Endpoint;

@@ -32,15 +32,42 @@ impl ScrubConfig {
     }
 }
 
+/// `extensions.search`, zot's keys.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+pub struct SearchConfig {
+    /// On unless `false` (zot: a present section is on by default).
+    #[serde(default)]
+    pub enable: Option<bool>,
+    /// zot's vulnerability scanning; reported as ignored (Capstan scans
+    /// nothing).
+    #[serde(default)]
+    pub cve: Option<serde_json::Value>,
+}
+
+impl SearchConfig {
+    pub fn enabled(&self) -> bool {
+        self.enable != Some(false)
+    }
+}
+
+impl Extensions {
+    /// Whether zot's search extension is on.
+    pub fn search_enabled(&self) -> bool {
+        self.search.as_ref().is_some_and(SearchConfig::enabled)
+    }
+}
+
 /// The `extensions` section.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 pub struct Extensions {
     /// Mirroring and pull-through from upstream registries.
     #[serde(default)]
     pub sync: Option<SyncConfig>,
-    /// zot's search extension; reported as ignored.
+    /// zot's search extension: GraphQL at `/v2/_zot/ext/search`, with
+    /// `/v2/_zot/ext/userprefs`, `/v2/_zot/ext/mgmt` and
+    /// `/v2/_oci/ext/discover`.
     #[serde(default)]
-    pub search: Option<serde_json::Value>,
+    pub search: Option<SearchConfig>,
     /// zot's scrub extension: re-hash stored blobs periodically.
     #[serde(default)]
     pub scrub: Option<ScrubConfig>,
