@@ -192,6 +192,21 @@ async fn error(s: &Seeded, query: &str) -> String {
         .to_string()
 }
 
+/// `repo:tag` of each image of a list.
+fn images(v: &Value) -> Vec<String> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            format!(
+                "{}:{}",
+                i["RepoName"].as_str().unwrap(),
+                i["Tag"].as_str().unwrap()
+            )
+        })
+        .collect()
+}
+
 fn names(v: &Value, field: &str) -> Vec<String> {
     v.as_array()
         .unwrap()
@@ -382,20 +397,7 @@ async fn an_image_and_an_index_are_summarised_field_by_field() {
 #[tokio::test]
 async fn tags_digests_and_filters_choose_images() {
     let s = seeded().await;
-    let tags = |d: &Value| {
-        d["GlobalSearch"]["Images"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|i| {
-                format!(
-                    "{}:{}",
-                    i["RepoName"].as_str().unwrap(),
-                    i["Tag"].as_str().unwrap()
-                )
-            })
-            .collect::<Vec<_>>()
-    };
+    let tags = |d: &Value| images(&d["GlobalSearch"]["Images"]);
     let q = |text: &str, filter: &str| {
         format!(
             r#"{{ GlobalSearch(query: "{text}", filter: {{{filter}}}) {{ Page {{ TotalCount }}
@@ -422,18 +424,7 @@ async fn tags_digests_and_filters_choose_images() {
         ),
     )
     .await;
-    let found: Vec<String> = d["ImageListForDigest"]["Results"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| {
-            format!(
-                "{}:{}",
-                i["RepoName"].as_str().unwrap(),
-                i["Tag"].as_str().unwrap()
-            )
-        })
-        .collect();
+    let found = images(&d["ImageListForDigest"]["Results"]);
     assert_eq!(found, ["app/web:v1", "app/web:v1.1"]);
 
     // Platform filters: the index is kept, with only its matching child.
@@ -457,20 +448,7 @@ async fn paging_sorting_and_errors_follow_zot() {
             r#"{{ ImageList(repo: "", requestedPage: {{{p}}}) {{ Page {{ TotalCount ItemCount }} Results {{ RepoName Tag }} }} }}"#
         )
     };
-    let list = |d: &Value| {
-        d["ImageList"]["Results"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|i| {
-                format!(
-                    "{}:{}",
-                    i["RepoName"].as_str().unwrap(),
-                    i["Tag"].as_str().unwrap()
-                )
-            })
-            .collect::<Vec<_>>()
-    };
+    let list = |d: &Value| images(&d["ImageList"]["Results"]);
     let d = data(&s, &page("")).await;
     assert_eq!(
         list(&d),
@@ -593,18 +571,7 @@ async fn base_and_derived_images_share_layers() {
         r#"{ DerivedImageList(image: "tools/base:1") { Results { RepoName Tag } } }"#,
     )
     .await;
-    let found: Vec<String> = d["DerivedImageList"]["Results"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| {
-            format!(
-                "{}:{}",
-                i["RepoName"].as_str().unwrap(),
-                i["Tag"].as_str().unwrap()
-            )
-        })
-        .collect();
+    let found = images(&d["DerivedImageList"]["Results"]);
     assert_eq!(found, ["app/web:v1.1", "app/web:v1"]);
     let d = data(
         &s,

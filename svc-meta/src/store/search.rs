@@ -109,6 +109,26 @@ fn platforms(p: Option<String>) -> Vec<String> {
     .unwrap_or_default()
 }
 
+/// `1` when a cosign or notation signature refers to the manifest at
+/// `$a.repo` / `$a.digest` (a referrer of type $3 or $4, or a cosign
+/// `sha256-<hex>.sig` tag), else `0`.
+macro_rules! signed_sql {
+    ($a:ident) => {
+        concat!(
+            "CAST(CASE WHEN EXISTS (SELECT 1 FROM manifests s WHERE s.repo = ",
+            stringify!($a),
+            ".repo AND s.subject = ",
+            stringify!($a),
+            ".digest AND s.artifact_type IN ($3, $4)) \
+             OR EXISTS (SELECT 1 FROM tags c WHERE c.repo = ",
+            stringify!($a),
+            ".repo AND c.name = 'sha256-' || substr(",
+            stringify!($a),
+            ".digest, 8) || '.sig') THEN 1 ELSE 0 END AS BIGINT)"
+        )
+    };
+}
+
 /// The columns of [`Tagged`], over `tags t`, `manifests m` and
 /// `manifest_pulls p`.
 macro_rules! tagged_sql {
@@ -116,13 +136,9 @@ macro_rules! tagged_sql {
         concat!(
             "SELECT t.repo, t.name, t.digest, m.media_type, m.platforms, \
                     COALESCE(m.made_at, m.created_at), m.created_at, t.updated_at, \
-                    COALESCE(p.pull_count, 0), p.pulled_at, \
-                    CAST(CASE WHEN EXISTS (SELECT 1 FROM manifests s WHERE s.repo = t.repo \
-                             AND s.subject = t.digest AND s.artifact_type IN ($3, $4)) \
-                     OR EXISTS (SELECT 1 FROM tags c WHERE c.repo = t.repo \
-                             AND c.name = 'sha256-' || substr(t.digest, 8) || '.sig') \
-                     THEN 1 ELSE 0 END AS BIGINT) \
-             FROM tags t JOIN manifests m ON m.repo = t.repo AND m.digest = t.digest \
+                    COALESCE(p.pull_count, 0), p.pulled_at, ",
+            signed_sql!(t),
+            " FROM tags t JOIN manifests m ON m.repo = t.repo AND m.digest = t.digest \
              LEFT JOIN manifest_pulls p ON p.repo = t.repo AND p.digest = t.digest \
              WHERE ",
             $where
@@ -341,12 +357,9 @@ macro_rules! shown_sql {
         concat!(
             "SELECT m.digest, m.media_type, m.artifact_type, m.size, m.annotations, m.facts, \
                     m.platforms, COALESCE(m.made_at, m.created_at), m.created_at, \
-                    COALESCE(p.pull_count, 0), p.pulled_at, \
-                    CAST(CASE WHEN EXISTS (SELECT 1 FROM manifests s WHERE s.repo = m.repo \
-                             AND s.subject = m.digest AND s.artifact_type IN ($3, $4)) \
-                     OR EXISTS (SELECT 1 FROM tags c WHERE c.repo = m.repo \
-                             AND c.name = 'sha256-' || substr(m.digest, 8) || '.sig') \
-                     THEN 1 ELSE 0 END AS BIGINT) ",
+                    COALESCE(p.pull_count, 0), p.pulled_at, ",
+            signed_sql!(m),
+            " ",
             $from
         )
     };

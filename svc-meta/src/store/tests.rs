@@ -1277,11 +1277,11 @@ async fn search_reads_choose_images_and_add_up_figures(backend: Backend) {
             }
         )
         .await,
-        [web_v11.clone()]
+        std::slice::from_ref(&web_v11)
     );
     assert_eq!(
         chosen(&store, Select::TagContains("tab")).await,
-        [cli_stable.clone()]
+        std::slice::from_ref(&cli_stable)
     );
     // Case-sensitive, on both backends.
     assert_eq!(chosen(&store, Select::TagContains("TAB")).await, []);
@@ -1289,7 +1289,7 @@ async fn search_reads_choose_images_and_add_up_figures(backend: Backend) {
     let arm_layer = arm.blobs[1].0.to_string();
     assert_eq!(
         chosen(&store, Select::Digest(&arm_layer[..20])).await,
-        [web_v11.clone()]
+        std::slice::from_ref(&web_v11)
     );
     // The amd64 manifest: tagged itself, and a child of the index.
     let amd_digest = amd.digest.to_string();
