@@ -58,6 +58,39 @@ enum Command {
         /// The role's address.
         url: String,
     },
+    /// The registries this client asks, by name (like `zli config`).
+    Client {
+        #[command(subcommand)]
+        command: crate::client::ClientCommand,
+    },
+    /// A registry's repositories, through its search extension.
+    Repo {
+        #[command(subcommand)]
+        command: crate::client::RepoCommand,
+    },
+    /// A registry's images, through its search extension.
+    Image {
+        #[command(subcommand)]
+        command: crate::client::ImageCommand,
+    },
+    /// Search a registry: repositories by name, images by `repo:tag`,
+    /// `:tag` or digest.
+    Search {
+        query: String,
+        #[command(flatten)]
+        target: crate::client::Target,
+    },
+}
+
+/// A client command's outcome as the exit code, its error printed.
+fn finish(result: Result<(), crate::client::ClientError>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// Why a configuration cannot be used.
@@ -136,6 +169,10 @@ impl Cli {
                     }
                 }
             }
+            Command::Client { command } => finish(crate::client::configure(command)),
+            Command::Repo { command } => finish(crate::client::repo_list(command).await),
+            Command::Image { command } => finish(crate::client::image_list(command).await),
+            Command::Search { query, target } => finish(crate::client::search(query, target).await),
             Command::Probe { url } => match probe(&url).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

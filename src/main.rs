@@ -1,8 +1,10 @@
 //! `capstan`: the registry's single binary. `serve` runs every role in one
 //! process (embedded mode) or one role (`--role`); `verify` checks a config;
-//! `gc` collects garbage now or says what it would remove.
+//! `gc` collects garbage now or says what it would remove; `client`,
+//! `repo`, `image` and `search` ask a registry, like zot's `zli`.
 
 mod cli;
+mod client;
 mod gc;
 mod roles;
 

@@ -2,6 +2,7 @@
 
 mod auth;
 mod cli;
+mod client_cmds;
 mod clients;
 mod compose;
 mod degrade;
