@@ -671,6 +671,16 @@ fn clean_filter(mut filter: Filter) -> async_graphql::Result<Filter> {
     Ok(filter)
 }
 
+/// `query` with `__schema()` written `__schema`: zli's introspection query
+/// has the empty parentheses, which Go's GraphQL parser takes and the
+/// grammar (and async-graphql) does not.
+fn zli_compatible(query: &str) -> std::borrow::Cow<'_, str> {
+    static EMPTY_ARGS: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(r"\b(__schema|__type)\s*\(\s*\)").expect("a valid pattern")
+    });
+    EMPTY_ARGS.replace_all(query, "$1")
+}
+
 /// Runs one GraphQL request (`query`, `variables` as a JSON object or
 /// empty, `operation_name` or empty) for `caller`; the response as JSON.
 pub async fn execute(
@@ -680,7 +690,8 @@ pub async fn execute(
     operation_name: &str,
     caller: Caller,
 ) -> Vec<u8> {
-    let mut request = async_graphql::Request::new(query).data(caller);
+    let query = zli_compatible(query);
+    let mut request = async_graphql::Request::new(query.as_ref()).data(caller);
     if !operation_name.is_empty() {
         request = request.operation_name(operation_name);
     }

@@ -631,3 +631,38 @@ async fn stars_and_bookmarks_are_the_callers_own() {
     .await;
     assert_eq!(v["data"]["StarredRepos"]["Results"], json!([]));
 }
+
+/// zli checks the schema before each command with an introspection query
+/// whose `__schema()` has empty parentheses (Go's parser takes them), and
+/// compares each query's argument names in order.
+#[tokio::test]
+async fn zlis_introspection_query_is_answered() {
+    let s = seeded().await;
+    let q = "{ __schema() { queryType { fields { name args { name } type { name kind } } __typename } \
+             types { name fields { name } } } }";
+    let d = data(&s, q).await;
+    let fields = d["__schema"]["queryType"]["fields"].as_array().unwrap();
+    let args_of = |name: &str| -> Vec<String> {
+        let f = fields.iter().find(|f| f["name"] == name).unwrap();
+        names(&f["args"], "name")
+    };
+    assert_eq!(
+        args_of("GlobalSearch"),
+        ["query", "filter", "requestedPage"]
+    );
+    assert_eq!(args_of("ImageList"), ["repo", "requestedPage"]);
+    assert_eq!(
+        args_of("DerivedImageList"),
+        ["image", "digest", "requestedPage"]
+    );
+    assert_eq!(args_of("Referrers"), ["repo", "digest", "type"]);
+    let types = names(&d["__schema"]["types"], "name");
+    for t in [
+        "PaginatedImagesResult",
+        "GlobalSearchResult",
+        "Referrer",
+        "RepoInfo",
+    ] {
+        assert!(types.iter().any(|n| n == t), "{t}");
+    }
+}
