@@ -27,6 +27,9 @@ use std::pin::Pin;
 pub struct Stores {
     pub meta: MetaServiceClient<Transport>,
     pub blob: BlobClient<Transport>,
+    /// Pass each image's config with its manifest, for search
+    /// (`extensions.search` is on).
+    pub configs: bool,
 }
 
 fn code(s: &tonic::Status) -> capstan_oci::ErrorCode {
@@ -115,7 +118,7 @@ pub fn image<'a>(
         };
         let local = Digest::of(algorithm, &bytes);
         // The config, once stored here, for what search shows of the image.
-        let config = match capstan_oci::manifest::config_digest(&bytes) {
+        let config = match capstan_oci::manifest::config_digest(&bytes).filter(|_| stores.configs) {
             Some(d) => {
                 let max = capstan_oci::manifest::MAX_CONFIG_BYTES as u64;
                 stores

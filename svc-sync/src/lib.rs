@@ -181,6 +181,10 @@ impl Syncer {
                     Arc::new(move || blob.handle::<Arc<dyn capstan_proto::direct::BlobStreams>>()),
                 )
             },
+            configs: config
+                .extensions
+                .as_ref()
+                .is_some_and(|e| e.search_enabled()),
         };
         Ok(Self {
             registries,

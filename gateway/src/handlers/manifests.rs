@@ -65,8 +65,9 @@ pub async fn put(
         })?;
     let rule = crate::authz::tag_rule(ctx, repo);
     // An image's config, for what search shows of it (platform, history,
-    // labels). Useful, not required: without it the push goes on.
-    let config = match capstan_oci::manifest::config_digest(&content) {
+    // labels), when search is on. Useful, not required: without it the
+    // push goes on.
+    let config = match capstan_oci::manifest::config_digest(&content).filter(|_| gw.ext.search) {
         Some(digest) => {
             let max = capstan_oci::manifest::MAX_CONFIG_BYTES as u64;
             gw.backends
