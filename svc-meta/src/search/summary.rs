@@ -20,6 +20,9 @@ const COSIGN: &str = "application/vnd.dev.cosign.artifact.sig.v1+json";
 const NOTATION: &str = "application/vnd.cncf.notary.signature";
 const VENDOR: [&str; 2] = ["org.opencontainers.image.vendor", "org.label-schema.vendor"];
 
+/// A manifest's signatures and referrers.
+type Signed = (Vec<Option<SignatureSummary>>, Vec<Option<Referrer>>);
+
 /// Summaries for one caller, with what several of them share read once.
 pub struct Summaries<'a> {
     store: &'a Store,
@@ -330,14 +333,14 @@ impl<'a> Summaries<'a> {
         })
     }
 
-    /// Signature tools and referrers of `digest` in `repo`; `tagged_sig`:
-    /// a cosign `.sig` tag signs it.
+    /// Signature tools and referrers of `digest` in `repo`; `signed`: a
+    /// signature refers to it (a cosign `.sig` tag may be the only one).
     async fn signatures(
         &self,
         repo: &str,
         digest: &str,
         signed: bool,
-    ) -> Result<(Vec<Option<SignatureSummary>>, Vec<Option<Referrer>>), MetaError> {
+    ) -> Result<Signed, MetaError> {
         let Ok(d) = capstan_oci::Digest::parse(digest) else {
             return Ok((Vec::new(), Vec::new()));
         };
@@ -370,10 +373,19 @@ impl<'a> Summaries<'a> {
         ))
     }
 
-    /// The summary of one image manifest.
-    async fn manifest(&self, repo: &str, m: &Shown) -> Result<ManifestSummary, MetaError> {
+    /// The summary of one image manifest; `known`: its signatures and
+    /// referrers, when the caller has read them already.
+    async fn manifest(
+        &self,
+        repo: &str,
+        m: &Shown,
+        known: Option<Signed>,
+    ) -> Result<ManifestSummary, MetaError> {
         let f = facts_of(m);
-        let (signatures, referrers) = self.signatures(repo, &m.digest, m.signed).await?;
+        let (signatures, referrers) = match known {
+            Some(k) => k,
+            None => self.signatures(repo, &m.digest, m.signed).await?,
+        };
         let layer = |l: &crate::facts::Layer| LayerSummary {
             size: Some(l.size.to_string()),
             digest: Some(l.digest.clone()),
@@ -440,9 +452,12 @@ impl<'a> Summaries<'a> {
         } else {
             vec![top.clone()]
         };
+        let (signatures, referrers) = self.signatures(&row.repo, &row.digest, row.signed).await?;
         let mut manifests = Vec::with_capacity(members.len());
         for m in &members {
-            manifests.push(Some(self.manifest(&row.repo, m).await?));
+            // An image manifest is the tagged one: its signatures are read.
+            let known = (!is_index).then(|| (signatures.clone(), referrers.clone()));
+            manifests.push(Some(self.manifest(&row.repo, m, known).await?));
         }
         let first = members.first().map(facts_of).unwrap_or_default();
         let own = annotations_of(&top);
@@ -460,7 +475,6 @@ impl<'a> Summaries<'a> {
         } else {
             first.size
         };
-        let (signatures, referrers) = self.signatures(&row.repo, &row.digest, row.signed).await?;
         Ok(ImageSummary {
             repo_name: Some(row.repo.clone()),
             tag: Some(row.tag.clone()),
